@@ -1,0 +1,37 @@
+//! What is durable downstream, and the store that keeps it.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::error::PipelineError;
+use crate::event::{Position, TableId};
+
+/// A table whose initial snapshot is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub rows: u64,
+    /// The source's opaque record of which snapshot it was.
+    pub state: serde_json::Value,
+}
+
+/// Everything durable downstream for one pipeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Checkpoint {
+    /// The position of the last applied change; every change at or before
+    /// it is durable downstream and is skipped when the source replays it.
+    pub position: Option<Position>,
+    /// Tables whose snapshot completed.
+    pub snapshots: HashMap<TableId, SnapshotRecord>,
+}
+
+/// Where a pipeline's checkpoint lives.
+///
+/// Contract: [`CheckpointStore::load`] returns exactly what the sink
+/// committed last: a checkpoint is written in the same transaction as the
+/// data it covers (see [`crate::sink::Sink::write_batch`]), so after a crash
+/// at any point the loaded position and the target's rows agree.
+pub trait CheckpointStore: Send {
+    /// Reads the pipeline's checkpoint (empty on first start). An error means
+    /// the checkpoint could not be read, never "no checkpoint".
+    fn load(&mut self) -> impl Future<Output = Result<Checkpoint, PipelineError>> + Send;
+}

@@ -1,0 +1,454 @@
+//! Configuration: TOML with unknown keys refused, `${ENV}` interpolation for
+//! secrets, and a pure [`Config::validate`] whose errors name the key.
+//!
+//! Loading is layered as in Vector: parse → interpolate → deserialize
+//! (`deny_unknown_fields`) → validate (no I/O). Connections are made later,
+//! by `ferry check` and `ferry run`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::TableId;
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the driver that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Names this pipeline's checkpoint in the target; two pipelines writing
+    /// to one target need two names.
+    #[serde(default = "default_pipeline_name")]
+    pub name: String,
+    #[serde(default)]
+    pub bus: BusKind,
+    /// Most source events folded into one sink transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long the apply loop waits for more events before committing a
+    /// partial batch.
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
+    /// Messages the embedded bus holds before the source waits.
+    #[serde(default = "default_bus_capacity")]
+    pub bus_capacity: usize,
+    /// Longest pause between retries of a transient failure.
+    #[serde(default = "default_max_retry_delay_secs")]
+    pub max_retry_delay_secs: u64,
+}
+
+fn default_pipeline_name() -> String {
+    "ferry".into()
+}
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_batch_linger_ms() -> u64 {
+    20
+}
+fn default_bus_capacity() -> usize {
+    20_000
+}
+fn default_max_retry_delay_secs() -> u64 {
+    30
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            name: default_pipeline_name(),
+            bus: BusKind::default(),
+            batch_size: default_batch_size(),
+            batch_linger_ms: default_batch_linger_ms(),
+            bus_capacity: default_bus_capacity(),
+            max_retry_delay_secs: default_max_retry_delay_secs(),
+        }
+    }
+}
+
+/// Which bus connects sources and sinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    #[default]
+    Embedded,
+}
+
+/// `[source]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Postgres(PostgresSourceConfig),
+}
+
+/// `[source] kind = "postgres"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:${PGPASSWORD}@host:5432/db`.
+    pub url: Secret,
+    /// `schema.table` or `table` (schema `public`).
+    pub tables: Vec<String>,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Create the publication (or add missing tables to it) at start.
+    #[serde(default = "default_true")]
+    pub create_publication: bool,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Tables larger than this many pages are copied in parallel chunks.
+    #[serde(default = "default_snapshot_chunk_pages")]
+    pub snapshot_chunk_pages: u32,
+    /// Connections copying chunks at the same time.
+    #[serde(default = "default_snapshot_parallelism")]
+    pub snapshot_parallelism: usize,
+    /// Emit a logical message this often so that an idle slot's confirmed
+    /// position keeps advancing (0 turns it off).
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    /// How often the confirmed position is reported to the server.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+fn default_publication() -> String {
+    "ferry".into()
+}
+fn default_slot() -> String {
+    "ferry".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_snapshot_chunk_pages() -> u32 {
+    2048
+}
+fn default_snapshot_parallelism() -> usize {
+    2
+}
+fn default_heartbeat_secs() -> u64 {
+    10
+}
+fn default_status_interval_ms() -> u64 {
+    1000
+}
+
+/// Whether existing rows are copied before streaming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Copy every table whose snapshot is not complete, then stream.
+    #[default]
+    Initial,
+    /// Stream only.
+    Never,
+}
+
+/// `[sink]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Postgres(PostgresSinkConfig),
+}
+
+/// `[sink] kind = "postgres"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    pub url: Secret,
+    /// Create missing target tables (and enum types) from the source's
+    /// columns.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// Write every source schema into this target schema instead of the
+    /// schema of the same name.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `127.0.0.1:9187`; no endpoint when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn cfg_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, interpolates, deserializes and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| cfg_err(path.display().to_string(), e.to_string()))?;
+        Self::from_toml(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML text; `env` resolves `${NAME}`.
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            cfg_err("config", e.to_string().trim_end().to_string())
+        })?;
+        interpolate(&mut value, "", env)?;
+        let config: Config = Config::deserialize(value).map_err(|e| {
+            // serde reports the innermost problem; toml::Value errors do not
+            // carry the path, so name the section we were deserializing.
+            cfg_err("config", e.to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Pure checks: no I/O, every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.pipeline;
+        if !is_identifier(&p.name) {
+            return Err(cfg_err(
+                "pipeline.name",
+                "use lowercase letters, digits and _ (at most 63)",
+            ));
+        }
+        if p.batch_size == 0 {
+            return Err(cfg_err("pipeline.batch_size", "must be at least 1"));
+        }
+        if p.bus_capacity == 0 {
+            return Err(cfg_err("pipeline.bus_capacity", "must be at least 1"));
+        }
+        match &self.source {
+            SourceConfig::Postgres(s) => {
+                check_pg_url("source.url", s.url.expose())?;
+                if s.tables.is_empty() {
+                    return Err(cfg_err("source.tables", "name at least one table"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (i, t) in s.tables.iter().enumerate() {
+                    let id = TableId::parse(t).ok_or_else(|| {
+                        cfg_err(format!("source.tables[{i}]"), format!("{t:?} is not `schema.table` or `table`"))
+                    })?;
+                    if !seen.insert(id) {
+                        return Err(cfg_err(format!("source.tables[{i}]"), format!("{t:?} is listed twice")));
+                    }
+                }
+                if !is_identifier(&s.slot) {
+                    return Err(cfg_err(
+                        "source.slot",
+                        "slot names use lowercase letters, digits and _ (at most 63)",
+                    ));
+                }
+                if s.publication.is_empty() || s.publication.len() > 63 {
+                    return Err(cfg_err("source.publication", "1 to 63 characters"));
+                }
+                if s.snapshot_parallelism == 0 {
+                    return Err(cfg_err("source.snapshot_parallelism", "must be at least 1"));
+                }
+                if s.snapshot_chunk_pages == 0 {
+                    return Err(cfg_err("source.snapshot_chunk_pages", "must be at least 1"));
+                }
+                if s.status_interval_ms == 0 {
+                    return Err(cfg_err("source.status_interval_ms", "must be at least 1"));
+                }
+            }
+        }
+        match &self.sink {
+            SinkConfig::Postgres(s) => {
+                check_pg_url("sink.url", s.url.expose())?;
+                if let Some(schema) = &s.schema {
+                    if schema.is_empty() {
+                        return Err(cfg_err("sink.schema", "must not be empty"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn check_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(cfg_err(key, "expected postgres://user[:password]@host[:port]/database"))
+    }
+}
+
+/// Replaces `${NAME}` in every string with the environment variable; a
+/// missing variable is an error naming the key (never the value). `$${`
+/// stands for a literal `${`.
+fn interpolate(
+    v: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match v {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = interpolate_str(s, path, env)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                interpolate(item, &p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn interpolate_str(
+    s: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("${") {
+            let end = t
+                .find('}')
+                .ok_or_else(|| cfg_err(key, "unterminated ${...}"))?;
+            let name = &t[..end];
+            let value = env(name).ok_or_else(|| {
+                cfg_err(key, format!("environment variable {name} is not set"))
+            })?;
+            out.push_str(&value);
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[pipeline]
+name = "orders"
+
+[source]
+kind = "postgres"
+url = "postgres://ferry:${PGPASS}@127.0.0.1:5432/app"
+tables = ["public.orders", "users"]
+
+[sink]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:5433/app"
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "PGPASS").then(|| "s3cr$t".to_string())
+    }
+
+    #[test]
+    fn loads_and_interpolates_without_printing_secrets() {
+        let c = Config::from_toml(GOOD, &env).unwrap();
+        let SourceConfig::Postgres(s) = &c.source;
+        assert_eq!(s.url.expose(), "postgres://ferry:s3cr$t@127.0.0.1:5432/app");
+        assert!(!format!("{c:?}").contains("s3cr"));
+        assert_eq!(s.slot, "ferry");
+        assert_eq!(c.pipeline.batch_size, 5000);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let bad = GOOD.replace("tables =", "tabels = [\"x\"]\ntables =");
+        let e = Config::from_toml(&bad, &env).unwrap_err();
+        assert!(e.to_string().contains("tabels"), "{e}");
+        let bad = GOOD.replace("[pipeline]", "[pipeline]\nbatchsize = 3");
+        let e = Config::from_toml(&bad, &env).unwrap_err();
+        assert!(e.to_string().contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_names_key_and_variable() {
+        let e = Config::from_toml(GOOD, &|_| None).unwrap_err();
+        assert_eq!(e.key, "source.url");
+        assert!(e.message.contains("PGPASS"));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let bad = GOOD.replace("\"users\"", "\"a.b.c\"");
+        let e = Config::from_toml(&bad, &env).unwrap_err();
+        assert_eq!(e.key, "source.tables[1]");
+        let bad = GOOD.replace("name = \"orders\"", "name = \"Orders!\"");
+        assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "pipeline.name");
+        let bad = GOOD.replace("127.0.0.1:5433", "x").replace("postgres://postgres@x", "mysql://x");
+        assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "sink.url");
+    }
+}

@@ -1,0 +1,160 @@
+//! Pipeline errors and the one place that decides what to do about them.
+//!
+//! Every driver error is classified where it happens (PostgreSQL by
+//! SQLSTATE class, I/O by kind) into an [`ErrorClass`]; [`disposition`] maps
+//! the class to what the runtime does. Unknown errors are transient: they
+//! are retried with backoff, never dropped.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How bad an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Connection loss, timeouts, serialization failures, overload, server
+    /// shutting down, and anything unknown: retry with backoff.
+    Transient,
+    /// This record cannot be mirrored (bad value, constraint violation).
+    Permanent,
+    /// The pipeline cannot go on (bad config, auth failure, slot dropped,
+    /// missing target table with auto-create off).
+    Fatal,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Fatal => "fatal",
+        }
+    }
+}
+
+/// Where in the pipeline an error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Source,
+    Snapshot,
+    Decode,
+    Transform,
+    Sink,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Source => "source",
+            Stage::Snapshot => "snapshot",
+            Stage::Decode => "decode",
+            Stage::Transform => "transform",
+            Stage::Sink => "sink",
+        }
+    }
+}
+
+/// What the runtime does with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Retry the same work after a backoff.
+    Retry,
+    /// Stop the pipeline with a clear message and a non-zero exit. Until the
+    /// dead-letter queue exists, a record that cannot be mirrored also stops
+    /// the pipeline: nothing is ever skipped silently.
+    Halt,
+}
+
+/// The single decision point: class → disposition.
+pub fn disposition(class: ErrorClass) -> Disposition {
+    match class {
+        ErrorClass::Transient => Disposition::Retry,
+        ErrorClass::Permanent | ErrorClass::Fatal => Disposition::Halt,
+    }
+}
+
+/// An error with its class, stage and an operator hint.
+#[derive(Debug, thiserror::Error)]
+pub struct PipelineError {
+    pub class: ErrorClass,
+    pub stage: Stage,
+    pub message: String,
+    /// SQLSTATE, HTTP status or similar, when the driver gave one.
+    pub code: Option<String>,
+    #[source]
+    pub source: Option<anyhow::Error>,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} error", self.message, self.class.as_str())?;
+        if let Some(code) = &self.code {
+            write!(f, ", code {code}")?;
+        }
+        write!(f, " in {})", self.stage.as_str())
+    }
+}
+
+impl PipelineError {
+    pub fn new(class: ErrorClass, stage: Stage, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            stage,
+            message: message.into(),
+            code: None,
+            source: None,
+        }
+    }
+    pub fn fatal(stage: Stage, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Fatal, stage, message)
+    }
+    pub fn transient(stage: Stage, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, stage, message)
+    }
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    pub fn disposition(&self) -> Disposition {
+        disposition(self.class)
+    }
+}
+
+/// Exponential backoff with jitter for transient errors, capped at
+/// `max_delay`. `backon` replaces the unmaintained `backoff` crate
+/// (RUSTSEC-2025-0012).
+pub fn retry_backoff(max_delay: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_is_retried_and_record_errors_halt_until_dlq() {
+        assert_eq!(disposition(ErrorClass::Transient), Disposition::Retry);
+        assert_eq!(disposition(ErrorClass::Permanent), Disposition::Halt);
+        assert_eq!(disposition(ErrorClass::Fatal), Disposition::Halt);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut b = retry_backoff(Duration::from_secs(2));
+        for _ in 0..20 {
+            let d = b.next().unwrap();
+            // jitter adds at most one more min-delay-sized share
+            assert!(d <= Duration::from_secs(4), "{d:?}");
+        }
+    }
+}

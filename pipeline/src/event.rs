@@ -1,0 +1,205 @@
+//! Change events: what a source emits and a sink applies.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// A table's identity at the source: schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableId {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `schema.table` or `table` (schema `public`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('.');
+        let (a, b) = (parts.next()?, parts.next());
+        if parts.next().is_some() || a.is_empty() {
+            return None;
+        }
+        match b {
+            Some(b) if !b.is_empty() => Some(Self::new(a, b)),
+            Some(_) => None,
+            None => Some(Self::new("public", a)),
+        }
+    }
+
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier (`"a""b"`).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// One column of a source table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// The source's type OID (PostgreSQL) or 0 where the source has none.
+    pub type_oid: u32,
+    /// The type as SQL, with its modifier (`numeric(30,10)`, `"mood"`,
+    /// `text[]`): what a PostgreSQL sink creates and casts to.
+    pub type_sql: String,
+    pub nullable: bool,
+    /// Part of the key that identifies a row (primary key, or every column
+    /// under REPLICA IDENTITY FULL).
+    pub is_key: bool,
+    /// Labels when the type is an enum, so that a sink can create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enum_labels: Option<Vec<String>>,
+}
+
+/// A source table's shape as of the events that reference it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order. Empty only
+    /// when the source refused to stream the table.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableSchema {
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.primary_key.iter().map(|&i| &self.columns[i])
+    }
+}
+
+/// A column's value in a change, or "unchanged" for an out-of-line (TOAST)
+/// value an update did not touch: the sink keeps what the target holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Value(Value),
+    UnchangedToast,
+}
+
+/// A row, one datum per column of the event's [`TableSchema`].
+pub type Row = Vec<Datum>;
+
+/// Where an event sits in the source's history, totally ordered.
+///
+/// For PostgreSQL: the commit LSN of the event's transaction, then the
+/// event's ordinal inside it (1-based; 0 marks a snapshot row, which sorts
+/// before the first change of the transaction at the same LSN).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct Position {
+    pub commit_lsn: u64,
+    pub ordinal: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", format_lsn(self.commit_lsn), self.ordinal)
+    }
+}
+
+/// `X/Y` notation of a PostgreSQL LSN.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses `X/Y` notation.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// A row read by the initial snapshot.
+    Read,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Read => "read",
+        }
+    }
+}
+
+/// One change to one row (or, for `Truncate`, to a whole table).
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub table: Arc<TableSchema>,
+    pub op: Op,
+    /// The row before the change, where the source sends it (deletes and
+    /// key-changing updates always carry at least the key columns, the rest
+    /// `Null`; REPLICA IDENTITY FULL sends the whole row).
+    pub before: Option<Row>,
+    /// The row after the change (insert, update, read).
+    pub after: Option<Row>,
+    pub position: Position,
+    /// The source transaction (PostgreSQL xid), when there is one.
+    pub xid: Option<u32>,
+    /// Commit time at the source, microseconds since the Unix epoch.
+    pub commit_ts_micros: i64,
+}
+
+/// An upstream position the source may confirm once everything sent before
+/// it is durable downstream (PostgreSQL: the commit's end LSN, written to the
+/// slot's `confirmed_flush_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SourceAck(pub u64);
+
+/// What travels on the bus, in source order.
+#[derive(Debug, Clone)]
+pub enum BusMessage {
+    Change(ChangeEvent),
+    /// End of a source transaction. Sinks may commit mid-transaction when a
+    /// transaction is larger than a batch; the ack is only released here.
+    Commit {
+        position: Position,
+        ack: SourceAck,
+        commit_ts_micros: i64,
+    },
+    /// The snapshot of a table starts: the sink (re)creates the target table
+    /// if asked to and empties it, in the same transaction as the first rows.
+    SnapshotStart { table: Arc<TableSchema> },
+    /// The snapshot of a table is complete. `state` is the source's opaque
+    /// record of which snapshot it was (PostgreSQL: the visibility horizon
+    /// used to skip transactions already in the copy); the sink stores it in
+    /// the same transaction as the last rows, and the source reads it back
+    /// through [`crate::checkpoint::CheckpointStore`].
+    SnapshotDone {
+        table: TableId,
+        rows: u64,
+        state: serde_json::Value,
+    },
+    /// Nothing pending upstream: once everything before is durable the
+    /// source may confirm `ack` (keeps an idle slot from pinning WAL).
+    Idle { ack: SourceAck },
+}

@@ -1,0 +1,18 @@
+//! Ferry's core: the event model, the contracts between sources, bus and
+//! sinks, the runtime that drives them, configuration and metrics.
+//!
+//! Nothing here knows a concrete database: connectors and sinks depend on
+//! this crate, never the other way round, and the `ferry` binary wires them.
+
+pub mod batch;
+pub mod bus;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod value;

@@ -1,0 +1,191 @@
+//! Every metric Ferry exports, registered once, and the `/metrics` endpoint.
+//!
+//! Names follow `ferry_<what>_<unit>[_total]`; labels stay low-cardinality
+//! (table, op, stage, error_class). docs/METRICS.md documents each one.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const EVENTS_TOTAL: &str = "ferry_events_total";
+pub const REPLICATION_LAG_SECONDS: &str = "ferry_replication_lag_seconds";
+pub const REPLICATION_LAG_BYTES: &str = "ferry_replication_lag_bytes";
+pub const SINK_BATCH_DURATION_SECONDS: &str = "ferry_sink_batch_duration_seconds";
+pub const SINK_BATCH_EVENTS: &str = "ferry_sink_batch_events";
+pub const SNAPSHOT_ROWS_TOTAL: &str = "ferry_snapshot_rows_total";
+pub const SNAPSHOT_ROWS_ESTIMATE: &str = "ferry_snapshot_rows_estimate";
+pub const RETRIES_TOTAL: &str = "ferry_retries_total";
+pub const ERRORS_TOTAL: &str = "ferry_errors_total";
+pub const BUS_DEPTH_MESSAGES: &str = "ferry_bus_depth_messages";
+pub const CONFIRMED_LSN: &str = "ferry_source_confirmed_lsn";
+
+/// Handles to every metric.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Labels: stage (source|sink), table, op.
+    pub events: IntCounterVec,
+    /// Seconds between the source commit and the sink commit of the last
+    /// applied transaction. Label: table is not used (one per pipeline).
+    pub lag_seconds: GaugeVec,
+    /// Bytes of WAL between the source's current end and the confirmed
+    /// position.
+    pub lag_bytes: IntGauge,
+    pub batch_duration: HistogramVec,
+    pub batch_events: HistogramVec,
+    /// Label: table.
+    pub snapshot_rows: IntCounterVec,
+    /// Label: table.
+    pub snapshot_estimate: IntGaugeVec,
+    /// Label: stage.
+    pub retries: IntCounterVec,
+    /// Labels: stage, error_class.
+    pub errors: IntCounterVec,
+    pub bus_depth: IntGauge,
+    pub confirmed_lsn: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new(EVENTS_TOTAL, "Change events seen, by stage, table and op"),
+            &["stage", "table", "op"],
+        )
+        .expect("valid metric");
+        let lag_seconds = GaugeVec::new(
+            Opts::new(
+                REPLICATION_LAG_SECONDS,
+                "Seconds from source commit to sink commit of the last applied change",
+            ),
+            &["pipeline"],
+        )
+        .expect("valid metric");
+        let lag_bytes = IntGauge::new(
+            REPLICATION_LAG_BYTES,
+            "WAL bytes between the source's end and the confirmed position",
+        )
+        .expect("valid metric");
+        let batch_duration = HistogramVec::new(
+            HistogramOpts::new(SINK_BATCH_DURATION_SECONDS, "Sink batch commit latency")
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let batch_events = HistogramVec::new(
+            HistogramOpts::new(SINK_BATCH_EVENTS, "Source events folded into one sink batch")
+                .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets")),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let snapshot_rows = IntCounterVec::new(
+            Opts::new(SNAPSHOT_ROWS_TOTAL, "Rows copied by the initial snapshot"),
+            &["table"],
+        )
+        .expect("valid metric");
+        let snapshot_estimate = IntGaugeVec::new(
+            Opts::new(
+                SNAPSHOT_ROWS_ESTIMATE,
+                "Estimated rows of a table being snapshotted",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(RETRIES_TOTAL, "Transient failures retried, by stage"),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(ERRORS_TOTAL, "Errors by stage and class"),
+            &["stage", "error_class"],
+        )
+        .expect("valid metric");
+        let bus_depth = IntGauge::new(BUS_DEPTH_MESSAGES, "Messages waiting in the bus")
+            .expect("valid metric");
+        let confirmed_lsn = IntGauge::new(
+            CONFIRMED_LSN,
+            "Source position confirmed upstream (PostgreSQL LSN as an integer)",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lag_seconds.clone()),
+            Box::new(lag_bytes.clone()),
+            Box::new(batch_duration.clone()),
+            Box::new(batch_events.clone()),
+            Box::new(snapshot_rows.clone()),
+            Box::new(snapshot_estimate.clone()),
+            Box::new(retries.clone()),
+            Box::new(errors.clone()),
+            Box::new(bus_depth.clone()),
+            Box::new(confirmed_lsn.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            events,
+            lag_seconds,
+            lag_bytes,
+            batch_duration,
+            batch_events,
+            snapshot_rows,
+            snapshot_estimate,
+            retries,
+            errors,
+            bus_depth,
+            confirmed_lsn,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Serves `GET /metrics` on `addr` from a background thread. Returns the
+/// bound address (useful with port 0).
+pub fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("metrics listener has no IP address"))?;
+    let server = Arc::new(server);
+    std::thread::Builder::new()
+        .name("ferry-metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let resp = if req.url() == "/metrics" {
+                    let header = tiny_http::Header::from_bytes(
+                        "Content-Type",
+                        "text/plain; version=0.0.4",
+                    )
+                    .expect("static header");
+                    tiny_http::Response::from_string(metrics().render()).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("see /metrics").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })?;
+    Ok(bound)
+}

@@ -1,0 +1,24 @@
+//! The contract every sink fulfils.
+
+use std::future::Future;
+
+use crate::batch::Batch;
+use crate::checkpoint::CheckpointStore;
+use crate::error::PipelineError;
+
+/// A destination that applies batches of changes.
+///
+/// Contract:
+/// - [`Sink::write_batch`] returns `Ok` only when the whole batch and its
+///   checkpoint (`batch.last_position`, snapshot records) are durable, in one
+///   atomic unit: either all of it is visible after a crash or none of it.
+/// - Applying a change again (restart, replay) never duplicates a row and
+///   never moves a row back to an older state: rows are keyed by primary key
+///   and written as upserts/deletes of their latest image, and the runtime
+///   skips changes at or before the durable checkpoint.
+/// - An `Err` leaves nothing applied; the runtime retries the same batch when
+///   the error is transient.
+pub trait Sink: CheckpointStore + Send + 'static {
+    fn write_batch(&mut self, batch: &Batch)
+        -> impl Future<Output = Result<(), PipelineError>> + Send;
+}

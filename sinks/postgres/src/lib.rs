@@ -1,0 +1,3 @@
+//! PostgreSQL sink for Ferry.
+
+pub mod literal;
