@@ -72,6 +72,22 @@ pub fn disposition(class: ErrorClass) -> Disposition {
     }
 }
 
+/// Classifies a PostgreSQL SQLSTATE, by class (its first two characters),
+/// as Materialize does for definite/indefinite errors: connection
+/// exceptions, serialization failures and deadlocks, insufficient resources,
+/// operator intervention and system errors are transient; data exceptions
+/// and integrity violations belong to the record; authorization, missing
+/// database and syntax/undefined-object errors stop the pipeline. Unknown
+/// classes are transient.
+pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code.get(..2).unwrap_or("") {
+        "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorClass::Transient,
+        "22" | "23" => ErrorClass::Permanent,
+        "28" | "3D" | "3F" | "42" | "0A" | "2B" => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    }
+}
+
 /// An error with its class, stage and an operator hint.
 #[derive(Debug, thiserror::Error)]
 pub struct PipelineError {
@@ -118,6 +134,22 @@ impl PipelineError {
         self.source = Some(source.into());
         self
     }
+    /// An error from a PostgreSQL driver: classified by its SQLSTATE when
+    /// the server sent one, otherwise (I/O, closed connection) transient.
+    pub fn from_postgres(
+        stage: Stage,
+        context: &str,
+        sqlstate: Option<&str>,
+        source: impl Into<anyhow::Error>,
+    ) -> Self {
+        let source = source.into();
+        let class = sqlstate.map_or(ErrorClass::Transient, classify_sqlstate);
+        let mut e = Self::new(class, stage, format!("{context}: {source:#}"));
+        e.code = sqlstate.map(str::to_string);
+        e.source = Some(source);
+        e
+    }
+
     pub fn disposition(&self) -> Disposition {
         disposition(self.class)
     }
@@ -146,6 +178,26 @@ mod tests {
         assert_eq!(disposition(ErrorClass::Transient), Disposition::Retry);
         assert_eq!(disposition(ErrorClass::Permanent), Disposition::Halt);
         assert_eq!(disposition(ErrorClass::Fatal), Disposition::Halt);
+    }
+
+    #[test]
+    fn sqlstate_classes() {
+        for (code, class) in [
+            ("40001", ErrorClass::Transient),
+            ("40P01", ErrorClass::Transient),
+            ("53300", ErrorClass::Transient),
+            ("57P01", ErrorClass::Transient),
+            ("08006", ErrorClass::Transient),
+            ("22003", ErrorClass::Permanent),
+            ("23502", ErrorClass::Permanent),
+            ("23503", ErrorClass::Permanent),
+            ("28P01", ErrorClass::Fatal),
+            ("42P01", ErrorClass::Fatal),
+            ("3D000", ErrorClass::Fatal),
+            ("ZZ999", ErrorClass::Transient),
+        ] {
+            assert_eq!(classify_sqlstate(code), class, "{code}");
+        }
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! What the source's catalog says about a table: columns, types, key,
+//! replica identity, size. Ferry refuses a table it could not mirror
+//! idempotently (no primary key and no replica identity index) with a
+//! message that says how to fix it.
+
+use std::sync::Arc;
+
+use ferry_pipeline::error::{PipelineError, Stage};
+use ferry_pipeline::event::{Column, TableId, TableSchema};
+use tokio_postgres::Client;
+
+use crate::pg_err;
+use crate::text::PgType;
+
+/// A table as the source describes it, with what decoding needs.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    pub oid: u32,
+    pub schema: Arc<TableSchema>,
+    /// Per column, how to decode its text.
+    pub types: Vec<PgType>,
+    /// `d` default, `f` full, `i` index, `n` nothing.
+    pub replica_identity: char,
+    pub estimated_rows: i64,
+    pub pages: i64,
+}
+
+/// Reads a table's description; `Ok(None)` when it does not exist.
+pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTable>, PipelineError> {
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, c.reltuples::bigint, c.relpages::bigint
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&id.schema, &id.name],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read table from catalog", e))?;
+    let Some(rel) = rel else { return Ok(None) };
+    let oid: u32 = rel.get(0);
+    let replica_identity = rel.get::<_, String>(1).chars().next().unwrap_or('d');
+    let rows = client
+        .query(
+            "SELECT a.attname::text,
+                    a.atttypid,
+                    format_type(a.atttypid, a.atttypmod),
+                    NOT a.attnotnull,
+                    coalesce(array_position(pk.indkey::int2[], a.attnum), 0)::int4,
+                    coalesce(array_position(ri.indkey::int2[], a.attnum), 0)::int4,
+                    CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE 0::oid END,
+                    CASE WHEN t.typtype = 'e' THEN
+                        array(SELECT e.enumlabel::text FROM pg_enum e
+                               WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
+                    END
+               FROM pg_attribute a
+               JOIN pg_type t ON t.oid = a.atttypid
+               LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary
+               LEFT JOIN pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read columns from catalog", e))?;
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut pk: Vec<(i32, usize)> = Vec::new();
+    let mut ri: Vec<(i32, usize)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let pk_pos: i32 = r.get(4);
+        let ri_pos: i32 = r.get(5);
+        if pk_pos > 0 {
+            pk.push((pk_pos, i));
+        }
+        if ri_pos > 0 {
+            ri.push((ri_pos, i));
+        }
+        let elem: u32 = r.get(6);
+        types.push(PgType {
+            oid: r.get(1),
+            elem_oid: (elem != 0).then_some(elem),
+        });
+        columns.push(Column {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_sql: r.get(2),
+            nullable: r.get(3),
+            is_key: false,
+            enum_labels: r.get(7),
+        });
+    }
+    // The key: the primary key, else the replica identity index (unique and
+    // NOT NULL by PostgreSQL's rules).
+    let mut key = if pk.is_empty() { ri } else { pk };
+    key.sort();
+    let primary_key: Vec<usize> = key.into_iter().map(|(_, i)| i).collect();
+    for &i in &primary_key {
+        columns[i].is_key = true;
+    }
+    Ok(Some(SourceTable {
+        oid,
+        schema: Arc::new(TableSchema {
+            id: id.clone(),
+            columns,
+            primary_key,
+        }),
+        types,
+        replica_identity,
+        estimated_rows: rel.get(2),
+        pages: rel.get(3),
+    }))
+}
+
+/// Why a table cannot be mirrored, if it cannot; the text says how to fix it.
+pub fn refusal(t: &SourceTable) -> Option<String> {
+    let id = &t.schema.id;
+    if t.replica_identity == 'n' {
+        return Some(format!(
+            "table {id} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be replicated; \
+             run ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key)",
+            id.quoted()
+        ));
+    }
+    if t.schema.primary_key.is_empty() {
+        return Some(format!(
+            "table {id} has no primary key (nor a replica identity index): Ferry needs a key to \
+             apply changes idempotently; add one with ALTER TABLE {} ADD PRIMARY KEY (...)",
+            id.quoted()
+        ));
+    }
+    None
+}
+
+/// Describes every configured table, refusing missing or keyless ones.
+pub async fn describe_all(client: &Client, ids: &[TableId]) -> Result<Vec<SourceTable>, PipelineError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let t = describe(client, id).await?.ok_or_else(|| {
+            PipelineError::fatal(Stage::Source, format!("source table {id} does not exist"))
+        })?;
+        if let Some(why) = refusal(&t) {
+            return Err(PipelineError::fatal(Stage::Source, why));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}

@@ -3,11 +3,276 @@
 //! Owns everything that talks to the source database: the publication and
 //! the pgoutput slot ([`slot`]), the catalog queries that describe tables
 //! ([`catalog`]), the gap-free initial snapshot ([`snapshot`]), the pure
-//! pgoutput and text-format codecs ([`pgoutput`], [`text`]) and the
-//! streaming loop ([`stream`]). [`cluster`] starts throwaway local clusters
-//! for the demo, the tests and the benchmark.
+//! pgoutput and text-format codecs ([`pgoutput`], [`text`]), the streaming
+//! loop ([`stream`]) and the prerequisite checks of `ferry check`
+//! ([`check`]). [`cluster`] starts throwaway local clusters for the demo, the
+//! tests and the benchmark.
+//!
+//! Replication runs on `pgwire-replication` (a maintained pgwire client for
+//! `START_REPLICATION … LOGICAL` that answers keepalives itself, keeps
+//! sending status updates while the consumer is slow, and reports the
+//! acknowledged LSN we hand it); decoding pgoutput into rows is ours
+//! ([`pgoutput`]), as that crate deliberately stops at the transport.
+//! tokio-postgres 0.7 has no replication mode.
 
 pub mod catalog;
+pub mod check;
 pub mod cluster;
 pub mod pgoutput;
+pub mod slot;
+pub mod snapshot;
+pub mod stream;
 pub mod text;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_pipeline::config::{PostgresSourceConfig, SnapshotMode};
+use ferry_pipeline::error::{retry_backoff, Disposition, PipelineError, Stage};
+use ferry_pipeline::event::TableId;
+use ferry_pipeline::metrics::metrics;
+use ferry_pipeline::source::{Source, SourceContext};
+use pgwire_replication::{Lsn, ReplicationConfig};
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+use crate::snapshot::Horizon;
+
+/// Wraps a driver error with its SQLSTATE class.
+pub(crate) fn pg_err(stage: Stage, context: &str, e: tokio_postgres::Error) -> PipelineError {
+    let code = e.code().map(|c| c.code().to_string());
+    let msg = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    };
+    PipelineError::from_postgres(stage, context, code.as_deref(), anyhow::anyhow!(msg))
+}
+
+/// A normal (non-replication) connection with the session settings that
+/// make value text exact.
+pub async fn connect(url: &str) -> Result<Client, PipelineError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| pg_err(Stage::Source, "connect to source", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "source connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The replication connection's settings from the source URL.
+pub fn replication_config(
+    cfg: &PostgresSourceConfig,
+    start: u64,
+) -> Result<ReplicationConfig, PipelineError> {
+    let pg: tokio_postgres::Config = cfg.url.expose().parse().map_err(|e| {
+        PipelineError::fatal(Stage::Source, format!("source.url: {e}"))
+    })?;
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().unwrap_or("postgres").to_string();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let db = pg.get_dbname().unwrap_or(&user).to_string();
+    Ok(ReplicationConfig::new(host, user, password, db, cfg.slot.clone(), cfg.publication.clone())
+        .with_port(port)
+        .with_start_lsn(Lsn(start))
+        .with_status_interval(stream::status_interval(cfg.status_interval_ms))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_options(stream::REPLICATION_OPTIONS)
+        .with_application_name("ferry"))
+}
+
+/// The database the source URL names.
+pub fn database_of(url: &str) -> Option<String> {
+    let pg: tokio_postgres::Config = url.parse().ok()?;
+    pg.get_dbname()
+        .or(pg.get_user())
+        .map(str::to_string)
+}
+
+/// The PostgreSQL source.
+pub struct PostgresSource {
+    cfg: PostgresSourceConfig,
+    tables: Vec<TableId>,
+    max_retry_delay: Duration,
+}
+
+impl PostgresSource {
+    /// `cfg` must have passed `Config::validate`.
+    pub fn new(cfg: PostgresSourceConfig, max_retry_delay: Duration) -> Self {
+        let tables = cfg
+            .tables
+            .iter()
+            .filter_map(|t| TableId::parse(t))
+            .collect();
+        Self {
+            cfg,
+            tables,
+            max_retry_delay,
+        }
+    }
+
+    /// Prepares publication and slot, copies what needs copying, and returns
+    /// the per-table horizons for the stream.
+    async fn prepare(
+        &self,
+        ctx: &SourceContext,
+        client: &Client,
+    ) -> Result<(HashMap<TableId, catalog::SourceTable>, HashMap<TableId, Horizon>), PipelineError> {
+        let described = catalog::describe_all(client, &self.tables).await?;
+        slot::ensure_publication(client, &self.cfg.publication, &self.tables, self.cfg.create_publication)
+            .await?;
+        let database = database_of(self.cfg.url.expose()).unwrap_or_default();
+        match slot::slot_info(client, &self.cfg.slot).await? {
+            Some(info) => {
+                if let Some(why) = slot::slot_refusal(&self.cfg.slot, &info, &database) {
+                    return Err(PipelineError::fatal(Stage::Source, why));
+                }
+            }
+            None => {
+                let has_progress =
+                    ctx.checkpoint.position.is_some() || !ctx.checkpoint.snapshots.is_empty();
+                if has_progress {
+                    return Err(PipelineError::fatal(
+                        Stage::Source,
+                        format!(
+                            "replication slot {} is gone but the target holds this pipeline's checkpoint: \
+                             changes since then are lost. To copy everything again, delete the pipeline's \
+                             rows from ferry_checkpoint and ferry_snapshot in the target",
+                            self.cfg.slot
+                        ),
+                    ));
+                }
+                let lsn = slot::create_slot(client, &self.cfg.slot).await?;
+                info!(slot = %self.cfg.slot, consistent_point = %ferry_pipeline::event::format_lsn(lsn), "created replication slot");
+            }
+        }
+        let mut horizons: HashMap<TableId, Horizon> = HashMap::new();
+        for (id, rec) in &ctx.checkpoint.snapshots {
+            if let Ok(h) = serde_json::from_value::<Horizon>(rec.state.clone()) {
+                horizons.insert(id.clone(), h);
+            }
+        }
+        if self.cfg.snapshot == SnapshotMode::Initial {
+            let todo: Vec<catalog::SourceTable> = described
+                .iter()
+                .filter(|t| !ctx.checkpoint.snapshots.contains_key(&t.schema.id))
+                .cloned()
+                .collect();
+            if !todo.is_empty() {
+                info!(tables = todo.len(), "initial snapshot starting");
+                let done = snapshot::copy_tables(
+                    self.cfg.url.expose(),
+                    &todo,
+                    &ctx.bus,
+                    self.cfg.snapshot_parallelism,
+                    self.cfg.snapshot_chunk_pages,
+                )
+                .await?;
+                for (t, (_, h)) in todo.iter().zip(done) {
+                    horizons.insert(t.schema.id.clone(), h);
+                }
+            }
+        }
+        let tables = described
+            .into_iter()
+            .map(|t| (t.schema.id.clone(), t))
+            .collect();
+        Ok((tables, horizons))
+    }
+}
+
+impl Source for PostgresSource {
+    async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
+        let mut backoff = retry_backoff(self.max_retry_delay);
+        let mut prepared: Option<(HashMap<TableId, catalog::SourceTable>, HashMap<TableId, Horizon>)> =
+            None;
+        if self.cfg.heartbeat_secs > 0 {
+            tokio::spawn(heartbeat(
+                self.cfg.url.expose().to_string(),
+                Duration::from_secs(self.cfg.heartbeat_secs),
+                ctx.shutdown.clone(),
+            ));
+        }
+        loop {
+            if *ctx.shutdown.borrow() {
+                return Ok(());
+            }
+            let attempt = async {
+                let client = connect(self.cfg.url.expose()).await?;
+                if prepared.is_none() {
+                    prepared = Some(self.prepare(&ctx, &client).await?);
+                }
+                let (tables, horizons) = prepared.as_ref().expect("prepared above");
+                let start = slot::slot_info(&client, &self.cfg.slot)
+                    .await?
+                    .and_then(|s| s.confirmed_flush_lsn)
+                    .unwrap_or(0);
+                let repl = replication_config(&self.cfg, start)?;
+                stream::StreamSession {
+                    repl,
+                    catalog: &client,
+                    tables,
+                    horizons,
+                    bus: &ctx.bus,
+                    acks: &mut ctx.acks,
+                    shutdown: &mut ctx.shutdown,
+                }
+                .run()
+                .await
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if e.disposition() == Disposition::Retry => {
+                    let delay = backoff.next().unwrap_or(self.max_retry_delay);
+                    metrics().retries.with_label_values(&[e.stage.as_str()]).inc();
+                    metrics()
+                        .errors
+                        .with_label_values(&[e.stage.as_str(), e.class.as_str()])
+                        .inc();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Emits a non-transactional logical message now and then, so that a slot
+/// whose tables are idle still sees WAL of its own database and its
+/// confirmed position advances (Debezium's heartbeat.action.query).
+async fn heartbeat(url: String, every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect(&url).await.ok();
+        }
+        if let Some(c) = &client {
+            if let Err(e) = c
+                .execute("SELECT pg_logical_emit_message(false, 'ferry_heartbeat', '')", &[])
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}

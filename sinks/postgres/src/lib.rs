@@ -1,3 +1,357 @@
 //! PostgreSQL sink for Ferry.
+//!
+//! Applies each [`Batch`] in one transaction with multi-row statements built
+//! on `unnest` of text arrays: `INSERT … ON CONFLICT (pk) DO UPDATE` for
+//! upserts, `DELETE … USING unnest(…)` for deletes, `UPDATE … FROM
+//! unnest(…)` for updates that left TOAST values untouched. Every value
+//! travels as PostgreSQL text and is cast to the target column's own type,
+//! which is exact for every type (the same path pg_dump relies on). The
+//! pipeline's checkpoint is written in the same transaction
+//! ([`checkpoint`]), so the effect of a replay is exactly-once.
 
+pub mod checkpoint;
 pub mod literal;
+pub mod target;
+
+use std::collections::HashMap;
+
+use ferry_pipeline::batch::{Batch, RowChange, TableBatch};
+use ferry_pipeline::checkpoint::{Checkpoint, CheckpointStore};
+use ferry_pipeline::config::PostgresSinkConfig;
+use ferry_pipeline::error::{PipelineError, Stage};
+use ferry_pipeline::event::{quote_ident, Datum, TableId};
+use ferry_pipeline::sink::Sink;
+use ferry_pipeline::value::Value;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tracing::{info, warn};
+
+use crate::target::TargetTable;
+
+/// Wraps a driver error with its SQLSTATE class.
+pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> PipelineError {
+    let code = e.code().map(|c| c.code().to_string());
+    let msg = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    };
+    PipelineError::from_postgres(Stage::Sink, context, code.as_deref(), anyhow::anyhow!(msg))
+}
+
+/// The PostgreSQL sink.
+pub struct PostgresSink {
+    cfg: PostgresSinkConfig,
+    pipeline: String,
+    client: Option<Client>,
+    tables: HashMap<TableId, TargetTable>,
+    statements: HashMap<String, Statement>,
+}
+
+impl PostgresSink {
+    pub fn new(cfg: PostgresSinkConfig, pipeline: impl Into<String>) -> Self {
+        Self {
+            cfg,
+            pipeline: pipeline.into(),
+            client: None,
+            tables: HashMap::new(),
+            statements: HashMap::new(),
+        }
+    }
+
+    /// The target table a source table is written to.
+    pub fn target_id(&self, source: &TableId) -> TableId {
+        match &self.cfg.schema {
+            Some(s) => TableId::new(s.clone(), source.name.clone()),
+            None => source.clone(),
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, PipelineError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let (client, conn) = tokio_postgres::connect(self.cfg.url.expose(), NoTls)
+                .await
+                .map_err(|e| pg_err("connect to target", e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    warn!(error = %e, "target connection closed");
+                }
+            });
+            checkpoint::install(&client).await?;
+            self.statements.clear();
+            self.tables.clear();
+            info!("connected to target");
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+        // Make sure every table exists before the data transaction: DDL
+        // errors are then fatal and never half-apply a batch.
+        for tb in &batch.tables {
+            let target = self.target_id(&tb.schema.id);
+            let known = self
+                .tables
+                .get(&target)
+                .is_some_and(|t| tb.schema.columns.iter().all(|c| t.type_of(&c.name).is_some()));
+            if !known {
+                let create = self.cfg.create_tables;
+                let client = self.client().await?;
+                let t = target::ensure(client, &target, &tb.schema, create).await?;
+                self.tables.insert(target, t);
+            }
+        }
+        let pipeline = self.pipeline.clone();
+        let schema_override = self.cfg.schema.clone();
+        let mut statements = std::mem::take(&mut self.statements);
+        let tables = std::mem::take(&mut self.tables);
+        let result = async {
+            let client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| pg_err("begin", e))?;
+            for tb in &batch.tables {
+                let id = match &schema_override {
+                    Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
+                    None => tb.schema.id.clone(),
+                };
+                let target = tables.get(&id).expect("ensured above");
+                apply_table(&tx, &mut statements, target, tb, &pipeline).await?;
+            }
+            if let Some(p) = batch.last_position {
+                checkpoint::save_position(&tx, &pipeline, p).await?;
+            }
+            tx.commit().await.map_err(|e| pg_err("commit", e))
+        }
+        .await;
+        self.statements = statements;
+        self.tables = tables;
+        if let Err(e) = &result {
+            if e.disposition() == ferry_pipeline::error::Disposition::Retry {
+                // The connection may be broken; start afresh next time.
+                self.client = None;
+            }
+        }
+        result
+    }
+}
+
+impl CheckpointStore for PostgresSink {
+    async fn load(&mut self) -> Result<Checkpoint, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        checkpoint::load(client, &pipeline).await
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn write_batch(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+        self.write(batch).await
+    }
+}
+
+/// Applies everything a batch does to one table.
+async fn apply_table(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    target: &TargetTable,
+    tb: &TableBatch,
+    pipeline: &str,
+) -> Result<(), PipelineError> {
+    let schema = &tb.schema;
+    let table_sql = target.id.quoted();
+    if tb.snapshot_start {
+        checkpoint::clear_snapshot(tx, pipeline, &schema.id).await?;
+    }
+    if tb.truncate || tb.snapshot_start {
+        tx.batch_execute(&format!("TRUNCATE {table_sql}"))
+            .await
+            .map_err(|e| pg_err(&format!("truncate {}", target.id), e))?;
+    }
+    if schema.primary_key.is_empty() {
+        if tb.rows.is_empty() {
+            return Ok(());
+        }
+        return Err(PipelineError::fatal(
+            Stage::Sink,
+            format!("table {} has no primary key; Ferry cannot apply its rows by key", schema.id),
+        ));
+    }
+    let cast = |name: &str| -> String {
+        target.type_of(name).unwrap_or("text").to_string()
+    };
+    let key_names: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
+
+    // Deletes.
+    let deletes: Vec<&Vec<Value>> = tb
+        .rows
+        .iter()
+        .filter_map(|r| match r {
+            RowChange::Delete(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    if !deletes.is_empty() {
+        let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(deletes.len()); key_names.len()];
+        for k in &deletes {
+            for (i, v) in k.iter().enumerate() {
+                cols[i].push(literal::to_pg_text(v));
+            }
+        }
+        let aliases: Vec<String> = (0..key_names.len()).map(|i| format!("k{i}")).collect();
+        let unnest_args: Vec<String> = (1..=key_names.len()).map(|i| format!("${i}::text[]")).collect();
+        let cond: Vec<String> = key_names
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = u.k{i}::{}", quote_ident(k), cast(k)))
+            .collect();
+        let sql = format!(
+            "DELETE FROM {table_sql} AS t USING unnest({}) AS u({}) WHERE {}",
+            unnest_args.join(", "),
+            aliases.join(", "),
+            cond.join(" AND ")
+        );
+        execute(tx, statements, &sql, &cols, &target.id).await?;
+    }
+
+    // Upserts, then patches grouped by which columns they leave untouched.
+    let width = schema.columns.len();
+    let mut upserts: Vec<&Vec<Datum>> = Vec::new();
+    let mut patches: HashMap<Vec<bool>, Vec<&Vec<Datum>>> = HashMap::new();
+    for r in &tb.rows {
+        match r {
+            RowChange::Upsert(row) => upserts.push(row),
+            RowChange::Patch(row) => {
+                let mask: Vec<bool> = (0..width)
+                    .map(|i| !matches!(row.get(i), Some(Datum::UnchangedToast)))
+                    .collect();
+                patches.entry(mask).or_default().push(row);
+            }
+            RowChange::Delete(_) => {}
+        }
+    }
+    if !upserts.is_empty() {
+        let all: Vec<usize> = (0..width).collect();
+        let cols = column_arrays(&upserts, &all);
+        let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        let aliases: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+        let unnest_args: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
+        let select: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("u.c{i}::{}", cast(n)))
+            .collect();
+        let non_key: Vec<String> = names
+            .iter()
+            .filter(|n| !key_names.contains(n))
+            .map(|n| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+            .collect();
+        let conflict = if non_key.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", non_key.join(", "))
+        };
+        let sql = format!(
+            "INSERT INTO {table_sql} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) {}",
+            names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
+            select.join(", "),
+            unnest_args.join(", "),
+            aliases.join(", "),
+            key_names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
+            conflict
+        );
+        execute(tx, statements, &sql, &cols, &target.id).await?;
+    }
+    for (mask, rows) in patches {
+        let present: Vec<usize> = (0..width).filter(|&i| mask[i]).collect();
+        let cols = column_arrays(&rows, &present);
+        let aliases: Vec<String> = (0..present.len()).map(|i| format!("c{i}")).collect();
+        let unnest_args: Vec<String> = (1..=present.len()).map(|i| format!("${i}::text[]")).collect();
+        let mut sets = Vec::new();
+        let mut conds = Vec::new();
+        for (j, &i) in present.iter().enumerate() {
+            let name = &schema.columns[i].name;
+            let expr = format!("u.c{j}::{}", cast(name));
+            if key_names.contains(&name.as_str()) {
+                conds.push(format!("t.{} = {expr}", quote_ident(name)));
+            } else {
+                sets.push(format!("{} = {expr}", quote_ident(name)));
+            }
+        }
+        if sets.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "UPDATE {table_sql} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+            sets.join(", "),
+            unnest_args.join(", "),
+            aliases.join(", "),
+            conds.join(" AND ")
+        );
+        let n = execute(tx, statements, &sql, &cols, &target.id).await?;
+        if n < rows.len() as u64 {
+            // An update whose row is not in the target: the target was
+            // changed behind Ferry's back (or the snapshot is incomplete).
+            return Err(PipelineError::new(
+                ferry_pipeline::error::ErrorClass::Permanent,
+                Stage::Sink,
+                format!(
+                    "{} update(s) to {} left TOAST values unchanged but their rows are missing from the target",
+                    rows.len() as u64 - n,
+                    target.id
+                ),
+            ));
+        }
+    }
+    if let Some((rows, state)) = &tb.snapshot_done {
+        checkpoint::save_snapshot(tx, pipeline, &schema.id, *rows, state).await?;
+    }
+    Ok(())
+}
+
+/// Column-major text arrays of the chosen columns of `rows`; a row narrower
+/// than the schema (written before a column was added) reads NULL there.
+fn column_arrays(rows: &[&Vec<Datum>], columns: &[usize]) -> Vec<Vec<Option<String>>> {
+    let mut out: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); columns.len()];
+    for row in rows {
+        for (j, &i) in columns.iter().enumerate() {
+            out[j].push(match row.get(i) {
+                Some(Datum::Value(v)) => literal::to_pg_text(v),
+                _ => None,
+            });
+        }
+    }
+    out
+}
+
+async fn execute(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    cols: &[Vec<Option<String>>],
+    table: &TableId,
+) -> Result<u64, PipelineError> {
+    let stmt = match statements.get(sql) {
+        Some(s) => s.clone(),
+        None => {
+            let types = vec![Type::TEXT_ARRAY; cols.len()];
+            let s = tx
+                .prepare_typed(sql, &types)
+                .await
+                .map_err(|e| pg_err(&format!("prepare statement for {table}"), e))?;
+            statements.insert(sql.to_string(), s.clone());
+            s
+        }
+    };
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    tx.execute(&stmt, &params)
+        .await
+        .map_err(|e| pg_err(&format!("apply batch to {table}"), e))
+}

@@ -1,0 +1,1 @@
+//! Prerequisite checks for `ferry check`: what the source must provide.

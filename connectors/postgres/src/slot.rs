@@ -1,0 +1,150 @@
+//! The publication and the logical replication slot: created idempotently,
+//! and checked when they already exist (a slot of another plugin or
+//! database is refused rather than misused).
+
+use ferry_pipeline::error::{PipelineError, Stage};
+use ferry_pipeline::event::{parse_lsn, TableId};
+use tokio_postgres::Client;
+
+use crate::pg_err;
+
+/// A slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub slot_type: String,
+    pub database: Option<String>,
+    pub active: bool,
+    pub confirmed_flush_lsn: Option<u64>,
+    pub wal_status: Option<String>,
+}
+
+/// Reads a slot; `None` when it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, PipelineError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, slot_type, database::text, active,
+                    confirmed_flush_lsn::text, wal_status
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read pg_replication_slots", e))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        slot_type: r.get(1),
+        database: r.get(2),
+        active: r.get(3),
+        confirmed_flush_lsn: r.get::<_, Option<String>>(4).and_then(|s| parse_lsn(&s)),
+        wal_status: r.get(5),
+    }))
+}
+
+/// Why an existing slot cannot be used by this pipeline, if it cannot.
+pub fn slot_refusal(slot: &str, info: &SlotInfo, database: &str) -> Option<String> {
+    if info.slot_type != "logical" {
+        return Some(format!("replication slot {slot} is a {} slot; Ferry needs a logical slot", info.slot_type));
+    }
+    if info.plugin.as_deref() != Some("pgoutput") {
+        return Some(format!(
+            "replication slot {slot} uses plugin {:?}; Ferry needs pgoutput (drop it or pick another source.slot)",
+            info.plugin
+        ));
+    }
+    if info.database.as_deref() != Some(database) {
+        return Some(format!(
+            "replication slot {slot} belongs to database {:?}, not {database:?}",
+            info.database
+        ));
+    }
+    if info.wal_status.as_deref() == Some("lost") {
+        return Some(format!(
+            "replication slot {slot} has lost required WAL (wal_status = lost): changes were lost; \
+             drop the slot and the pipeline's rows in ferry_checkpoint/ferry_snapshot to copy again"
+        ));
+    }
+    None
+}
+
+/// Creates the slot; returns its consistent point.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<u64, PipelineError> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, &format!("create replication slot {slot}"), e))?;
+    let lsn: String = row.get(0);
+    parse_lsn(&lsn).ok_or_else(|| PipelineError::fatal(Stage::Source, format!("unreadable LSN {lsn}")))
+}
+
+/// Tables of a publication; `None` when it does not exist, and `Some(None)`
+/// for `FOR ALL TABLES`.
+pub async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<Option<Vec<TableId>>>, PipelineError> {
+    let row = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read pg_publication", e))?;
+    let Some(row) = row else { return Ok(None) };
+    if row.get::<_, bool>(0) {
+        return Ok(Some(None));
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read pg_publication_tables", e))?;
+    Ok(Some(Some(
+        rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect(),
+    )))
+}
+
+/// Creates the publication, or adds the tables it lacks.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableId],
+    create: bool,
+) -> Result<(), PipelineError> {
+    let list = |ts: &[&TableId]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let pubname = ferry_pipeline::event::quote_ident(publication);
+    match publication_tables(client, publication).await? {
+        None if create => {
+            let all: Vec<&TableId> = tables.iter().collect();
+            client
+                .batch_execute(&format!("CREATE PUBLICATION {pubname} FOR TABLE {}", list(&all)))
+                .await
+                .map_err(|e| pg_err(Stage::Source, &format!("create publication {publication}"), e))
+        }
+        None => Err(PipelineError::fatal(
+            Stage::Source,
+            format!("publication {publication} does not exist; create it or set source.create_publication = true"),
+        )),
+        Some(None) => Ok(()),
+        Some(Some(have)) => {
+            let missing: Vec<&TableId> = tables.iter().filter(|t| !have.contains(t)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if !create {
+                return Err(PipelineError::fatal(
+                    Stage::Source,
+                    format!("publication {publication} lacks {}; add them or set source.create_publication = true", list(&missing)),
+                ));
+            }
+            client
+                .batch_execute(&format!("ALTER PUBLICATION {pubname} ADD TABLE {}", list(&missing)))
+                .await
+                .map_err(|e| pg_err(Stage::Source, &format!("add tables to publication {publication}"), e))
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The pipeline's bookkeeping in the target: the applied position and the
+//! completed snapshots, written in the same transaction as the data.
+
+use std::collections::HashMap;
+
+use ferry_pipeline::checkpoint::{Checkpoint, SnapshotRecord};
+use ferry_pipeline::error::PipelineError;
+use ferry_pipeline::event::{Position, TableId};
+use tokio_postgres::{Client, Transaction};
+
+use crate::pg_err;
+
+/// Creates the bookkeeping tables if they are missing.
+pub async fn install(client: &Client) -> Result<(), PipelineError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.ferry_checkpoint (
+                 pipeline    text PRIMARY KEY,
+                 commit_lsn  pg_lsn NOT NULL,
+                 ordinal     bigint NOT NULL,
+                 updated_at  timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS public.ferry_snapshot (
+                 pipeline     text NOT NULL,
+                 table_schema text NOT NULL,
+                 table_name   text NOT NULL,
+                 rows         bigint NOT NULL,
+                 state        jsonb NOT NULL,
+                 completed_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, table_schema, table_name)
+             );",
+        )
+        .await
+        .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))
+}
+
+/// Reads the checkpoint of `pipeline`.
+pub async fn load(client: &Client, pipeline: &str) -> Result<Checkpoint, PipelineError> {
+    let pos = client
+        .query_opt(
+            "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM public.ferry_checkpoint WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_checkpoint", e))?;
+    let position = match pos {
+        Some(row) => {
+            let lsn: String = row.get(0);
+            let ordinal: i64 = row.get(1);
+            Some(Position {
+                commit_lsn: lsn.parse().map_err(|_| {
+                    PipelineError::fatal(
+                        ferry_pipeline::error::Stage::Sink,
+                        format!("ferry_checkpoint holds an unreadable LSN {lsn:?}"),
+                    )
+                })?,
+                ordinal: ordinal as u64,
+            })
+        }
+        None => None,
+    };
+    let rows = client
+        .query(
+            "SELECT table_schema, table_name, rows, state::text FROM public.ferry_snapshot WHERE pipeline = $1",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_snapshot", e))?;
+    let mut snapshots = HashMap::new();
+    for r in rows {
+        let state: String = r.get(3);
+        snapshots.insert(
+            TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            SnapshotRecord {
+                rows: r.get::<_, i64>(2) as u64,
+                state: serde_json::from_str(&state).unwrap_or(serde_json::Value::Null),
+            },
+        );
+    }
+    Ok(Checkpoint {
+        position,
+        snapshots,
+    })
+}
+
+/// Records the applied position (inside the batch's transaction).
+pub async fn save_position(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    p: Position,
+) -> Result<(), PipelineError> {
+    tx.execute(
+        "INSERT INTO public.ferry_checkpoint (pipeline, commit_lsn, ordinal)
+         VALUES ($1, ('0/0'::pg_lsn + $2::text::numeric), $3)
+         ON CONFLICT (pipeline) DO UPDATE
+            SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal, updated_at = now()",
+        &[&pipeline, &p.commit_lsn.to_string(), &(p.ordinal as i64)],
+    )
+    .await
+    .map_err(|e| pg_err("write ferry_checkpoint", e))?;
+    Ok(())
+}
+
+/// Forgets a table's snapshot (it is being copied again).
+pub async fn clear_snapshot(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    table: &TableId,
+) -> Result<(), PipelineError> {
+    tx.execute(
+        "DELETE FROM public.ferry_snapshot WHERE pipeline = $1 AND table_schema = $2 AND table_name = $3",
+        &[&pipeline, &table.schema, &table.name],
+    )
+    .await
+    .map_err(|e| pg_err("clear ferry_snapshot", e))?;
+    Ok(())
+}
+
+/// Records a completed snapshot (inside the batch's transaction).
+pub async fn save_snapshot(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    table: &TableId,
+    rows: u64,
+    state: &serde_json::Value,
+) -> Result<(), PipelineError> {
+    tx.execute(
+        "INSERT INTO public.ferry_snapshot (pipeline, table_schema, table_name, rows, state)
+         VALUES ($1, $2, $3, $4, $5::text::jsonb)
+         ON CONFLICT (pipeline, table_schema, table_name) DO UPDATE
+            SET rows = EXCLUDED.rows, state = EXCLUDED.state, completed_at = now()",
+        &[&pipeline, &table.schema, &table.name, &(rows as i64), &state.to_string()],
+    )
+    .await
+    .map_err(|e| pg_err("write ferry_snapshot", e))?;
+    Ok(())
+}
