@@ -185,7 +185,12 @@ impl Batch {
         tb.snapshot_start = true;
     }
 
-    pub fn snapshot_done(&mut self, schema: &Arc<TableSchema>, rows: u64, state: serde_json::Value) {
+    pub fn snapshot_done(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        rows: u64,
+        state: serde_json::Value,
+    ) {
         self.table(schema).snapshot_done = Some((rows, state));
     }
 }
@@ -276,7 +281,12 @@ mod tests {
     #[test]
     fn last_writer_wins_and_toast_is_merged() {
         let mut b = Batch::default();
-        b.push(ev(Op::Insert, None, Some(vec![v("1"), v("x"), v("BIG")]), 1));
+        b.push(ev(
+            Op::Insert,
+            None,
+            Some(vec![v("1"), v("x"), v("BIG")]),
+            1,
+        ));
         b.push(ev(
             Op::Update,
             None,
@@ -300,7 +310,16 @@ mod tests {
             Some(vec![v("1"), v("y"), Datum::UnchangedToast]),
             1,
         ));
-        b.push(ev(Op::Delete, Some(vec![v("2"), Datum::Value(Value::Null), Datum::Value(Value::Null)]), None, 2));
+        b.push(ev(
+            Op::Delete,
+            Some(vec![
+                v("2"),
+                Datum::Value(Value::Null),
+                Datum::Value(Value::Null),
+            ]),
+            None,
+            2,
+        ));
         b.push(ev(Op::Insert, None, Some(vec![v("2"), v("z"), v("q")]), 3));
         let t = &b.tables[0];
         assert!(matches!(t.rows[0], RowChange::Patch(_)));
@@ -312,7 +331,11 @@ mod tests {
         let mut b = Batch::default();
         b.push(ev(
             Op::Update,
-            Some(vec![v("1"), Datum::Value(Value::Null), Datum::Value(Value::Null)]),
+            Some(vec![
+                v("1"),
+                Datum::Value(Value::Null),
+                Datum::Value(Value::Null),
+            ]),
             Some(vec![v("2"), v("a"), v("b")]),
             1,
         ));

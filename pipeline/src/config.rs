@@ -234,10 +234,12 @@ impl Config {
     }
 
     /// Parses TOML text; `env` resolves `${NAME}`.
-    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            cfg_err("config", e.to_string().trim_end().to_string())
-        })?;
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| cfg_err("config", e.to_string().trim_end().to_string()))?;
         interpolate(&mut value, "", env)?;
         let config: Config = Config::deserialize(value).map_err(|e| {
             // serde reports the innermost problem; toml::Value errors do not
@@ -272,10 +274,16 @@ impl Config {
                 let mut seen = std::collections::HashSet::new();
                 for (i, t) in s.tables.iter().enumerate() {
                     let id = TableId::parse(t).ok_or_else(|| {
-                        cfg_err(format!("source.tables[{i}]"), format!("{t:?} is not `schema.table` or `table`"))
+                        cfg_err(
+                            format!("source.tables[{i}]"),
+                            format!("{t:?} is not `schema.table` or `table`"),
+                        )
                     })?;
                     if !seen.insert(id) {
-                        return Err(cfg_err(format!("source.tables[{i}]"), format!("{t:?} is listed twice")));
+                        return Err(cfg_err(
+                            format!("source.tables[{i}]"),
+                            format!("{t:?} is listed twice"),
+                        ));
                     }
                 }
                 if !is_identifier(&s.slot) {
@@ -315,14 +323,18 @@ impl Config {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn check_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(())
     } else {
-        Err(cfg_err(key, "expected postgres://user[:password]@host[:port]/database"))
+        Err(cfg_err(
+            key,
+            "expected postgres://user[:password]@host[:port]/database",
+        ))
     }
 }
 
@@ -378,9 +390,8 @@ fn interpolate_str(
                 .find('}')
                 .ok_or_else(|| cfg_err(key, "unterminated ${...}"))?;
             let name = &t[..end];
-            let value = env(name).ok_or_else(|| {
-                cfg_err(key, format!("environment variable {name} is not set"))
-            })?;
+            let value = env(name)
+                .ok_or_else(|| cfg_err(key, format!("environment variable {name} is not set")))?;
             out.push_str(&value);
             rest = &t[end + 1..];
         } else {
@@ -447,8 +458,13 @@ url = "postgres://postgres@127.0.0.1:5433/app"
         let e = Config::from_toml(&bad, &env).unwrap_err();
         assert_eq!(e.key, "source.tables[1]");
         let bad = GOOD.replace("name = \"orders\"", "name = \"Orders!\"");
-        assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "pipeline.name");
-        let bad = GOOD.replace("127.0.0.1:5433", "x").replace("postgres://postgres@x", "mysql://x");
+        assert_eq!(
+            Config::from_toml(&bad, &env).unwrap_err().key,
+            "pipeline.name"
+        );
+        let bad = GOOD
+            .replace("127.0.0.1:5433", "x")
+            .replace("postgres://postgres@x", "mysql://x");
         assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "sink.url");
     }
 }

@@ -188,7 +188,9 @@ pub enum BusMessage {
     },
     /// The snapshot of a table starts: the sink (re)creates the target table
     /// if asked to and empties it, in the same transaction as the first rows.
-    SnapshotStart { table: Arc<TableSchema> },
+    SnapshotStart {
+        table: Arc<TableSchema>,
+    },
     /// The snapshot of a table is complete. `state` is the source's opaque
     /// record of which snapshot it was (PostgreSQL: the visibility horizon
     /// used to skip transactions already in the copy); the sink stores it in
@@ -201,5 +203,7 @@ pub enum BusMessage {
     },
     /// Nothing pending upstream: once everything before is durable the
     /// source may confirm `ack` (keeps an idle slot from pinning WAL).
-    Idle { ack: SourceAck },
+    Idle {
+        ack: SourceAck,
+    },
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod prerequisite;
 pub mod runtime;
 pub mod sink;
 pub mod source;

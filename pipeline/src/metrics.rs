@@ -70,16 +70,20 @@ impl Metrics {
         )
         .expect("valid metric");
         let batch_duration = HistogramVec::new(
-            HistogramOpts::new(SINK_BATCH_DURATION_SECONDS, "Sink batch commit latency")
-                .buckets(vec![
+            HistogramOpts::new(SINK_BATCH_DURATION_SECONDS, "Sink batch commit latency").buckets(
+                vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
+                ],
+            ),
             &["sink"],
         )
         .expect("valid metric");
         let batch_events = HistogramVec::new(
-            HistogramOpts::new(SINK_BATCH_EVENTS, "Source events folded into one sink batch")
-                .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets")),
+            HistogramOpts::new(
+                SINK_BATCH_EVENTS,
+                "Source events folded into one sink batch",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 4.0, 9).expect("valid buckets")),
             &["sink"],
         )
         .expect("valid metric");
@@ -106,8 +110,8 @@ impl Metrics {
             &["stage", "error_class"],
         )
         .expect("valid metric");
-        let bus_depth = IntGauge::new(BUS_DEPTH_MESSAGES, "Messages waiting in the bus")
-            .expect("valid metric");
+        let bus_depth =
+            IntGauge::new(BUS_DEPTH_MESSAGES, "Messages waiting in the bus").expect("valid metric");
         let confirmed_lsn = IntGauge::new(
             CONFIRMED_LSN,
             "Source position confirmed upstream (PostgreSQL LSN as an integer)",
@@ -144,6 +148,22 @@ impl Metrics {
         }
     }
 
+    /// Sum of `ferry_events_total` over tables and ops for one stage.
+    pub fn events_at(&self, stage: &str) -> u64 {
+        use prometheus::core::Collector;
+        self.events
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "stage" && l.value() == stage)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -175,11 +195,9 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         .spawn(move || {
             for req in server.incoming_requests() {
                 let resp = if req.url() == "/metrics" {
-                    let header = tiny_http::Header::from_bytes(
-                        "Content-Type",
-                        "text/plain; version=0.0.4",
-                    )
-                    .expect("static header");
+                    let header =
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
+                            .expect("static header");
                     tiny_http::Response::from_string(metrics().render()).with_header(header)
                 } else {
                     tiny_http::Response::from_string("see /metrics").with_status_code(404)

@@ -99,7 +99,10 @@ fn flatten(
     match res {
         Ok(r) => r,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(PipelineError::fatal(Stage::Sink, format!("task panicked: {e}"))),
+        Err(e) => Err(PipelineError::fatal(
+            Stage::Sink,
+            format!("task panicked: {e}"),
+        )),
     }
 }
 
@@ -127,7 +130,10 @@ async fn wait_retry(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-    metrics().retries.with_label_values(&[e.stage.as_str()]).inc();
+    metrics()
+        .retries
+        .with_label_values(&[e.stage.as_str()])
+        .inc();
     metrics()
         .errors
         .with_label_values(&[e.stage.as_str(), e.class.as_str()])
@@ -218,12 +224,12 @@ impl<K: Sink> ApplyLoop<K> {
                         .map(|t| std::sync::Arc::clone(&t.schema));
                     match schema {
                         Some(s) => batch.snapshot_done(&s, rows, state),
-                        None => {
-                            return Err(PipelineError::fatal(
-                                Stage::Snapshot,
-                                format!("snapshot of {table} finished in a batch that never saw it start"),
-                            ))
-                        }
+                        None => return Err(PipelineError::fatal(
+                            Stage::Snapshot,
+                            format!(
+                                "snapshot of {table} finished in a batch that never saw it start"
+                            ),
+                        )),
                     }
                     // A finished table is a natural commit point.
                     self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)

@@ -19,6 +19,8 @@ use crate::error::PipelineError;
 /// - An `Err` leaves nothing applied; the runtime retries the same batch when
 ///   the error is transient.
 pub trait Sink: CheckpointStore + Send + 'static {
-    fn write_batch(&mut self, batch: &Batch)
-        -> impl Future<Output = Result<(), PipelineError>> + Send;
+    fn write_batch(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<(), PipelineError>> + Send;
 }

@@ -45,8 +45,8 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
                     a.atttypid,
                     format_type(a.atttypid, a.atttypmod),
                     NOT a.attnotnull,
-                    coalesce(array_position(pk.indkey::int2[], a.attnum), 0)::int4,
-                    coalesce(array_position(ri.indkey::int2[], a.attnum), 0)::int4,
+                    coalesce(array_position(pk.indkey::int2[], a.attnum) + 1, 0)::int4,
+                    coalesce(array_position(ri.indkey::int2[], a.attnum) + 1, 0)::int4,
                     CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE 0::oid END,
                     CASE WHEN t.typtype = 'e' THEN
                         array(SELECT e.enumlabel::text FROM pg_enum e
@@ -132,7 +132,10 @@ pub fn refusal(t: &SourceTable) -> Option<String> {
 }
 
 /// Describes every configured table, refusing missing or keyless ones.
-pub async fn describe_all(client: &Client, ids: &[TableId]) -> Result<Vec<SourceTable>, PipelineError> {
+pub async fn describe_all(
+    client: &Client,
+    ids: &[TableId],
+) -> Result<Vec<SourceTable>, PipelineError> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let t = describe(client, id).await?.ok_or_else(|| {

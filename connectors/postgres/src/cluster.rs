@@ -588,9 +588,9 @@ fn find_run_as() -> Result<RunAs, String> {
                 .map(|p| {
                     std::env::split_paths(&p)
                         .map(|d| d.join("runuser"))
-                        .collect()
+                        .collect::<Vec<_>>()
                 })
-                .unwrap_or_else(Vec::new),
+                .unwrap_or_default(),
         )
         .find_map(|p| executable(&p));
     match runuser {

@@ -18,11 +18,13 @@
 pub mod catalog;
 pub mod check;
 pub mod cluster;
+pub mod parity;
 pub mod pgoutput;
 pub mod slot;
 pub mod snapshot;
 pub mod stream;
 pub mod text;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,9 +69,11 @@ pub fn replication_config(
     cfg: &PostgresSourceConfig,
     start: u64,
 ) -> Result<ReplicationConfig, PipelineError> {
-    let pg: tokio_postgres::Config = cfg.url.expose().parse().map_err(|e| {
-        PipelineError::fatal(Stage::Source, format!("source.url: {e}"))
-    })?;
+    let pg: tokio_postgres::Config = cfg
+        .url
+        .expose()
+        .parse()
+        .map_err(|e| PipelineError::fatal(Stage::Source, format!("source.url: {e}")))?;
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -82,21 +86,26 @@ pub fn replication_config(
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
     let db = pg.get_dbname().unwrap_or(&user).to_string();
-    Ok(ReplicationConfig::new(host, user, password, db, cfg.slot.clone(), cfg.publication.clone())
-        .with_port(port)
-        .with_start_lsn(Lsn(start))
-        .with_status_interval(stream::status_interval(cfg.status_interval_ms))
-        .with_wakeup_interval(Duration::from_secs(1))
-        .with_options(stream::REPLICATION_OPTIONS)
-        .with_application_name("ferry"))
+    Ok(ReplicationConfig::new(
+        host,
+        user,
+        password,
+        db,
+        cfg.slot.clone(),
+        cfg.publication.clone(),
+    )
+    .with_port(port)
+    .with_start_lsn(Lsn(start))
+    .with_status_interval(stream::status_interval(cfg.status_interval_ms))
+    .with_wakeup_interval(Duration::from_secs(1))
+    .with_options(stream::REPLICATION_OPTIONS)
+    .with_application_name("ferry"))
 }
 
 /// The database the source URL names.
 pub fn database_of(url: &str) -> Option<String> {
     let pg: tokio_postgres::Config = url.parse().ok()?;
-    pg.get_dbname()
-        .or(pg.get_user())
-        .map(str::to_string)
+    pg.get_dbname().or(pg.get_user()).map(str::to_string)
 }
 
 /// The PostgreSQL source.
@@ -127,10 +136,21 @@ impl PostgresSource {
         &self,
         ctx: &SourceContext,
         client: &Client,
-    ) -> Result<(HashMap<TableId, catalog::SourceTable>, HashMap<TableId, Horizon>), PipelineError> {
+    ) -> Result<
+        (
+            HashMap<TableId, catalog::SourceTable>,
+            HashMap<TableId, Horizon>,
+        ),
+        PipelineError,
+    > {
         let described = catalog::describe_all(client, &self.tables).await?;
-        slot::ensure_publication(client, &self.cfg.publication, &self.tables, self.cfg.create_publication)
-            .await?;
+        slot::ensure_publication(
+            client,
+            &self.cfg.publication,
+            &self.tables,
+            self.cfg.create_publication,
+        )
+        .await?;
         let database = database_of(self.cfg.url.expose()).unwrap_or_default();
         match slot::slot_info(client, &self.cfg.slot).await? {
             Some(info) => {
@@ -194,8 +214,10 @@ impl PostgresSource {
 impl Source for PostgresSource {
     async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
         let mut backoff = retry_backoff(self.max_retry_delay);
-        let mut prepared: Option<(HashMap<TableId, catalog::SourceTable>, HashMap<TableId, Horizon>)> =
-            None;
+        let mut prepared: Option<(
+            HashMap<TableId, catalog::SourceTable>,
+            HashMap<TableId, Horizon>,
+        )> = None;
         if self.cfg.heartbeat_secs > 0 {
             tokio::spawn(heartbeat(
                 self.cfg.url.expose().to_string(),
@@ -235,7 +257,10 @@ impl Source for PostgresSource {
                 Ok(()) => return Ok(()),
                 Err(e) if e.disposition() == Disposition::Retry => {
                     let delay = backoff.next().unwrap_or(self.max_retry_delay);
-                    metrics().retries.with_label_values(&[e.stage.as_str()]).inc();
+                    metrics()
+                        .retries
+                        .with_label_values(&[e.stage.as_str()])
+                        .inc();
                     metrics()
                         .errors
                         .with_label_values(&[e.stage.as_str(), e.class.as_str()])
@@ -267,7 +292,10 @@ async fn heartbeat(url: String, every: Duration, mut shutdown: tokio::sync::watc
         }
         if let Some(c) = &client {
             if let Err(e) = c
-                .execute("SELECT pg_logical_emit_message(false, 'ferry_heartbeat', '')", &[])
+                .execute(
+                    "SELECT pg_logical_emit_message(false, 'ferry_heartbeat', '')",
+                    &[],
+                )
                 .await
             {
                 tracing::debug!(error = %e, "heartbeat failed");

@@ -43,7 +43,10 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 /// Why an existing slot cannot be used by this pipeline, if it cannot.
 pub fn slot_refusal(slot: &str, info: &SlotInfo, database: &str) -> Option<String> {
     if info.slot_type != "logical" {
-        return Some(format!("replication slot {slot} is a {} slot; Ferry needs a logical slot", info.slot_type));
+        return Some(format!(
+            "replication slot {slot} is a {} slot; Ferry needs a logical slot",
+            info.slot_type
+        ));
     }
     if info.plugin.as_deref() != Some("pgoutput") {
         return Some(format!(
@@ -76,7 +79,8 @@ pub async fn create_slot(client: &Client, slot: &str) -> Result<u64, PipelineErr
         .await
         .map_err(|e| pg_err(Stage::Source, &format!("create replication slot {slot}"), e))?;
     let lsn: String = row.get(0);
-    parse_lsn(&lsn).ok_or_else(|| PipelineError::fatal(Stage::Source, format!("unreadable LSN {lsn}")))
+    parse_lsn(&lsn)
+        .ok_or_else(|| PipelineError::fatal(Stage::Source, format!("unreadable LSN {lsn}")))
 }
 
 /// Tables of a publication; `None` when it does not exist, and `Some(None)`
@@ -104,7 +108,9 @@ pub async fn publication_tables(
         .await
         .map_err(|e| pg_err(Stage::Source, "read pg_publication_tables", e))?;
     Ok(Some(Some(
-        rows.iter().map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect(),
+        rows.iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect(),
     )))
 }
 

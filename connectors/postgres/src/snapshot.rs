@@ -50,9 +50,17 @@ impl Horizon {
         let xmax = parts.next()?.parse().ok()?;
         let xip = match parts.next()? {
             "" => Vec::new(),
-            s => s.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<u64>>>()?,
+            s => s
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
         };
-        Some(Self { xmin, xmax, xip, lsn })
+        Some(Self {
+            xmin,
+            xmax,
+            xip,
+            lsn,
+        })
     }
 
     /// Whether the transaction `xid` (32-bit, as pgoutput sends it) that
@@ -106,9 +114,8 @@ pub async fn copy_tables(
         .map_err(|e| pg_err(Stage::Snapshot, "export snapshot", e))?;
     let snapshot_id: String = row.get(0);
     let lsn = ferry_pipeline::event::parse_lsn(&row.get::<_, String>(2)).unwrap_or(u64::MAX);
-    let horizon = Horizon::parse(&row.get::<_, String>(1), lsn).ok_or_else(|| {
-        PipelineError::fatal(Stage::Snapshot, "unreadable pg_current_snapshot()")
-    })?;
+    let horizon = Horizon::parse(&row.get::<_, String>(1), lsn)
+        .ok_or_else(|| PipelineError::fatal(Stage::Snapshot, "unreadable pg_current_snapshot()"))?;
     info!(snapshot = %snapshot_id, tables = tables.len(), "snapshot exported");
 
     let mut out = Vec::with_capacity(tables.len());
@@ -139,9 +146,9 @@ pub async fn copy_tables(
             .map(|(from, to)| copy_chunk(url, &snapshot_id, t, from, to, bus, &copied))
             .collect();
         let results = futures_util::stream::iter(chunks)
-        .buffer_unordered(parallelism.max(1))
-        .collect::<Vec<_>>()
-        .await;
+            .buffer_unordered(parallelism.max(1))
+            .collect::<Vec<_>>()
+            .await;
         for r in results {
             r?;
         }
@@ -180,7 +187,12 @@ async fn copy_chunk(
         ))
         .await
         .map_err(|e| pg_err(Stage::Snapshot, "join exported snapshot", e))?;
-    let cols: Vec<String> = t.schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols: Vec<String> = t
+        .schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let mut filter = format!("ctid >= '({from_page},0)'::tid");
     if let Some(to) = to_page {
         filter.push_str(&format!(" AND ctid < '({to},0)'::tid"));
@@ -200,7 +212,8 @@ async fn copy_chunk(
     // COPY data arrives in arbitrary-sized chunks: reassemble lines.
     let mut pending: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| pg_err(Stage::Snapshot, &format!("copy {}", t.schema.id), e))?;
+        let chunk =
+            chunk.map_err(|e| pg_err(Stage::Snapshot, &format!("copy {}", t.schema.id), e))?;
         pending.extend_from_slice(&chunk);
         let mut consumed = 0;
         while let Some(nl) = pending[consumed..].iter().position(|&b| b == b'\n') {
@@ -287,7 +300,10 @@ mod tests {
     fn widen_across_epochs() {
         let reference = (3u64 << 32) | 10;
         assert_eq!(widen(5, reference), (3 << 32) | 5);
-        assert_eq!(widen(u32::MAX - 5, reference), (2 << 32) | u64::from(u32::MAX - 5));
+        assert_eq!(
+            widen(u32::MAX - 5, reference),
+            (2 << 32) | u64::from(u32::MAX - 5)
+        );
         assert_eq!(widen(5, 20), 5);
     }
 }

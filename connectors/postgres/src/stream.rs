@@ -14,7 +14,9 @@ use ferry_pipeline::event::{
 };
 use ferry_pipeline::metrics::metrics;
 use ferry_pipeline::value::Value;
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
+};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 use tracing::{debug, info};
@@ -42,9 +44,10 @@ pub fn wire_err(context: &str, e: PgWireError) -> PipelineError {
                 .rsplit_once("(SQLSTATE ")
                 .and_then(|(_, c)| c.strip_suffix(')'))
                 .map(str::to_string);
-            let class = code
-                .as_deref()
-                .map_or(ErrorClass::Transient, ferry_pipeline::error::classify_sqlstate);
+            let class = code.as_deref().map_or(
+                ErrorClass::Transient,
+                ferry_pipeline::error::classify_sqlstate,
+            );
             (class, code)
         }
         PgWireError::MessageTooLarge { .. } => (ErrorClass::Fatal, None),
@@ -126,7 +129,10 @@ impl StreamSession<'_> {
                 ev = client.recv() => ev.map_err(|e| wire_err("replication stream", e))?,
             };
             let Some(ev) = ev else {
-                return Err(PipelineError::transient(Stage::Source, "replication stream ended"));
+                return Err(PipelineError::transient(
+                    Stage::Source,
+                    "replication stream ended",
+                ));
             };
             match ev {
                 ReplicationEvent::Begin {
@@ -259,9 +265,9 @@ fn lookup<'a>(
     tx: &'a mut Option<OpenTx>,
     relation_id: u32,
 ) -> Result<Option<(&'a StreamRelation, &'a mut OpenTx)>, PipelineError> {
-    let open = tx.as_mut().ok_or_else(|| {
-        PipelineError::fatal(Stage::Decode, "row change outside a transaction")
-    })?;
+    let open = tx
+        .as_mut()
+        .ok_or_else(|| PipelineError::fatal(Stage::Decode, "row change outside a transaction"))?;
     match relations.get(&relation_id) {
         Some(r) if r.schema.primary_key.is_empty() => Ok(None),
         Some(r) => Ok(Some((r, open))),
@@ -356,7 +362,10 @@ async fn relation_schema(
             }
             _ => {
                 let type_sql: String = catalog
-                    .query_one("SELECT format_type($1, $2)", &[&rc.type_oid, &rc.type_modifier])
+                    .query_one(
+                        "SELECT format_type($1, $2)",
+                        &[&rc.type_oid, &rc.type_modifier],
+                    )
                     .await
                     .map_err(|e| crate::pg_err(Stage::Source, "format_type", e))?
                     .get(0);
@@ -375,7 +384,11 @@ async fn relation_schema(
             }
         }
     }
-    let key_names: Vec<&str> = fresh.schema.key_columns().map(|c| c.name.as_str()).collect();
+    let key_names: Vec<&str> = fresh
+        .schema
+        .key_columns()
+        .map(|c| c.name.as_str())
+        .collect();
     let primary_key = key_names
         .iter()
         .filter_map(|k| columns.iter().position(|c| c.name == *k))

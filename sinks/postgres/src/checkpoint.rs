@@ -129,7 +129,13 @@ pub async fn save_snapshot(
          VALUES ($1, $2, $3, $4, $5::text::jsonb)
          ON CONFLICT (pipeline, table_schema, table_name) DO UPDATE
             SET rows = EXCLUDED.rows, state = EXCLUDED.state, completed_at = now()",
-        &[&pipeline, &table.schema, &table.name, &(rows as i64), &state.to_string()],
+        &[
+            &pipeline,
+            &table.schema,
+            &table.name,
+            &(rows as i64),
+            &state.to_string(),
+        ],
     )
     .await
     .map_err(|e| pg_err("write ferry_snapshot", e))?;

@@ -93,10 +93,12 @@ impl PostgresSink {
         // errors are then fatal and never half-apply a batch.
         for tb in &batch.tables {
             let target = self.target_id(&tb.schema.id);
-            let known = self
-                .tables
-                .get(&target)
-                .is_some_and(|t| tb.schema.columns.iter().all(|c| t.type_of(&c.name).is_some()));
+            let known = self.tables.get(&target).is_some_and(|t| {
+                tb.schema
+                    .columns
+                    .iter()
+                    .all(|c| t.type_of(&c.name).is_some())
+            });
             if !known {
                 let create = self.cfg.create_tables;
                 let client = self.client().await?;
@@ -110,10 +112,7 @@ impl PostgresSink {
         let tables = std::mem::take(&mut self.tables);
         let result = async {
             let client = self.client().await?;
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| pg_err("begin", e))?;
+            let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
             for tb in &batch.tables {
                 let id = match &schema_override {
                     Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
@@ -178,12 +177,13 @@ async fn apply_table(
         }
         return Err(PipelineError::fatal(
             Stage::Sink,
-            format!("table {} has no primary key; Ferry cannot apply its rows by key", schema.id),
+            format!(
+                "table {} has no primary key; Ferry cannot apply its rows by key",
+                schema.id
+            ),
         ));
     }
-    let cast = |name: &str| -> String {
-        target.type_of(name).unwrap_or("text").to_string()
-    };
+    let cast = |name: &str| -> String { target.type_of(name).unwrap_or("text").to_string() };
     let key_names: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
 
     // Deletes.
@@ -196,14 +196,17 @@ async fn apply_table(
         })
         .collect();
     if !deletes.is_empty() {
-        let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(deletes.len()); key_names.len()];
+        let mut cols: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(deletes.len()); key_names.len()];
         for k in &deletes {
             for (i, v) in k.iter().enumerate() {
                 cols[i].push(literal::to_pg_text(v));
             }
         }
         let aliases: Vec<String> = (0..key_names.len()).map(|i| format!("k{i}")).collect();
-        let unnest_args: Vec<String> = (1..=key_names.len()).map(|i| format!("${i}::text[]")).collect();
+        let unnest_args: Vec<String> = (1..=key_names.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
         let cond: Vec<String> = key_names
             .iter()
             .enumerate()
@@ -255,7 +258,8 @@ async fn apply_table(
         } else {
             format!("DO UPDATE SET {}", non_key.join(", "))
         };
-        let sql = format!(
+        let sql =
+            format!(
             "INSERT INTO {table_sql} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) {}",
             names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
             select.join(", "),
@@ -270,7 +274,9 @@ async fn apply_table(
         let present: Vec<usize> = (0..width).filter(|&i| mask[i]).collect();
         let cols = column_arrays(&rows, &present);
         let aliases: Vec<String> = (0..present.len()).map(|i| format!("c{i}")).collect();
-        let unnest_args: Vec<String> = (1..=present.len()).map(|i| format!("${i}::text[]")).collect();
+        let unnest_args: Vec<String> = (1..=present.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
         let mut sets = Vec::new();
         let mut conds = Vec::new();
         for (j, &i) in present.iter().enumerate() {
@@ -354,4 +360,41 @@ async fn execute(
     tx.execute(&stmt, &params)
         .await
         .map_err(|e| pg_err(&format!("apply batch to {table}"), e))
+}
+
+/// Checks the target for `ferry check`: reachable, and every table present
+/// (or creatable).
+pub async fn target_findings(
+    cfg: &PostgresSinkConfig,
+    tables: &[TableId],
+) -> Vec<ferry_pipeline::prerequisite::Finding> {
+    use ferry_pipeline::prerequisite::Finding;
+    let sink = PostgresSink::new(cfg.clone(), "check");
+    let client = match tokio_postgres::connect(cfg.url.expose(), NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client
+        }
+        Err(e) => {
+            return vec![Finding::fail(
+                "target reachable",
+                pg_err("connect to target", e).to_string(),
+            )]
+        }
+    };
+    let mut out = vec![Finding::pass("target reachable", "connected")];
+    for id in tables {
+        let target = sink.target_id(id);
+        let subject = format!("target table {target}");
+        match target::describe(&client, &target).await {
+            Ok(Some(_)) => out.push(Finding::pass(subject, "exists")),
+            Ok(None) if cfg.create_tables => out.push(Finding::pass(subject, "will be created")),
+            Ok(None) => out.push(Finding::fail(
+                subject,
+                "does not exist; create it or set sink.create_tables = true",
+            )),
+            Err(e) => out.push(Finding::fail(subject, e.to_string())),
+        }
+    }
+    out
 }

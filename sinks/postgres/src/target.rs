@@ -114,7 +114,10 @@ pub async fn ensure(
             .map_err(|e| pg_err(&format!("create target table {target}"), e))?;
     }
     describe(client, target).await?.ok_or_else(|| {
-        PipelineError::fatal(Stage::Sink, format!("target table {target} vanished after creation"))
+        PipelineError::fatal(
+            Stage::Sink,
+            format!("target table {target} vanished after creation"),
+        )
     })
 }
 

@@ -1,0 +1,258 @@
+//! The `ferry` command: parses arguments and wires the runtime to the
+//! concrete source and sink. Logic lives in the crates; this file only
+//! orchestrates.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_pipeline::config::{Config, SinkConfig, SourceConfig};
+use ferry_pipeline::event::TableId;
+use ferry_pipeline::runtime::{self, RuntimeOptions};
+use ferry_pipeline::telemetry::{self, LogFormat};
+use ferry_postgres_sink::PostgresSink;
+use ferry_postgres_source::PostgresSource;
+use tokio::sync::watch;
+
+/// Exit codes, so that scripts can tell a mismatch from an error.
+pub(crate) mod exit {
+    pub(crate) const OK: u8 = 0;
+    /// A check failed or the mirror differs from the source.
+    pub(crate) const MISMATCH: u8 = 1;
+    /// The configuration is invalid.
+    pub(crate) const CONFIG: u8 = 2;
+    /// The pipeline stopped on an error.
+    pub(crate) const PIPELINE: u8 = 3;
+    /// A database could not be read: nothing was verified.
+    pub(crate) const UNVERIFIED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Change-data-capture pipeline for zero-downtime database migrations"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: snapshot what is not copied yet, then stream.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the configuration and the databases' prerequisites.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Compare every configured table with its mirror, row by row.
+    Parity {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start two local PostgreSQL clusters, generate traffic, replicate it
+    /// and show lag and a row-by-row comparison.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(match cli.log_format {
+        LogFormatArg::Human => LogFormat::Human,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(exit::PIPELINE);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { config } => check(&config).await,
+            Command::Parity { config } => parity(&config).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn load(path: &Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("invalid configuration {}: {e}", path.display());
+        exit::CONFIG
+    })
+}
+
+/// Turns SIGINT/SIGTERM into a shutdown signal.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(addr) = config.metrics.listen {
+        match ferry_pipeline::metrics::serve(addr) {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
+            Err(e) => {
+                eprintln!("metrics.listen: {e}");
+                return exit::CONFIG;
+            }
+        }
+    }
+    match run_pipeline(&config, shutdown_signal()).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!(error = %e, "pipeline stopped");
+            eprintln!("ferry: {e}");
+            exit::PIPELINE
+        }
+    }
+}
+
+/// Wires the configured source and sink into the runtime.
+pub(crate) async fn run_pipeline(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ferry_pipeline::error::PipelineError> {
+    let opts = RuntimeOptions::from(&config.pipeline);
+    let SourceConfig::Postgres(src) = &config.source;
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
+    let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+    runtime::run(source, sink, opts, shutdown).await
+}
+
+fn tables(config: &Config) -> Vec<TableId> {
+    let SourceConfig::Postgres(src) = &config.source;
+    src.tables
+        .iter()
+        .filter_map(|t| TableId::parse(t))
+        .collect()
+}
+
+async fn check(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("[ ok ] configuration: {}", path.display());
+    let SourceConfig::Postgres(src) = &config.source;
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let mut findings = ferry_postgres_source::check::source_findings(src).await;
+    findings.extend(ferry_postgres_sink::target_findings(dst, &tables(&config)).await);
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if failed == 0 {
+        println!("all {} checks passed", findings.len());
+        exit::OK
+    } else {
+        println!(
+            "{failed} of {} checks failed: fix them and run `ferry check` again",
+            findings.len()
+        );
+        exit::MISMATCH
+    }
+}
+
+async fn parity(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let SourceConfig::Postgres(src) = &config.source;
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+    let pairs: Vec<(TableId, TableId)> = tables(&config)
+        .into_iter()
+        .map(|t| {
+            let target = sink.target_id(&t);
+            (t, target)
+        })
+        .collect();
+    match compare_all(src.url.expose(), dst.url.expose(), &pairs).await {
+        Ok(all_equal) => {
+            if all_equal {
+                exit::OK
+            } else {
+                exit::MISMATCH
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry parity: NOT VERIFIED: {e}");
+            exit::UNVERIFIED
+        }
+    }
+}
+
+/// Prints one line per table; `Ok(true)` only when every table is equal.
+pub(crate) async fn compare_all(
+    source_url: &str,
+    target_url: &str,
+    pairs: &[(TableId, TableId)],
+) -> Result<bool, ferry_pipeline::error::PipelineError> {
+    let source = ferry_postgres_source::connect(source_url).await?;
+    let target = ferry_postgres_source::connect(target_url).await?;
+    let mut all_equal = true;
+    for (s, t) in pairs {
+        let p = ferry_postgres_source::parity::compare(&source, &target, s, t).await?;
+        if p.is_equal() {
+            println!("[equal] {s}: {} rows", p.source_rows);
+        } else {
+            all_equal = false;
+            println!(
+                "[DIFF ] {s}: source {} rows, target {} rows, {} differing lines",
+                p.source_rows, p.target_rows, p.mismatches
+            );
+            for line in &p.examples {
+                println!("          {line}");
+            }
+        }
+    }
+    Ok(all_equal)
+}
