@@ -1,1 +1,9 @@
+//! End-to-end tests against real PostgreSQL clusters started by the tests
+//! themselves (see tests/support). One test binary, so that cargo builds
+//! and links it once.
 
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod basic;

@@ -224,12 +224,14 @@ impl<K: Sink> ApplyLoop<K> {
                         .map(|t| std::sync::Arc::clone(&t.schema));
                     match schema {
                         Some(s) => batch.snapshot_done(&s, rows, state),
-                        None => return Err(PipelineError::fatal(
-                            Stage::Snapshot,
-                            format!(
+                        None => {
+                            return Err(PipelineError::fatal(
+                                Stage::Snapshot,
+                                format!(
                                 "snapshot of {table} finished in a batch that never saw it start"
                             ),
-                        )),
+                            ))
+                        }
                     }
                     // A finished table is a natural commit point.
                     self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)

@@ -1,0 +1,213 @@
+//! Shared support for the end-to-end tests: throwaway clusters, a unique
+//! database per test, the real `ferry` binary as a child process, and the
+//! row-by-row comparison of source and target.
+//!
+//! Every test that needs PostgreSQL starts it here; if it cannot, the test
+//! fails (it never returns early and passes).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_pipeline::event::TableId;
+use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+
+/// A source and a target cluster with one fresh database each.
+pub struct Pair {
+    pub source: LocalCluster,
+    pub target: LocalCluster,
+    pub db: String,
+    pub dir: tempfile::TempDir,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A database name unique to this test process and call.
+pub fn unique_db(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Pair {
+    /// Starts both clusters and creates the test's database on each.
+    pub async fn start(prefix: &str) -> Pair {
+        let (source, target) = tokio::join!(
+            LocalCluster::start(ClusterOptions::default()),
+            LocalCluster::start(ClusterOptions::default())
+        );
+        let source = source.expect("start source PostgreSQL (see TEST-SERVICES in the README)");
+        let target = target.expect("start target PostgreSQL");
+        let db = unique_db(prefix);
+        source.create_database(&db).await.expect("create source db");
+        target.create_database(&db).await.expect("create target db");
+        Pair {
+            source,
+            target,
+            db,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub async fn src(&self) -> tokio_postgres::Client {
+        self.source.connect(&self.db).await.expect("connect source")
+    }
+
+    pub async fn dst(&self) -> tokio_postgres::Client {
+        self.target.connect(&self.db).await.expect("connect target")
+    }
+
+    /// Writes a config for `tables` and returns its path. `extra` is
+    /// appended verbatim (more keys for `[pipeline]` go in `pipeline_extra`).
+    pub fn config(&self, tables: &[&str], pipeline_extra: &str, source_extra: &str) -> PathBuf {
+        let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+        let text = format!(
+            r#"
+[pipeline]
+name = "test"
+batch_linger_ms = 10
+max_retry_delay_secs = 2
+{pipeline_extra}
+
+[source]
+kind = "postgres"
+url = "{src}"
+tables = [{tables}]
+status_interval_ms = 200
+heartbeat_secs = 1
+{source_extra}
+
+[sink]
+kind = "postgres"
+url = "{dst}"
+"#,
+            src = self.source.url(&self.db),
+            dst = self.target.url(&self.db),
+            tables = tables.join(", "),
+        );
+        let path = self.dir.path().join(format!(
+            "ferry-{}.toml",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Waits until every table is equal on both sides, or panics with the
+    /// last difference after `timeout`.
+    pub async fn wait_equal(&self, tables: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.compare(tables).await;
+            match last {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("target never matched source: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Compares every table row by row; `Err` describes the first difference
+    /// (or the error that prevented the comparison).
+    pub async fn compare(&self, tables: &[&str]) -> Result<(), String> {
+        let s = ferry_postgres_source::connect(&self.source.url(&self.db))
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = ferry_postgres_source::connect(&self.target.url(&self.db))
+            .await
+            .map_err(|e| e.to_string())?;
+        for table in tables {
+            let id = TableId::parse(table).expect("table name");
+            let p = ferry_postgres_source::parity::compare(&s, &t, &id, &id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !p.is_equal() {
+                return Err(format!(
+                    "{table}: source {} rows, target {} rows, {} differing: {:?}",
+                    p.source_rows, p.target_rows, p.mismatches, p.examples
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `ferry` binary under test.
+pub fn ferry_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// A running `ferry run` child; killed with SIGKILL on drop.
+pub struct Ferry {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Ferry {
+    /// Starts `ferry run --config <config>`, logging to a file beside it.
+    pub fn spawn(config: &Path) -> Ferry {
+        let log = config.with_extension(format!("{}.log", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(ferry_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn ferry");
+        Ferry { child, log }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `ferry <args>` to completion; returns (exit code, stdout+stderr).
+pub fn ferry_cmd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(ferry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
