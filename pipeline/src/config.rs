@@ -347,10 +347,8 @@ fn interpolate(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match v {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = interpolate_str(s, path, env)?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = interpolate_str(s, path, env)?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -358,7 +358,7 @@ async fn relation_schema(
         match pos {
             Some(i) if fresh.schema.columns[i].type_oid == rc.type_oid => {
                 columns.push(fresh.schema.columns[i].clone());
-                types.push(fresh.types[i].clone());
+                types.push(fresh.types[i]);
             }
             _ => {
                 let type_sql: String = catalog
