@@ -161,6 +161,9 @@ impl<K: Sink> ApplyLoop<K> {
         let mut pending_ack: Option<SourceAck> = None;
         let mut last_commit_ts: Option<i64> = None;
         let mut deadline: Option<Instant> = None;
+        // Whether the last message closed a source transaction (or marked
+        // the stream idle): a batch may commit there without splitting one.
+        let mut at_boundary;
         loop {
             let msg = match deadline {
                 None => {
@@ -188,6 +191,7 @@ impl<K: Sink> ApplyLoop<K> {
             metrics().bus_depth.set(self.rx.depth() as i64);
             match msg {
                 BusMessage::Change(ev) => {
+                    at_boundary = false;
                     if ev.position.commit_lsn != 0 && Some(ev.position) <= self.skip_until {
                         // Already durable downstream: a replay after restart.
                         continue;
@@ -203,10 +207,12 @@ impl<K: Sink> ApplyLoop<K> {
                     commit_ts_micros,
                     ..
                 } => {
+                    at_boundary = true;
                     pending_ack = Some(ack.max(pending_ack.unwrap_or_default()));
                     last_commit_ts = Some(commit_ts_micros);
                 }
                 BusMessage::Idle { ack } => {
+                    at_boundary = true;
                     pending_ack = Some(ack.max(pending_ack.unwrap_or_default()));
                     if batch.is_empty() {
                         metrics()
@@ -215,7 +221,10 @@ impl<K: Sink> ApplyLoop<K> {
                             .set(0.0);
                     }
                 }
-                BusMessage::SnapshotStart { table } => batch.snapshot_start(&table),
+                BusMessage::SnapshotStart { table } => {
+                    at_boundary = false;
+                    batch.snapshot_start(&table)
+                }
                 BusMessage::SnapshotDone { table, rows, state } => {
                     let schema = batch
                         .tables
@@ -247,7 +256,11 @@ impl<K: Sink> ApplyLoop<K> {
                 }
                 continue;
             }
-            if batch.events >= self.opts.batch_size {
+            // Commit when the batch is full, or at a transaction boundary
+            // when nothing else is waiting: under load, batches grow while
+            // the previous one commits; when traffic is light, a change is
+            // applied without waiting for the linger time.
+            if batch.events >= self.opts.batch_size || (at_boundary && self.rx.depth() == 0) {
                 self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
                     .await?;
                 deadline = None;
