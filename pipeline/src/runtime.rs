@@ -69,7 +69,7 @@ pub async fn run<S: Source, K: Sink>(
         sink,
         rx: bus_rx,
         acks: ack_tx,
-        skip_until: checkpoint.position,
+        seen_up_to: checkpoint.position,
         opts: opts.clone(),
         shutdown: shutdown.clone(),
     };
@@ -149,7 +149,12 @@ struct ApplyLoop<K: Sink> {
     sink: K,
     rx: BusReceiver,
     acks: watch::Sender<SourceAck>,
-    skip_until: Option<Position>,
+    /// The highest position already durable or folded into the current
+    /// batch. The source delivers changes in position order, so anything at
+    /// or below it is a replay (restart, or a reconnect that resent
+    /// transactions from the slot's confirmed position) and is skipped:
+    /// re-applying it could move a row back to an older state.
+    seen_up_to: Option<Position>,
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 }
@@ -192,9 +197,11 @@ impl<K: Sink> ApplyLoop<K> {
             match msg {
                 BusMessage::Change(ev) => {
                     at_boundary = false;
-                    if ev.position.commit_lsn != 0 && Some(ev.position) <= self.skip_until {
-                        // Already durable downstream: a replay after restart.
-                        continue;
+                    if ev.position.commit_lsn != 0 {
+                        if Some(ev.position) <= self.seen_up_to {
+                            continue;
+                        }
+                        self.seen_up_to = Some(ev.position);
                     }
                     metrics()
                         .events
@@ -329,9 +336,6 @@ impl<K: Sink> ApplyLoop<K> {
                 .set(lag);
         }
         debug!(events = batch.events, position = ?batch.last_position, "batch committed");
-        if batch.last_position.is_some() {
-            self.skip_until = batch.last_position;
-        }
         *batch = Batch::default();
         if let Some(ack) = pending_ack.take() {
             self.release(ack);

@@ -107,7 +107,12 @@ impl StreamSession<'_> {
         info!("streaming from slot");
         let mut relations: HashMap<u32, StreamRelation> = HashMap::new();
         let mut tx: Option<OpenTx> = None;
+        // An ack released while a previous session was failing may not have
+        // reached the server: confirm it now.
         let mut last_ack = acks.borrow().0;
+        if last_ack > 0 {
+            client.update_applied_lsn(Lsn(last_ack));
+        }
         loop {
             let ev = tokio::select! {
                 biased;
