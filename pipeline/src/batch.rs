@@ -23,6 +23,11 @@ pub enum RowChange {
     Patch(Row),
     /// Delete the row with this key (values in primary-key order).
     Delete(Vec<Value>),
+    /// Move the row at `old_key` to the key in `row`, keeping the target's
+    /// value of every [`Datum::UnchangedToast`] column: a key-changing
+    /// update whose untouched large values only the target still has.
+    /// Sinks apply rekeys before anything else in the table's batch.
+    Rekey { old_key: Vec<Value>, row: Row },
 }
 
 /// Everything a batch does to one table.
@@ -66,23 +71,38 @@ impl TableBatch {
     }
 }
 
+/// Fills `new`'s unchanged-TOAST columns from `old`'s values.
+fn fill_toast(new: &mut Row, old: &Row) {
+    for (n, o) in new.iter_mut().zip(old) {
+        if matches!(n, Datum::UnchangedToast) {
+            *n = o.clone();
+        }
+    }
+}
+
+fn has_toast(row: &Row) -> bool {
+    row.iter().any(|d| matches!(d, Datum::UnchangedToast))
+}
+
 /// Applies `later` on top of `earlier` for the same key.
 fn merge(earlier: &RowChange, later: RowChange) -> RowChange {
     match (earlier, later) {
+        // The row still has to move first; later values win.
+        (RowChange::Rekey { old_key, row: old }, RowChange::Patch(mut new)) => {
+            fill_toast(&mut new, old);
+            RowChange::Rekey {
+                old_key: old_key.clone(),
+                row: new,
+            }
+        }
         // Fill unchanged-TOAST columns from the earlier full image: the
         // target never saw that image, so it cannot keep it for us.
         (RowChange::Upsert(old) | RowChange::Patch(old), RowChange::Patch(mut new)) => {
-            for (n, o) in new.iter_mut().zip(old) {
-                if matches!(n, Datum::UnchangedToast) {
-                    *n = o.clone();
-                }
-            }
-            if matches!(earlier, RowChange::Upsert(_)) {
+            fill_toast(&mut new, old);
+            if matches!(earlier, RowChange::Upsert(_)) || !has_toast(&new) {
                 RowChange::Upsert(new)
-            } else if new.iter().any(|d| matches!(d, Datum::UnchangedToast)) {
-                RowChange::Patch(new)
             } else {
-                RowChange::Upsert(new)
+                RowChange::Patch(new)
             }
         }
         // Patch after delete cannot happen in a consistent stream (an update
@@ -158,11 +178,27 @@ impl Batch {
                     let old_key = key_string(&tb.schema, before);
                     if old_key != new_key {
                         let key_vals = key_values(&tb.schema, before);
+                        if has_toast(&after) {
+                            // The runtime starts a new batch for this
+                            // change (see `needs_own_batch`), so the rekey
+                            // is the first thing the sink applies. The
+                            // delete of the old key is then a no-op, or
+                            // removes the moved row's old key if a later
+                            // change replaces the rekey.
+                            tb.put(old_key, RowChange::Delete(key_vals.clone()));
+                            tb.put(
+                                new_key,
+                                RowChange::Rekey {
+                                    old_key: key_vals,
+                                    row: after,
+                                },
+                            );
+                            return;
+                        }
                         tb.put(old_key, RowChange::Delete(key_vals));
                     }
                 }
-                let after = fill_from_before(after, ev.before.as_ref());
-                if after.iter().any(|d| matches!(d, Datum::UnchangedToast)) {
+                if has_toast(&after) {
                     tb.put(new_key, RowChange::Patch(after));
                 } else {
                     tb.put(new_key, RowChange::Upsert(after));
@@ -176,6 +212,19 @@ impl Batch {
                 }
             }
         }
+    }
+
+    /// Whether `ev` must start a batch of its own: a key-changing update
+    /// that left large values untouched moves the row in the target, and
+    /// that move must come before anything else the batch does to the table.
+    pub fn needs_own_batch(&self, ev: &ChangeEvent) -> bool {
+        if self.is_empty() || ev.op != Op::Update {
+            return false;
+        }
+        let (Some(before), Some(after)) = (&ev.before, &ev.after) else {
+            return false;
+        };
+        has_toast(after) && key_string(&ev.table, before) != key_string(&ev.table, after)
     }
 
     pub fn snapshot_start(&mut self, schema: &Arc<TableSchema>) {
@@ -193,21 +242,6 @@ impl Batch {
     ) {
         self.table(schema).snapshot_done = Some((rows, state));
     }
-}
-
-/// Replaces unchanged-TOAST datums with the old image's values where the
-/// source sent a full old row (REPLICA IDENTITY FULL).
-fn fill_from_before(mut after: Row, before: Option<&Row>) -> Row {
-    if let Some(before) = before {
-        for (a, b) in after.iter_mut().zip(before) {
-            if matches!(a, Datum::UnchangedToast) {
-                if let Datum::Value(_) = b {
-                    *a = b.clone();
-                }
-            }
-        }
-    }
-    after
 }
 
 /// The key's values, in primary-key order.
@@ -324,6 +358,39 @@ mod tests {
         let t = &b.tables[0];
         assert!(matches!(t.rows[0], RowChange::Patch(_)));
         assert!(matches!(t.rows[1], RowChange::Upsert(_)));
+    }
+
+    #[test]
+    fn key_change_with_untouched_toast_becomes_a_rekey() {
+        let mut b = Batch::default();
+        let null = || Datum::Value(Value::Null);
+        b.push(ev(
+            Op::Update,
+            Some(vec![v("1"), null(), null()]),
+            Some(vec![v("2"), v("a"), Datum::UnchangedToast]),
+            1,
+        ));
+        let t = &b.tables[0];
+        assert!(matches!(&t.rows[0], RowChange::Delete(_)));
+        assert!(
+            matches!(&t.rows[1], RowChange::Rekey { old_key, .. } if old_key == &vec![Value::Text("1".into())])
+        );
+        // A later patch of the new key stays a rekey from the original key.
+        b.push(ev(
+            Op::Update,
+            None,
+            Some(vec![v("2"), v("b"), Datum::UnchangedToast]),
+            2,
+        ));
+        let t = &b.tables[0];
+        assert!(matches!(&t.rows[1], RowChange::Rekey { row, .. } if row[1] == v("b")));
+        assert!(!b.needs_own_batch(&ev(Op::Insert, None, Some(vec![v("3"), v("a"), v("b")]), 3)));
+        assert!(b.needs_own_batch(&ev(
+            Op::Update,
+            Some(vec![v("2"), null(), null()]),
+            Some(vec![v("3"), v("a"), Datum::UnchangedToast]),
+            3
+        )));
     }
 
     #[test]

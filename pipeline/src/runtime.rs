@@ -169,6 +169,13 @@ impl<K: Sink> ApplyLoop<K> {
         // Whether the last message closed a source transaction (or marked
         // the stream idle): a batch may commit there without splitting one.
         let mut at_boundary;
+        // Schemas of the tables being copied: a table's rows may fill
+        // several batches, so its `SnapshotDone` can arrive in a batch that
+        // holds none of them.
+        let mut snapshotting: std::collections::HashMap<
+            crate::event::TableId,
+            std::sync::Arc<crate::event::TableSchema>,
+        > = std::collections::HashMap::new();
         loop {
             let msg = match deadline {
                 None => {
@@ -203,6 +210,11 @@ impl<K: Sink> ApplyLoop<K> {
                         }
                         self.seen_up_to = Some(ev.position);
                     }
+                    if batch.needs_own_batch(&ev) {
+                        self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
+                            .await?;
+                        deadline = None;
+                    }
                     metrics()
                         .events
                         .with_label_values(&["source", &ev.table.id.to_string(), ev.op.as_str()])
@@ -230,14 +242,19 @@ impl<K: Sink> ApplyLoop<K> {
                 }
                 BusMessage::SnapshotStart { table } => {
                     at_boundary = false;
+                    snapshotting.insert(table.id.clone(), std::sync::Arc::clone(&table));
                     batch.snapshot_start(&table)
                 }
                 BusMessage::SnapshotDone { table, rows, state } => {
+                    // The batch's schema if it holds the table, else the one
+                    // its start announced (the batch was flushed since).
                     let schema = batch
                         .tables
                         .iter()
                         .find(|t| t.schema.id == table)
-                        .map(|t| std::sync::Arc::clone(&t.schema));
+                        .map(|t| std::sync::Arc::clone(&t.schema))
+                        .or_else(|| snapshotting.get(&table).map(std::sync::Arc::clone));
+                    snapshotting.remove(&table);
                     match schema {
                         Some(s) => batch.snapshot_done(&s, rows, state),
                         None => {

@@ -157,7 +157,7 @@ impl Ferry {
         let child = Command::new(ferry_bin())
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,ferry_postgres_sink=debug")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -230,14 +230,24 @@ async fn handle_message(
         LogicalMessage::Update {
             relation_id,
             old,
+            old_is_full_row,
             new,
-            ..
         } => {
             let Some((rel, open)) = lookup(relations, tx, relation_id)? else {
                 return Ok(());
             };
             let before = old.as_deref().map(|o| decode_tuple(rel, o)).transpose()?;
-            let after = decode_tuple(rel, &new)?;
+            let mut after = decode_tuple(rel, &new)?;
+            // Under REPLICA IDENTITY FULL the old image is the whole row:
+            // it holds the values the update left untouched. (A key-only
+            // old image has NULL there, which must not be copied.)
+            if let (true, Some(before)) = (old_is_full_row, &before) {
+                for (a, b) in after.iter_mut().zip(before) {
+                    if matches!(a, Datum::UnchangedToast) && matches!(b, Datum::Value(_)) {
+                        *a = b.clone();
+                    }
+                }
+            }
             emit(bus, rel, open, horizons, Op::Update, before, Some(after)).await
         }
         LogicalMessage::Delete {

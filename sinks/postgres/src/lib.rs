@@ -186,6 +186,13 @@ async fn apply_table(
     let cast = |name: &str| -> String { target.type_of(name).unwrap_or("text").to_string() };
     let key_names: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
 
+    // Rekeys first: the batch starts with them (see `Batch::needs_own_batch`).
+    for r in &tb.rows {
+        if let RowChange::Rekey { old_key, row } = r {
+            rekey(tx, statements, target, tb, old_key, row).await?;
+        }
+    }
+
     // Deletes.
     let deletes: Vec<&Vec<Value>> = tb
         .rows
@@ -234,7 +241,7 @@ async fn apply_table(
                     .collect();
                 patches.entry(mask).or_default().push(row);
             }
-            RowChange::Delete(_) => {}
+            RowChange::Delete(_) | RowChange::Rekey { .. } => {}
         }
     }
     if !upserts.is_empty() {
@@ -315,6 +322,59 @@ async fn apply_table(
     }
     if let Some((rows, state)) = &tb.snapshot_done {
         checkpoint::save_snapshot(tx, pipeline, &schema.id, *rows, state).await?;
+    }
+    Ok(())
+}
+
+/// Moves one row to a new key, setting every column the change carries and
+/// keeping the target's value of the others.
+async fn rekey(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    target: &TargetTable,
+    tb: &TableBatch,
+    old_key: &[Value],
+    row: &[Datum],
+) -> Result<(), PipelineError> {
+    let schema = &tb.schema;
+    let cast = |name: &str| target.type_of(name).unwrap_or("text").to_string();
+    let mut sets = Vec::new();
+    let mut cols: Vec<Vec<Option<String>>> = Vec::new();
+    for (i, c) in schema.columns.iter().enumerate() {
+        if let Some(Datum::Value(v)) = row.get(i) {
+            cols.push(vec![literal::to_pg_text(v)]);
+            sets.push(format!(
+                "{} = ($%{}::text[])[1]::{}",
+                quote_ident(&c.name),
+                cols.len(),
+                cast(&c.name)
+            ));
+        }
+    }
+    let mut conds = Vec::new();
+    for (k, c) in schema.key_columns().enumerate() {
+        cols.push(vec![old_key.get(k).and_then(literal::to_pg_text)]);
+        conds.push(format!(
+            "{} = (${}::text[])[1]::{}",
+            quote_ident(&c.name),
+            cols.len(),
+            cast(&c.name)
+        ));
+    }
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        target.id.quoted(),
+        sets.join(", ").replace("$%", "$"),
+        conds.join(" AND ")
+    );
+    let n = execute(tx, statements, &sql, &cols, &target.id).await?;
+    tracing::debug!(table = %target.id, rows = n, "moved a row to a new key");
+    if n != 1 {
+        return Err(PipelineError::new(
+            ferry_pipeline::error::ErrorClass::Permanent,
+            Stage::Sink,
+            format!("a key change in {} left large values untouched but the row is missing from the target", target.id),
+        ));
     }
     Ok(())
 }
