@@ -74,3 +74,64 @@ async fn key_change_keeps_untouched_toast() {
         ferry.log_text()
     );
 }
+
+/// `/metrics` serves events by table and op, lag, batch latency and
+/// snapshot progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint() {
+    let pair = Pair::start("metrics").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE m (id int PRIMARY KEY, v text);
+         INSERT INTO m SELECT g, 'v' FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let config = pair.config(&["public.m"], "", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
+    let ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.m"], Duration::from_secs(60))
+        .await;
+    src.batch_execute("UPDATE m SET v = 'w' WHERE id <= 10; DELETE FROM m WHERE id = 50;")
+        .await
+        .unwrap();
+    pair.wait_equal(&["public.m"], Duration::from_secs(60))
+        .await;
+    // The log names the bound address: `serving /metrics bound=127.0.0.1:N`.
+    let log = ferry.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("bound=").nth(1))
+        .map(|s| {
+            s.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+                .to_string()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"));
+    let body = http_get(&addr, "/metrics");
+    for needle in [
+        "ferry_events_total{op=\"read\",stage=\"sink\",table=\"public.m\"} 50",
+        "ferry_events_total{op=\"update\",stage=\"sink\",table=\"public.m\"} 10",
+        "ferry_events_total{op=\"delete\",stage=\"sink\",table=\"public.m\"} 1",
+        "ferry_replication_lag_seconds{pipeline=\"test\"}",
+        "ferry_replication_lag_bytes",
+        "ferry_sink_batch_duration_seconds_bucket",
+        "ferry_snapshot_rows_total{table=\"public.m\"} 50",
+    ] {
+        assert!(body.contains(needle), "missing {needle} in:\n{body}");
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

@@ -7,3 +7,7 @@
 mod support;
 
 mod basic;
+mod cli;
+mod crash;
+mod snapshot;
+mod types;

@@ -28,6 +28,8 @@ pub enum RowChange {
     /// update whose untouched large values only the target still has.
     /// Sinks apply rekeys before anything else in the table's batch.
     Rekey { old_key: Vec<Value>, row: Row },
+    /// Inserted and deleted again within the batch: nothing to apply.
+    Vanished,
 }
 
 /// Everything a batch does to one table.
@@ -43,6 +45,9 @@ pub struct TableBatch {
     /// Per key, in first-seen order.
     pub rows: Vec<RowChange>,
     index: HashMap<String, usize>,
+    /// Keys whose first change in this batch was an insert: the row did not
+    /// exist before the batch, so deleting it again leaves nothing to do.
+    born: Vec<bool>,
 }
 
 impl TableBatch {
@@ -54,20 +59,36 @@ impl TableBatch {
             snapshot_done: None,
             rows: Vec::new(),
             index: HashMap::new(),
+            born: Vec::new(),
         }
     }
 
     fn put(&mut self, key: String, change: RowChange) {
+        self.put_op(key, change, false);
+    }
+
+    fn put_op(&mut self, key: String, change: RowChange, is_insert: bool) {
         match self.index.get(&key) {
             Some(&i) => {
-                let merged = merge(&self.rows[i], change);
+                let merged = match (&change, self.born[i]) {
+                    (RowChange::Delete(_), true) => RowChange::Vanished,
+                    // Re-inserted after vanishing: still new to the target.
+                    _ => merge(&self.rows[i], change),
+                };
                 self.rows[i] = merged;
             }
             None => {
                 self.index.insert(key, self.rows.len());
                 self.rows.push(change);
+                self.born.push(is_insert);
             }
         }
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.index.clear();
+        self.born.clear();
     }
 }
 
@@ -161,14 +182,13 @@ impl Batch {
         let tb = self.table(&ev.table);
         match ev.op {
             Op::Truncate => {
-                tb.rows.clear();
-                tb.index.clear();
+                tb.clear();
                 tb.truncate = true;
             }
             Op::Insert | Op::Read => {
                 if let Some(after) = ev.after {
                     let key = key_string(&tb.schema, &after);
-                    tb.put(key, RowChange::Upsert(after));
+                    tb.put_op(key, RowChange::Upsert(after), ev.op == Op::Insert);
                 }
             }
             Op::Update => {
@@ -229,8 +249,7 @@ impl Batch {
 
     pub fn snapshot_start(&mut self, schema: &Arc<TableSchema>) {
         let tb = self.table(schema);
-        tb.rows.clear();
-        tb.index.clear();
+        tb.clear();
         tb.snapshot_start = true;
     }
 
@@ -391,6 +410,23 @@ mod tests {
             Some(vec![v("3"), v("a"), Datum::UnchangedToast]),
             3
         )));
+    }
+
+    #[test]
+    fn insert_then_delete_in_one_batch_vanishes() {
+        let null = || Datum::Value(Value::Null);
+        let mut b = Batch::default();
+        b.push(ev(Op::Insert, None, Some(vec![v("1"), v("x"), v("y")]), 1));
+        b.push(ev(Op::Update, None, Some(vec![v("1"), v("z"), v("y")]), 2));
+        b.push(ev(Op::Delete, Some(vec![v("1"), null(), null()]), None, 3));
+        assert!(matches!(b.tables[0].rows[0], RowChange::Vanished));
+        // Inserted again: an upsert, still new to the target.
+        b.push(ev(Op::Insert, None, Some(vec![v("1"), v("w"), v("y")]), 4));
+        assert!(matches!(b.tables[0].rows[0], RowChange::Upsert(_)));
+        // A row that existed before the batch is really deleted.
+        b.push(ev(Op::Update, None, Some(vec![v("2"), v("z"), v("y")]), 5));
+        b.push(ev(Op::Delete, Some(vec![v("2"), null(), null()]), None, 6));
+        assert!(matches!(b.tables[0].rows[1], RowChange::Delete(_)));
     }
 
     #[test]

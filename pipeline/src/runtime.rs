@@ -7,14 +7,17 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::batch::Batch;
 use crate::bus::{self, BusReceiver};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::error::{retry_backoff, Disposition, PipelineError, Stage};
-use crate::event::{BusMessage, Position, SourceAck};
+use crate::event::{BusMessage, Position, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext};
@@ -65,21 +68,65 @@ pub async fn run<S: Source, K: Sink>(
     };
     let span = tracing::info_span!("source", pipeline = %opts.pipeline);
     let mut source_task = tokio::spawn(source.run(ctx).instrument(span));
-    let apply = ApplyLoop {
+    // One job queued at most: the builder waits for the writer rather than
+    // piling batches up (memory stays bounded by about two batches).
+    let (job_tx, job_rx) = mpsc::channel(1);
+    let (done_tx, done_rx) = watch::channel(0u64);
+    let writer = Writer {
         sink,
-        rx: bus_rx,
         acks: ack_tx,
-        seen_up_to: checkpoint.position,
+        done: done_tx,
         opts: opts.clone(),
         shutdown: shutdown.clone(),
     };
+    let apply = ApplyLoop {
+        rx: bus_rx,
+        seen_up_to: checkpoint.position,
+        opts: opts.clone(),
+        shutdown: shutdown.clone(),
+        jobs: job_tx,
+        done: done_rx,
+        sent: 0,
+        batch: Batch::default(),
+        pending_ack: None,
+        last_commit_ts: None,
+    };
     let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
-    let mut apply_task = tokio::spawn(apply.run().instrument(span));
-    tokio::select! {
-        res = &mut apply_task => {
-            source_task.abort();
-            flatten(res)
+    let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
+    let apply_task = tokio::spawn(apply.run().instrument(span));
+    // The writer's result is the apply side's result: the builder only
+    // stops early when the writer did (or on a bug, which it logs).
+    let mut apply_task = tokio::spawn(async move {
+        match apply_task.await {
+            Ok(Ok(())) => flatten(writer_task.await),
+            Ok(Err(WriterGone)) => match flatten((&mut writer_task).await) {
+                Err(e) => Err(e),
+                Ok(()) => Err(PipelineError::fatal(
+                    Stage::Sink,
+                    "the apply loop stopped unexpectedly",
+                )),
+            },
+            Err(e) => {
+                writer_task.abort();
+                Err(PipelineError::fatal(
+                    Stage::Sink,
+                    format!("apply loop panicked: {e}"),
+                ))
+            }
         }
+    });
+    tokio::select! {
+        res = &mut apply_task => match flatten(res) {
+            // The apply loop also ends (Ok) when the bus closes, which is
+            // what a source that stopped on an error does: unless asked to
+            // shut down, the source's result is the pipeline's. (Found by
+            // tests/snapshot.rs: a refused keyless table exited 0.)
+            Ok(()) if !*shutdown.borrow() => flatten(source_task.await),
+            other => {
+                source_task.abort();
+                other
+            }
+        },
         res = &mut source_task => {
             match flatten(res) {
                 // The source stopped on request: let the apply loop drain.
@@ -145,219 +192,280 @@ async fn wait_retry(
     }
 }
 
-struct ApplyLoop<K: Sink> {
+/// A batch on its way to the sink, with what to release once it is durable.
+struct Job {
+    batch: Batch,
+    /// The source position that may be confirmed after this job.
+    ack: Option<SourceAck>,
+    /// Commit time of the last source transaction in the batch.
+    commit_ts: Option<i64>,
+}
+
+/// Writes jobs to the sink one after the other, retrying transient errors,
+/// and releases each job's ack only after its commit. Runs beside the
+/// builder so that the next batch is gathered while the sink commits.
+struct Writer<K: Sink> {
     sink: K,
-    rx: BusReceiver,
     acks: watch::Sender<SourceAck>,
-    /// The highest position already durable or folded into the current
-    /// batch. The source delivers changes in position order, so anything at
-    /// or below it is a replay (restart, or a reconnect that resent
-    /// transactions from the slot's confirmed position) and is skipped:
-    /// re-applying it could move a row back to an older state.
-    seen_up_to: Option<Position>,
+    /// Jobs finished so far (the builder compares with jobs sent).
+    done: watch::Sender<u64>,
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 }
 
-impl<K: Sink> ApplyLoop<K> {
-    async fn run(mut self) -> Result<(), PipelineError> {
-        let mut batch = Batch::default();
-        // The ack to release once the current batch is durable.
-        let mut pending_ack: Option<SourceAck> = None;
-        let mut last_commit_ts: Option<i64> = None;
+impl<K: Sink> Writer<K> {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) -> Result<(), PipelineError> {
+        let mut finished = 0u64;
+        while let Some(job) = jobs.recv().await {
+            self.write(job).await?;
+            finished += 1;
+            self.done.send_replace(finished);
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, job: Job) -> Result<(), PipelineError> {
+        let Job {
+            batch,
+            ack,
+            commit_ts,
+        } = job;
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let mut backoff = retry_backoff(self.opts.max_retry_delay);
+            loop {
+                match self.sink.write_batch(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if e.disposition() == Disposition::Retry => {
+                        wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
+                    }
+                    Err(e) => {
+                        metrics()
+                            .errors
+                            .with_label_values(&[e.stage.as_str(), e.class.as_str()])
+                            .inc();
+                        return Err(e);
+                    }
+                }
+            }
+            let m = metrics();
+            m.batch_duration
+                .with_label_values(&["postgres"])
+                .observe(started.elapsed().as_secs_f64());
+            m.batch_events
+                .with_label_values(&["postgres"])
+                .observe(batch.events as f64);
+            for ((table, op), n) in &batch.counts {
+                m.events
+                    .with_label_values(&["sink", &table.to_string(), op.as_str()])
+                    .inc_by(*n);
+            }
+            if let Some(ts) = commit_ts {
+                let lag = (now_micros() - ts).max(0) as f64 / 1e6;
+                m.lag_seconds
+                    .with_label_values(&[&self.opts.pipeline])
+                    .set(lag);
+            }
+            debug!(events = batch.events, position = ?batch.last_position, "batch committed");
+        }
+        if let Some(ack) = ack {
+            // Everything before `ack` is durable now: this job, and every
+            // job before it (jobs are written in order).
+            self.acks.send_if_modified(|cur| {
+                if ack > *cur {
+                    *cur = ack;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Folds bus messages into batches and hands them to the [`Writer`].
+///
+/// Batching adapts to load: while the writer commits a batch, the next one
+/// grows (up to `batch_size`); as soon as the writer is idle, what has been
+/// gathered is handed over at the next transaction boundary, so light
+/// traffic is applied without waiting. `linger` bounds how long a batch
+/// waits for the end of a transaction.
+struct ApplyLoop {
+    rx: BusReceiver,
+    /// The highest position already durable or folded into a batch. The
+    /// source delivers changes in position order, so anything at or below
+    /// it is a replay (restart, or a reconnect that resent transactions
+    /// from the slot's confirmed position) and is skipped: re-applying it
+    /// could move a row back to an older state.
+    seen_up_to: Option<Position>,
+    opts: RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+    jobs: mpsc::Sender<Job>,
+    done: watch::Receiver<u64>,
+    sent: u64,
+    batch: Batch,
+    pending_ack: Option<SourceAck>,
+    last_commit_ts: Option<i64>,
+}
+
+/// The writer stopped; its own error says why.
+struct WriterGone;
+
+impl ApplyLoop {
+    fn writer_idle(&self) -> bool {
+        *self.done.borrow() == self.sent
+    }
+
+    /// Waits until the writer is idle, then hands it the current batch (and
+    /// the pending ack). Sends nothing when there is nothing to do.
+    async fn hand_off(&mut self) -> Result<(), WriterGone> {
+        if self.batch.is_empty() && self.pending_ack.is_none() {
+            return Ok(());
+        }
+        let sent = self.sent;
+        self.done
+            .wait_for(|d| *d == sent)
+            .await
+            .map_err(|_| WriterGone)?;
+        let job = Job {
+            batch: std::mem::take(&mut self.batch),
+            ack: self.pending_ack.take(),
+            commit_ts: self.last_commit_ts.take(),
+        };
+        self.jobs.send(job).await.map_err(|_| WriterGone)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<(), WriterGone> {
         let mut deadline: Option<Instant> = None;
         // Whether the last message closed a source transaction (or marked
         // the stream idle): a batch may commit there without splitting one.
-        let mut at_boundary;
+        let mut at_boundary = true;
         // Schemas of the tables being copied: a table's rows may fill
         // several batches, so its `SnapshotDone` can arrive in a batch that
         // holds none of them.
-        let mut snapshotting: std::collections::HashMap<
-            crate::event::TableId,
-            std::sync::Arc<crate::event::TableSchema>,
-        > = std::collections::HashMap::new();
+        let mut snapshotting: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
+        let mut shutdown = self.shutdown.clone();
+        let mut done = self.done.clone();
+        // The batch has waited `linger`: hand it off mid-transaction as soon
+        // as the writer is free.
+        let mut overdue = false;
         loop {
-            let msg = match deadline {
-                None => {
-                    let mut shutdown = self.shutdown.clone();
-                    tokio::select! {
-                        m = self.rx.recv() => m,
-                        _ = shutdown.wait_for(|s| *s) => None,
-                    }
+            let waiting_for_writer = !self.writer_idle() && !self.batch.is_empty();
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => None,
+                changed = done.changed(), if waiting_for_writer => {
+                    changed.map_err(|_| WriterGone)?;
+                    Some(None)
                 }
-                Some(d) => match tokio::time::timeout_at(d.into(), self.rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => {
-                        self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
-                            .await?;
-                        deadline = None;
-                        continue;
-                    }
-                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    overdue = true;
+                    deadline = None;
+                    Some(None)
+                }
+                m = self.rx.recv() => m.map(Some),
             };
             let Some(msg) = msg else {
-                self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
-                    .await?;
+                // Source gone or shutdown: commit what we have, then stop.
+                self.hand_off().await?;
                 return Ok(());
             };
-            metrics().bus_depth.set(self.rx.depth() as i64);
-            match msg {
-                BusMessage::Change(ev) => {
-                    at_boundary = false;
-                    if ev.position.commit_lsn != 0 {
-                        if Some(ev.position) <= self.seen_up_to {
-                            continue;
+            if let Some(msg) = msg {
+                metrics().bus_depth.set(self.rx.depth() as i64);
+                match msg {
+                    BusMessage::Change(ev) => {
+                        at_boundary = false;
+                        if ev.position.commit_lsn != 0 {
+                            if Some(ev.position) <= self.seen_up_to {
+                                continue;
+                            }
+                            self.seen_up_to = Some(ev.position);
                         }
-                        self.seen_up_to = Some(ev.position);
-                    }
-                    if batch.needs_own_batch(&ev) {
-                        self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
-                            .await?;
-                        deadline = None;
-                    }
-                    metrics()
-                        .events
-                        .with_label_values(&["source", &ev.table.id.to_string(), ev.op.as_str()])
-                        .inc();
-                    batch.push(ev);
-                }
-                BusMessage::Commit {
-                    ack,
-                    commit_ts_micros,
-                    ..
-                } => {
-                    at_boundary = true;
-                    pending_ack = Some(ack.max(pending_ack.unwrap_or_default()));
-                    last_commit_ts = Some(commit_ts_micros);
-                }
-                BusMessage::Idle { ack } => {
-                    at_boundary = true;
-                    pending_ack = Some(ack.max(pending_ack.unwrap_or_default()));
-                    if batch.is_empty() {
+                        if self.batch.needs_own_batch(&ev) {
+                            self.hand_off().await?;
+                            deadline = None;
+                            overdue = false;
+                        }
                         metrics()
-                            .lag_seconds
-                            .with_label_values(&[&self.opts.pipeline])
-                            .set(0.0);
+                            .events
+                            .with_label_values(&[
+                                "source",
+                                &ev.table.id.to_string(),
+                                ev.op.as_str(),
+                            ])
+                            .inc();
+                        self.batch.push(ev);
                     }
-                }
-                BusMessage::SnapshotStart { table } => {
-                    at_boundary = false;
-                    snapshotting.insert(table.id.clone(), std::sync::Arc::clone(&table));
-                    batch.snapshot_start(&table)
-                }
-                BusMessage::SnapshotDone { table, rows, state } => {
-                    // The batch's schema if it holds the table, else the one
-                    // its start announced (the batch was flushed since).
-                    let schema = batch
-                        .tables
-                        .iter()
-                        .find(|t| t.schema.id == table)
-                        .map(|t| std::sync::Arc::clone(&t.schema))
-                        .or_else(|| snapshotting.get(&table).map(std::sync::Arc::clone));
-                    snapshotting.remove(&table);
-                    match schema {
-                        Some(s) => batch.snapshot_done(&s, rows, state),
-                        None => {
-                            return Err(PipelineError::fatal(
-                                Stage::Snapshot,
-                                format!(
-                                "snapshot of {table} finished in a batch that never saw it start"
-                            ),
-                            ))
+                    BusMessage::Commit {
+                        ack,
+                        commit_ts_micros,
+                        ..
+                    } => {
+                        at_boundary = true;
+                        self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));
+                        self.last_commit_ts = Some(commit_ts_micros);
+                    }
+                    BusMessage::Idle { ack } => {
+                        at_boundary = true;
+                        self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));
+                        if self.batch.is_empty() && self.writer_idle() {
+                            metrics()
+                                .lag_seconds
+                                .with_label_values(&[&self.opts.pipeline])
+                                .set(0.0);
                         }
                     }
-                    // A finished table is a natural commit point.
-                    self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
-                        .await?;
-                    deadline = None;
-                    continue;
+                    BusMessage::SnapshotStart { table } => {
+                        at_boundary = false;
+                        snapshotting.insert(table.id.clone(), Arc::clone(&table));
+                        self.batch.snapshot_start(&table)
+                    }
+                    BusMessage::SnapshotDone { table, rows, state } => {
+                        // The batch's schema if it holds the table, else the
+                        // one its start announced (the batch was handed off
+                        // since).
+                        let schema = self
+                            .batch
+                            .tables
+                            .iter()
+                            .find(|t| t.schema.id == table)
+                            .map(|t| Arc::clone(&t.schema))
+                            .or_else(|| snapshotting.get(&table).map(Arc::clone));
+                        snapshotting.remove(&table);
+                        match schema {
+                            Some(s) => self.batch.snapshot_done(&s, rows, state),
+                            None => {
+                                // The source announces every table before
+                                // its rows; without it, a bug: stop loudly.
+                                tracing::error!(%table, "snapshot finished without a start");
+                                return Err(WriterGone);
+                            }
+                        }
+                        // A finished table is a natural commit point.
+                        at_boundary = true;
+                        self.hand_off().await?;
+                        deadline = None;
+                        overdue = false;
+                        continue;
+                    }
                 }
             }
-            if batch.is_empty() {
-                // Nothing to write: everything before the ack is durable.
-                if let Some(ack) = pending_ack.take() {
-                    self.release(ack);
-                }
-                continue;
-            }
-            // Commit when the batch is full, or at a transaction boundary
-            // when nothing else is waiting: under load, batches grow while
-            // the previous one commits; when traffic is light, a change is
-            // applied without waiting for the linger time.
-            if batch.events >= self.opts.batch_size || (at_boundary && self.rx.depth() == 0) {
-                self.flush(&mut batch, &mut pending_ack, &mut last_commit_ts)
-                    .await?;
+            if self.batch.events >= self.opts.batch_size
+                || ((at_boundary || overdue) && self.writer_idle())
+            {
+                // Full, or the sink is free: ship what we have. An empty
+                // batch still carries the pending ack (released after
+                // earlier jobs).
+                self.hand_off().await?;
                 deadline = None;
-            } else if deadline.is_none() {
+                overdue = false;
+            } else if deadline.is_none() && !overdue && !self.batch.is_empty() {
                 deadline = Some(Instant::now() + self.opts.linger);
             }
         }
-    }
-
-    fn release(&self, ack: SourceAck) {
-        self.acks.send_if_modified(|cur| {
-            if ack > *cur {
-                *cur = ack;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    async fn flush(
-        &mut self,
-        batch: &mut Batch,
-        pending_ack: &mut Option<SourceAck>,
-        last_commit_ts: &mut Option<i64>,
-    ) -> Result<(), PipelineError> {
-        if batch.is_empty() {
-            if let Some(ack) = pending_ack.take() {
-                self.release(ack);
-            }
-            return Ok(());
-        }
-        let started = Instant::now();
-        let mut backoff = retry_backoff(self.opts.max_retry_delay);
-        loop {
-            match self.sink.write_batch(batch).await {
-                Ok(()) => break,
-                Err(e) if e.disposition() == Disposition::Retry => {
-                    wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
-                }
-                Err(e) => {
-                    metrics()
-                        .errors
-                        .with_label_values(&[e.stage.as_str(), e.class.as_str()])
-                        .inc();
-                    return Err(e);
-                }
-            }
-        }
-        let m = metrics();
-        m.batch_duration
-            .with_label_values(&["postgres"])
-            .observe(started.elapsed().as_secs_f64());
-        m.batch_events
-            .with_label_values(&["postgres"])
-            .observe(batch.events as f64);
-        for ((table, op), n) in &batch.counts {
-            m.events
-                .with_label_values(&["sink", &table.to_string(), op.as_str()])
-                .inc_by(*n);
-        }
-        if let Some(ts) = last_commit_ts.take() {
-            let lag = (now_micros() - ts).max(0) as f64 / 1e6;
-            m.lag_seconds
-                .with_label_values(&[&self.opts.pipeline])
-                .set(lag);
-        }
-        debug!(events = batch.events, position = ?batch.last_position, "batch committed");
-        *batch = Batch::default();
-        if let Some(ack) = pending_ack.take() {
-            self.release(ack);
-        }
-        Ok(())
     }
 }
 

@@ -144,6 +144,9 @@ impl PostgresSource {
         PipelineError,
     > {
         let described = catalog::describe_all(client, &self.tables).await?;
+        let publication_is_new = slot::publication_tables(client, &self.cfg.publication)
+            .await?
+            .is_none();
         slot::ensure_publication(
             client,
             &self.cfg.publication,
@@ -152,15 +155,32 @@ impl PostgresSource {
         )
         .await?;
         let database = database_of(self.cfg.url.expose()).unwrap_or_default();
+        let has_progress =
+            ctx.checkpoint.position.is_some() || !ctx.checkpoint.snapshots.is_empty();
         match slot::slot_info(client, &self.cfg.slot).await? {
             Some(info) => {
                 if let Some(why) = slot::slot_refusal(&self.cfg.slot, &info, &database) {
                     return Err(PipelineError::fatal(Stage::Source, why));
                 }
+                // A slot made before its publication cannot be streamed:
+                // pgoutput looks the publication up as of each decoded
+                // transaction and fails with "publication does not exist"
+                // on every change made in between (found by the e2e test
+                // tests/snapshot.rs, pre-existing slot). Nothing is copied
+                // yet and the initial snapshot copies every table, so
+                // recreating the slot after the publication, as on a first
+                // start, loses nothing; creating it waits for transactions
+                // still open from before the publication.
+                if publication_is_new && !has_progress && self.cfg.snapshot == SnapshotMode::Initial
+                {
+                    warn!(slot = %self.cfg.slot, publication = %self.cfg.publication,
+                        "replication slot predates the publication; recreating it before the initial snapshot");
+                    slot::drop_slot(client, &self.cfg.slot).await?;
+                    let lsn = slot::create_slot(client, &self.cfg.slot).await?;
+                    info!(slot = %self.cfg.slot, consistent_point = %ferry_pipeline::event::format_lsn(lsn), "created replication slot");
+                }
             }
             None => {
-                let has_progress =
-                    ctx.checkpoint.position.is_some() || !ctx.checkpoint.snapshots.is_empty();
                 if has_progress {
                     return Err(PipelineError::fatal(
                         Stage::Source,

@@ -83,6 +83,15 @@ pub async fn create_slot(client: &Client, slot: &str) -> Result<u64, PipelineErr
         .ok_or_else(|| PipelineError::fatal(Stage::Source, format!("unreadable LSN {lsn}")))
 }
 
+/// Drops the slot (which must not be in use).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), PipelineError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(|e| pg_err(Stage::Source, &format!("drop replication slot {slot}"), e))?;
+    Ok(())
+}
+
 /// Tables of a publication; `None` when it does not exist, and `Some(None)`
 /// for `FOR ALL TABLES`.
 pub async fn publication_tables(

@@ -389,6 +389,17 @@ impl FerryProcess {
         Ok(Self(child))
     }
 
+    /// CPU seconds (user + system) the process has used.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the whole line.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
     /// Peak resident set size (VmHWM), in MB.
     fn peak_rss_mb(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
@@ -466,9 +477,17 @@ url = "{}"
         eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     let seconds = done?.duration_since(started).as_secs_f64();
-    eprintln!("  applied in {seconds:.1}s");
+    eprintln!(
+        "  applied in {seconds:.1}s (ferry used {:.1} CPU seconds)",
+        ferry.cpu_seconds().unwrap_or(f64::NAN)
+    );
     let lags = measure_lag(&source, &target, args).await?;
     let rss = ferry.peak_rss_mb();
+    if let Some(dir) = args.out.parent() {
+        // Keep ferry's log beside the report, for looking into a result.
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::copy(&log, dir.join("ferry.log"));
+    }
     drop(ferry);
     Ok(Outcome {
         name: "ferry (embedded bus)".into(),

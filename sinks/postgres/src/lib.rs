@@ -89,6 +89,11 @@ impl PostgresSink {
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+        // (Re)connect first: a reconnect clears the caches, which must
+        // happen before they are taken below (statements prepared on the old
+        // connection do not exist on the new one: after a target restart
+        // every retry failed with 26000).
+        self.client().await?;
         // Make sure every table exists before the data transaction: DDL
         // errors are then fatal and never half-apply a batch.
         for tb in &batch.tables {
@@ -118,7 +123,14 @@ impl PostgresSink {
                     Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
                     None => tb.schema.id.clone(),
                 };
-                let target = tables.get(&id).expect("ensured above");
+                // Ensured above, unless a reconnect in between cleared the
+                // cache: then retry the whole batch.
+                let target = tables.get(&id).ok_or_else(|| {
+                    PipelineError::transient(
+                        Stage::Sink,
+                        format!("target table {id} needs to be checked again"),
+                    )
+                })?;
                 apply_table(&tx, &mut statements, target, tb, &pipeline).await?;
             }
             if let Some(p) = batch.last_position {
@@ -131,8 +143,10 @@ impl PostgresSink {
         self.tables = tables;
         if let Err(e) = &result {
             if e.disposition() == ferry_pipeline::error::Disposition::Retry {
-                // The connection may be broken; start afresh next time.
+                // The connection may be broken; start afresh next time,
+                // without the statements prepared on it.
                 self.client = None;
+                self.statements.clear();
             }
         }
         result
@@ -241,7 +255,7 @@ async fn apply_table(
                     .collect();
                 patches.entry(mask).or_default().push(row);
             }
-            RowChange::Delete(_) | RowChange::Rekey { .. } => {}
+            RowChange::Delete(_) | RowChange::Rekey { .. } | RowChange::Vanished => {}
         }
     }
     if !upserts.is_empty() {
