@@ -80,6 +80,12 @@ pub fn disposition(class: ErrorClass) -> Disposition {
 /// database and syntax/undefined-object errors stop the pipeline. Unknown
 /// classes are transient.
 pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    // 55000 object_not_in_prerequisite_state: e.g. logical decoding with
+    // wal_level below logical. Waiting does not fix it; the rest of class
+    // 55 (lock not available, object in use) passes.
+    if code == "55000" {
+        return ErrorClass::Fatal;
+    }
     match code.get(..2).unwrap_or("") {
         "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorClass::Transient,
         "22" | "23" => ErrorClass::Permanent,
@@ -187,6 +193,8 @@ mod tests {
             ("40P01", ErrorClass::Transient),
             ("53300", ErrorClass::Transient),
             ("57P01", ErrorClass::Transient),
+            ("55006", ErrorClass::Transient),
+            ("55000", ErrorClass::Fatal),
             ("08006", ErrorClass::Transient),
             ("22003", ErrorClass::Permanent),
             ("23502", ErrorClass::Permanent),

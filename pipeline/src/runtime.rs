@@ -266,7 +266,12 @@ impl<K: Sink> Writer<K> {
                     .with_label_values(&[&self.opts.pipeline])
                     .set(lag);
             }
-            debug!(events = batch.events, position = ?batch.last_position, "batch committed");
+            debug!(
+                events = batch.events,
+                position = ?batch.last_position,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
         }
         if let Some(ack) = ack {
             // Everything before `ack` is durable now: this job, and every

@@ -143,6 +143,21 @@ impl PostgresSource {
         ),
         PipelineError,
     > {
+        let level: String = client
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(|e| pg_err(Stage::Source, "read wal_level", e))?
+            .get(0);
+        if level != "logical" {
+            // Before creating anything: the publication and slot would be
+            // of no use.
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                format!(
+                    "the source has wal_level = {level}; set wal_level = logical and restart it"
+                ),
+            ));
+        }
         let described = catalog::describe_all(client, &self.tables).await?;
         let publication_is_new = slot::publication_tables(client, &self.cfg.publication)
             .await?
