@@ -142,8 +142,10 @@ pub struct Batch {
     pub last_position: Option<Position>,
     /// Number of source events folded into the batch.
     pub events: usize,
-    /// Per (table, op) counts, for metrics.
-    pub counts: HashMap<(TableId, Op), u64>,
+    /// Source events per table (index into `tables`) and op, for metrics.
+    /// Counted by position rather than by cloning the table's name into a
+    /// map for every event: this runs once per change.
+    counts: Vec<[u64; Op::ALL.len()]>,
 }
 
 impl Batch {
@@ -151,8 +153,23 @@ impl Batch {
         self.events == 0 && self.tables.is_empty()
     }
 
+    /// Source events folded in, per table and op.
+    pub fn counts(&self) -> impl Iterator<Item = (&TableId, Op, u64)> {
+        self.tables.iter().zip(&self.counts).flat_map(|(t, c)| {
+            Op::ALL
+                .iter()
+                .filter(|op| c[**op as usize] > 0)
+                .map(move |op| (&t.schema.id, *op, c[*op as usize]))
+        })
+    }
+
     fn table(&mut self, schema: &Arc<TableSchema>) -> &mut TableBatch {
-        let i = match self.table_index.get(&schema.id) {
+        let i = self.table_slot(schema);
+        &mut self.tables[i]
+    }
+
+    fn table_slot(&mut self, schema: &Arc<TableSchema>) -> usize {
+        match self.table_index.get(&schema.id) {
             Some(&i) => {
                 // A newer schema (column added) replaces the older one; rows
                 // already collected keep their own width and are padded by the
@@ -166,20 +183,21 @@ impl Batch {
                 self.table_index
                     .insert(schema.id.clone(), self.tables.len());
                 self.tables.push(TableBatch::new(Arc::clone(schema)));
+                self.counts.push([0; Op::ALL.len()]);
                 self.tables.len() - 1
             }
-        };
-        &mut self.tables[i]
+        }
     }
 
     /// Folds one change into the batch.
     pub fn push(&mut self, ev: ChangeEvent) {
         self.events += 1;
-        *self.counts.entry((ev.table.id.clone(), ev.op)).or_default() += 1;
         if ev.position.commit_lsn != 0 {
             self.last_position = Some(ev.position);
         }
-        let tb = self.table(&ev.table);
+        let ti = self.table_slot(&ev.table);
+        self.counts[ti][ev.op as usize] += 1;
+        let tb = &mut self.tables[ti];
         match ev.op {
             Op::Truncate => {
                 tb.clear();
@@ -275,17 +293,26 @@ pub fn key_values(schema: &TableSchema, row: &Row) -> Vec<Value> {
         .collect()
 }
 
-/// A map key for a row's primary key. Debug formatting of values is exact
-/// and unambiguous (strings are quoted and escaped).
+/// A map key for a row's primary key, unambiguous across values: each
+/// value is tagged by its kind and, for text, length-prefixed. Integer and
+/// text keys (the common ones) avoid the Debug formatter, as this runs for
+/// every change.
 fn key_string(schema: &TableSchema, row: &Row) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     for &i in &schema.primary_key {
         match row.get(i) {
-            Some(Datum::Value(v)) => {
-                let _ = write!(s, "{v:?}\u{1f}");
+            Some(Datum::Value(Value::Int(n))) => {
+                let _ = write!(s, "i{n};");
             }
-            _ => s.push_str("?\u{1f}"),
+            Some(Datum::Value(Value::Text(t))) => {
+                let _ = write!(s, "t{}:", t.len());
+                s.push_str(t);
+            }
+            Some(Datum::Value(v)) => {
+                let _ = write!(s, "{v:?};");
+            }
+            _ => s.push_str("?;"),
         }
     }
     s

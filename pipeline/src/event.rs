@@ -140,6 +140,9 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op, in declaration order (`op as usize` indexes it).
+    pub const ALL: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Read];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Insert => "insert",

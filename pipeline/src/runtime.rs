@@ -79,7 +79,7 @@ pub async fn run<S: Source, K: Sink>(
         opts: opts.clone(),
         shutdown: shutdown.clone(),
     };
-    let apply = ApplyLoop {
+    let apply: ApplyLoop<K> = ApplyLoop {
         rx: bus_rx,
         seen_up_to: checkpoint.position,
         opts: opts.clone(),
@@ -192,9 +192,18 @@ async fn wait_retry(
     }
 }
 
+/// What the runtime reports about a batch once it is written.
+struct Summary {
+    events: usize,
+    counts: Vec<(TableId, crate::event::Op, u64)>,
+    last_position: Option<Position>,
+}
+
 /// A batch on its way to the sink, with what to release once it is durable.
-struct Job {
-    batch: Batch,
+struct Job<P> {
+    /// `None` when the job only releases an ack.
+    prepared: P,
+    summary: Summary,
     /// The source position that may be confirmed after this job.
     ack: Option<SourceAck>,
     /// Commit time of the last source transaction in the batch.
@@ -214,7 +223,10 @@ struct Writer<K: Sink> {
 }
 
 impl<K: Sink> Writer<K> {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) -> Result<(), PipelineError> {
+    async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<Job<Option<K::Prepared>>>,
+    ) -> Result<(), PipelineError> {
         let mut finished = 0u64;
         while let Some(job) = jobs.recv().await {
             self.write(job).await?;
@@ -224,17 +236,18 @@ impl<K: Sink> Writer<K> {
         Ok(())
     }
 
-    async fn write(&mut self, job: Job) -> Result<(), PipelineError> {
+    async fn write(&mut self, job: Job<Option<K::Prepared>>) -> Result<(), PipelineError> {
         let Job {
-            batch,
+            prepared,
+            summary,
             ack,
             commit_ts,
         } = job;
-        if !batch.is_empty() {
+        if let Some(prepared) = prepared {
             let started = Instant::now();
             let mut backoff = retry_backoff(self.opts.max_retry_delay);
             loop {
-                match self.sink.write_batch(&batch).await {
+                match self.sink.write_batch(&prepared).await {
                     Ok(()) => break,
                     Err(e) if e.disposition() == Disposition::Retry => {
                         wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
@@ -254,8 +267,8 @@ impl<K: Sink> Writer<K> {
                 .observe(started.elapsed().as_secs_f64());
             m.batch_events
                 .with_label_values(&["postgres"])
-                .observe(batch.events as f64);
-            for ((table, op), n) in &batch.counts {
+                .observe(summary.events as f64);
+            for (table, op, n) in &summary.counts {
                 m.events
                     .with_label_values(&["sink", &table.to_string(), op.as_str()])
                     .inc_by(*n);
@@ -267,8 +280,8 @@ impl<K: Sink> Writer<K> {
                     .set(lag);
             }
             debug!(
-                events = batch.events,
-                position = ?batch.last_position,
+                events = summary.events,
+                position = ?summary.last_position,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
@@ -296,7 +309,7 @@ impl<K: Sink> Writer<K> {
 /// gathered is handed over at the next transaction boundary, so light
 /// traffic is applied without waiting. `linger` bounds how long a batch
 /// waits for the end of a transaction.
-struct ApplyLoop {
+struct ApplyLoop<K: Sink> {
     rx: BusReceiver,
     /// The highest position already durable or folded into a batch. The
     /// source delivers changes in position order, so anything at or below
@@ -306,7 +319,7 @@ struct ApplyLoop {
     seen_up_to: Option<Position>,
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Job<Option<K::Prepared>>>,
     done: watch::Receiver<u64>,
     sent: u64,
     batch: Batch,
@@ -317,7 +330,7 @@ struct ApplyLoop {
 /// The writer stopped; its own error says why.
 struct WriterGone;
 
-impl ApplyLoop {
+impl<K: Sink> ApplyLoop<K> {
     fn writer_idle(&self) -> bool {
         *self.done.borrow() == self.sent
     }
@@ -328,13 +341,34 @@ impl ApplyLoop {
         if self.batch.is_empty() && self.pending_ack.is_none() {
             return Ok(());
         }
+        // Received-from-source counts, per batch rather than per event.
+        let counts: Vec<_> = self
+            .batch
+            .counts()
+            .map(|(t, op, n)| (t.clone(), op, n))
+            .collect();
+        for (table, op, n) in &counts {
+            metrics()
+                .events
+                .with_label_values(&["source", &table.to_string(), op.as_str()])
+                .inc_by(*n);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let summary = Summary {
+            events: batch.events,
+            counts,
+            last_position: batch.last_position,
+        };
+        // Encode before waiting: this overlaps with the writer's work.
+        let prepared = (!batch.is_empty()).then(|| K::prepare(batch));
         let sent = self.sent;
         self.done
             .wait_for(|d| *d == sent)
             .await
             .map_err(|_| WriterGone)?;
         let job = Job {
-            batch: std::mem::take(&mut self.batch),
+            prepared,
+            summary,
             ack: self.pending_ack.take(),
             commit_ts: self.last_commit_ts.take(),
         };

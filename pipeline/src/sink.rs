@@ -19,8 +19,18 @@ use crate::error::PipelineError;
 /// - An `Err` leaves nothing applied; the runtime retries the same batch when
 ///   the error is transient.
 pub trait Sink: CheckpointStore + Send + 'static {
+    /// A batch made ready for writing.
+    type Prepared: Send + 'static;
+
+    /// The work on a batch that needs no connection (encoding values into
+    /// parameters). The runtime runs it while the previous batch is still
+    /// being written, so it must not depend on the sink's state.
+    fn prepare(batch: Batch) -> Self::Prepared;
+
+    /// Writes a prepared batch; see the trait's contract. Called again with
+    /// the same batch after a transient error.
     fn write_batch(
         &mut self,
-        batch: &Batch,
+        batch: &Self::Prepared,
     ) -> impl Future<Output = Result<(), PipelineError>> + Send;
 }

@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod literal;
+pub mod params;
 pub mod target;
 
 use std::collections::HashMap;
@@ -22,10 +23,11 @@ use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{quote_ident, Datum, TableId};
 use ferry_pipeline::sink::Sink;
 use ferry_pipeline::value::Value;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use tracing::{info, warn};
 
+use crate::params::{PreparedBatch, PreparedTable};
 use crate::target::TargetTable;
 
 /// Wraps a driver error with its SQLSTATE class.
@@ -88,7 +90,8 @@ impl PostgresSink {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    async fn write(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+    async fn write(&mut self, prepared: &PreparedBatch) -> Result<(), PipelineError> {
+        let batch = &prepared.batch;
         // (Re)connect first: a reconnect clears the caches, which must
         // happen before they are taken below (statements prepared on the old
         // connection do not exist on the new one: after a target restart
@@ -118,7 +121,7 @@ impl PostgresSink {
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-            for tb in &batch.tables {
+            for (tb, pt) in batch.tables.iter().zip(&prepared.tables) {
                 let id = match &schema_override {
                     Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
                     None => tb.schema.id.clone(),
@@ -131,7 +134,7 @@ impl PostgresSink {
                         format!("target table {id} needs to be checked again"),
                     )
                 })?;
-                apply_table(&tx, &mut statements, target, tb, &pipeline).await?;
+                apply_table(&tx, &mut statements, target, tb, pt, &pipeline).await?;
             }
             if let Some(p) = batch.last_position {
                 checkpoint::save_position(&tx, &pipeline, p).await?;
@@ -162,7 +165,13 @@ impl CheckpointStore for PostgresSink {
 }
 
 impl Sink for PostgresSink {
-    async fn write_batch(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+    type Prepared = PreparedBatch;
+
+    fn prepare(batch: Batch) -> PreparedBatch {
+        params::prepare(batch)
+    }
+
+    async fn write_batch(&mut self, batch: &PreparedBatch) -> Result<(), PipelineError> {
         self.write(batch).await
     }
 }
@@ -173,6 +182,7 @@ async fn apply_table(
     statements: &mut HashMap<String, Statement>,
     target: &TargetTable,
     tb: &TableBatch,
+    prepared: &PreparedTable,
     pipeline: &str,
 ) -> Result<(), PipelineError> {
     let schema = &tb.schema;
@@ -199,6 +209,12 @@ async fn apply_table(
     }
     let cast = |name: &str| -> String { target.type_of(name).unwrap_or("text").to_string() };
     let key_names: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
+    let placeholders = |n: usize| -> String {
+        (1..=n)
+            .map(|i| format!("${i}::text[]"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     // Rekeys first: the batch starts with them (see `Batch::needs_own_batch`).
     for r in &tb.rows {
@@ -207,27 +223,8 @@ async fn apply_table(
         }
     }
 
-    // Deletes.
-    let deletes: Vec<&Vec<Value>> = tb
-        .rows
-        .iter()
-        .filter_map(|r| match r {
-            RowChange::Delete(k) => Some(k),
-            _ => None,
-        })
-        .collect();
-    if !deletes.is_empty() {
-        let mut cols: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(deletes.len()); key_names.len()];
-        for k in &deletes {
-            for (i, v) in k.iter().enumerate() {
-                cols[i].push(literal::to_pg_text(v));
-            }
-        }
+    if let Some(rows) = &prepared.deletes {
         let aliases: Vec<String> = (0..key_names.len()).map(|i| format!("k{i}")).collect();
-        let unnest_args: Vec<String> = (1..=key_names.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
         let cond: Vec<String> = key_names
             .iter()
             .enumerate()
@@ -235,35 +232,17 @@ async fn apply_table(
             .collect();
         let sql = format!(
             "DELETE FROM {table_sql} AS t USING unnest({}) AS u({}) WHERE {}",
-            unnest_args.join(", "),
+            placeholders(key_names.len()),
             aliases.join(", "),
             cond.join(" AND ")
         );
-        execute(tx, statements, &sql, &cols, &target.id).await?;
+        execute(tx, statements, &sql, &rows.columns, &target.id).await?;
     }
 
-    // Upserts, then patches grouped by which columns they leave untouched.
     let width = schema.columns.len();
-    let mut upserts: Vec<&Vec<Datum>> = Vec::new();
-    let mut patches: HashMap<Vec<bool>, Vec<&Vec<Datum>>> = HashMap::new();
-    for r in &tb.rows {
-        match r {
-            RowChange::Upsert(row) => upserts.push(row),
-            RowChange::Patch(row) => {
-                let mask: Vec<bool> = (0..width)
-                    .map(|i| !matches!(row.get(i), Some(Datum::UnchangedToast)))
-                    .collect();
-                patches.entry(mask).or_default().push(row);
-            }
-            RowChange::Delete(_) | RowChange::Rekey { .. } | RowChange::Vanished => {}
-        }
-    }
-    if !upserts.is_empty() {
-        let all: Vec<usize> = (0..width).collect();
-        let cols = column_arrays(&upserts, &all);
+    if let Some(rows) = &prepared.upserts {
         let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let aliases: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
-        let unnest_args: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
         let select: Vec<String> = names
             .iter()
             .enumerate()
@@ -284,20 +263,16 @@ async fn apply_table(
             "INSERT INTO {table_sql} ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) {}",
             names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
             select.join(", "),
-            unnest_args.join(", "),
+            placeholders(width),
             aliases.join(", "),
             key_names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
             conflict
         );
-        execute(tx, statements, &sql, &cols, &target.id).await?;
+        execute(tx, statements, &sql, &rows.columns, &target.id).await?;
     }
-    for (mask, rows) in patches {
+    for (mask, rows) in &prepared.patches {
         let present: Vec<usize> = (0..width).filter(|&i| mask[i]).collect();
-        let cols = column_arrays(&rows, &present);
         let aliases: Vec<String> = (0..present.len()).map(|i| format!("c{i}")).collect();
-        let unnest_args: Vec<String> = (1..=present.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
         let mut sets = Vec::new();
         let mut conds = Vec::new();
         for (j, &i) in present.iter().enumerate() {
@@ -315,12 +290,12 @@ async fn apply_table(
         let sql = format!(
             "UPDATE {table_sql} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
             sets.join(", "),
-            unnest_args.join(", "),
+            placeholders(present.len()),
             aliases.join(", "),
             conds.join(" AND ")
         );
-        let n = execute(tx, statements, &sql, &cols, &target.id).await?;
-        if n < rows.len() as u64 {
+        let n = execute(tx, statements, &sql, &rows.columns, &target.id).await?;
+        if n < rows.count as u64 {
             // An update whose row is not in the target: the target was
             // changed behind Ferry's back (or the snapshot is incomplete).
             return Err(PipelineError::new(
@@ -328,7 +303,7 @@ async fn apply_table(
                 Stage::Sink,
                 format!(
                     "{} update(s) to {} left TOAST values unchanged but their rows are missing from the target",
-                    rows.len() as u64 - n,
+                    rows.count as u64 - n,
                     target.id
                 ),
             ));
@@ -393,26 +368,11 @@ async fn rekey(
     Ok(())
 }
 
-/// Column-major text arrays of the chosen columns of `rows`; a row narrower
-/// than the schema (written before a column was added) reads NULL there.
-fn column_arrays(rows: &[&Vec<Datum>], columns: &[usize]) -> Vec<Vec<Option<String>>> {
-    let mut out: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); columns.len()];
-    for row in rows {
-        for (j, &i) in columns.iter().enumerate() {
-            out[j].push(match row.get(i) {
-                Some(Datum::Value(v)) => literal::to_pg_text(v),
-                _ => None,
-            });
-        }
-    }
-    out
-}
-
-async fn execute(
+async fn execute<P: ToSql + Sync>(
     tx: &Transaction<'_>,
     statements: &mut HashMap<String, Statement>,
     sql: &str,
-    cols: &[Vec<Option<String>>],
+    cols: &[P],
     table: &TableId,
 ) -> Result<u64, PipelineError> {
     let stmt = match statements.get(sql) {
@@ -427,10 +387,7 @@ async fn execute(
             s
         }
     };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols
-        .iter()
-        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     tx.execute(&stmt, &params)
         .await
         .map_err(|e| pg_err(&format!("apply batch to {table}"), e))
