@@ -145,10 +145,24 @@ pub async fn copy_tables(
             .into_iter()
             .map(|(from, to)| copy_chunk(url, &snapshot_id, t, from, to, bus, &copied))
             .collect();
-        let results = futures_util::stream::iter(chunks)
+        let work = futures_util::stream::iter(chunks)
             .buffer_unordered(parallelism.max(1))
-            .collect::<Vec<_>>()
-            .await;
+            .collect::<Vec<_>>();
+        tokio::pin!(work);
+        // Progress on the terminal (the same figures are in metrics).
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.tick().await;
+        let estimate = t.estimated_rows.max(0) as u64;
+        let results = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tick.tick() => {
+                    let rows = copied.load(std::sync::atomic::Ordering::Relaxed);
+                    let percent = if estimate > 0 { (rows * 100 / estimate).min(100) } else { 0 };
+                    info!(table = %name, rows, estimate, percent, "snapshot progress");
+                }
+            }
+        };
         for r in results {
             r?;
         }

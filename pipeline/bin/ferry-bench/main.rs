@@ -49,6 +49,10 @@ struct Args {
     /// Only run Ferry (skip the native peer).
     #[arg(long)]
     ferry_only: bool,
+    /// Runs per peer (fresh clusters each time, peers alternating); the
+    /// table shows medians.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -69,18 +73,27 @@ async fn main() -> anyhow::Result<()> {
     if let Err(why) = LocalCluster::binaries_available() {
         bail!("ferry-bench needs PostgreSQL's server binaries: {why}");
     }
+    let mut native_runs = Vec::new();
+    let mut ferry_runs = Vec::new();
+    for run in 0..args.repeat.max(1) {
+        eprintln!("run {} of {}", run + 1, args.repeat.max(1));
+        if !args.ferry_only {
+            native_runs.push(
+                bench_native(&args)
+                    .await
+                    .context("native logical replication")?,
+            );
+        }
+        ferry_runs.push(bench_ferry(&args).await.context("ferry")?);
+    }
     let mut results = Vec::new();
     if !args.ferry_only {
-        results.push(
-            bench_native(&args)
-                .await
-                .context("native logical replication")?,
-        );
+        results.push(median_outcome(&native_runs));
     }
-    results.push(bench_ferry(&args).await.context("ferry")?);
+    results.push(median_outcome(&ferry_runs));
 
     println!();
-    println!("| peer | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB) |");
+    println!("| peer | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, max) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         println!(
@@ -111,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             "steady_rate": args.steady_rate, "steady_secs": args.steady_secs,
         },
         "results": results,
+        "runs": { "native": native_runs, "ferry": ferry_runs },
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     println!("report written to {}", args.out.display());
@@ -241,6 +255,24 @@ async fn measure_lag(
     }
     loader.await??;
     Ok(lags)
+}
+
+/// The median of each figure over several runs.
+fn median_outcome(runs: &[Outcome]) -> Outcome {
+    let med = |f: &dyn Fn(&Outcome) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    Outcome {
+        name: format!("{} (median of {})", runs[0].name, runs.len()),
+        changes: runs[0].changes,
+        seconds: med(&|o| o.seconds),
+        rows_per_sec: med(&|o| o.rows_per_sec),
+        lag_p50_ms: med(&|o| o.lag_p50_ms),
+        lag_p99_ms: med(&|o| o.lag_p99_ms),
+        lag_probes: runs.iter().map(|o| o.lag_probes).sum(),
+        peak_rss_mb: runs
+            .iter()
+            .filter_map(|o| o.peak_rss_mb)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+    }
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
