@@ -15,6 +15,8 @@
 //! Run `cargo build --release --bins && target/release/ferry-bench`; it
 //! prints a Markdown table and writes JSON to `--out`.
 
+mod shapes;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +51,13 @@ struct Args {
     /// Only run Ferry (skip the native peer).
     #[arg(long)]
     ferry_only: bool,
+    /// Instead of the peers: compare the sink's statement shapes for
+    /// applying a batch (unnest upsert vs COPY to staging + merge).
+    #[arg(long)]
+    shapes: bool,
+    /// Rows per batch for `--shapes`.
+    #[arg(long, default_value_t = 5000)]
+    shape_rows: i64,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
     #[arg(long, default_value_t = 3)]
@@ -73,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     if let Err(why) = LocalCluster::binaries_available() {
         bail!("ferry-bench needs PostgreSQL's server binaries: {why}");
     }
+    if args.shapes {
+        return shapes::run(args.shape_rows, 2 * args.repeat.max(1) + 1).await;
+    }
     let mut native_runs = Vec::new();
     let mut ferry_runs = Vec::new();
     for run in 0..args.repeat.max(1) {
@@ -93,7 +105,9 @@ async fn main() -> anyhow::Result<()> {
     results.push(median_outcome(&ferry_runs));
 
     println!();
-    println!("| peer | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, max) |");
+    println!(
+        "| peer | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, max) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         println!(
@@ -259,7 +273,8 @@ async fn measure_lag(
 
 /// The median of each figure over several runs.
 fn median_outcome(runs: &[Outcome]) -> Outcome {
-    let med = |f: &dyn Fn(&Outcome) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    let med =
+        |f: &dyn Fn(&Outcome) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 0.5);
     Outcome {
         name: format!("{} (median of {})", runs[0].name, runs.len()),
         changes: runs[0].changes,
