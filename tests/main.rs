@@ -9,5 +9,6 @@ mod support;
 mod basic;
 mod cli;
 mod crash;
+mod schema;
 mod snapshot;
 mod types;

@@ -48,6 +48,12 @@ pub struct TableBatch {
     /// Keys whose first change in this batch was an insert: the row did not
     /// exist before the batch, so deleting it again leaves nothing to do.
     born: Vec<bool>,
+    /// Per row, when it was last changed (a sequence number): sinks write
+    /// rows in this order, which is the source's order of each row's final
+    /// write, so that a value moved from one row to another (a unique
+    /// email changing hands) is freed before it is taken.
+    last_touch: Vec<u64>,
+    touches: u64,
 }
 
 impl TableBatch {
@@ -60,7 +66,16 @@ impl TableBatch {
             rows: Vec::new(),
             index: HashMap::new(),
             born: Vec::new(),
+            last_touch: Vec::new(),
+            touches: 0,
         }
+    }
+
+    /// Indexes into `rows`, in the order of each row's last change.
+    pub fn rows_by_last_touch(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.sort_by_key(|&i| self.last_touch[i]);
+        order
     }
 
     fn put(&mut self, key: String, change: RowChange) {
@@ -68,8 +83,10 @@ impl TableBatch {
     }
 
     fn put_op(&mut self, key: String, change: RowChange, is_insert: bool) {
+        self.touches += 1;
         match self.index.get(&key) {
             Some(&i) => {
+                self.last_touch[i] = self.touches;
                 let merged = match (&change, self.born[i]) {
                     (RowChange::Delete(_), true) => RowChange::Vanished,
                     // Re-inserted after vanishing: still new to the target.
@@ -81,6 +98,7 @@ impl TableBatch {
                 self.index.insert(key, self.rows.len());
                 self.rows.push(change);
                 self.born.push(is_insert);
+                self.last_touch.push(self.touches);
             }
         }
     }
@@ -89,6 +107,7 @@ impl TableBatch {
         self.rows.clear();
         self.index.clear();
         self.born.clear();
+        self.last_touch.clear();
     }
 }
 
@@ -252,11 +271,23 @@ impl Batch {
         }
     }
 
-    /// Whether `ev` must start a batch of its own: a key-changing update
-    /// that left large values untouched moves the row in the target, and
-    /// that move must come before anything else the batch does to the table.
+    /// Whether `ev` must start a new batch: a key-changing update that left
+    /// large values untouched moves the row in the target, and that move
+    /// must come before anything else the batch does to the table; and a
+    /// change in a table's shape must not mix rows of both layouts.
     pub fn needs_own_batch(&self, ev: &ChangeEvent) -> bool {
-        if self.is_empty() || ev.op != Op::Update {
+        if self.is_empty() {
+            return false;
+        }
+        // The table's shape changed (a column added, dropped or retyped):
+        // rows already folded in have the old layout, and columns are
+        // matched by position, so they must be written first.
+        if self.table_index.get(&ev.table.id).is_some_and(|&i| {
+            !Arc::ptr_eq(&self.tables[i].schema, &ev.table) && self.tables[i].schema != ev.table
+        }) {
+            return true;
+        }
+        if ev.op != Op::Update {
             return false;
         }
         let (Some(before), Some(after)) = (&ev.before, &ev.after) else {
@@ -308,6 +339,12 @@ fn key_string(schema: &TableSchema, row: &Row) -> String {
             Some(Datum::Value(Value::Text(t))) => {
                 let _ = write!(s, "t{}:", t.len());
                 s.push_str(t);
+            }
+            // MongoDB's usual `_id`; fixed width, so no length prefix.
+            Some(Datum::Value(Value::ObjectId(id))) => {
+                s.push('o');
+                s.push_str(&crate::value::object_id_hex(id));
+                s.push(';');
             }
             Some(Datum::Value(v)) => {
                 let _ = write!(s, "{v:?};");
@@ -440,6 +477,20 @@ mod tests {
     }
 
     #[test]
+    fn rows_come_in_the_order_of_their_last_change() {
+        let mut b = Batch::default();
+        b.push(ev(Op::Insert, None, Some(vec![v("b"), v("1"), v("z")]), 1));
+        b.push(ev(Op::Insert, None, Some(vec![v("a"), v("1"), v("x")]), 2));
+        b.push(ev(Op::Update, None, Some(vec![v("a"), v("1"), v("y")]), 3));
+        b.push(ev(Op::Update, None, Some(vec![v("b"), v("1"), v("x")]), 4));
+        let t = &b.tables[0];
+        let order: Vec<usize> = t.rows_by_last_touch();
+        // b was seen first, but its last change (taking x) comes after a's
+        // (giving x up).
+        assert_eq!(order, vec![1, 0]);
+    }
+
+    #[test]
     fn insert_then_delete_in_one_batch_vanishes() {
         let null = || Datum::Value(Value::Null);
         let mut b = Batch::default();
@@ -478,5 +529,21 @@ mod tests {
         assert!(t.truncate);
         assert_eq!(t.rows.len(), 1);
         assert_eq!(b.last_position.unwrap().ordinal, 3);
+    }
+
+    #[test]
+    fn object_id_keys_are_distinct_from_each_other_and_from_text() {
+        let s = schema();
+        let key = |v: Value| key_string(&s, &vec![Datum::Value(v)]);
+        let a = [0x65, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut b = a;
+        b[11] = 2;
+        assert_eq!(key(Value::ObjectId(a)), "o650000000000000000000001;");
+        assert_eq!(key(Value::ObjectId(a)), key(Value::ObjectId(a)));
+        assert_ne!(key(Value::ObjectId(a)), key(Value::ObjectId(b)));
+        assert_ne!(
+            key(Value::ObjectId(a)),
+            key(Value::Text("650000000000000000000001".into()))
+        );
     }
 }

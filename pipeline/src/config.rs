@@ -313,6 +313,18 @@ impl Config {
                     if schema.is_empty() {
                         return Err(cfg_err("sink.schema", "must not be empty"));
                     }
+                    // One target schema for all: two source tables of the
+                    // same name would write into one table.
+                    let SourceConfig::Postgres(src) = &self.source;
+                    let mut names = std::collections::HashSet::new();
+                    for t in src.tables.iter().filter_map(|t| TableId::parse(t)) {
+                        if !names.insert(t.name.clone()) {
+                            return Err(cfg_err(
+                                "sink.schema",
+                                format!("two source tables are named {:?}: they would share one target table", t.name),
+                            ));
+                        }
+                    }
                 }
             }
         }

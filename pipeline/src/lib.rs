@@ -8,6 +8,7 @@ pub mod batch;
 pub mod bus;
 pub mod checkpoint;
 pub mod config;
+pub mod decimal;
 pub mod error;
 pub mod event;
 pub mod metrics;

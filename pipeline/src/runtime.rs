@@ -94,6 +94,13 @@ pub async fn run<S: Source, K: Sink>(
     let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
     let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
     let apply_task = tokio::spawn(apply.run().instrument(span));
+    // Whatever way this function returns, no task of this pipeline keeps
+    // running detached (aborting a JoinHandle's owner does not stop it).
+    let _tasks = AbortOnDrop(vec![
+        source_task.abort_handle(),
+        writer_task.abort_handle(),
+        apply_task.abort_handle(),
+    ]);
     // The writer's result is the apply side's result: the builder only
     // stops early when the writer did (or on a bug, which it logs).
     let mut apply_task = tokio::spawn(async move {
@@ -136,6 +143,17 @@ pub async fn run<S: Source, K: Sink>(
                     Err(e)
                 }
             }
+        }
+    }
+}
+
+/// Aborts tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
         }
     }
 }

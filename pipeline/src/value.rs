@@ -33,6 +33,12 @@ pub enum Value {
     Temporal(TemporalKind, String),
     /// One-dimensional or nested arrays; elements may be `Null`.
     Array(Vec<Value>),
+    /// A MongoDB ObjectId, kept typed (not as text) so that a sink can pick
+    /// its representation; PostgreSQL gets the 24-char lowercase hex.
+    ObjectId([u8; 12]),
+    /// A nested document (MongoDB): fields in source order, names as given.
+    /// The PostgreSQL sink writes it as JSON text for a jsonb column.
+    Document(Vec<(String, Value)>),
 }
 
 /// Which temporal type a [`Value::Temporal`] holds.
@@ -50,6 +56,17 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+}
+
+/// The 24-char lowercase hex text of an ObjectId (MongoDB's own spelling).
+pub fn object_id_hex(id: &[u8; 12]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(24);
+    for b in id {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// An exact decimal of any precision and scale, or one of PostgreSQL's
@@ -237,6 +254,12 @@ mod tests {
         assert!("abc".parse::<Decimal>().is_err());
         assert!("".parse::<Decimal>().is_err());
         assert!("1E+999999999".parse::<Decimal>().is_err());
+    }
+
+    #[test]
+    fn object_id_hex_is_lowercase_24_chars() {
+        let id = [0x65, 0x0a, 0xff, 0, 1, 2, 3, 4, 5, 6, 0xab, 0xcd];
+        assert_eq!(object_id_hex(&id), "650aff00010203040506abcd");
     }
 
     #[test]

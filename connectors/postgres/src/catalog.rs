@@ -19,17 +19,26 @@ pub struct SourceTable {
     pub schema: Arc<TableSchema>,
     /// Per column, how to decode its text.
     pub types: Vec<PgType>,
+    /// Per column, the type modifier (length, precision and scale).
+    pub typmods: Vec<i32>,
     /// `d` default, `f` full, `i` index, `n` nothing.
     pub replica_identity: char,
     pub estimated_rows: i64,
     pub pages: i64,
+    /// A partitioned table (its changes are published under its own name
+    /// only with `publish_via_partition_root`).
+    pub partitioned: bool,
+    /// The replica identity index names other columns than the primary
+    /// key: old rows would carry the wrong key.
+    pub identity_differs_from_key: bool,
 }
 
 /// Reads a table's description; `Ok(None)` when it does not exist.
 pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTable>, PipelineError> {
     let rel = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.reltuples::bigint, c.relpages::bigint
+            "SELECT c.oid, c.relreplident::text, c.reltuples::bigint, c.relpages::bigint,
+                    c.relkind = 'p'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&id.schema, &id.name],
@@ -51,12 +60,16 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
                     CASE WHEN t.typtype = 'e' THEN
                         array(SELECT e.enumlabel::text FROM pg_enum e
                                WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
-                    END
+                    END,
+                    a.atttypmod
                FROM pg_attribute a
                JOIN pg_type t ON t.oid = a.atttypid
                LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary
                LEFT JOIN pg_index ri ON ri.indrelid = a.attrelid AND ri.indisreplident
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                -- pgoutput never sends generated columns: the target
+                -- computes its own (or lacks them).
+                AND a.attgenerated = ''
               ORDER BY a.attnum",
             &[&oid],
         )
@@ -64,6 +77,7 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
         .map_err(|e| pg_err(Stage::Source, "read columns from catalog", e))?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
+    let mut typmods = Vec::with_capacity(rows.len());
     let mut pk: Vec<(i32, usize)> = Vec::new();
     let mut ri: Vec<(i32, usize)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
@@ -76,6 +90,7 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
             ri.push((ri_pos, i));
         }
         let elem: u32 = r.get(6);
+        typmods.push(r.get::<_, i32>(8));
         types.push(PgType {
             oid: r.get(1),
             elem_oid: (elem != 0).then_some(elem),
@@ -91,8 +106,12 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
     }
     // The key: the primary key, else the replica identity index (unique and
     // NOT NULL by PostgreSQL's rules).
-    let mut key = if pk.is_empty() { ri } else { pk };
-    key.sort();
+    pk.sort();
+    ri.sort();
+    let identity_differs_from_key = replica_identity == 'i'
+        && !pk.is_empty()
+        && pk.iter().map(|(_, i)| i).ne(ri.iter().map(|(_, i)| i));
+    let key = if pk.is_empty() { ri } else { pk };
     let primary_key: Vec<usize> = key.into_iter().map(|(_, i)| i).collect();
     for &i in &primary_key {
         columns[i].is_key = true;
@@ -105,9 +124,12 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
             primary_key,
         }),
         types,
+        typmods,
         replica_identity,
         estimated_rows: rel.get(2),
         pages: rel.get(3),
+        partitioned: rel.get(4),
+        identity_differs_from_key,
     }))
 }
 
@@ -118,6 +140,13 @@ pub fn refusal(t: &SourceTable) -> Option<String> {
         return Some(format!(
             "table {id} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be replicated; \
              run ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key)",
+            id.quoted()
+        ));
+    }
+    if t.identity_differs_from_key {
+        return Some(format!(
+            "table {id} has REPLICA IDENTITY USING INDEX on other columns than its primary key: \
+             deletes would carry the wrong key; run ALTER TABLE {} REPLICA IDENTITY DEFAULT",
             id.quoted()
         ));
     }

@@ -162,10 +162,16 @@ impl PostgresSource {
         let publication_is_new = slot::publication_tables(client, &self.cfg.publication)
             .await?
             .is_none();
+        let partitioned: Vec<TableId> = described
+            .iter()
+            .filter(|t| t.partitioned)
+            .map(|t| t.schema.id.clone())
+            .collect();
         slot::ensure_publication(
             client,
             &self.cfg.publication,
             &self.tables,
+            &partitioned,
             self.cfg.create_publication,
         )
         .await?;
@@ -213,9 +219,15 @@ impl PostgresSource {
         }
         let mut horizons: HashMap<TableId, Horizon> = HashMap::new();
         for (id, rec) in &ctx.checkpoint.snapshots {
-            if let Ok(h) = serde_json::from_value::<Horizon>(rec.state.clone()) {
-                horizons.insert(id.clone(), h);
-            }
+            // Without its horizon the stream could apply transactions the
+            // copy already holds: refuse rather than guess.
+            let h = serde_json::from_value::<Horizon>(rec.state.clone()).map_err(|e| {
+                PipelineError::fatal(
+                    Stage::Source,
+                    format!("ferry_snapshot holds an unreadable state for {id}: {e}"),
+                )
+            })?;
+            horizons.insert(id.clone(), h);
         }
         if self.cfg.snapshot == SnapshotMode::Initial {
             let todo: Vec<catalog::SourceTable> = described
@@ -253,13 +265,14 @@ impl Source for PostgresSource {
             HashMap<TableId, catalog::SourceTable>,
             HashMap<TableId, Horizon>,
         )> = None;
-        if self.cfg.heartbeat_secs > 0 {
-            tokio::spawn(heartbeat(
+        // Stopped with the source, even when the source is aborted.
+        let _heartbeat = (self.cfg.heartbeat_secs > 0).then(|| {
+            HeartbeatTask(tokio::spawn(heartbeat(
                 self.cfg.url.expose().to_string(),
                 Duration::from_secs(self.cfg.heartbeat_secs),
                 ctx.shutdown.clone(),
-            ));
-        }
+            )))
+        });
         loop {
             if *ctx.shutdown.borrow() {
                 return Ok(());
@@ -309,6 +322,15 @@ impl Source for PostgresSource {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The heartbeat task, aborted when dropped.
+struct HeartbeatTask(tokio::task::JoinHandle<()>);
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

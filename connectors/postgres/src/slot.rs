@@ -123,20 +123,48 @@ pub async fn publication_tables(
     )))
 }
 
-/// Creates the publication, or adds the tables it lacks.
+/// Creates the publication (publishing partitioned tables under their own
+/// name), or adds the tables it lacks.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
     tables: &[TableId],
+    partitioned: &[TableId],
     create: bool,
 ) -> Result<(), PipelineError> {
+    if !partitioned.is_empty() {
+        let via_root: Option<bool> = client
+            .query_opt(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| pg_err(Stage::Source, "read pg_publication", e))?
+            .map(|r| r.get(0));
+        if via_root == Some(false) {
+            // Otherwise changes arrive under the partitions' names and
+            // would not be recognised as the configured table's.
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                format!(
+                    "publication {publication} must publish partitioned tables ({}) via their root: \
+                     run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    partitioned.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+                    ferry_pipeline::event::quote_ident(publication)
+                ),
+            ));
+        }
+    }
     let list = |ts: &[&TableId]| ts.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
     let pubname = ferry_pipeline::event::quote_ident(publication);
     match publication_tables(client, publication).await? {
         None if create => {
             let all: Vec<&TableId> = tables.iter().collect();
             client
-                .batch_execute(&format!("CREATE PUBLICATION {pubname} FOR TABLE {}", list(&all)))
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION {pubname} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                    list(&all)
+                ))
                 .await
                 .map_err(|e| pg_err(Stage::Source, &format!("create publication {publication}"), e))
         }

@@ -35,7 +35,9 @@ pub struct Horizon {
     pub xmin: u64,
     pub xmax: u64,
     pub xip: Vec<u64>,
-    /// `pg_current_wal_lsn()` read after the snapshot was taken: a
+    /// `pg_current_wal_insert_lsn()` read after the snapshot was taken (the
+    /// insert position, not the write position: with `synchronous_commit =
+    /// off` a visible commit may not be written yet): a
     /// transaction the snapshot saw committed before it, so one whose commit
     /// is later is never visible. This also bounds the check in time (no
     /// xid wraparound concern over a weeks-long soak).
@@ -107,7 +109,7 @@ pub async fn copy_tables(
         .map_err(|e| pg_err(Stage::Snapshot, "begin snapshot", e))?;
     let row = coordinator
         .query_one(
-            "SELECT pg_export_snapshot(), pg_current_snapshot()::text, pg_current_wal_lsn()::text",
+            "SELECT pg_export_snapshot(), pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text",
             &[],
         )
         .await
@@ -158,7 +160,7 @@ pub async fn copy_tables(
                 r = &mut work => break r,
                 _ = tick.tick() => {
                     let rows = copied.load(std::sync::atomic::Ordering::Relaxed);
-                    let percent = if estimate > 0 { (rows * 100 / estimate).min(100) } else { 0 };
+                    let percent = (rows * 100).checked_div(estimate).unwrap_or(0).min(100);
                     info!(table = %name, rows, estimate, percent, "snapshot progress");
                 }
             }

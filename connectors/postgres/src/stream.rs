@@ -283,7 +283,12 @@ fn lookup<'a>(
     let open = tx
         .as_mut()
         .ok_or_else(|| PipelineError::fatal(Stage::Decode, "row change outside a transaction"))?;
+    // Every row message counts, mirrored or not, so that a change's ordinal
+    // inside its transaction does not depend on the configured tables (a
+    // checkpoint taken mid-transaction must match after a restart).
+    open.ordinal += 1;
     match relations.get(&relation_id) {
+        // Not a configured table (a publication shared with others).
         Some(r) if r.schema.primary_key.is_empty() => Ok(None),
         Some(r) => Ok(Some((r, open))),
         None => Err(PipelineError::fatal(
@@ -303,7 +308,6 @@ async fn emit(
     before: Option<Row>,
     after: Option<Row>,
 ) -> Result<(), PipelineError> {
-    open.ordinal += 1;
     if horizons
         .get(&rel.schema.id)
         .is_some_and(|h| h.saw(open.xid, open.commit_lsn))
@@ -354,7 +358,10 @@ async fn relation_schema(
             .columns
             .iter()
             .zip(&rel.columns)
-            .all(|(c, r)| c.name == r.name && c.type_oid == r.type_oid);
+            .zip(&configured.typmods)
+            .all(|((c, r), m)| {
+                c.name == r.name && c.type_oid == r.type_oid && *m == r.type_modifier
+            });
     if same_shape {
         return Ok(StreamRelation {
             schema: Arc::clone(&configured.schema),
@@ -399,15 +406,26 @@ async fn relation_schema(
             }
         }
     }
+    if let Some(why) = catalog::refusal(&fresh) {
+        // Never drop a configured table's changes because its key went
+        // away: stop and say so.
+        return Err(PipelineError::fatal(Stage::Source, why));
+    }
     let key_names: Vec<&str> = fresh
         .schema
         .key_columns()
         .map(|c| c.name.as_str())
         .collect();
-    let primary_key = key_names
+    let primary_key: Vec<usize> = key_names
         .iter()
         .filter_map(|k| columns.iter().position(|c| c.name == *k))
         .collect();
+    if primary_key.len() != key_names.len() {
+        return Err(PipelineError::fatal(
+            Stage::Source,
+            format!("the stream's description of {id} lacks key columns {key_names:?}"),
+        ));
+    }
     info!(table = %id, columns = columns.len(), "table shape changed in the stream");
     Ok(StreamRelation {
         schema: Arc::new(TableSchema {

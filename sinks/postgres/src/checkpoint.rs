@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ferry_pipeline::checkpoint::{Checkpoint, SnapshotRecord};
 use ferry_pipeline::error::PipelineError;
 use ferry_pipeline::event::{Position, TableId};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::pg_err;
 
@@ -34,8 +34,12 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
         .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))
 }
 
-/// Reads the checkpoint of `pipeline`.
-pub async fn load(client: &Client, pipeline: &str) -> Result<Checkpoint, PipelineError> {
+/// Reads the checkpoint of `pipeline` (on a client or inside a
+/// transaction).
+pub async fn load(
+    client: &impl GenericClient,
+    pipeline: &str,
+) -> Result<Checkpoint, PipelineError> {
     let pos = client
         .query_opt(
             "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM public.ferry_checkpoint WHERE pipeline = $1",

@@ -47,6 +47,10 @@ pub struct PostgresSink {
     client: Option<Client>,
     tables: HashMap<TableId, TargetTable>,
     statements: HashMap<String, Statement>,
+    /// The last write failed in a way that may have hidden a successful
+    /// commit (the connection broke around COMMIT): check the checkpoint
+    /// before writing the batch again.
+    maybe_committed: bool,
 }
 
 impl PostgresSink {
@@ -57,6 +61,7 @@ impl PostgresSink {
             client: None,
             tables: HashMap::new(),
             statements: HashMap::new(),
+            maybe_committed: false,
         }
     }
 
@@ -101,12 +106,10 @@ impl PostgresSink {
         // errors are then fatal and never half-apply a batch.
         for tb in &batch.tables {
             let target = self.target_id(&tb.schema.id);
-            let known = self.tables.get(&target).is_some_and(|t| {
-                tb.schema
-                    .columns
-                    .iter()
-                    .all(|c| t.type_of(&c.name).is_some())
-            });
+            let known = self
+                .tables
+                .get(&target)
+                .is_some_and(|t| tb.schema.columns.iter().all(|c| t.accepts(c)));
             if !known {
                 let create = self.cfg.create_tables;
                 let client = self.client().await?;
@@ -118,9 +121,22 @@ impl PostgresSink {
         let schema_override = self.cfg.schema.clone();
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
-        let result = async {
+        let recheck = self.maybe_committed;
+        let mut one_by_one = false;
+        let result = loop {
+            let attempt = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+            if let (true, Some(p)) = (recheck, batch.last_position) {
+                // A retry after an error around COMMIT: if the batch did
+                // land, writing it again would be harmless for upserts but
+                // not for a rekey (its old key is gone).
+                let stored = checkpoint::load(&tx, &pipeline).await?.position;
+                if stored >= Some(p) {
+                    tracing::info!(position = %p, "batch was already committed before the error");
+                    return Ok(());
+                }
+            }
             for (tb, pt) in batch.tables.iter().zip(&prepared.tables) {
                 let id = match &schema_override {
                     Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
@@ -134,7 +150,7 @@ impl PostgresSink {
                         format!("target table {id} needs to be checked again"),
                     )
                 })?;
-                apply_table(&tx, &mut statements, target, tb, pt, &pipeline).await?;
+                apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one).await?;
             }
             if let Some(p) = batch.last_position {
                 checkpoint::save_position(&tx, &pipeline, p).await?;
@@ -142,15 +158,30 @@ impl PostgresSink {
             tx.commit().await.map_err(|e| pg_err("commit", e))
         }
         .await;
+            // A unique value that changes hands inside one batch can make
+            // the multi-row upsert (one row per key, final states) collide
+            // with a row whose own change comes later in it: redo the batch
+            // row by row, each row once the value it needs is free.
+            match attempt {
+                Err(e) if !one_by_one && e.code.as_deref() == Some("23505") => {
+                    tracing::info!(error = %e, "unique value changed hands within the batch; applying it row by row");
+                    one_by_one = true;
+                }
+                other => break other,
+            }
+        };
         self.statements = statements;
         self.tables = tables;
-        if let Err(e) = &result {
-            if e.disposition() == ferry_pipeline::error::Disposition::Retry {
+        match &result {
+            Ok(()) => self.maybe_committed = false,
+            Err(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
                 // The connection may be broken; start afresh next time,
                 // without the statements prepared on it.
                 self.client = None;
                 self.statements.clear();
+                self.maybe_committed = true;
             }
+            Err(_) => {}
         }
         result
     }
@@ -184,6 +215,7 @@ async fn apply_table(
     tb: &TableBatch,
     prepared: &PreparedTable,
     pipeline: &str,
+    one_by_one: bool,
 ) -> Result<(), PipelineError> {
     let schema = &tb.schema;
     let table_sql = target.id.quoted();
@@ -268,7 +300,11 @@ async fn apply_table(
             key_names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", "),
             conflict
         );
-        execute(tx, statements, &sql, &rows.columns, &target.id).await?;
+        if one_by_one {
+            upsert_one_by_one(tx, statements, &sql, tb, &target.id).await?;
+        } else {
+            execute(tx, statements, &sql, &rows.columns, &target.id).await?;
+        }
     }
     for (mask, rows) in &prepared.patches {
         let present: Vec<usize> = (0..width).filter(|&i| mask[i]).collect();
@@ -311,6 +347,67 @@ async fn apply_table(
     }
     if let Some((rows, state)) = &tb.snapshot_done {
         checkpoint::save_snapshot(tx, pipeline, &schema.id, *rows, state).await?;
+    }
+    Ok(())
+}
+
+/// Upserts the batch's rows one at a time, each in a savepoint, passing
+/// over a row whose unique value is still held by another row and coming
+/// back to it once that row moved on. Fails only when a pass makes no
+/// progress (a cycle that the batch's intermediate states resolved at the
+/// source).
+async fn upsert_one_by_one(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    tb: &TableBatch,
+    table: &TableId,
+) -> Result<(), PipelineError> {
+    let width = tb.schema.columns.len();
+    let mut pending: Vec<&Vec<Datum>> = tb
+        .rows_by_last_touch()
+        .into_iter()
+        .filter_map(|i| match &tb.rows[i] {
+            RowChange::Upsert(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    while !pending.is_empty() {
+        let mut blocked = Vec::new();
+        let mut last_error = None;
+        for row in &pending {
+            let cols: Vec<params::TextArray> = (0..width)
+                .map(|i| {
+                    let mut b = params::TextArrayBuilder::with_capacity(1);
+                    match row.get(i) {
+                        Some(Datum::Value(v)) => b.push_value(v),
+                        _ => b.push(None),
+                    }
+                    b.finish()
+                })
+                .collect();
+            tx.batch_execute("SAVEPOINT ferry_row")
+                .await
+                .map_err(|e| pg_err("savepoint", e))?;
+            match execute(tx, statements, sql, &cols, table).await {
+                Ok(_) => tx
+                    .batch_execute("RELEASE SAVEPOINT ferry_row")
+                    .await
+                    .map_err(|e| pg_err("release savepoint", e))?,
+                Err(e) if e.code.as_deref() == Some("23505") => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_row")
+                        .await
+                        .map_err(|e| pg_err("rollback to savepoint", e))?;
+                    blocked.push(*row);
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if blocked.len() == pending.len() {
+            return Err(last_error.expect("a blocked row has its error"));
+        }
+        pending = blocked;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use ferry_pipeline::value::Value;
+use ferry_pipeline::value::{object_id_hex, Numeric, Value};
 
 /// The text PostgreSQL's input function for the value's type reads back
 /// exactly; `None` for [`Value::Null`] (SQL NULL, not a string).
@@ -33,7 +33,116 @@ pub fn to_pg_text(v: &Value) -> Option<String> {
             write_array(&mut out, items);
             out
         }
+        Value::ObjectId(id) => object_id_hex(id),
+        Value::Document(_) => {
+            let mut out = String::new();
+            write_json(&mut out, v);
+            out
+        }
     })
+}
+
+/// JSON text of a value inside a document, for a jsonb column.
+///
+/// Numbers stay exact: a numeric is written as its plain decimal digits
+/// (jsonb stores JSON numbers as numeric, so no digit is lost), integers
+/// as integers, floats in their shortest round-trip form. JSON has no
+/// NaN or infinities, so those become the strings `"NaN"`, `"Infinity"`,
+/// `"-Infinity"`. Types JSON lacks use MongoDB Extended JSON wrappers
+/// (`{"$oid": …}`, `{"$binary": …}`) so that they stay recognisable;
+/// temporal values and UUIDs become their text. [`Value::Json`] is already
+/// JSON text and is embedded as is.
+fn write_json(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) if f.is_finite() => out.push_str(&float_text(*f)),
+        Value::Float(f) => write_json_string(out, &float_text(*f)),
+        Value::Numeric(n @ Numeric::Finite(_)) => {
+            // Plain notation, no leading zeros: valid JSON number syntax.
+            let _ = write!(out, "{n}");
+        }
+        Value::Numeric(n) => write_json_string(out, &n.to_string()),
+        Value::Text(s) | Value::Temporal(_, s) => write_json_string(out, s),
+        Value::Json(s) => out.push_str(s),
+        Value::Uuid(u) => write_json_string(out, &u.to_string()),
+        Value::Bytes(b) => {
+            // `Bytes` carries no BSON subtype, so it is written as generic.
+            out.push_str(r#"{"$binary":{"base64":""#);
+            base64_into(out, b);
+            out.push_str(r#"","subType":"00"}}"#);
+        }
+        Value::ObjectId(id) => {
+            out.push_str(r#"{"$oid":""#);
+            out.push_str(&object_id_hex(id));
+            out.push_str(r#""}"#);
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(out, item);
+            }
+            out.push(']');
+        }
+        Value::Document(fields) => {
+            out.push('{');
+            for (i, (name, item)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_string(out, name);
+                out.push(':');
+                write_json(out, item);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// A JSON string literal. Control characters are escaped as JSON requires;
+/// a NUL becomes `\u0000`, valid JSON that PostgreSQL's jsonb nevertheless
+/// rejects, so such a row fails loudly at the target instead of losing it.
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Standard base64 with padding (RFC 4648), as Extended JSON's `$binary`
+/// uses.
+fn base64_into(out: &mut String, bytes: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
 }
 
 /// Shortest text that reads back to the same f64 (Rust's formatting is
@@ -295,5 +404,273 @@ mod tests {
             ])])])),
             "{{{\"é\u{1F600}\"}}}"
         );
+    }
+
+    #[test]
+    fn object_id_is_lowercase_hex() {
+        let id = [0x65, 0x0a, 0xff, 0, 1, 2, 3, 4, 5, 6, 0xab, 0xcd];
+        assert_eq!(t(Value::ObjectId(id)), "650aff00010203040506abcd");
+        assert_eq!(
+            t(Value::Array(vec![Value::ObjectId(id), Value::Null])),
+            r#"{"650aff00010203040506abcd",NULL}"#
+        );
+    }
+
+    #[test]
+    fn base64_rfc4648_vectors() {
+        for (raw, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut out = String::new();
+            base64_into(&mut out, raw.as_bytes());
+            assert_eq!(out, want);
+        }
+        let mut out = String::new();
+        base64_into(&mut out, &[0xfb, 0xff, 0xbf]);
+        assert_eq!(out, "+/+/");
+    }
+
+    #[test]
+    fn document_is_json_with_exact_numbers() {
+        let doc = Value::Document(vec![
+            ("_id".into(), Value::ObjectId([0xab; 12])),
+            ("n".into(), Value::Int(i64::MIN)),
+            (
+                "amount".into(),
+                Value::Numeric("123456789012345678901234567890.1234".parse().unwrap()),
+            ),
+            ("tiny".into(), Value::Numeric("1E-30".parse().unwrap())),
+            ("nan".into(), Value::Numeric(Numeric::NaN)),
+            ("inf".into(), Value::Numeric(Numeric::NegInfinity)),
+            ("f".into(), Value::Float(0.1)),
+            ("big".into(), Value::Float(1e300)),
+            ("negzero".into(), Value::Float(-0.0)),
+            ("fnan".into(), Value::Float(f64::NAN)),
+            ("finf".into(), Value::Float(f64::INFINITY)),
+            ("s".into(), txt("a\"b\\c\n\t\u{1}\u{0}é")),
+            ("ok".into(), Value::Bool(true)),
+            ("none".into(), Value::Null),
+            ("bin".into(), Value::Bytes(b"foob".to_vec())),
+            (
+                "u".into(),
+                Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".parse().unwrap()),
+            ),
+            (
+                "at".into(),
+                Value::Temporal(
+                    TemporalKind::Timestamptz,
+                    "2024-01-02 03:04:05.678+00".into(),
+                ),
+            ),
+            (
+                "ts".into(),
+                Value::Json(r#"{"$timestamp":{"t":1,"i":2}}"#.into()),
+            ),
+            (
+                "list".into(),
+                Value::Array(vec![
+                    Value::Int(1),
+                    Value::Document(vec![]),
+                    Value::Array(vec![]),
+                ]),
+            ),
+            (
+                "we\"ird\nkey".into(),
+                Value::Document(vec![("".into(), Value::Null)]),
+            ),
+        ]);
+        let text = t(doc);
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"_id":{"$oid":"abababababababababababab"},"n":-9223372036854775808,"#,
+                r#""amount":123456789012345678901234567890.1234,"#,
+                r#""tiny":0.000000000000000000000000000001,"nan":"NaN","inf":"-Infinity","#,
+                r#""f":0.1,"big":1e300,"negzero":-0,"fnan":"NaN","finf":"Infinity","#,
+                r#""s":"a\"b\\c\n\t\u0001\u0000é","ok":true,"none":null,"#,
+                r#""bin":{"$binary":{"base64":"Zm9vYg==","subType":"00"}},"#,
+                r#""u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","#,
+                r#""at":"2024-01-02 03:04:05.678+00","ts":{"$timestamp":{"t":1,"i":2}},"#,
+                r#""list":[1,{},[]],"we\"ird\nkey":{"":null}}"#
+            )
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["s"], "a\"b\\c\n\t\u{1}\u{0}é");
+        assert_eq!(parsed["n"], i64::MIN);
+        // A document inside an array column is one JSON element.
+        assert_eq!(
+            t(Value::Array(vec![Value::Document(vec![(
+                "a".into(),
+                Value::Int(1)
+            )])])),
+            r#"{"{\"a\":1}"}"#
+        );
+    }
+
+    /// A deterministic pseudo-random generator (xorshift64), as above.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn text(&mut self) -> String {
+            const CHARS: [char; 12] = [
+                'a',
+                'Z',
+                '0',
+                ' ',
+                '"',
+                '\\',
+                '\n',
+                '\u{0}',
+                '\u{1f}',
+                'é',
+                '\u{1F600}',
+                '{',
+            ];
+            (0..self.below(6))
+                .map(|_| CHARS[self.below(CHARS.len() as u64) as usize])
+                .collect()
+        }
+        fn digits(&mut self, max: u64) -> String {
+            (0..1 + self.below(max))
+                .map(|_| char::from(b'0' + self.below(10) as u8))
+                .collect()
+        }
+    }
+
+    /// A random value of every kind a document can hold, nested up to
+    /// `depth` levels.
+    fn random_value(r: &mut Rng, depth: u32) -> Value {
+        let kinds = if depth == 0 { 14 } else { 16 };
+        match r.below(kinds) {
+            0 => Value::Null,
+            1 => Value::Bool(r.below(2) == 0),
+            2 => Value::Int(r.next() as i64),
+            3 => Value::Float(f64::from_bits(r.next())),
+            4 => Value::Float([0.0, -0.0, f64::NAN, f64::INFINITY, 1e-7][r.below(5) as usize]),
+            5 => {
+                // Up to 40 digits and scale 40: inside f64's range, so
+                // that serde_json (no arbitrary precision here) reads it.
+                let sign = if r.below(2) == 0 { "-" } else { "" };
+                let s = format!("{sign}{}.{}", r.digits(40), r.digits(40));
+                Value::Numeric(s.parse().unwrap())
+            }
+            6 => Value::Numeric(
+                [Numeric::NaN, Numeric::PosInfinity, Numeric::NegInfinity][r.below(3) as usize]
+                    .clone(),
+            ),
+            7 => Value::Text(r.text()),
+            8 => Value::Json(
+                [
+                    r#"{"$minKey":1}"#,
+                    r#"[1, "a", null]"#,
+                    r#""x""#,
+                    "null",
+                    "-1.5e-3",
+                ][r.below(5) as usize]
+                    .into(),
+            ),
+            9 => Value::Uuid(
+                format!("{:016x}{:016x}", r.next(), r.next())
+                    .parse()
+                    .unwrap(),
+            ),
+            10 => Value::Bytes((0..r.below(8)).map(|_| r.next() as u8).collect()),
+            11 => Value::Temporal(
+                TemporalKind::Timestamptz,
+                "0001-12-31 23:59:59.999+00 BC".into(),
+            ),
+            12 => {
+                let mut id = [0u8; 12];
+                id.iter_mut().for_each(|b| *b = r.next() as u8);
+                Value::ObjectId(id)
+            }
+            13 => Value::Text(String::new()),
+            14 => Value::Array(
+                (0..r.below(4))
+                    .map(|_| random_value(r, depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Document(
+                (0..r.below(4))
+                    .map(|i| (format!("{i}{}", r.text()), random_value(r, depth - 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn assert_close(got: f64, want: f64) {
+        assert!(
+            got == want || (got - want).abs() <= want.abs() * 1e-15,
+            "{got} vs {want}"
+        );
+    }
+
+    /// Checks that `json` (parsed) says what `v` holds.
+    fn check(v: &Value, json: &serde_json::Value) {
+        use serde_json::Value as J;
+        match (v, json) {
+            (Value::Null, J::Null) => {}
+            (Value::Bool(b), J::Bool(j)) => assert_eq!(b, j),
+            (Value::Int(i), J::Number(n)) => assert_eq!(n.as_i64(), Some(*i)),
+            // serde_json's default float reading is only nearly correctly
+            // rounded, so the numbers are compared to within an ulp or so;
+            // the exact text is pinned by the tests above.
+            (Value::Float(f), J::Number(n)) => assert_close(n.as_f64().unwrap(), *f),
+            (Value::Float(f), J::String(s)) => assert_eq!(*s, float_text(*f)),
+            (Value::Numeric(Numeric::Finite(d)), J::Number(n)) => {
+                assert_close(n.as_f64().unwrap(), d.to_string().parse().unwrap())
+            }
+            (Value::Numeric(n), J::String(s)) => assert_eq!(*s, n.to_string()),
+            (Value::Text(t) | Value::Temporal(_, t), J::String(s)) => assert_eq!(t, s),
+            (Value::Json(t), j) => {
+                assert_eq!(serde_json::from_str::<serde_json::Value>(t).unwrap(), *j)
+            }
+            (Value::Uuid(u), J::String(s)) => assert_eq!(*s, u.to_string()),
+            (Value::Bytes(_), j) => assert_eq!(j["$binary"]["subType"], "00"),
+            (Value::ObjectId(id), j) => assert_eq!(j["$oid"], object_id_hex(id).as_str()),
+            (Value::Array(items), J::Array(js)) => {
+                assert_eq!(items.len(), js.len());
+                items.iter().zip(js).for_each(|(v, j)| check(v, j));
+            }
+            (Value::Document(fields), J::Object(map)) => {
+                // Names are unique here (index prefix).
+                assert_eq!(fields.len(), map.len());
+                for (name, v) in fields {
+                    check(v, &map[name.as_str()]);
+                }
+            }
+            (v, j) => panic!("{v:?} written as {j}"),
+        }
+    }
+
+    #[test]
+    fn random_documents_are_valid_json() {
+        let mut r = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..5_000 {
+            let doc = Value::Document(
+                (0..r.below(5))
+                    .map(|i| (format!("k{i}"), random_value(&mut r, 3)))
+                    .collect(),
+            );
+            let text = t(doc.clone());
+            let parsed: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            check(&doc, &parsed);
+        }
     }
 }

@@ -141,7 +141,8 @@ fn prepare_table(tb: &TableBatch) -> PreparedTable {
     let mut deletes = Vec::new();
     let mut upserts = Vec::new();
     let mut patches: HashMap<Vec<bool>, Vec<&Vec<Datum>>> = HashMap::new();
-    for r in &tb.rows {
+    // Each row's final write, in the order the source made those writes.
+    for r in tb.rows_by_last_touch().into_iter().map(|i| &tb.rows[i]) {
         match r {
             RowChange::Delete(k) => deletes.push(k),
             RowChange::Upsert(row) => upserts.push(row),
