@@ -159,6 +159,8 @@ pub struct Batch {
     table_index: HashMap<TableId, usize>,
     /// Highest position of any change in the batch.
     pub last_position: Option<Position>,
+    /// The resume token of the batch's last change that carried one.
+    pub last_resume_token: Option<Arc<str>>,
     /// Number of source events folded into the batch.
     pub events: usize,
     /// Source events per table (index into `tables`) and op, for metrics.
@@ -213,6 +215,9 @@ impl Batch {
         self.events += 1;
         if ev.position.commit_lsn != 0 {
             self.last_position = Some(ev.position);
+        }
+        if ev.resume_token.is_some() {
+            self.last_resume_token = ev.resume_token.clone();
         }
         let ti = self.table_slot(&ev.table);
         self.counts[ti][ev.op as usize] += 1;
@@ -392,6 +397,7 @@ mod tests {
             },
             xid: Some(1),
             commit_ts_micros: 0,
+            resume_token: None,
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Checkpoint {
     pub position: Option<Position>,
     /// Tables whose snapshot completed.
     pub snapshots: HashMap<TableId, SnapshotRecord>,
+    /// Where a token-resumed source (MongoDB) continues: the token of the
+    /// last applied change.
+    pub resume_token: Option<String>,
 }
 
 /// Where a pipeline's checkpoint lives.

@@ -113,6 +113,74 @@ pub enum BusKind {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    Mongodb(MongoSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source tables (collections) to mirror, as `schema.table`; empty
+    /// for a MongoDB source that mirrors every collection.
+    pub fn tables(&self) -> Vec<TableId> {
+        match self {
+            SourceConfig::Postgres(s) => {
+                s.tables.iter().filter_map(|t| TableId::parse(t)).collect()
+            }
+            SourceConfig::Mongodb(m) => m
+                .collections
+                .iter()
+                .map(|c| TableId::new(m.database.clone(), c.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// `[source] kind = "mongodb"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSourceConfig {
+    /// `mongodb://user:${MONGO_PASSWORD}@host:27017/?replicaSet=rs0`.
+    pub url: Secret,
+    pub database: String,
+    /// Collections to mirror; empty or absent mirrors every collection.
+    #[serde(default)]
+    pub collections: Vec<String>,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Documents read per round trip by the snapshot.
+    #[serde(default = "default_mongo_snapshot_batch")]
+    pub snapshot_batch_size: u32,
+    /// What to do when the stored resume token is no longer in the oplog.
+    #[serde(default)]
+    pub on_history_lost: HistoryLost,
+    /// What to do when a mirrored collection is dropped or renamed, or the
+    /// stream is invalidated.
+    #[serde(default)]
+    pub on_collection_gone: CollectionGone,
+}
+
+fn default_mongo_snapshot_batch() -> u32 {
+    1000
+}
+
+/// `on_history_lost`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryLost {
+    /// Stop with a message that explains the choice.
+    #[default]
+    Fail,
+    /// Copy every collection again, then stream from the new start point.
+    Resnapshot,
+}
+
+/// `on_collection_gone`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectionGone {
+    /// Stop with a message naming the collection and the event.
+    #[default]
+    Fail,
+    /// Log it and go on (the target keeps the rows it has).
+    Ignore,
 }
 
 /// `[source] kind = "postgres"`
@@ -305,6 +373,36 @@ impl Config {
                     return Err(cfg_err("source.status_interval_ms", "must be at least 1"));
                 }
             }
+            SourceConfig::Mongodb(m) => {
+                let url = m.url.expose();
+                if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) {
+                    return Err(cfg_err(
+                        "source.url",
+                        "expected mongodb://host[:port]/... or mongodb+srv://...",
+                    ));
+                }
+                if m.database.is_empty() || m.database.contains(['/', '.', ' ', '"', '$']) {
+                    return Err(cfg_err("source.database", "a MongoDB database name"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (i, c) in m.collections.iter().enumerate() {
+                    if c.is_empty() || c.starts_with("system.") || c.contains('$') {
+                        return Err(cfg_err(
+                            format!("source.collections[{i}]"),
+                            format!("{c:?} is not a collection name"),
+                        ));
+                    }
+                    if !seen.insert(c) {
+                        return Err(cfg_err(
+                            format!("source.collections[{i}]"),
+                            format!("{c:?} is listed twice"),
+                        ));
+                    }
+                }
+                if m.snapshot_batch_size == 0 {
+                    return Err(cfg_err("source.snapshot_batch_size", "must be at least 1"));
+                }
+            }
         }
         match &self.sink {
             SinkConfig::Postgres(s) => {
@@ -315,9 +413,8 @@ impl Config {
                     }
                     // One target schema for all: two source tables of the
                     // same name would write into one table.
-                    let SourceConfig::Postgres(src) = &self.source;
                     let mut names = std::collections::HashSet::new();
-                    for t in src.tables.iter().filter_map(|t| TableId::parse(t)) {
+                    for t in self.source.tables() {
                         if !names.insert(t.name.clone()) {
                             return Err(cfg_err(
                                 "sink.schema",
@@ -438,7 +535,9 @@ url = "postgres://postgres@127.0.0.1:5433/app"
     #[test]
     fn loads_and_interpolates_without_printing_secrets() {
         let c = Config::from_toml(GOOD, &env).unwrap();
-        let SourceConfig::Postgres(s) = &c.source;
+        let SourceConfig::Postgres(s) = &c.source else {
+            panic!("postgres source")
+        };
         assert_eq!(s.url.expose(), "postgres://ferry:s3cr$t@127.0.0.1:5432/app");
         assert!(!format!("{c:?}").contains("s3cr"));
         assert_eq!(s.slot, "ferry");

@@ -170,6 +170,11 @@ pub struct ChangeEvent {
     pub xid: Option<u32>,
     /// Commit time at the source, microseconds since the Unix epoch.
     pub commit_ts_micros: i64,
+    /// Where the source resumes right after this change, for sources that
+    /// resume from an opaque token rather than by acknowledging a position
+    /// upstream (MongoDB's change-stream resume token). The sink stores the
+    /// last one with the data it covers.
+    pub resume_token: Option<Arc<str>>,
 }
 
 /// An upstream position the source may confirm once everything sent before

@@ -574,6 +574,7 @@ mod tests {
             },
             xid: Some(1),
             commit_ts_micros: 0,
+            resume_token: None,
         })
     }
 
@@ -632,6 +633,7 @@ mod tests {
             Ok(Checkpoint {
                 position: self.checkpoint,
                 snapshots: HashMap::new(),
+                resume_token: None,
             })
         }
     }

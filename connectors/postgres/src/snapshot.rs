@@ -243,6 +243,7 @@ async fn copy_chunk(
                 position: Position::default(),
                 xid: None,
                 commit_ts_micros: ferry_pipeline::runtime::now_micros(),
+                resume_token: None,
             }))
             .await?;
             copied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

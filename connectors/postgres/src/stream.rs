@@ -327,6 +327,7 @@ async fn emit(
         },
         xid: Some(open.xid),
         commit_ts_micros: open.commit_ts_micros,
+        resume_token: None,
     }))
     .await
 }

@@ -20,6 +20,7 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
                  ordinal     bigint NOT NULL,
                  updated_at  timestamptz NOT NULL DEFAULT now()
              );
+             ALTER TABLE public.ferry_checkpoint ADD COLUMN IF NOT EXISTS resume_token text;
              CREATE TABLE IF NOT EXISTS public.ferry_snapshot (
                  pipeline     text NOT NULL,
                  table_schema text NOT NULL,
@@ -42,13 +43,15 @@ pub async fn load(
 ) -> Result<Checkpoint, PipelineError> {
     let pos = client
         .query_opt(
-            "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal FROM public.ferry_checkpoint WHERE pipeline = $1",
+            "SELECT (commit_lsn - '0/0'::pg_lsn)::text, ordinal, resume_token FROM public.ferry_checkpoint WHERE pipeline = $1",
             &[&pipeline],
         )
         .await
         .map_err(|e| pg_err("read ferry_checkpoint", e))?;
+    let resume_token: Option<String> = pos.as_ref().and_then(|r| r.get(2));
     let position = match pos {
-        Some(row) => {
+        // A token-resumed source stores no position (0/0).
+        Some(row) if row.get::<_, String>(0) != "0" => {
             let lsn: String = row.get(0);
             let ordinal: i64 = row.get(1);
             Some(Position {
@@ -61,7 +64,7 @@ pub async fn load(
                 ordinal: ordinal as u64,
             })
         }
-        None => None,
+        _ => None,
     };
     let rows = client
         .query(
@@ -84,21 +87,31 @@ pub async fn load(
     Ok(Checkpoint {
         position,
         snapshots,
+        resume_token,
     })
 }
 
-/// Records the applied position (inside the batch's transaction).
+/// Records the applied position and resume token (inside the batch's
+/// transaction). A batch without a token keeps the stored one.
 pub async fn save_position(
     tx: &Transaction<'_>,
     pipeline: &str,
     p: Position,
+    resume_token: Option<&str>,
 ) -> Result<(), PipelineError> {
     tx.execute(
-        "INSERT INTO public.ferry_checkpoint (pipeline, commit_lsn, ordinal)
-         VALUES ($1, ('0/0'::pg_lsn + $2::text::numeric), $3)
+        "INSERT INTO public.ferry_checkpoint (pipeline, commit_lsn, ordinal, resume_token)
+         VALUES ($1, ('0/0'::pg_lsn + $2::text::numeric), $3, $4)
          ON CONFLICT (pipeline) DO UPDATE
-            SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal, updated_at = now()",
-        &[&pipeline, &p.commit_lsn.to_string(), &(p.ordinal as i64)],
+            SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,
+                resume_token = coalesce(EXCLUDED.resume_token, ferry_checkpoint.resume_token),
+                updated_at = now()",
+        &[
+            &pipeline,
+            &p.commit_lsn.to_string(),
+            &(p.ordinal as i64),
+            &resume_token,
+        ],
     )
     .await
     .map_err(|e| pg_err("write ferry_checkpoint", e))?;

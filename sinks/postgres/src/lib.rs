@@ -152,8 +152,14 @@ impl PostgresSink {
                 })?;
                 apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one).await?;
             }
-            if let Some(p) = batch.last_position {
-                checkpoint::save_position(&tx, &pipeline, p).await?;
+            if batch.last_position.is_some() || batch.last_resume_token.is_some() {
+                checkpoint::save_position(
+                    &tx,
+                    &pipeline,
+                    batch.last_position.unwrap_or_default(),
+                    batch.last_resume_token.as_deref(),
+                )
+                .await?;
             }
             tx.commit().await.map_err(|e| pg_err("commit", e))
         }

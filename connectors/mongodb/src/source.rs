@@ -1,0 +1,512 @@
+//! The MongoDB source: a change stream on the database, with a gap-free
+//! snapshot handoff and a durable resume token.
+//!
+//! Handoff: the change stream is opened *before* the collections are
+//! scanned (its initial resume token is the start point), the scan copies
+//! each collection in `_id` order, and then the same stream is consumed.
+//! Changes made during the scan are therefore both in the copy and in the
+//! stream; the overlap is absorbed by the idempotent sink (updates carry the
+//! current full document, deletes of absent rows do nothing).
+//!
+//! Resume: every change carries its resume token; the sink stores the last
+//! one in the same transaction as the data, so a restart resumes exactly
+//! after the last applied change. MongoDB needs no upstream
+//! acknowledgement. When the token has left the oplog the source stops with
+//! a clear message, or copies everything again if configured to.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use ferry_pipeline::config::{CollectionGone, HistoryLost, MongoSourceConfig, SnapshotMode};
+use ferry_pipeline::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
+use ferry_pipeline::event::{
+    BusMessage, ChangeEvent, Column, Datum, Op, Position, TableId, TableSchema,
+};
+use ferry_pipeline::metrics::metrics;
+use ferry_pipeline::source::{Source, SourceContext};
+use ferry_pipeline::value::Value;
+use futures_util::StreamExt;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::ErrorKind;
+use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
+use mongodb::{Client, Database};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::bson_value::{bson_to_value, document_to_row, BsonError};
+
+/// Server error codes that mean the resume point is gone from the oplog.
+const HISTORY_LOST_CODES: [i32; 3] = [
+    286, // ChangeStreamHistoryLost
+    280, // ChangeStreamFatalError
+    136, // CappedPositionLost
+];
+
+/// What a completed collection snapshot records: the stream's start point
+/// of that snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotState {
+    start_token: String,
+}
+
+/// The MongoDB source.
+pub struct MongoSource {
+    cfg: MongoSourceConfig,
+    max_retry_delay: Duration,
+}
+
+/// What survives a reconnect.
+#[derive(Default)]
+struct Progress {
+    /// Where the stream continues: the last token received (not only
+    /// applied), so that a reconnect does not re-deliver changes already on
+    /// the bus.
+    token: Option<String>,
+    /// Collections whose snapshot is complete (in this process or before).
+    copied: HashSet<String>,
+    /// Copy everything again (the resume point was lost).
+    force_snapshot: bool,
+}
+
+impl MongoSource {
+    /// `cfg` must have passed `Config::validate`.
+    pub fn new(cfg: MongoSourceConfig, max_retry_delay: Duration) -> Self {
+        Self {
+            cfg,
+            max_retry_delay,
+        }
+    }
+
+    /// The target layout of a collection: `_id` (key) and the document.
+    pub fn collection_schema(database: &str, collection: &str) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            id: TableId::new(database, collection),
+            columns: vec![
+                Column {
+                    name: "_id".into(),
+                    type_oid: 0,
+                    type_sql: "text".into(),
+                    nullable: false,
+                    is_key: true,
+                    enum_labels: None,
+                },
+                Column {
+                    name: "document".into(),
+                    type_oid: 0,
+                    type_sql: "jsonb".into(),
+                    nullable: false,
+                    is_key: false,
+                    enum_labels: None,
+                },
+            ],
+            primary_key: vec![0],
+        })
+    }
+
+    async fn collections(&self, db: &Database) -> Result<Vec<String>, PipelineError> {
+        if !self.cfg.collections.is_empty() {
+            return Ok(self.cfg.collections.clone());
+        }
+        let mut names: Vec<String> = db
+            .list_collection_names()
+            .await
+            .map_err(|e| mongo_err("list collections", e))?
+            .into_iter()
+            .filter(|n| !n.starts_with("system."))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn open_stream(
+        &self,
+        db: &Database,
+        token: Option<&str>,
+    ) -> Result<ChangeStream<ChangeStreamEvent<Document>>, PipelineError> {
+        let mut watch = db
+            .watch()
+            .full_document(FullDocumentType::UpdateLookup)
+            .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
+        if let Some(t) = token {
+            watch = watch.resume_after(parse_token(t)?);
+        }
+        watch.await.map_err(|e| mongo_err("open change stream", e))
+    }
+
+    /// One connection's worth of work: snapshot what needs it, then stream.
+    async fn session(
+        &self,
+        ctx: &mut SourceContext,
+        progress: &mut Progress,
+    ) -> Result<(), PipelineError> {
+        let client = Client::with_uri_str(self.cfg.url.expose())
+            .await
+            .map_err(|e| mongo_err("connect to MongoDB", e))?;
+        let db = client.database(&self.cfg.database);
+        let collections = self.collections(&db).await?;
+        let wanted: HashSet<String> = collections.iter().cloned().collect();
+        let schemas: HashMap<String, Arc<TableSchema>> = collections
+            .iter()
+            .map(|c| (c.clone(), Self::collection_schema(&self.cfg.database, c)))
+            .collect();
+
+        if progress.force_snapshot {
+            progress.copied.clear();
+            progress.token = None;
+        }
+        let to_copy: Vec<&String> = match self.cfg.snapshot {
+            SnapshotMode::Never => Vec::new(),
+            SnapshotMode::Initial => collections
+                .iter()
+                .filter(|c| !progress.copied.contains(*c))
+                .collect(),
+        };
+        // The stream opens before any scan: its start point precedes every
+        // document the scan reads. An older token (changes already flowing)
+        // is kept: starting earlier is always safe, the sink absorbs the
+        // overlap.
+        let mut stream = self.open_stream(&db, progress.token.as_deref()).await?;
+        let start_token = match (&progress.token, stream.resume_token()) {
+            (Some(t), _) => t.clone(),
+            (None, Some(t)) => token_text(&t)?,
+            (None, None) => {
+                return Err(PipelineError::fatal(
+                    Stage::Source,
+                    "the server gave the new change stream no resume token; Ferry needs MongoDB 4.0.7 or later",
+                ))
+            }
+        };
+        if !to_copy.is_empty() {
+            info!(collections = to_copy.len(), "initial snapshot starting");
+            for name in to_copy {
+                let schema = Arc::clone(&schemas[name]);
+                let rows = self.copy_collection(&db, name, &schema, &ctx.bus).await?;
+                ctx.bus
+                    .send(BusMessage::SnapshotDone {
+                        table: schema.id.clone(),
+                        rows,
+                        state: serde_json::to_value(SnapshotState {
+                            start_token: start_token.clone(),
+                        })
+                        .expect("serializable"),
+                    })
+                    .await?;
+                progress.copied.insert(name.clone());
+            }
+        }
+        progress.force_snapshot = false;
+        if progress.token.is_none() {
+            progress.token = Some(start_token);
+        }
+        info!(database = %self.cfg.database, "streaming changes");
+        loop {
+            let next = tokio::select! {
+                _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = next else {
+                return Err(PipelineError::transient(
+                    Stage::Source,
+                    "change stream ended",
+                ));
+            };
+            let ev = ev.map_err(|e| mongo_err("read change stream", e))?;
+            let token = token_text(&ev.id)?;
+            let gone = self.handle(ev, &wanted, &schemas, &token, ctx).await?;
+            progress.token = Some(token);
+            if gone {
+                // An invalidated stream cannot be read further: reopen
+                // after its last token.
+                return Err(PipelineError::transient(
+                    Stage::Source,
+                    "change stream invalidated; reopening",
+                ));
+            }
+        }
+    }
+
+    /// Copies one collection in `_id` order.
+    async fn copy_collection(
+        &self,
+        db: &Database,
+        name: &str,
+        schema: &Arc<TableSchema>,
+        bus: &ferry_pipeline::bus::BusSender,
+    ) -> Result<u64, PipelineError> {
+        let coll = db.collection::<Document>(name);
+        let estimate = coll.estimated_document_count().await.unwrap_or(0);
+        let label = schema.id.to_string();
+        metrics()
+            .snapshot_estimate
+            .with_label_values(&[&label])
+            .set(estimate as i64);
+        let counter = metrics().snapshot_rows.with_label_values(&[&label]);
+        bus.send(BusMessage::SnapshotStart {
+            table: Arc::clone(schema),
+        })
+        .await?;
+        let mut cursor = coll
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .batch_size(self.cfg.snapshot_batch_size)
+            .await
+            .map_err(|e| mongo_err(&format!("scan {name}"), e))?;
+        let mut rows = 0u64;
+        let mut last_report = std::time::Instant::now();
+        while let Some(doc) = cursor.next().await {
+            let doc = doc.map_err(|e| mongo_err(&format!("scan {name}"), e))?;
+            let row = document_row(&doc).map_err(|e| bson_err(name, &e))?;
+            bus.send(BusMessage::Change(ChangeEvent {
+                table: Arc::clone(schema),
+                op: Op::Read,
+                before: None,
+                after: Some(row),
+                position: Position::default(),
+                xid: None,
+                commit_ts_micros: ferry_pipeline::runtime::now_micros(),
+                resume_token: None,
+            }))
+            .await?;
+            rows += 1;
+            counter.inc();
+            if last_report.elapsed() > Duration::from_secs(2) {
+                let percent = (rows * 100).checked_div(estimate).unwrap_or(0).min(100);
+                info!(collection = %name, rows, estimate, percent, "snapshot progress");
+                last_report = std::time::Instant::now();
+            }
+        }
+        info!(collection = %name, rows, "snapshot of collection copied");
+        Ok(rows)
+    }
+
+    /// Turns one change-stream event into bus messages. Returns whether the
+    /// stream was invalidated.
+    async fn handle(
+        &self,
+        ev: ChangeStreamEvent<Document>,
+        wanted: &HashSet<String>,
+        schemas: &HashMap<String, Arc<TableSchema>>,
+        token: &str,
+        ctx: &SourceContext,
+    ) -> Result<bool, PipelineError> {
+        let coll = ev.ns.as_ref().and_then(|ns| ns.coll.clone());
+        let commit_ts_micros = ev
+            .wall_time
+            .map(|t| t.timestamp_millis() * 1000)
+            .or(ev.cluster_time.map(|t| i64::from(t.time) * 1_000_000))
+            .unwrap_or_else(ferry_pipeline::runtime::now_micros);
+        let op = match &ev.operation_type {
+            OperationType::Insert => Op::Insert,
+            OperationType::Update | OperationType::Replace => Op::Update,
+            OperationType::Delete => Op::Delete,
+            OperationType::Drop | OperationType::Rename | OperationType::DropDatabase => {
+                let name = coll.clone().unwrap_or_else(|| self.cfg.database.clone());
+                let ours = coll.as_ref().is_none_or(|c| wanted.contains(c));
+                if ours {
+                    self.collection_gone(&format!("{:?} of {name}", ev.operation_type))?;
+                }
+                return Ok(false);
+            }
+            OperationType::Invalidate => {
+                self.collection_gone("invalidate (the watched database was dropped or renamed)")?;
+                return Ok(true);
+            }
+            OperationType::Other(kind) => {
+                // createIndexes, modify, …: nothing to mirror.
+                tracing::debug!(kind = %kind, "change stream event ignored");
+                return Ok(false);
+            }
+            _ => return Ok(false),
+        };
+        let Some(coll) = coll.filter(|c| wanted.contains(c)) else {
+            return Ok(false);
+        };
+        let schema = Arc::clone(&schemas[&coll]);
+        let (before, after) = match op {
+            Op::Delete => {
+                let id = ev
+                    .document_key
+                    .as_ref()
+                    .and_then(|k| k.get("_id"))
+                    .ok_or_else(|| {
+                        PipelineError::fatal(
+                            Stage::Decode,
+                            format!("delete in {coll} without a document key"),
+                        )
+                    })?;
+                let id = bson_to_value(id).map_err(|e| bson_err(&coll, &e))?;
+                (
+                    Some(vec![Datum::Value(id), Datum::Value(Value::Null)]),
+                    None,
+                )
+            }
+            _ => match &ev.full_document {
+                Some(doc) => (
+                    None,
+                    Some(document_row(doc).map_err(|e| bson_err(&coll, &e))?),
+                ),
+                // An update whose document was deleted since: the delete
+                // follows in the stream.
+                None => return Ok(false),
+            },
+        };
+        ctx.bus
+            .send(BusMessage::Change(ChangeEvent {
+                table: schema,
+                op,
+                before,
+                after,
+                position: Position::default(),
+                xid: None,
+                commit_ts_micros,
+                resume_token: Some(Arc::from(token)),
+            }))
+            .await?;
+        Ok(false)
+    }
+
+    fn collection_gone(&self, what: &str) -> Result<(), PipelineError> {
+        match self.cfg.on_collection_gone {
+            CollectionGone::Fail => Err(PipelineError::fatal(
+                Stage::Source,
+                format!(
+                    "change stream reported {what} in database {}; the target keeps its rows. \
+                     Set source.on_collection_gone = \"ignore\" to go on",
+                    self.cfg.database
+                ),
+            )),
+            CollectionGone::Ignore => {
+                warn!(event = %what, "collection gone; going on (on_collection_gone = ignore)");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Source for MongoSource {
+    async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
+        let mut progress = Progress {
+            token: ctx.checkpoint.resume_token.clone(),
+            ..Progress::default()
+        };
+        for (id, rec) in &ctx.checkpoint.snapshots {
+            if id.schema == self.cfg.database {
+                progress.copied.insert(id.name.clone());
+                // Finished copies but no change applied yet: stream from the
+                // copies' start point.
+                if progress.token.is_none() {
+                    progress.token = serde_json::from_value::<SnapshotState>(rec.state.clone())
+                        .ok()
+                        .map(|s| s.start_token);
+                }
+            }
+        }
+        let mut backoff = retry_backoff(self.max_retry_delay);
+        loop {
+            if *ctx.shutdown.borrow() {
+                return Ok(());
+            }
+            match self.session(&mut ctx, &mut progress).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_history_lost(&e) => match self.cfg.on_history_lost {
+                    HistoryLost::Fail => {
+                        return Err(PipelineError::fatal(
+                            Stage::Source,
+                            format!(
+                                "the stored resume point is no longer in the oplog ({}): changes since \
+                                 the last checkpoint cannot be read. Set source.on_history_lost = \
+                                 \"resnapshot\" to copy every collection again, or raise the oplog size",
+                                e.message
+                            ),
+                        ))
+                    }
+                    HistoryLost::Resnapshot => {
+                        warn!(error = %e, "resume point lost; copying every collection again");
+                        progress.force_snapshot = true;
+                    }
+                },
+                Err(e) if e.disposition() == Disposition::Retry => {
+                    let delay = backoff.next().unwrap_or(self.max_retry_delay);
+                    metrics().retries.with_label_values(&[e.stage.as_str()]).inc();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `[_id, document]` of a document.
+fn document_row(doc: &Document) -> Result<Vec<Datum>, BsonError> {
+    let id = match doc.get("_id") {
+        Some(id) => bson_to_value(id)?,
+        None => Value::Null,
+    };
+    let fields = document_to_row(doc)?;
+    Ok(vec![
+        Datum::Value(id),
+        Datum::Value(Value::Document(fields)),
+    ])
+}
+
+fn bson_err(collection: &str, e: &BsonError) -> PipelineError {
+    PipelineError::new(
+        ErrorClass::Permanent,
+        Stage::Decode,
+        format!("document in {collection}: {e}"),
+    )
+}
+
+/// A resume token as text (relaxed extended JSON of the token document).
+fn token_text(t: &ResumeToken) -> Result<String, PipelineError> {
+    let b = bson::to_bson(t).map_err(|e| {
+        PipelineError::fatal(Stage::Source, format!("unreadable resume token: {e}"))
+    })?;
+    Ok(b.into_relaxed_extjson().to_string())
+}
+
+fn parse_token(s: &str) -> Result<ResumeToken, PipelineError> {
+    let bad =
+        |e: String| PipelineError::fatal(Stage::Source, format!("stored resume token {s:?}: {e}"));
+    let json: serde_json::Value = serde_json::from_str(s).map_err(|e| bad(e.to_string()))?;
+    let b = Bson::try_from(json).map_err(|e| bad(e.to_string()))?;
+    bson::from_bson(b).map_err(|e| bad(e.to_string()))
+}
+
+fn is_history_lost(e: &PipelineError) -> bool {
+    e.code
+        .as_deref()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| HISTORY_LOST_CODES.contains(&c))
+        || e.message.contains("ChangeStreamHistoryLost")
+}
+
+/// Classifies a driver error: authentication and bad requests stop the
+/// pipeline, a lost resume point is reported by its code, and everything
+/// else (network, server selection, elections) is retried.
+pub(crate) fn mongo_err(context: &str, e: mongodb::error::Error) -> PipelineError {
+    let (class, code) = match e.kind.as_ref() {
+        ErrorKind::Authentication { .. } => (ErrorClass::Fatal, None),
+        ErrorKind::InvalidArgument { .. } => (ErrorClass::Fatal, None),
+        ErrorKind::Command(c) => {
+            let class = match c.code {
+                // Unauthorized, AuthenticationFailed, NamespaceNotFound-like
+                // configuration errors.
+                13 | 18 | 8000 => ErrorClass::Fatal,
+                _ => ErrorClass::Transient,
+            };
+            (class, Some(c.code.to_string()))
+        }
+        _ => (ErrorClass::Transient, None),
+    };
+    let mut err = PipelineError::new(class, Stage::Source, format!("{context}: {e}"));
+    err.code = code;
+    err
+}
