@@ -313,7 +313,13 @@ impl Batch {
         rows: u64,
         state: serde_json::Value,
     ) {
-        self.table(schema).snapshot_done = Some((rows, state));
+        // By name: the batch may hold a newer shape of the table than the
+        // one its snapshot started with, and must keep it.
+        let i = match self.table_index.get(&schema.id) {
+            Some(&i) => i,
+            None => self.table_slot(schema),
+        };
+        self.tables[i].snapshot_done = Some((rows, state));
     }
 }
 

@@ -155,6 +155,10 @@ pub struct MongoSourceConfig {
     /// stream is invalidated.
     #[serde(default)]
     pub on_collection_gone: CollectionGone,
+    /// Besides `_id` and the document (jsonb), give each top-level scalar
+    /// field a column of its own, typed by the first value seen.
+    #[serde(default)]
+    pub scalar_columns: bool,
 }
 
 fn default_mongo_snapshot_batch() -> u32 {
@@ -375,10 +379,17 @@ impl Config {
             }
             SourceConfig::Mongodb(m) => {
                 let url = m.url.expose();
-                if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) {
+                if url.starts_with("mongodb+srv://") {
+                    // The driver is built without its DNS resolver.
                     return Err(cfg_err(
                         "source.url",
-                        "expected mongodb://host[:port]/... or mongodb+srv://...",
+                        "mongodb+srv:// URLs are not supported yet; list the hosts: mongodb://h1,h2,h3/?replicaSet=rs0",
+                    ));
+                }
+                if !url.starts_with("mongodb://") {
+                    return Err(cfg_err(
+                        "source.url",
+                        "expected mongodb://host[:port]/?replicaSet=...",
                     ));
                 }
                 if m.database.is_empty() || m.database.contains(['/', '.', ' ', '"', '$']) {
@@ -559,6 +570,42 @@ url = "postgres://postgres@127.0.0.1:5433/app"
         let e = Config::from_toml(GOOD, &|_| None).unwrap_err();
         assert_eq!(e.key, "source.url");
         assert!(e.message.contains("PGPASS"));
+    }
+
+    #[test]
+    fn mongodb_source_config() {
+        let text = r#"
+[source]
+kind = "mongodb"
+url = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+database = "escrow"
+collections = ["payments", "users"]
+on_history_lost = "resnapshot"
+
+[sink]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:5433/app"
+schema = "public"
+"#;
+        let c = Config::from_toml(text, &env).unwrap();
+        let SourceConfig::Mongodb(m) = &c.source else {
+            panic!("mongodb source")
+        };
+        assert_eq!(m.on_history_lost, HistoryLost::Resnapshot);
+        assert_eq!(m.on_collection_gone, CollectionGone::Fail);
+        assert_eq!(c.source.tables()[1], TableId::new("escrow", "users"));
+        let bad = text.replace("collections = [", "colections = [");
+        assert!(Config::from_toml(&bad, &env)
+            .unwrap_err()
+            .to_string()
+            .contains("colections"));
+        let bad = text.replace("mongodb://127", "mongodb+srv://127");
+        assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "source.url");
+        let bad = text.replace("\"users\"", "\"payments\"");
+        assert_eq!(
+            Config::from_toml(&bad, &env).unwrap_err().key,
+            "source.collections[1]"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod bson_value;
 pub mod check;
+pub mod shape;
 pub mod source;
 
 pub use bson_value::{bson_to_value, document_to_row, field, BsonError, BsonErrorKind};

@@ -14,16 +14,14 @@
 //! acknowledgement. When the token has left the oplog the source stops with
 //! a clear message, or copies everything again if configured to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 use ferry_pipeline::config::{CollectionGone, HistoryLost, MongoSourceConfig, SnapshotMode};
 use ferry_pipeline::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
-use ferry_pipeline::event::{
-    BusMessage, ChangeEvent, Column, Datum, Op, Position, TableId, TableSchema,
-};
+use ferry_pipeline::event::{BusMessage, ChangeEvent, Datum, Op, Position, TableSchema};
 use ferry_pipeline::metrics::metrics;
 use ferry_pipeline::source::{Source, SourceContext};
 use ferry_pipeline::value::Value;
@@ -37,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::bson_value::{bson_to_value, document_to_row, BsonError};
+use crate::shape::Shapes;
 
 /// Server error codes that mean the resume point is gone from the oplog.
 const HISTORY_LOST_CODES: [i32; 3] = [
@@ -69,6 +68,8 @@ struct Progress {
     copied: HashSet<String>,
     /// Copy everything again (the resume point was lost).
     force_snapshot: bool,
+    /// Collection shapes (scalar columns seen so far).
+    shapes: Option<Shapes>,
 }
 
 impl MongoSource {
@@ -78,32 +79,6 @@ impl MongoSource {
             cfg,
             max_retry_delay,
         }
-    }
-
-    /// The target layout of a collection: `_id` (key) and the document.
-    pub fn collection_schema(database: &str, collection: &str) -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            id: TableId::new(database, collection),
-            columns: vec![
-                Column {
-                    name: "_id".into(),
-                    type_oid: 0,
-                    type_sql: "text".into(),
-                    nullable: false,
-                    is_key: true,
-                    enum_labels: None,
-                },
-                Column {
-                    name: "document".into(),
-                    type_oid: 0,
-                    type_sql: "jsonb".into(),
-                    nullable: false,
-                    is_key: false,
-                    enum_labels: None,
-                },
-            ],
-            primary_key: vec![0],
-        })
     }
 
     async fn collections(&self, db: &Database) -> Result<Vec<String>, PipelineError> {
@@ -148,10 +123,9 @@ impl MongoSource {
         let db = client.database(&self.cfg.database);
         let collections = self.collections(&db).await?;
         let wanted: HashSet<String> = collections.iter().cloned().collect();
-        let schemas: HashMap<String, Arc<TableSchema>> = collections
-            .iter()
-            .map(|c| (c.clone(), Self::collection_schema(&self.cfg.database, c)))
-            .collect();
+        let shapes = progress
+            .shapes
+            .get_or_insert_with(|| Shapes::new(&self.cfg.database, self.cfg.scalar_columns));
 
         if progress.force_snapshot {
             progress.copied.clear();
@@ -182,8 +156,10 @@ impl MongoSource {
         if !to_copy.is_empty() {
             info!(collections = to_copy.len(), "initial snapshot starting");
             for name in to_copy {
-                let schema = Arc::clone(&schemas[name]);
-                let rows = self.copy_collection(&db, name, &schema, &ctx.bus).await?;
+                let rows = self
+                    .copy_collection(&db, name, shapes, &ctx.bus)
+                    .await?;
+                let schema = shapes.schema(name);
                 ctx.bus
                     .send(BusMessage::SnapshotDone {
                         table: schema.id.clone(),
@@ -215,7 +191,7 @@ impl MongoSource {
             };
             let ev = ev.map_err(|e| mongo_err("read change stream", e))?;
             let token = token_text(&ev.id)?;
-            let gone = self.handle(ev, &wanted, &schemas, &token, ctx).await?;
+            let gone = self.handle(ev, &wanted, shapes, &token, ctx).await?;
             progress.token = Some(token);
             if gone {
                 // An invalidated stream cannot be read further: reopen
@@ -233,9 +209,10 @@ impl MongoSource {
         &self,
         db: &Database,
         name: &str,
-        schema: &Arc<TableSchema>,
+        shapes: &mut Shapes,
         bus: &ferry_pipeline::bus::BusSender,
     ) -> Result<u64, PipelineError> {
+        let schema = &shapes.schema(name);
         let coll = db.collection::<Document>(name);
         let estimate = coll.estimated_document_count().await.unwrap_or(0);
         let label = schema.id.to_string();
@@ -258,9 +235,9 @@ impl MongoSource {
         let mut last_report = std::time::Instant::now();
         while let Some(doc) = cursor.next().await {
             let doc = doc.map_err(|e| mongo_err(&format!("scan {name}"), e))?;
-            let row = document_row(&doc).map_err(|e| bson_err(name, &e))?;
+            let (table, row) = document_row(shapes, name, &doc).map_err(|e| bson_err(name, &e))?;
             bus.send(BusMessage::Change(ChangeEvent {
-                table: Arc::clone(schema),
+                table,
                 op: Op::Read,
                 before: None,
                 after: Some(row),
@@ -288,7 +265,7 @@ impl MongoSource {
         &self,
         ev: ChangeStreamEvent<Document>,
         wanted: &HashSet<String>,
-        schemas: &HashMap<String, Arc<TableSchema>>,
+        shapes: &mut Shapes,
         token: &str,
         ctx: &SourceContext,
     ) -> Result<bool, PipelineError> {
@@ -324,8 +301,7 @@ impl MongoSource {
         let Some(coll) = coll.filter(|c| wanted.contains(c)) else {
             return Ok(false);
         };
-        let schema = Arc::clone(&schemas[&coll]);
-        let (before, after) = match op {
+        let (schema, before, after) = match op {
             Op::Delete => {
                 let id = ev
                     .document_key
@@ -338,16 +314,15 @@ impl MongoSource {
                         )
                     })?;
                 let id = bson_to_value(id).map_err(|e| bson_err(&coll, &e))?;
-                (
-                    Some(vec![Datum::Value(id), Datum::Value(Value::Null)]),
-                    None,
-                )
+                let (schema, key_row) = shapes.key_row(&coll, id);
+                (schema, Some(key_row), None)
             }
             _ => match &ev.full_document {
-                Some(doc) => (
-                    None,
-                    Some(document_row(doc).map_err(|e| bson_err(&coll, &e))?),
-                ),
+                Some(doc) => {
+                    let (schema, row) =
+                        document_row(shapes, &coll, doc).map_err(|e| bson_err(&coll, &e))?;
+                    (schema, None, Some(row))
+                }
                 // An update whose document was deleted since: the delete
                 // follows in the stream.
                 None => return Ok(false),
@@ -443,17 +418,18 @@ impl Source for MongoSource {
     }
 }
 
-/// `[_id, document]` of a document.
-fn document_row(doc: &Document) -> Result<Vec<Datum>, BsonError> {
+/// The row of a document in its collection's shape.
+fn document_row(
+    shapes: &mut Shapes,
+    collection: &str,
+    doc: &Document,
+) -> Result<(Arc<TableSchema>, Vec<Datum>), BsonError> {
     let id = match doc.get("_id") {
         Some(id) => bson_to_value(id)?,
         None => Value::Null,
     };
     let fields = document_to_row(doc)?;
-    Ok(vec![
-        Datum::Value(id),
-        Datum::Value(Value::Document(fields)),
-    ])
+    Ok(shapes.row(collection, id, fields))
 }
 
 fn bson_err(collection: &str, e: &BsonError) -> PipelineError {
