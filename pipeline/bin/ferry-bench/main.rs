@@ -15,6 +15,7 @@
 //! Run `cargo build --release --bins && target/release/ferry-bench`; it
 //! prints a Markdown table and writes JSON to `--out`.
 
+mod mongo;
 mod shapes;
 
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ struct Args {
     /// applying a batch (unnest upsert vs COPY to staging + merge).
     #[arg(long)]
     shapes: bool,
+    /// Instead of the peers: the MongoDB source against the bare driver
+    /// (snapshot and change stream), with this many documents.
+    #[arg(long)]
+    mongo: Option<i64>,
     /// Rows per batch for `--shapes`.
     #[arg(long, default_value_t = 5000)]
     shape_rows: i64,
@@ -81,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Err(why) = LocalCluster::binaries_available() {
         bail!("ferry-bench needs PostgreSQL's server binaries: {why}");
+    }
+    if let Some(docs) = args.mongo {
+        return mongo::run(docs, &ferry_exe()?).await;
     }
     if args.shapes {
         return shapes::run(args.shape_rows, 2 * args.repeat.max(1) + 1).await;
