@@ -70,6 +70,8 @@ struct Progress {
     force_snapshot: bool,
     /// Collection shapes (scalar columns seen so far).
     shapes: Option<Shapes>,
+    /// `token` is an invalidate event's.
+    after_invalidate: bool,
 }
 
 impl MongoSource {
@@ -100,13 +102,18 @@ impl MongoSource {
         &self,
         db: &Database,
         token: Option<&str>,
+        after_invalidate: bool,
     ) -> Result<ChangeStream<ChangeStreamEvent<Document>>, PipelineError> {
         let mut watch = db
             .watch()
             .full_document(FullDocumentType::UpdateLookup)
             .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
-        if let Some(t) = token {
-            watch = watch.resume_after(parse_token(t)?);
+        match token {
+            // An invalidate event's token can only be started after, not
+            // resumed after.
+            Some(t) if after_invalidate => watch = watch.start_after(parse_token(t)?),
+            Some(t) => watch = watch.resume_after(parse_token(t)?),
+            None => {}
         }
         watch.await.map_err(|e| mongo_err("open change stream", e))
     }
@@ -142,7 +149,10 @@ impl MongoSource {
         // document the scan reads. An older token (changes already flowing)
         // is kept: starting earlier is always safe, the sink absorbs the
         // overlap.
-        let mut stream = self.open_stream(&db, progress.token.as_deref()).await?;
+        let mut stream = self
+            .open_stream(&db, progress.token.as_deref(), progress.after_invalidate)
+            .await?;
+        progress.after_invalidate = false;
         let start_token = match (&progress.token, stream.resume_token()) {
             (Some(t), _) => t.clone(),
             (None, Some(t)) => token_text(&t)?,
@@ -156,9 +166,7 @@ impl MongoSource {
         if !to_copy.is_empty() {
             info!(collections = to_copy.len(), "initial snapshot starting");
             for name in to_copy {
-                let rows = self
-                    .copy_collection(&db, name, shapes, &ctx.bus)
-                    .await?;
+                let rows = self.copy_collection(&db, name, shapes, &ctx.bus).await?;
                 let schema = shapes.schema(name);
                 ctx.bus
                     .send(BusMessage::SnapshotDone {
@@ -194,6 +202,7 @@ impl MongoSource {
             let gone = self.handle(ev, &wanted, shapes, &token, ctx).await?;
             progress.token = Some(token);
             if gone {
+                progress.after_invalidate = true;
                 // An invalidated stream cannot be read further: reopen
                 // after its last token.
                 return Err(PipelineError::transient(
@@ -281,7 +290,7 @@ impl MongoSource {
             OperationType::Delete => Op::Delete,
             OperationType::Drop | OperationType::Rename | OperationType::DropDatabase => {
                 let name = coll.clone().unwrap_or_else(|| self.cfg.database.clone());
-                let ours = coll.as_ref().is_none_or(|c| wanted.contains(c));
+                let ours = coll.as_ref().is_none_or(|c| self.mirrors(wanted, c));
                 if ours {
                     self.collection_gone(&format!("{:?} of {name}", ev.operation_type))?;
                 }
@@ -298,7 +307,7 @@ impl MongoSource {
             }
             _ => return Ok(false),
         };
-        let Some(coll) = coll.filter(|c| wanted.contains(c)) else {
+        let Some(coll) = coll.filter(|c| self.mirrors(wanted, c)) else {
             return Ok(false);
         };
         let (schema, before, after) = match op {
@@ -341,6 +350,14 @@ impl MongoSource {
             }))
             .await?;
         Ok(false)
+    }
+
+    /// Whether changes of `collection` are mirrored: a configured one, or,
+    /// when none are configured, any (a collection created after the start
+    /// streams from its creation, so it needs no copy).
+    fn mirrors(&self, wanted: &HashSet<String>, collection: &str) -> bool {
+        wanted.contains(collection)
+            || (self.cfg.collections.is_empty() && !collection.starts_with("system."))
     }
 
     fn collection_gone(&self, what: &str) -> Result<(), PipelineError> {
