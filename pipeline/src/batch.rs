@@ -171,7 +171,12 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events == 0 && self.tables.is_empty()
+        self.events == 0 && self.tables.is_empty() && self.last_resume_token.is_none()
+    }
+
+    /// Records a resume point reached without a change to mirror.
+    pub fn resume_at(&mut self, token: Arc<str>) {
+        self.last_resume_token = Some(token);
     }
 
     /// Source events folded in, per table and op.

@@ -214,4 +214,11 @@ pub enum BusMessage {
     Idle {
         ack: SourceAck,
     },
+    /// A token-resumed source moved past changes it does not mirror: the
+    /// sink stores `resume_token` (after everything before it) so that a
+    /// restart does not start from an old point that may have left the
+    /// source's log.
+    Resume {
+        resume_token: Arc<str>,
+    },
 }

@@ -466,6 +466,10 @@ impl<K: Sink> ApplyLoop<K> {
                         self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));
                         self.last_commit_ts = Some(commit_ts_micros);
                     }
+                    BusMessage::Resume { resume_token } => {
+                        at_boundary = true;
+                        self.batch.resume_at(resume_token);
+                    }
                     BusMessage::Idle { ack } => {
                         at_boundary = true;
                         self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));

@@ -57,6 +57,17 @@ pub struct MongoSource {
     max_retry_delay: Duration,
 }
 
+/// What became of one change-stream event.
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    /// Sent to the bus with its resume token.
+    Emitted,
+    /// Not mirrored (another collection, an index change, …).
+    Skipped,
+    /// The stream was invalidated.
+    Invalidated,
+}
+
 /// What survives a reconnect.
 #[derive(Default)]
 struct Progress {
@@ -186,28 +197,57 @@ impl MongoSource {
             progress.token = Some(start_token);
         }
         info!(database = %self.cfg.database, "streaming changes");
+        // About once a second the stream's own resume point (past changes
+        // of collections we do not mirror, and past idle time) is handed to
+        // the sink, so that the stored token never falls behind the oplog
+        // while the mirrored collections are quiet. `next_if_any` makes one
+        // request at a time, so the resume point is only read between
+        // requests (reading it while a request is in flight is an error in
+        // the driver).
+        let mut checked = std::time::Instant::now();
+        // The last resume token the bus carries (with a change or alone).
+        let mut bus_token: Option<String> = None;
         loop {
             let next = tokio::select! {
                 _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
-                ev = stream.next() => ev,
+                ev = stream.next_if_any() => ev.map_err(|e| mongo_err("read change stream", e))?,
             };
-            let Some(ev) = next else {
+            if let Some(ev) = next {
+                let token = token_text(&ev.id)?;
+                let handled = self.handle(ev, &wanted, shapes, &token, ctx).await?;
+                if handled == Handled::Emitted {
+                    bus_token = Some(token.clone());
+                }
+                progress.token = Some(token);
+                if handled == Handled::Invalidated {
+                    progress.after_invalidate = true;
+                    // An invalidated stream cannot be read further: reopen
+                    // after its last token.
+                    return Err(PipelineError::transient(
+                        Stage::Source,
+                        "change stream invalidated; reopening",
+                    ));
+                }
+            }
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = std::time::Instant::now();
+                if let Some(t) = stream.resume_token() {
+                    let t = token_text(&t)?;
+                    if bus_token.as_deref() != Some(t.as_str()) {
+                        ctx.bus
+                            .send(BusMessage::Resume {
+                                resume_token: Arc::from(t.as_str()),
+                            })
+                            .await?;
+                        progress.token = Some(t.clone());
+                        bus_token = Some(t);
+                    }
+                }
+            }
+            if !stream.is_alive() {
                 return Err(PipelineError::transient(
                     Stage::Source,
                     "change stream ended",
-                ));
-            };
-            let ev = ev.map_err(|e| mongo_err("read change stream", e))?;
-            let token = token_text(&ev.id)?;
-            let gone = self.handle(ev, &wanted, shapes, &token, ctx).await?;
-            progress.token = Some(token);
-            if gone {
-                progress.after_invalidate = true;
-                // An invalidated stream cannot be read further: reopen
-                // after its last token.
-                return Err(PipelineError::transient(
-                    Stage::Source,
-                    "change stream invalidated; reopening",
                 ));
             }
         }
@@ -277,7 +317,7 @@ impl MongoSource {
         shapes: &mut Shapes,
         token: &str,
         ctx: &SourceContext,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<Handled, PipelineError> {
         let coll = ev.ns.as_ref().and_then(|ns| ns.coll.clone());
         let commit_ts_micros = ev
             .wall_time
@@ -294,21 +334,21 @@ impl MongoSource {
                 if ours {
                     self.collection_gone(&format!("{:?} of {name}", ev.operation_type))?;
                 }
-                return Ok(false);
+                return Ok(Handled::Skipped);
             }
             OperationType::Invalidate => {
                 self.collection_gone("invalidate (the watched database was dropped or renamed)")?;
-                return Ok(true);
+                return Ok(Handled::Invalidated);
             }
             OperationType::Other(kind) => {
                 // createIndexes, modify, …: nothing to mirror.
                 tracing::debug!(kind = %kind, "change stream event ignored");
-                return Ok(false);
+                return Ok(Handled::Skipped);
             }
-            _ => return Ok(false),
+            _ => return Ok(Handled::Skipped),
         };
         let Some(coll) = coll.filter(|c| self.mirrors(wanted, c)) else {
-            return Ok(false);
+            return Ok(Handled::Skipped);
         };
         let (schema, before, after) = match op {
             Op::Delete => {
@@ -334,7 +374,7 @@ impl MongoSource {
                 }
                 // An update whose document was deleted since: the delete
                 // follows in the stream.
-                None => return Ok(false),
+                None => return Ok(Handled::Skipped),
             },
         };
         ctx.bus
@@ -349,7 +389,7 @@ impl MongoSource {
                 resume_token: Some(Arc::from(token)),
             }))
             .await?;
-        Ok(false)
+        Ok(Handled::Emitted)
     }
 
     /// Whether changes of `collection` are mirrored: a configured one, or,
