@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 
+use crate::support::mongo::mongo_config_text;
 use crate::support::{ferry_bin, ferry_cmd, unique_db, Ferry, Pair};
 
 /// Runs `ferry <args>` with `set` added to and `unset` removed from the
@@ -164,6 +165,98 @@ fn secrets_never_reach_the_output() {
     );
     assert_eq!(code, 2, "{out}");
     assert!(!out.contains(secret), "secret printed:\n{out}");
+}
+
+/// Runs `ferry <args>` with `set` added to the environment, like
+/// [`ferry_env`], but kills it after `timeout`: a configuration error is
+/// reported at once, never retried. Returns (exit code, or -1 when it had
+/// to be killed; stdout+stderr).
+fn ferry_env_within(args: &[&str], set: &[(&str, &str)], timeout: Duration) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("out.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    for (k, v) in set {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run ferry");
+    let deadline = std::time::Instant::now() + timeout;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    if code == -1 {
+        text.push_str(&format!("\n(still running after {timeout:?}: killed)"));
+    }
+    (code, text)
+}
+
+/// Every subcommand on a MongoDB config whose `source.url` is `url`:
+/// exit 2, naming `source.url`, without printing the password in it.
+fn assert_mongo_url_rejected(dir: &Path, name: &str, url: &str, var: &str, secret: &str) {
+    let dst = format!("postgres://postgres@127.0.0.1:{}/b", closed_port());
+    let text = mongo_config_text(url, "app", &["payments"], &dst, "", "");
+    let path = write(dir, name, &text);
+    let path = path.to_str().unwrap();
+    for sub in ["run", "check", "parity"] {
+        let (code, out) = ferry_env_within(
+            &[sub, "--config", path],
+            &[(var, secret)],
+            Duration::from_secs(20),
+        );
+        assert_eq!(code, 2, "ferry {sub} with source.url {url:?}:\n{out}");
+        assert!(
+            out.contains("source.url"),
+            "ferry {sub} does not name source.url for {url:?}:\n{out}"
+        );
+        assert!(!out.contains(secret), "secret printed:\n{out}");
+    }
+}
+
+/// A MongoDB source whose URL is not a MongoDB URL: exit 2 naming
+/// `source.url`.
+#[test]
+fn mongodb_bad_url_exits_2_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let var = "FERRY_TEST_MONGO_PASSWORD";
+    let secret = "m0ng0-Hunter2-value";
+    let port = closed_port();
+    let urls = [
+        format!("postgres://ferry:${{{var}}}@127.0.0.1:{port}/app"),
+        format!("mongodb//ferry:${{{var}}}@127.0.0.1:{port}/"),
+        String::new(),
+    ];
+    for (i, url) in urls.iter().enumerate() {
+        assert_mongo_url_rejected(dir.path(), &format!("mongo-{i}.toml"), url, var, secret);
+    }
+}
+
+/// A `mongodb://` URL the driver cannot parse (a port that is not a
+/// number, an unknown option value) is a configuration error too: exit 2
+/// naming `source.url`, not a connection failure retried or reported later.
+#[test]
+fn mongodb_malformed_url_exits_2_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let var = "FERRY_TEST_MONGO_PASSWORD";
+    let secret = "m0ng0-Hunter2-value";
+    let port = closed_port();
+    let urls = [
+        format!("mongodb://ferry:${{{var}}}@127.0.0.1:notaport/?directConnection=true"),
+        format!("mongodb://ferry:${{{var}}}@127.0.0.1:{port}/?directConnection=maybe"),
+    ];
+    for (i, url) in urls.iter().enumerate() {
+        assert_mongo_url_rejected(dir.path(), &format!("malformed-{i}.toml"), url, var, secret);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! End-to-end tests against real PostgreSQL clusters started by the tests
-//! themselves (see tests/support). One test binary, so that cargo builds
-//! and links it once.
+//! End-to-end tests against real PostgreSQL clusters (and, for the MongoDB
+//! source, a MongoDB-wire-protocol server) started by the tests themselves
+//! (see tests/support). One test binary, so that cargo builds and links it
+//! once.
 
 #![allow(unreachable_pub)]
 
@@ -9,6 +10,7 @@ mod support;
 mod basic;
 mod cli;
 mod crash;
+mod mongo;
 mod schema;
 mod snapshot;
 mod types;

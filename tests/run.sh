@@ -19,4 +19,19 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# The MongoDB source's end-to-end tests run against SecantusDB, a
+# MongoDB-wire-protocol server from PyPI (no mongod can be installed here),
+# in a venv of the project's own. tests/support/mongo.rs looks for it there.
+SECANTUSD=target/secantus-venv/bin/secantusd-py
+if [ ! -x "$SECANTUSD" ]; then
+  echo "tests/run.sh: installing SecantusDB into target/secantus-venv" >&2
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-venv
+  fi
+  python3 -m venv target/secantus-venv
+  target/secantus-venv/bin/pip install -q SecantusDB
+fi
+
 cargo test --workspace --locked "$@"

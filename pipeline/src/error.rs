@@ -88,7 +88,8 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
     }
     match code.get(..2).unwrap_or("") {
         "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorClass::Transient,
-        "22" | "23" => ErrorClass::Permanent,
+        // 21: cardinality violation (one statement touching a row twice).
+        "21" | "22" | "23" => ErrorClass::Permanent,
         "28" | "3D" | "3F" | "42" | "0A" | "2B" => ErrorClass::Fatal,
         _ => ErrorClass::Transient,
     }

@@ -410,12 +410,13 @@ impl<K: Sink> ApplyLoop<K> {
         // as the writer is free.
         let mut overdue = false;
         loop {
-            let waiting_for_writer =
-                !self.writer_idle() && (!self.batch.is_empty() || self.pending_ack.is_some());
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => None,
-                changed = done.changed(), if waiting_for_writer => {
+                // Always watched: a finished job may let the pending batch
+                // go, and a writer that stopped on an error must stop the
+                // pipeline now, not when the next change arrives.
+                changed = done.changed() => {
                     changed.map_err(|_| WriterGone)?;
                     Some(None)
                 }

@@ -1,5 +1,5 @@
-//! The target shape of a collection: `_id` (key), the whole document as
-//! jsonb, and, when asked, one column per top-level scalar field.
+//! The target shape of a collection: `_id` (key, jsonb), the whole
+//! document as jsonb, and, when asked, one column per top-level scalar field.
 //!
 //! Scalar columns are a convenience projection; the document column stays
 //! the exact, complete record. A field's column type comes from the first
@@ -72,7 +72,7 @@ impl Shapes {
                 schema: Arc::new(TableSchema {
                     id: TableId::new(database, collection),
                     columns: vec![
-                        column("_id", "text", true),
+                        column("_id", "jsonb", true),
                         column("document", "jsonb", false),
                     ],
                     primary_key: vec![0],

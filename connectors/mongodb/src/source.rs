@@ -34,7 +34,7 @@ use mongodb::{Client, Database};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::bson_value::{bson_to_value, document_to_row, BsonError};
+use crate::bson_value::{document_to_row, BsonError};
 use crate::shape::Shapes;
 
 /// Server error codes that mean the resume point is gone from the oplog.
@@ -362,7 +362,7 @@ impl MongoSource {
                             format!("delete in {coll} without a document key"),
                         )
                     })?;
-                let id = bson_to_value(id).map_err(|e| bson_err(&coll, &e))?;
+                let id = id_value(id);
                 let (schema, key_row) = shapes.key_row(&coll, id);
                 (schema, Some(key_row), None)
             }
@@ -475,6 +475,15 @@ impl Source for MongoSource {
     }
 }
 
+/// The `_id` column's value: the id as relaxed Extended JSON (jsonb in the
+/// target). Text would be friendlier but ambiguous: `7`, `"7"`, `true`,
+/// `"t"`, an ObjectId and the string of its hex would share rows. As
+/// jsonb, ids compare the way MongoDB compares them (numbers by value,
+/// strings and ObjectIds apart).
+fn id_value(id: &Bson) -> Value {
+    Value::Json(id.clone().into_relaxed_extjson().to_string())
+}
+
 /// The row of a document in its collection's shape.
 fn document_row(
     shapes: &mut Shapes,
@@ -482,7 +491,7 @@ fn document_row(
     doc: &Document,
 ) -> Result<(Arc<TableSchema>, Vec<Datum>), BsonError> {
     let id = match doc.get("_id") {
-        Some(id) => bson_to_value(id)?,
+        Some(id) => id_value(id),
         None => Value::Null,
     };
     let fields = document_to_row(doc)?;

@@ -102,6 +102,14 @@ pub fn replication_config(
     .with_application_name("ferry"))
 }
 
+/// Whether a PostgreSQL URL parses (host, port, options); no connection is
+/// made. The error says what is wrong, never the URL (it holds secrets).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The database the source URL names.
 pub fn database_of(url: &str) -> Option<String> {
     let pg: tokio_postgres::Config = url.parse().ok()?;

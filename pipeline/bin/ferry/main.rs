@@ -99,11 +99,26 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn load(path: &Path) -> Result<Config, u8> {
-    Config::load(path).map_err(|e| {
+/// Loads and validates the configuration, including the connection URLs
+/// as each driver parses them (no connection is made).
+async fn load(path: &Path) -> Result<Config, u8> {
+    let config = Config::load(path).map_err(|e| {
         eprintln!("invalid configuration {}: {e}", path.display());
         exit::CONFIG
-    })
+    })?;
+    let source = match &config.source {
+        SourceConfig::Postgres(s) => ferry_postgres_source::check_url(s.url.expose()),
+        SourceConfig::Mongodb(s) => ferry_mongodb_source::check::check_url(s.url.expose()).await,
+    };
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let sink = ferry_postgres_source::check_url(dst.url.expose());
+    for (key, result) in [("source.url", source), ("sink.url", sink)] {
+        if let Err(why) = result {
+            eprintln!("invalid configuration {}: {key}: {why}", path.display());
+            return Err(exit::CONFIG);
+        }
+    }
+    Ok(config)
 }
 
 /// Turns SIGINT/SIGTERM into a shutdown signal.
@@ -131,7 +146,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(path: &Path) -> u8 {
-    let config = match load(path) {
+    let config = match load(path).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -179,7 +194,7 @@ fn tables(config: &Config) -> Vec<TableId> {
 }
 
 async fn check(path: &Path) -> u8 {
-    let config = match load(path) {
+    let config = match load(path).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -207,7 +222,7 @@ async fn check(path: &Path) -> u8 {
 }
 
 async fn parity(path: &Path) -> u8 {
-    let config = match load(path) {
+    let config = match load(path).await {
         Ok(c) => c,
         Err(code) => return code,
     };
