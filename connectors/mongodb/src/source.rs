@@ -117,6 +117,10 @@ impl MongoSource {
     ) -> Result<ChangeStream<ChangeStreamEvent<Document>>, PipelineError> {
         let mut watch = db
             .watch()
+            // The update's delta is not used (the full document is): leaving
+            // it out keeps an event of a large document well under MongoDB's
+            // 16 MB event limit.
+            .pipeline([doc! { "$project": { "updateDescription": 0 } }])
             .full_document(FullDocumentType::UpdateLookup)
             .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
         match token {
@@ -539,9 +543,10 @@ pub(crate) fn mongo_err(context: &str, e: mongodb::error::Error) -> PipelineErro
         ErrorKind::InvalidArgument { .. } => (ErrorClass::Fatal, None),
         ErrorKind::Command(c) => {
             let class = match c.code {
-                // Unauthorized, AuthenticationFailed, NamespaceNotFound-like
-                // configuration errors.
-                13 | 18 | 8000 => ErrorClass::Fatal,
+                // Unauthorized, AuthenticationFailed, Atlas auth errors, and
+                // BSONObjectTooLarge (a change event over 16 MB: retrying
+                // reads the same event again).
+                13 | 18 | 8000 | 10334 => ErrorClass::Fatal,
                 _ => ErrorClass::Transient,
             };
             (class, Some(c.code.to_string()))
