@@ -34,4 +34,9 @@ if [ ! -x "$SECANTUSD" ]; then
   target/secantus-venv/bin/pip install -q SecantusDB
 fi
 
-cargo test --workspace --locked "$@"
+# No doctests (there are none): every target's tests, then one closing
+# line that sums them up.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
