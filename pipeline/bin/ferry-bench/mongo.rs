@@ -170,9 +170,12 @@ pub(crate) async fn run(docs: i64, ferry: &std::path::Path) -> anyhow::Result<()
     // half updates), read by the driver from a change stream opened before
     // them, then by Ferry from its checkpoint.
     let db = client.database("bench");
+    // The same stream options as the source (see connectors/mongodb).
     let mut stream = db
         .watch()
+        .pipeline([doc! { "$project": { "updateDescription": 0 } }])
         .full_document(FullDocumentType::UpdateLookup)
+        .full_document_before_change(mongodb::options::FullDocumentBeforeChangeType::WhenAvailable)
         .await?;
     let half = docs / 2;
     for chunk in (docs + 1..=docs + half).collect::<Vec<_>>().chunks(1000) {
