@@ -135,3 +135,22 @@ fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// The README's quickstart: `ferry demo` ends with an exact mirror.
+#[test]
+fn demo_ends_with_an_exact_mirror() {
+    let (code, out) = crate::support::ferry_cmd(&[
+        "demo",
+        "--seconds",
+        "3",
+        "--rate",
+        "100",
+        "--accounts",
+        "2000",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("the target is an exact mirror of the source."),
+        "{out}"
+    );
+}
