@@ -147,8 +147,9 @@ pub async fn run<S: Source, K: Sink>(
     }
 }
 
-/// Aborts tasks when dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+/// Aborts tasks when dropped: a task tied to the lifetime of its owner,
+/// even when the owner is itself aborted.
+pub struct AbortOnDrop(pub Vec<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -188,8 +189,11 @@ async fn load_checkpoint<K: CheckpointStore>(
     }
 }
 
-/// Logs, counts and sleeps one backoff step; fails if asked to stop.
-async fn wait_retry(
+/// The one way a transient failure is waited out, by the runtime and by
+/// sources alike: logs it, counts it (`ferry_retries_total`,
+/// `ferry_errors_total`), sleeps one backoff step. Fails if asked to stop
+/// meanwhile.
+pub async fn wait_retry(
     e: &PipelineError,
     backoff: &mut backon::ExponentialBackoff,
     mut shutdown: watch::Receiver<bool>,
@@ -203,7 +207,13 @@ async fn wait_retry(
         .errors
         .with_label_values(&[e.stage.as_str(), e.class.as_str()])
         .inc();
-    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying");
+    let retry_in_ms = delay.as_millis() as u64;
+    match e.stage {
+        Stage::Source | Stage::Snapshot => {
+            warn!(error = %e, retry_in_ms, "source failed, reconnecting")
+        }
+        _ => warn!(error = %e, retry_in_ms, "transient failure, retrying"),
+    }
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
         _ = shutdown.wait_for(|s| *s) => Err(PipelineError::transient(e.stage, "stopped while retrying")),

@@ -23,6 +23,7 @@ use ferry_pipeline::config::{CollectionGone, HistoryLost, MongoSourceConfig, Sna
 use ferry_pipeline::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
 use ferry_pipeline::event::{BusMessage, ChangeEvent, Datum, Op, Position, TableSchema};
 use ferry_pipeline::metrics::metrics;
+use ferry_pipeline::runtime::wait_retry;
 use ferry_pipeline::source::{Source, SourceContext};
 use ferry_pipeline::value::Value;
 use futures_util::StreamExt;
@@ -465,12 +466,9 @@ impl Source for MongoSource {
                     }
                 },
                 Err(e) if e.disposition() == Disposition::Retry => {
-                    let delay = backoff.next().unwrap_or(self.max_retry_delay);
-                    metrics().retries.with_label_values(&[e.stage.as_str()]).inc();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed, reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
+                    if wait_retry(&e, &mut backoff, ctx.shutdown.clone()).await.is_err() {
+                        // Asked to stop while waiting.
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(e),

@@ -32,7 +32,7 @@ use std::time::Duration;
 use ferry_pipeline::config::{PostgresSourceConfig, SnapshotMode};
 use ferry_pipeline::error::{retry_backoff, Disposition, PipelineError, Stage};
 use ferry_pipeline::event::TableId;
-use ferry_pipeline::metrics::metrics;
+use ferry_pipeline::runtime::{wait_retry, AbortOnDrop};
 use ferry_pipeline::source::{Source, SourceContext};
 use pgwire_replication::{Lsn, ReplicationConfig};
 use tokio_postgres::{Client, NoTls};
@@ -275,11 +275,12 @@ impl Source for PostgresSource {
         )> = None;
         // Stopped with the source, even when the source is aborted.
         let _heartbeat = (self.cfg.heartbeat_secs > 0).then(|| {
-            HeartbeatTask(tokio::spawn(heartbeat(
+            AbortOnDrop(vec![tokio::spawn(heartbeat(
                 self.cfg.url.expose().to_string(),
                 Duration::from_secs(self.cfg.heartbeat_secs),
                 ctx.shutdown.clone(),
-            )))
+            ))
+            .abort_handle()])
         });
         loop {
             if *ctx.shutdown.borrow() {
@@ -312,33 +313,17 @@ impl Source for PostgresSource {
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if e.disposition() == Disposition::Retry => {
-                    let delay = backoff.next().unwrap_or(self.max_retry_delay);
-                    metrics()
-                        .retries
-                        .with_label_values(&[e.stage.as_str()])
-                        .inc();
-                    metrics()
-                        .errors
-                        .with_label_values(&[e.stage.as_str(), e.class.as_str()])
-                        .inc();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed, reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
+                    if wait_retry(&e, &mut backoff, ctx.shutdown.clone())
+                        .await
+                        .is_err()
+                    {
+                        // Asked to stop while waiting.
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-/// The heartbeat task, aborted when dropped.
-struct HeartbeatTask(tokio::task::JoinHandle<()>);
-
-impl Drop for HeartbeatTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
