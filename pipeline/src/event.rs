@@ -177,6 +177,24 @@ pub struct ChangeEvent {
     pub resume_token: Option<Arc<str>>,
 }
 
+impl ChangeEvent {
+    /// A row read by an initial snapshot: no source position (snapshot rows
+    /// sort before the stream and are never skipped as replays), no
+    /// transaction, read now.
+    pub fn snapshot_read(table: Arc<TableSchema>, row: Row) -> Self {
+        Self {
+            table,
+            op: Op::Read,
+            before: None,
+            after: Some(row),
+            position: Position::default(),
+            xid: None,
+            commit_ts_micros: crate::runtime::now_micros(),
+            resume_token: None,
+        }
+    }
+}
+
 /// An upstream position the source may confirm once everything sent before
 /// it is durable downstream (PostgreSQL: the commit's end LSN, written to the
 /// slot's `confirmed_flush_lsn`).

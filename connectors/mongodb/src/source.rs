@@ -290,17 +290,8 @@ impl MongoSource {
         while let Some(doc) = cursor.next().await {
             let doc = doc.map_err(|e| mongo_err(&format!("scan {name}"), e))?;
             let (table, row) = document_row(shapes, name, &doc).map_err(|e| bson_err(name, &e))?;
-            bus.send(BusMessage::Change(ChangeEvent {
-                table,
-                op: Op::Read,
-                before: None,
-                after: Some(row),
-                position: Position::default(),
-                xid: None,
-                commit_ts_micros: ferry_pipeline::runtime::now_micros(),
-                resume_token: None,
-            }))
-            .await?;
+            bus.send(BusMessage::Change(ChangeEvent::snapshot_read(table, row)))
+                .await?;
             rows += 1;
             counter.inc();
             if last_report.elapsed() > Duration::from_secs(2) {

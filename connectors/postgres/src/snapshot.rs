@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use ferry_pipeline::bus::BusSender;
 use ferry_pipeline::error::{PipelineError, Stage};
-use ferry_pipeline::event::{quote_ident, BusMessage, ChangeEvent, Datum, Op, Position};
+use ferry_pipeline::event::{quote_ident, BusMessage, ChangeEvent, Datum};
 use ferry_pipeline::metrics::metrics;
 use ferry_pipeline::value::Value;
 use futures_util::{pin_mut, StreamExt};
@@ -235,16 +235,10 @@ async fn copy_chunk(
         while let Some(nl) = pending[consumed..].iter().position(|&b| b == b'\n') {
             let line = &pending[consumed..consumed + nl];
             let row = decode_row(t, line)?;
-            bus.send(BusMessage::Change(ChangeEvent {
-                table: Arc::clone(&t.schema),
-                op: Op::Read,
-                before: None,
-                after: Some(row),
-                position: Position::default(),
-                xid: None,
-                commit_ts_micros: ferry_pipeline::runtime::now_micros(),
-                resume_token: None,
-            }))
+            bus.send(BusMessage::Change(ChangeEvent::snapshot_read(
+                Arc::clone(&t.schema),
+                row,
+            )))
             .await?;
             copied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             counter.inc();

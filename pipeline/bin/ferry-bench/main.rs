@@ -279,6 +279,28 @@ async fn measure_lag(
     Ok(lags)
 }
 
+impl Outcome {
+    /// One run's figures from its raw measurements.
+    fn of_run(
+        name: &str,
+        changes: u64,
+        seconds: f64,
+        lags: &[f64],
+        peak_rss_mb: Option<f64>,
+    ) -> Self {
+        Outcome {
+            name: name.into(),
+            changes,
+            seconds,
+            rows_per_sec: changes as f64 / seconds,
+            lag_p50_ms: percentile(lags, 0.5),
+            lag_p99_ms: percentile(lags, 0.99),
+            lag_probes: lags.len(),
+            peak_rss_mb,
+        }
+    }
+}
+
 /// The median of each figure over several runs.
 fn median_outcome(runs: &[Outcome]) -> Outcome {
     let med =
@@ -349,16 +371,13 @@ async fn bench_native(args: &Args) -> anyhow::Result<Outcome> {
     let seconds = done.duration_since(started).as_secs_f64();
     eprintln!("  applied in {seconds:.1}s");
     let lags = measure_lag(&source, &target, args).await?;
-    Ok(Outcome {
-        name: "native (CREATE SUBSCRIPTION)".into(),
+    Ok(Outcome::of_run(
+        "native (CREATE SUBSCRIPTION)",
         changes,
         seconds,
-        rows_per_sec: changes as f64 / seconds,
-        lag_p50_ms: percentile(&lags, 0.5),
-        lag_p99_ms: percentile(&lags, 0.99),
-        lag_probes: lags.len(),
-        peak_rss_mb: None,
-    })
+        &lags,
+        None,
+    ))
 }
 
 /// Waits until the backlog's marker row is in the target.
@@ -544,16 +563,13 @@ url = "{}"
         let _ = std::fs::copy(&log, dir.join("ferry.log"));
     }
     drop(ferry);
-    Ok(Outcome {
-        name: "ferry (embedded bus)".into(),
+    Ok(Outcome::of_run(
+        "ferry (embedded bus)",
         changes,
         seconds,
-        rows_per_sec: changes as f64 / seconds,
-        lag_p50_ms: percentile(&lags, 0.5),
-        lag_p99_ms: percentile(&lags, 0.99),
-        lag_probes: lags.len(),
-        peak_rss_mb: rss,
-    })
+        &lags,
+        rss,
+    ))
 }
 
 fn machine() -> String {

@@ -369,7 +369,7 @@ async fn upsert_one_by_one(
     tb: &TableBatch,
     table: &TableId,
 ) -> Result<(), PipelineError> {
-    let width = tb.schema.columns.len();
+    let all: Vec<usize> = (0..tb.schema.columns.len()).collect();
     let mut pending: Vec<&Vec<Datum>> = tb
         .rows_by_last_touch()
         .into_iter()
@@ -382,16 +382,7 @@ async fn upsert_one_by_one(
         let mut blocked = Vec::new();
         let mut last_error = None;
         for row in &pending {
-            let cols: Vec<params::TextArray> = (0..width)
-                .map(|i| {
-                    let mut b = params::TextArrayBuilder::with_capacity(1);
-                    match row.get(i) {
-                        Some(Datum::Value(v)) => b.push_value(v),
-                        _ => b.push(None),
-                    }
-                    b.finish()
-                })
-                .collect();
+            let cols = params::column_arrays(&[*row], &all).columns;
             tx.batch_execute("SAVEPOINT ferry_row")
                 .await
                 .map_err(|e| pg_err("savepoint", e))?;

@@ -185,7 +185,7 @@ fn prepare_table(tb: &TableBatch) -> PreparedTable {
 
 /// Column-major arrays of the chosen columns of `rows`; a row narrower than
 /// the schema (written before a column was added) reads NULL there.
-fn column_arrays(rows: &[&Vec<Datum>], columns: &[usize]) -> Rows {
+pub(crate) fn column_arrays(rows: &[&Vec<Datum>], columns: &[usize]) -> Rows {
     let mut out: Vec<TextArrayBuilder> = columns
         .iter()
         .map(|_| TextArrayBuilder::with_capacity(rows.len()))
