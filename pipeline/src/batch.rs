@@ -7,7 +7,7 @@
 //! apply what came after". This is what makes multi-row statements possible
 //! without reordering any row's history.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
@@ -151,6 +151,19 @@ fn merge(earlier: &RowChange, later: RowChange) -> RowChange {
     }
 }
 
+/// The offsets of one partition a batch consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumedRange {
+    /// Offset of the first message in the batch.
+    pub first: i64,
+    /// Offset after the last message in the batch: where the partition's
+    /// next owner starts.
+    pub next: i64,
+    /// Source position of the last change applied from the partition (the
+    /// worker skips re-produced changes at or below it).
+    pub position: Option<Position>,
+}
+
 /// A batch under construction, and then applied as a whole.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -163,6 +176,9 @@ pub struct Batch {
     pub last_resume_token: Option<Arc<str>>,
     /// Number of source events folded into the batch.
     pub events: usize,
+    /// Kafka bus only: the messages this batch consumed, per partition. The
+    /// sink records the progress in the same transaction as the rows.
+    pub bus: BTreeMap<(Arc<str>, i32), ConsumedRange>,
     /// Source events per table (index into `tables`) and op, for metrics.
     /// Counted by position rather than by cloning the table's name into a
     /// map for every event: this runs once per change.
@@ -171,7 +187,39 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events == 0 && self.tables.is_empty() && self.last_resume_token.is_none()
+        self.events == 0
+            && self.tables.is_empty()
+            && self.last_resume_token.is_none()
+            && self.bus.is_empty()
+    }
+
+    /// Records a consumed bus message (after its change, if any, was
+    /// pushed). Offsets of a partition arrive in increasing order.
+    pub fn consumed(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+        position: Option<Position>,
+    ) {
+        let r = self
+            .bus
+            .entry((Arc::clone(topic), partition))
+            .or_insert(ConsumedRange {
+                first: offset,
+                next: offset,
+                position: None,
+            });
+        r.next = offset + 1;
+        if position.is_some() {
+            r.position = position;
+        }
+    }
+
+    /// Makes sure the sink knows `schema`'s table (creates it if asked to)
+    /// even when no row of it is in the batch.
+    pub fn touch(&mut self, schema: &Arc<TableSchema>) {
+        self.table_slot(schema);
     }
 
     /// Records a resume point reached without a change to mirror.

@@ -38,3 +38,33 @@ pub trait CheckpointStore: Send {
     /// the checkpoint could not be read, never "no checkpoint".
     fn load(&mut self) -> impl Future<Output = Result<Checkpoint, PipelineError>> + Send;
 }
+
+/// A worker's durable progress on one partition of the Kafka bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The first offset not yet applied.
+    pub next_offset: i64,
+    /// The source position of the last change applied from the partition.
+    pub position: Option<Position>,
+}
+
+/// Where Kafka workers keep their progress: in the sink, written in the
+/// same transaction as the rows (see [`crate::batch::Batch::bus`]).
+///
+/// Contract: [`BusOffsets::load_bus_offsets`] returns what committed
+/// batches wrote, and a sink refuses (with [`STALE_OFFSETS`]) a batch whose
+/// first offset of any partition is below the stored next offset: that
+/// batch was already applied, by this worker before a crash or by another
+/// one after a rebalance.
+pub trait BusOffsets: Send + 'static {
+    /// Stored progress for `partitions` (`(topic, partition)`); a partition
+    /// with none is absent.
+    fn load_bus_offsets(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> impl Future<Output = Result<HashMap<(String, i32), PartitionProgress>, PipelineError>> + Send;
+}
+
+/// The error code of a batch refused because its offsets were already
+/// applied; the worker reloads its progress and consumes again from there.
+pub const STALE_OFFSETS: &str = "ferry-stale-offsets";

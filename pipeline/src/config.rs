@@ -44,6 +44,9 @@ pub struct Config {
     pub sink: SinkConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Required when `pipeline.bus = "kafka"`.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
 }
 
 /// `[pipeline]`
@@ -106,6 +109,80 @@ impl Default for PipelineConfig {
 pub enum BusKind {
     #[default]
     Embedded,
+    /// Sources produce to Kafka topics; workers consume them (`[kafka]`).
+    Kafka,
+}
+
+/// How events are encoded on Kafka.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaEncoding {
+    /// Avro: Confluent wire format with a schema registry when
+    /// `schema_registry_url` is set, else Avro single-object encoding whose
+    /// schemas live in the compacted `<prefix>._schemas` topic.
+    #[default]
+    Avro,
+    /// Self-describing JSON (schema + payload), for debugging.
+    Json,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]` (librdkafka `bootstrap.servers`).
+    pub brokers: String,
+    /// Data topics are `<prefix>.<schema>.<table>`; Ferry's own topics
+    /// (`<prefix>._schemas`, `<prefix>._checkpoints`) share the prefix.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of topics Ferry creates. A TRUNCATE can only be ordered
+    /// with the rows around it on a single partition: with more, the source
+    /// stops on a TRUNCATE rather than reorder it.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    #[serde(default)]
+    pub encoding: KafkaEncoding,
+    /// Confluent Schema Registry (`http://host:8081`); Avro only.
+    #[serde(default)]
+    pub schema_registry_url: Option<String>,
+    /// Consumer group of the workers; `ferry-<pipeline.name>` by default.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Most bytes of produced-but-unacknowledged messages before the source
+    /// waits (backpressure while the broker is slow or away).
+    #[serde(default = "default_max_in_flight_mb")]
+    pub max_in_flight_mb: u64,
+    /// More librdkafka properties for the producer (`"linger.ms" = "5"`).
+    #[serde(default)]
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// More librdkafka properties for the consumer.
+    #[serde(default)]
+    pub consumer: std::collections::BTreeMap<String, String>,
+}
+
+fn default_topic_prefix() -> String {
+    "ferry".into()
+}
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_max_in_flight_mb() -> u64 {
+    64
+}
+
+impl KafkaConfig {
+    /// The consumer group of `pipeline`'s workers.
+    pub fn group(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("ferry-{pipeline}"))
+    }
 }
 
 /// `[source]`
@@ -282,6 +359,72 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
+    if k.brokers.trim().is_empty() {
+        return Err(cfg_err("kafka.brokers", "name at least one host:port"));
+    }
+    // Kafka topic names: [a-zA-Z0-9._-], at most 249; leave room for the
+    // table part.
+    if k.topic_prefix.is_empty()
+        || k.topic_prefix.len() > 100
+        || !k
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(cfg_err(
+            "kafka.topic_prefix",
+            "1 to 100 characters of a-z, A-Z, 0-9, '.', '_' and '-'",
+        ));
+    }
+    if k.partitions < 1 {
+        return Err(cfg_err("kafka.partitions", "must be at least 1"));
+    }
+    if k.replication_factor < 1 {
+        return Err(cfg_err("kafka.replication_factor", "must be at least 1"));
+    }
+    if k.max_in_flight_mb == 0 {
+        return Err(cfg_err("kafka.max_in_flight_mb", "must be at least 1"));
+    }
+    if let Some(url) = &k.schema_registry_url {
+        if !url.starts_with("http://") {
+            return Err(cfg_err(
+                "kafka.schema_registry_url",
+                "expected http://host:port (https is not supported yet)",
+            ));
+        }
+        if k.encoding != KafkaEncoding::Avro {
+            return Err(cfg_err(
+                "kafka.schema_registry_url",
+                "a schema registry holds Avro schemas; set kafka.encoding = \"avro\"",
+            ));
+        }
+    }
+    // Ferry owns the settings its guarantees rest on.
+    const OWNED: [&str; 6] = [
+        "enable.idempotence",
+        "acks",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "group.id",
+    ];
+    for (section, map) in [
+        ("kafka.producer", &k.producer),
+        ("kafka.consumer", &k.consumer),
+    ] {
+        for key in map.keys() {
+            if OWNED.contains(&key.as_str()) || key == "bootstrap.servers" {
+                return Err(cfg_err(
+                    format!("{section}.\"{key}\""),
+                    "set by Ferry (its delivery guarantees depend on it)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
@@ -414,6 +557,16 @@ impl Config {
                     return Err(cfg_err("source.snapshot_batch_size", "must be at least 1"));
                 }
             }
+        }
+        match (&p.bus, &self.kafka) {
+            (BusKind::Kafka, None) => {
+                return Err(cfg_err(
+                    "kafka",
+                    "pipeline.bus = \"kafka\" needs a [kafka] section with `brokers`",
+                ))
+            }
+            (_, Some(k)) => validate_kafka(k)?,
+            (BusKind::Embedded, None) => {}
         }
         match &self.sink {
             SinkConfig::Postgres(s) => {

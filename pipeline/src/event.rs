@@ -239,4 +239,20 @@ pub enum BusMessage {
     Resume {
         resume_token: Arc<str>,
     },
+    /// Kafka bus, worker side: the message at `offset` of a partition was
+    /// consumed (its change, if any, came just before). The sink records
+    /// the partition's progress with the batch.
+    Consumed {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        /// The change's source position, when it had one.
+        position: Option<Position>,
+    },
+    /// Kafka bus, worker side: a table's snapshot started on a multi-
+    /// partition topic. The sink makes sure the table exists but does not
+    /// empty it (other partitions' rows may already be applied).
+    EnsureTable {
+        table: Arc<TableSchema>,
+    },
 }

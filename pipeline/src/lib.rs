@@ -11,6 +11,7 @@ pub mod config;
 pub mod decimal;
 pub mod error;
 pub mod event;
+pub mod kafka;
 pub mod metrics;
 pub mod prerequisite;
 pub mod runtime;

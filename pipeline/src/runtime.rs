@@ -60,68 +60,44 @@ pub async fn run<S: Source, K: Sink>(
     );
     let (bus_tx, bus_rx) = bus::embedded(opts.bus_capacity);
     let (ack_tx, ack_rx) = watch::channel(SourceAck(0));
+    let apply = spawn_apply(
+        bus_rx,
+        sink,
+        ack_tx,
+        ApplyMode::Embedded {
+            seen_up_to: checkpoint.position,
+        },
+        &opts,
+        shutdown.clone(),
+    );
+    drive_source(source, bus_tx, ack_rx, checkpoint, apply, &opts, shutdown).await
+}
+
+/// Runs `source` until it stops, with `downstream` consuming what it sends
+/// (the apply side on the embedded bus, the Kafka producer otherwise) and
+/// releasing acks on `acks`. Returns the first error of either side.
+pub async fn drive_source<S: Source>(
+    source: S,
+    bus: bus::BusSender,
+    acks: watch::Receiver<SourceAck>,
+    checkpoint: Checkpoint,
+    downstream: Spawned,
+    opts: &RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
     let ctx = SourceContext {
-        bus: bus_tx,
-        acks: ack_rx,
-        checkpoint: checkpoint.clone(),
+        bus,
+        acks,
+        checkpoint,
         shutdown: shutdown.clone(),
     };
     let span = tracing::info_span!("source", pipeline = %opts.pipeline);
     let mut source_task = tokio::spawn(source.run(ctx).instrument(span));
-    // One job queued at most: the builder waits for the writer rather than
-    // piling batches up (memory stays bounded by about two batches).
-    let (job_tx, job_rx) = mpsc::channel(1);
-    let (done_tx, done_rx) = watch::channel(0u64);
-    let writer = Writer {
-        sink,
-        acks: ack_tx,
-        done: done_tx,
-        opts: opts.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let apply: ApplyLoop<K> = ApplyLoop {
-        rx: bus_rx,
-        seen_up_to: checkpoint.position,
-        opts: opts.clone(),
-        shutdown: shutdown.clone(),
-        jobs: job_tx,
-        done: done_rx,
-        sent: 0,
-        batch: Batch::default(),
-        pending_ack: None,
-        last_commit_ts: None,
-    };
-    let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
-    let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
-    let apply_task = tokio::spawn(apply.run().instrument(span));
-    // Whatever way this function returns, no task of this pipeline keeps
-    // running detached (aborting a JoinHandle's owner does not stop it).
-    let _tasks = AbortOnDrop(vec![
-        source_task.abort_handle(),
-        writer_task.abort_handle(),
-        apply_task.abort_handle(),
-    ]);
-    // The writer's result is the apply side's result: the builder only
-    // stops early when the writer did (or on a bug, which it logs).
-    let mut apply_task = tokio::spawn(async move {
-        match apply_task.await {
-            Ok(Ok(())) => flatten(writer_task.await),
-            Ok(Err(WriterGone)) => match flatten((&mut writer_task).await) {
-                Err(e) => Err(e),
-                Ok(()) => Err(PipelineError::fatal(
-                    Stage::Sink,
-                    "the apply loop stopped unexpectedly",
-                )),
-            },
-            Err(e) => {
-                writer_task.abort();
-                Err(PipelineError::fatal(
-                    Stage::Sink,
-                    format!("apply loop panicked: {e}"),
-                ))
-            }
-        }
-    });
+    let Spawned {
+        task: mut apply_task,
+        abort: _downstream_tasks,
+    } = downstream;
+    let _source = AbortOnDrop(vec![source_task.abort_handle()]);
     tokio::select! {
         res = &mut apply_task => match flatten(res) {
             // The apply loop also ends (Ok) when the bus closes, which is
@@ -147,6 +123,96 @@ pub async fn run<S: Source, K: Sink>(
     }
 }
 
+/// A spawned part of a pipeline: its result, and the tasks to abort when
+/// the pipeline stops.
+pub struct Spawned {
+    pub task: tokio::task::JoinHandle<Result<(), PipelineError>>,
+    pub abort: AbortOnDrop,
+}
+
+/// Called after each batch commit with the next offset of every partition
+/// the batch consumed (the Kafka worker commits them to the group).
+pub type AfterCommit = Arc<dyn Fn(&[(Arc<str>, i32, i64)]) + Send + Sync>;
+
+/// How the apply side recognizes replays.
+pub enum ApplyMode {
+    /// One ordered stream: changes at or below the highest position seen
+    /// (starting at the checkpoint) are replays.
+    Embedded { seen_up_to: Option<Position> },
+    /// Kafka worker: the consumer already skipped replays per partition;
+    /// progress travels as [`BusMessage::Consumed`].
+    Worker { after_commit: AfterCommit },
+}
+
+/// Starts the apply side (batch builder and writer) on `rx`.
+pub fn spawn_apply<K: Sink>(
+    rx: BusReceiver,
+    sink: K,
+    acks: watch::Sender<SourceAck>,
+    mode: ApplyMode,
+    opts: &RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Spawned {
+    let (seen_up_to, skip_replays, after_commit) = match mode {
+        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None),
+        ApplyMode::Worker { after_commit } => (None, false, Some(after_commit)),
+    };
+    // One job queued at most: the builder waits for the writer rather than
+    // piling batches up (memory stays bounded by about two batches).
+    let (job_tx, job_rx) = mpsc::channel(1);
+    let (done_tx, done_rx) = watch::channel(0u64);
+    let writer = Writer {
+        sink,
+        acks,
+        done: done_tx,
+        opts: opts.clone(),
+        shutdown: shutdown.clone(),
+        after_commit,
+    };
+    let apply: ApplyLoop<K> = ApplyLoop {
+        rx,
+        seen_up_to,
+        skip_replays,
+        opts: opts.clone(),
+        shutdown,
+        jobs: job_tx,
+        done: done_rx,
+        sent: 0,
+        batch: Batch::default(),
+        pending_ack: None,
+        last_commit_ts: None,
+    };
+    let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
+    let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
+    let apply_task = tokio::spawn(apply.run().instrument(span));
+    // Whatever way the pipeline stops, no task of it keeps running
+    // detached (aborting a JoinHandle's owner does not stop it).
+    let handles = vec![writer_task.abort_handle(), apply_task.abort_handle()];
+    // The writer's result is the apply side's result: the builder only
+    // stops early when the writer did (or on a bug, which it logs).
+    let task = tokio::spawn(async move {
+        match apply_task.await {
+            Ok(Ok(())) => flatten(writer_task.await),
+            Ok(Err(WriterGone)) => match flatten((&mut writer_task).await) {
+                Err(e) => Err(e),
+                Ok(()) => Err(PipelineError::fatal(
+                    Stage::Sink,
+                    "the apply loop stopped unexpectedly",
+                )),
+            },
+            Err(e) => {
+                writer_task.abort();
+                Err(PipelineError::fatal(
+                    Stage::Sink,
+                    format!("apply loop panicked: {e}"),
+                ))
+            }
+        }
+    });
+    let abort = AbortOnDrop(handles.into_iter().chain([task.abort_handle()]).collect());
+    Spawned { task, abort }
+}
+
 /// Aborts tasks when dropped: a task tied to the lifetime of its owner,
 /// even when the owner is itself aborted.
 pub struct AbortOnDrop(pub Vec<tokio::task::AbortHandle>);
@@ -159,7 +225,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn flatten(
+pub fn flatten(
     res: Result<Result<(), PipelineError>, tokio::task::JoinError>,
 ) -> Result<(), PipelineError> {
     match res {
@@ -172,7 +238,7 @@ fn flatten(
     }
 }
 
-async fn load_checkpoint<K: CheckpointStore>(
+pub async fn load_checkpoint<K: CheckpointStore>(
     sink: &mut K,
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
@@ -223,6 +289,8 @@ pub async fn wait_retry(
 /// What the runtime reports about a batch once it is written.
 struct Summary {
     events: usize,
+    /// Next offset per consumed partition (Kafka bus).
+    bus_offsets: Vec<(Arc<str>, i32, i64)>,
     counts: Vec<(TableId, crate::event::Op, u64)>,
     last_position: Option<Position>,
 }
@@ -248,6 +316,7 @@ struct Writer<K: Sink> {
     done: watch::Sender<u64>,
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
+    after_commit: Option<AfterCommit>,
 }
 
 impl<K: Sink> Writer<K> {
@@ -307,6 +376,11 @@ impl<K: Sink> Writer<K> {
                     .with_label_values(&[&self.opts.pipeline])
                     .set(lag);
             }
+            if let Some(after) = &self.after_commit {
+                if !summary.bus_offsets.is_empty() {
+                    after(&summary.bus_offsets);
+                }
+            }
             debug!(
                 events = summary.events,
                 position = ?summary.last_position,
@@ -345,6 +419,8 @@ struct ApplyLoop<K: Sink> {
     /// from the slot's confirmed position) and is skipped: re-applying it
     /// could move a row back to an older state.
     seen_up_to: Option<Position>,
+    /// Whether to skip by `seen_up_to` (one ordered stream only).
+    skip_replays: bool,
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
     jobs: mpsc::Sender<Job<Option<K::Prepared>>>,
@@ -384,6 +460,11 @@ impl<K: Sink> ApplyLoop<K> {
         let batch = std::mem::take(&mut self.batch);
         let summary = Summary {
             events: batch.events,
+            bus_offsets: batch
+                .bus
+                .iter()
+                .map(|((t, p), r)| (Arc::clone(t), *p, r.next))
+                .collect(),
             counts,
             last_position: batch.last_position,
         };
@@ -447,7 +528,7 @@ impl<K: Sink> ApplyLoop<K> {
                 match msg {
                     BusMessage::Change(ev) => {
                         at_boundary = false;
-                        if ev.position.commit_lsn != 0 {
+                        if self.skip_replays && ev.position.commit_lsn != 0 {
                             if Some(ev.position) <= self.seen_up_to {
                                 continue;
                             }
@@ -480,6 +561,20 @@ impl<K: Sink> ApplyLoop<K> {
                     BusMessage::Resume { resume_token } => {
                         at_boundary = true;
                         self.batch.resume_at(resume_token);
+                    }
+                    BusMessage::Consumed {
+                        topic,
+                        partition,
+                        offset,
+                        position,
+                    } => {
+                        // Kafka messages are not grouped in transactions:
+                        // every message is a boundary.
+                        at_boundary = true;
+                        self.batch.consumed(&topic, partition, offset, position);
+                    }
+                    BusMessage::EnsureTable { table } => {
+                        self.batch.touch(&table);
                     }
                     BusMessage::Idle { ack } => {
                         at_boundary = true;

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod mongo;
 
 use std::path::{Path, PathBuf};
@@ -17,12 +18,17 @@ use std::time::{Duration, Instant};
 use ferry_pipeline::event::TableId;
 use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 
-/// A source and a target cluster with one fresh database each.
+use kafka::{Bus, KafkaBroker};
+
+/// A source and a target cluster with one fresh database each, and on the
+/// Kafka bus (`FERRY_TEST_BUS=kafka`, see [`kafka::bus`]) a broker.
 pub struct Pair {
     pub source: LocalCluster,
     pub target: LocalCluster,
     pub db: String,
     pub dir: tempfile::TempDir,
+    /// `Some` on the Kafka bus: every config of this pair uses it.
+    pub kafka: Option<KafkaBroker>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -36,12 +42,26 @@ pub fn unique_db(prefix: &str) -> String {
     )
 }
 
+/// A broker when the suite runs on the Kafka bus, started off the async
+/// workers (the start blocks); its panic stays the test's panic.
+pub async fn start_kafka_for_bus() -> Option<KafkaBroker> {
+    match kafka::bus() {
+        Bus::Embedded => None,
+        Bus::Kafka => match tokio::task::spawn_blocking(KafkaBroker::start).await {
+            Ok(broker) => Some(broker),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+    }
+}
+
 impl Pair {
-    /// Starts both clusters and creates the test's database on each.
+    /// Starts both clusters (and the broker on the Kafka bus) and creates
+    /// the test's database on each cluster.
     pub async fn start(prefix: &str) -> Pair {
-        let (source, target) = tokio::join!(
+        let (source, target, kafka) = tokio::join!(
             LocalCluster::start(ClusterOptions::default()),
-            LocalCluster::start(ClusterOptions::default())
+            LocalCluster::start(ClusterOptions::default()),
+            start_kafka_for_bus()
         );
         let source = source.expect("start source PostgreSQL (see TEST-SERVICES in the README)");
         let target = target.expect("start target PostgreSQL");
@@ -53,6 +73,7 @@ impl Pair {
             target,
             db,
             dir: tempfile::tempdir().expect("temp dir"),
+            kafka,
         }
     }
 
@@ -64,8 +85,12 @@ impl Pair {
         self.target.connect(&self.db).await.expect("connect target")
     }
 
-    /// Writes a config for `tables` and returns its path. `extra` is
-    /// appended verbatim (more keys for `[pipeline]` go in `pipeline_extra`).
+    /// Writes a config for `tables` and returns its path. `source_extra` is
+    /// appended verbatim to `[source]` (more keys for `[pipeline]` go in
+    /// `pipeline_extra`). On the Kafka bus the config also has
+    /// `bus = "kafka"` (unless `pipeline_extra` names a bus) and a `[kafka]`
+    /// section for [`Self::kafka`] whose topic prefix is the database and
+    /// the pipeline's name: every config of one pipeline finds its topics.
     pub fn config(&self, tables: &[&str], pipeline_extra: &str, source_extra: &str) -> PathBuf {
         let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
         let text = format!(
@@ -92,10 +117,15 @@ url = "{dst}"
             dst = self.target.url(&self.db),
             tables = tables.join(", "),
         );
-        let path = self.dir.path().join(format!(
-            "ferry-{}.toml",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let text = match &self.kafka {
+            Some(k) => {
+                let prefix = format!("{}_{}", self.db, kafka::pipeline_name(&text));
+                kafka::with_kafka_bus(&text, k.port, &prefix, 1)
+            }
+            None => text,
+        };
+        let path = self.dir.path().join(format!("ferry-{n}.toml"));
         std::fs::write(&path, text).expect("write config");
         path
     }

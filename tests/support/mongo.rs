@@ -22,7 +22,8 @@ use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
-use super::unique_db;
+use super::kafka::{with_kafka_bus, KafkaBroker};
+use super::{start_kafka_for_bus, unique_db};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -261,8 +262,9 @@ impl Drop for MongoServer {
     }
 }
 
-/// A MongoDB server, a PostgreSQL target cluster with a fresh database, and
-/// a temp dir for configs and logs: what every MongoDB → PostgreSQL test
+/// A MongoDB server, a PostgreSQL target cluster with a fresh database, a
+/// temp dir for configs and logs, and on the Kafka bus
+/// (`FERRY_TEST_BUS=kafka`) a broker: what every MongoDB → PostgreSQL test
 /// starts.
 pub struct MongoToPg {
     pub mongo: MongoServer,
@@ -272,15 +274,18 @@ pub struct MongoToPg {
     /// The MongoDB database Ferry mirrors.
     pub mongo_db: String,
     pub dir: tempfile::TempDir,
+    /// `Some` on the Kafka bus: every config of this fixture uses it.
+    pub kafka: Option<KafkaBroker>,
 }
 
 impl MongoToPg {
     /// Starts both servers (concurrently). The MongoDB database is `app`;
     /// without `schema` in the sink config the target schema is `app` too.
     pub async fn start(prefix: &str, opts: MongoOptions) -> MongoToPg {
-        let (mongo, target) = tokio::join!(
+        let (mongo, target, kafka) = tokio::join!(
             MongoServer::start(opts),
-            LocalCluster::start(ClusterOptions::default())
+            LocalCluster::start(ClusterOptions::default()),
+            start_kafka_for_bus()
         );
         let target = target.expect("start target PostgreSQL");
         let pg_db = unique_db(prefix);
@@ -294,6 +299,7 @@ impl MongoToPg {
             pg_db,
             mongo_db: "app".to_owned(),
             dir: tempfile::tempdir().expect("temp dir"),
+            kafka,
         }
     }
 
@@ -319,7 +325,9 @@ impl MongoToPg {
     }
 
     /// [`Self::config`] with another target database of the cluster (its
-    /// own checkpoint: a pipeline that starts from scratch).
+    /// own checkpoint: a pipeline that starts from scratch). On the Kafka
+    /// bus every config gets `bus = "kafka"` and a `[kafka]` section with a
+    /// topic prefix of its own.
     pub fn config_into(
         &self,
         pg_db: &str,
@@ -335,10 +343,15 @@ impl MongoToPg {
             source_extra,
             sink_extra,
         );
-        let path = self.dir.path().join(format!(
-            "ferry-mongo-{}.toml",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let text = match &self.kafka {
+            Some(k) => {
+                let prefix = format!("{pg_db}_m_{}", super::kafka::pipeline_name(&text));
+                with_kafka_bus(&text, k.port, &prefix, 1)
+            }
+            None => text,
+        };
+        let path = self.dir.path().join(format!("ferry-mongo-{n}.toml"));
         std::fs::write(&path, text).expect("write config");
         path
     }

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_mongodb_source::MongoSource;
-use ferry_pipeline::config::{Config, SinkConfig, SourceConfig};
+use ferry_pipeline::config::{BusKind, Config, SinkConfig, SourceConfig};
 use ferry_pipeline::event::TableId;
+use ferry_pipeline::kafka::{self, worker::Subscription};
 use ferry_pipeline::runtime::{self, RuntimeOptions};
 use ferry_pipeline::telemetry::{self, LogFormat};
 use ferry_postgres_sink::PostgresSink;
@@ -50,12 +51,25 @@ enum LogFormatArg {
     Json,
 }
 
+/// Which part of a pipeline a process runs.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Role {
+    Source,
+    Worker,
+    All,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline: snapshot what is not copied yet, then stream.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// With `pipeline.bus = "kafka"`: run only the source (producing to
+        /// Kafka), only a worker (consuming and writing to the sink), or
+        /// both in this process.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
     },
     /// Check the configuration and the databases' prerequisites.
     Check {
@@ -90,7 +104,7 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Run { config } => run(&config).await,
+            Command::Run { config, role } => run(&config, role).await,
             Command::Check { config } => check(&config).await,
             Command::Parity { config } => parity(&config).await,
             Command::Demo(args) => demo::run(args).await,
@@ -145,7 +159,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn run(path: &Path) -> u8 {
+async fn run(path: &Path, role: Role) -> u8 {
     let config = match load(path).await {
         Ok(c) => c,
         Err(code) => return code,
@@ -159,7 +173,7 @@ async fn run(path: &Path) -> u8 {
             }
         }
     }
-    match run_pipeline(&config, shutdown_signal()).await {
+    match run_pipeline(&config, role, shutdown_signal()).await {
         Ok(()) => exit::OK,
         Err(e) => {
             tracing::error!(error = %e, "pipeline stopped");
@@ -172,10 +186,57 @@ async fn run(path: &Path) -> u8 {
 /// Wires the configured source and sink into the runtime.
 pub(crate) async fn run_pipeline(
     config: &Config,
+    role: Role,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ferry_pipeline::error::PipelineError> {
     let opts = RuntimeOptions::from(&config.pipeline);
     let SinkConfig::Postgres(dst) = &config.sink;
+    if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
+        let source = async {
+            match &config.source {
+                SourceConfig::Postgres(src) => {
+                    let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
+                    kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+                }
+                SourceConfig::Mongodb(src) => {
+                    let source = MongoSource::new(src.clone(), opts.max_retry_delay);
+                    kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+                }
+            }
+        };
+        let subscription = match &config.source {
+            SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
+            other => {
+                let topics = kafka::Topics::new(&k.topic_prefix);
+                Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
+            }
+        };
+        let name = config.pipeline.name.clone();
+        let worker = kafka::worker::run(
+            k,
+            subscription,
+            || {
+                (
+                    PostgresSink::new(dst.clone(), name.clone()),
+                    PostgresSink::new(dst.clone(), name.clone()),
+                )
+            },
+            opts.clone(),
+            shutdown.clone(),
+        );
+        return match role {
+            Role::Source => source.await,
+            Role::Worker => worker.await,
+            // Both in one process: the first error stops both.
+            Role::All => tokio::try_join!(source, worker).map(|_| ()),
+        };
+    }
+    if role != Role::All {
+        return Err(ferry_pipeline::error::PipelineError::fatal(
+            ferry_pipeline::error::Stage::Source,
+            "--role source|worker needs pipeline.bus = \"kafka\"",
+        ));
+    }
     let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     match &config.source {
         SourceConfig::Postgres(src) => {

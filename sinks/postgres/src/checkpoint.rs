@@ -1,7 +1,12 @@
 //! The pipeline's bookkeeping in the target: the applied position and the
 //! completed snapshots, written in the same transaction as the data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ferry_pipeline::batch::ConsumedRange;
+use ferry_pipeline::checkpoint::{PartitionProgress, STALE_OFFSETS};
+use ferry_pipeline::error::Stage;
 
 use ferry_pipeline::checkpoint::{Checkpoint, SnapshotRecord};
 use ferry_pipeline::error::PipelineError;
@@ -29,6 +34,16 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
                  state        jsonb NOT NULL,
                  completed_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, table_schema, table_name)
+             );
+             CREATE TABLE IF NOT EXISTS public.ferry_bus_offsets (
+                 pipeline    text NOT NULL,
+                 topic       text NOT NULL,
+                 partition   integer NOT NULL,
+                 next_offset bigint NOT NULL,
+                 commit_lsn  pg_lsn,
+                 ordinal     bigint,
+                 updated_at  timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, topic, partition)
              );",
         )
         .await
@@ -116,6 +131,99 @@ pub async fn save_position(
     .await
     .map_err(|e| pg_err("write ferry_checkpoint", e))?;
     Ok(())
+}
+
+/// Records a Kafka worker's progress (inside the batch's transaction),
+/// first thing in it: the row lock this takes serializes two workers that
+/// both believe they own a partition, and a batch whose first offset is
+/// below the stored next offset was already applied, by this worker before
+/// a crash or by another since a rebalance: it is refused with
+/// [`STALE_OFFSETS`] and nothing of it is written.
+pub async fn save_bus_offsets(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    bus: &BTreeMap<(Arc<str>, i32), ConsumedRange>,
+) -> Result<(), PipelineError> {
+    for ((topic, partition), r) in bus {
+        let lsn = r.position.map(|p| p.commit_lsn.to_string());
+        let ordinal = r.position.map(|p| p.ordinal as i64);
+        let applied = tx
+            .query_opt(
+                "INSERT INTO public.ferry_bus_offsets AS o
+                     (pipeline, topic, partition, next_offset, commit_lsn, ordinal)
+                 VALUES ($1, $2, $3, $4, ('0/0'::pg_lsn + $5::text::numeric), $6)
+                 ON CONFLICT (pipeline, topic, partition) DO UPDATE
+                    SET next_offset = EXCLUDED.next_offset,
+                        commit_lsn = coalesce(EXCLUDED.commit_lsn, o.commit_lsn),
+                        ordinal = CASE WHEN EXCLUDED.commit_lsn IS NULL THEN o.ordinal ELSE EXCLUDED.ordinal END,
+                        updated_at = now()
+                  WHERE o.next_offset <= $7
+                 RETURNING 1",
+                &[
+                    &pipeline,
+                    &topic.as_ref(),
+                    partition,
+                    &r.next,
+                    &lsn,
+                    &ordinal,
+                    &r.first,
+                ],
+            )
+            .await
+            .map_err(|e| pg_err("write ferry_bus_offsets", e))?;
+        if applied.is_none() {
+            return Err(PipelineError::fatal(
+                Stage::Sink,
+                format!(
+                    "offsets {}..{} of {topic}[{partition}] were already applied (another worker, or an earlier attempt)",
+                    r.first, r.next
+                ),
+            )
+            .with_code(STALE_OFFSETS));
+        }
+    }
+    Ok(())
+}
+
+/// A Kafka worker's stored progress for `partitions`.
+pub async fn load_bus_offsets(
+    client: &impl GenericClient,
+    pipeline: &str,
+    partitions: &[(String, i32)],
+) -> Result<HashMap<(String, i32), PartitionProgress>, PipelineError> {
+    let topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+    let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+    let rows = client
+        .query(
+            "SELECT o.topic, o.partition, o.next_offset, (o.commit_lsn - '0/0'::pg_lsn)::text, o.ordinal
+               FROM public.ferry_bus_offsets o
+               JOIN unnest($2::text[], $3::int[]) AS w(topic, partition)
+                 ON w.topic = o.topic AND w.partition = o.partition
+              WHERE o.pipeline = $1",
+            &[&pipeline, &topics, &parts],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_bus_offsets", e))?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let lsn: Option<String> = r.get(3);
+        let ordinal: Option<i64> = r.get(4);
+        let position = match (lsn.and_then(|l| l.parse::<u64>().ok()), ordinal) {
+            (Some(commit_lsn), Some(o)) if commit_lsn != 0 => Some(Position {
+                commit_lsn,
+                ordinal: o as u64,
+            }),
+            _ => None,
+        };
+        out.insert(
+            (r.get::<_, String>(0), r.get::<_, i32>(1)),
+            PartitionProgress {
+                next_offset: r.get(2),
+                position,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Forgets a table's snapshot (it is being copied again).

@@ -17,7 +17,7 @@ pub mod target;
 use std::collections::HashMap;
 
 use ferry_pipeline::batch::{Batch, RowChange, TableBatch};
-use ferry_pipeline::checkpoint::{Checkpoint, CheckpointStore};
+use ferry_pipeline::checkpoint::{BusOffsets, Checkpoint, CheckpointStore, PartitionProgress};
 use ferry_pipeline::config::PostgresSinkConfig;
 use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{quote_ident, Datum, TableId};
@@ -127,7 +127,11 @@ impl PostgresSink {
             let attempt = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-            if let (true, Some(p)) = (recheck, batch.last_position) {
+            if !batch.bus.is_empty() {
+                // Kafka worker: progress per partition, fenced (first, so
+                // that its row locks are taken before any data is written).
+                checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
+            } else if let (true, Some(p)) = (recheck, batch.last_position) {
                 // A retry after an error around COMMIT: if the batch did
                 // land, writing it again would be harmless for upserts but
                 // not for a rekey (its old key is gone).
@@ -152,7 +156,11 @@ impl PostgresSink {
                 })?;
                 apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one).await?;
             }
-            if batch.last_position.is_some() || batch.last_resume_token.is_some() {
+            // A worker's positions come from several partitions and do not
+            // form one order: its progress is in ferry_bus_offsets only.
+            if batch.bus.is_empty()
+                && (batch.last_position.is_some() || batch.last_resume_token.is_some())
+            {
                 checkpoint::save_position(
                     &tx,
                     &pipeline,
@@ -198,6 +206,17 @@ impl CheckpointStore for PostgresSink {
         let pipeline = self.pipeline.clone();
         let client = self.client().await?;
         checkpoint::load(client, &pipeline).await
+    }
+}
+
+impl BusOffsets for PostgresSink {
+    async fn load_bus_offsets(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), PartitionProgress>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        checkpoint::load_bus_offsets(client, &pipeline, partitions).await
     }
 }
 

@@ -1,0 +1,284 @@
+//! The Kafka bus: sources produce each change to a topic per source table,
+//! keyed by primary key; workers consume those topics in a consumer group
+//! and apply them to the sink.
+//!
+//! Guarantees, and where they come from:
+//! - Per-row order: one key always lands on one partition (librdkafka's
+//!   `murmur2_random` partitioner, the Java client's default), and the
+//!   idempotent producer (`enable.idempotence`, `acks=all`) never reorders
+//!   or duplicates within a producer session.
+//! - Nothing lost: the source confirms a position upstream (slot ack,
+//!   stored resume token) only after Kafka acknowledged every message
+//!   before it ([`producer`]).
+//! - Nothing applied twice, even across rebalances: the worker's progress
+//!   (next offset and last source position per partition) is written by the
+//!   sink in the same transaction as the rows; a new owner of a partition
+//!   starts exactly there, and a write whose offsets another worker already
+//!   passed is refused ([`crate::checkpoint::BusOffsets`], [`worker`]).
+//!   Kafka's own committed offsets follow the sink's, for lag tooling.
+//! - Never a silent skip: offsets out of range and vanished topics stop the
+//!   worker with a message (`auto.offset.reset=error`).
+
+pub mod envelope;
+pub mod producer;
+pub mod registry;
+pub mod schema_store;
+pub mod source_checkpoint;
+pub mod worker;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::KafkaConfig;
+use crate::error::{ErrorClass, PipelineError, Stage};
+use crate::event::TableId;
+
+/// Names Ferry's topics.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `<prefix>.<schema>.<table>`, with characters Kafka does not allow in
+    /// topic names replaced by `_`.
+    pub fn data(&self, table: &TableId) -> String {
+        format!(
+            "{}.{}.{}",
+            self.prefix,
+            topic_part(&table.schema),
+            topic_part(&table.name)
+        )
+    }
+
+    /// Writer schemas of the self-describing Avro encoding (compacted).
+    pub fn schemas(&self) -> String {
+        format!("{}._schemas", self.prefix)
+    }
+
+    /// The sources' checkpoints (compacted, keyed by pipeline).
+    pub fn checkpoints(&self) -> String {
+        format!("{}._checkpoints", self.prefix)
+    }
+}
+
+fn topic_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The settings every Ferry client shares, then the user's extras.
+pub fn client_config(
+    k: &KafkaConfig,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        // Reconnect quickly after a broker blip, but back off exponentially.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "5000")
+        .set("socket.keepalive.enable", "true");
+    for (key, v) in extra {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Classifies a Kafka client error: a broker that is away, slow or
+/// electing a leader is transient; authentication, authorization, invalid
+/// configuration and a fatal idempotence state stop the pipeline.
+pub fn classify(e: &KafkaError) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => return ErrorClass::Fatal,
+        other => other.rdkafka_error_code(),
+    };
+    match code {
+        Some(
+            C::Authentication
+            | C::SaslAuthenticationFailed
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidConfig
+            | C::Fatal
+            | C::OutOfOrderSequenceNumber
+            | C::UnknownProducerId
+            | C::InvalidProducerEpoch
+            | C::ProducerFenced
+            | C::OffsetOutOfRange
+            | C::AutoOffsetReset
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::MessageSizeTooLarge,
+        ) => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A Kafka error as a pipeline error, with the librdkafka code.
+pub fn kafka_err(stage: Stage, what: &str, e: KafkaError) -> PipelineError {
+    let class = classify(&e);
+    let code = e
+        .rdkafka_error_code()
+        .map(|c| format!("{c:?}"))
+        .unwrap_or_else(|| "client".into());
+    PipelineError::new(class, stage, format!("{what}: {e}"))
+        .with_code(code)
+        .with_source(e)
+}
+
+/// Creates the topics that are missing, with the configured partitions and
+/// replication (compacted when `compact`). Topics that exist are left as
+/// they are.
+pub async fn ensure_topics(
+    k: &KafkaConfig,
+    names: &[String],
+    compact: bool,
+    stage: Stage,
+) -> Result<(), PipelineError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(k, &Default::default())
+            .create()
+            .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))?;
+    // Ferry's own compacted topics hold one small record per key: one
+    // partition keeps them in one order.
+    let partitions = if compact { 1 } else { k.partitions };
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            let t = NewTopic::new(n, partitions, TopicReplication::Fixed(k.replication_factor));
+            if compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(topics.iter(), &opts)
+        .await
+        .map_err(|e| kafka_err(stage, "create Kafka topics", e))?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                let e = KafkaError::AdminOp(code);
+                return Err(kafka_err(stage, &format!("create Kafka topic {name}"), e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Partitions of `topic`, from the broker's metadata.
+pub fn partition_count(
+    client: &rdkafka::client::Client<impl rdkafka::client::ClientContext>,
+    topic: &str,
+    stage: Stage,
+) -> Result<usize, PipelineError> {
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| kafka_err(stage, &format!("read metadata of topic {topic}"), e))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| PipelineError::fatal(stage, format!("topic {topic} does not exist")))?;
+    if let Some(e) = t.error() {
+        let e = KafkaError::MetadataFetch(e.into());
+        return Err(kafka_err(stage, &format!("topic {topic}"), e));
+    }
+    Ok(t.partitions().len())
+}
+
+/// Runs `source` into Kafka (`ferry run --role source`) until `shutdown`
+/// (Ok) or an error that cannot be retried.
+pub async fn run_source<S: crate::source::Source>(
+    source: S,
+    k: &KafkaConfig,
+    opts: crate::runtime::RuntimeOptions,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let topics = Topics::new(&k.topic_prefix);
+    let mut own = vec![topics.checkpoints()];
+    if k.schema_registry_url.is_none() && k.encoding == crate::config::KafkaEncoding::Avro {
+        own.push(topics.schemas());
+    }
+    let mut backoff = crate::error::retry_backoff(opts.max_retry_delay);
+    let checkpoint = loop {
+        let attempt = async {
+            ensure_topics(k, &own, true, Stage::Source).await?;
+            source_checkpoint::load(k, &opts.pipeline).await
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) if e.disposition() == crate::error::Disposition::Retry => {
+                crate::runtime::wait_retry(&e, &mut backoff, shutdown.clone()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!(
+        snapshots_done = checkpoint.snapshots.len(),
+        resume_token = checkpoint.resume_token.is_some(),
+        "loaded the source checkpoint from Kafka"
+    );
+    let (bus_tx, bus_rx) = crate::bus::embedded(opts.bus_capacity);
+    let (ack_tx, ack_rx) = tokio::sync::watch::channel(crate::event::SourceAck(0));
+    let downstream = producer::spawn(k, &opts.pipeline, bus_rx, ack_tx, checkpoint.clone())?;
+    crate::runtime::drive_source(
+        source, bus_tx, ack_rx, checkpoint, downstream, &opts, shutdown,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_kafka_safe() {
+        let t = Topics::new("ferry");
+        assert_eq!(
+            t.data(&TableId::new("public", "orders")),
+            "ferry.public.orders"
+        );
+        assert_eq!(t.data(&TableId::new("my db", "a.b$c")), "ferry.my_db.a_b_c");
+        assert_eq!(t.schemas(), "ferry._schemas");
+        assert_eq!(t.checkpoints(), "ferry._checkpoints");
+    }
+
+    #[test]
+    fn classification() {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure);
+        assert_eq!(classify(&e), ErrorClass::Transient);
+        let e = KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange);
+        assert_eq!(classify(&e), ErrorClass::Fatal);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        assert_eq!(classify(&e), ErrorClass::Fatal);
+    }
+}

@@ -1,0 +1,409 @@
+//! The source side of the Kafka bus: what a source sends is produced to a
+//! topic per source table, keyed by primary key, and the source's
+//! acknowledgements are released only once Kafka acknowledged every
+//! message before them.
+//!
+//! Two tasks: the *producer* encodes and enqueues messages (librdkafka
+//! batches and retries them; a full queue makes it wait, which makes the
+//! source wait: memory stays bounded however long the broker is away), and
+//! the *tracker* awaits deliveries in enqueue order and releases what each
+//! one makes durable: source acks, completed snapshots, resume tokens.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::envelope::{Encoder, NewSchema};
+use super::{
+    client_config, ensure_topics, kafka_err, partition_count, schema_store, source_checkpoint,
+    Topics,
+};
+use crate::bus::BusReceiver;
+use crate::checkpoint::{Checkpoint, SnapshotRecord};
+use crate::config::KafkaConfig;
+use crate::error::{PipelineError, Stage};
+use crate::event::{BusMessage, ChangeEvent, Op, SourceAck, TableId, TableSchema};
+use crate::metrics::metrics;
+use crate::runtime::{AbortOnDrop, Spawned};
+
+/// Header with the change's source position (`LSN#ordinal`).
+pub const HEADER_POSITION: &str = "ferry.position";
+/// Header with the source transaction id.
+pub const HEADER_XID: &str = "ferry.xid";
+/// Header marking a snapshot start: `truncate` (single partition: empty the
+/// target table first) or `keep` (several partitions: only create it).
+pub const HEADER_SNAPSHOT_START: &str = "ferry.snapshot-start";
+
+/// Creates the idempotent producer Ferry's guarantees rest on.
+pub fn create_producer(k: &KafkaConfig) -> Result<FutureProducer, PipelineError> {
+    let kbytes = (k.max_in_flight_mb * 1024).min(i32::MAX as u64);
+    client_config(k, &k.producer)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The Java client's partitioner: the same key lands on the same
+        // partition whichever client produced it.
+        .set("partitioner", "murmur2_random")
+        // A broker that is away is waited for (librdkafka retries with
+        // exponential backoff); the queue bound below is the backpressure.
+        .set("delivery.timeout.ms", "2147483647")
+        .set("queue.buffering.max.kbytes", kbytes.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set_default_linger()
+        .create()
+        .map_err(|e| kafka_err(Stage::Source, "create the Kafka producer", e))
+}
+
+trait LingerDefault {
+    fn set_default_linger(&mut self) -> &mut Self;
+}
+
+impl LingerDefault for rdkafka::config::ClientConfig {
+    /// 5 ms unless the user chose: batches well without adding lag.
+    fn set_default_linger(&mut self) -> &mut Self {
+        if self.get("linger.ms").is_none() {
+            self.set("linger.ms", "5");
+        }
+        self
+    }
+}
+
+/// What the tracker releases, in the order the producer enqueued it.
+enum Pending {
+    Delivery {
+        fut: DeliveryFuture,
+        resume_token: Option<Arc<str>>,
+    },
+    Ack(SourceAck),
+    Snapshot(TableId, SnapshotRecord),
+    Resume(Arc<str>),
+}
+
+/// Starts producing what arrives on `rx` to Kafka; acks go to `acks`.
+/// `checkpoint` is the source's checkpoint as loaded from Kafka.
+pub fn spawn(
+    k: &KafkaConfig,
+    pipeline: &str,
+    rx: BusReceiver,
+    acks: watch::Sender<SourceAck>,
+    checkpoint: Checkpoint,
+) -> Result<Spawned, PipelineError> {
+    let producer = Arc::new(create_producer(k)?);
+    let topics = Topics::new(&k.topic_prefix);
+    // Unbounded, but each entry is a few words and librdkafka's own queue
+    // bound stops the producer long before this matters.
+    let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+    let tracker = Tracker {
+        producer: Arc::clone(&producer),
+        checkpoint_topic: topics.checkpoints(),
+        pipeline: pipeline.to_string(),
+        acks,
+        checkpoint,
+        dirty: false,
+        last_write: Instant::now(),
+    };
+    let fwd = Forwarder {
+        k: k.clone(),
+        producer,
+        topics,
+        encoder: Encoder::new(k.encoding.into(), pipeline),
+        pending: pending_tx,
+        partitions: HashMap::new(),
+        ensured: HashSet::new(),
+    };
+    let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
+    let mut fwd_task = tokio::spawn(fwd.run(rx));
+    let handles = vec![tracker_task.abort_handle(), fwd_task.abort_handle()];
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            r = &mut fwd_task => match crate::runtime::flatten(r) {
+                // All sent: wait until Kafka has all of it.
+                Ok(()) => crate::runtime::flatten(tracker_task.await),
+                Err(e) => Err(e),
+            },
+            r = &mut tracker_task => match crate::runtime::flatten(r) {
+                Ok(()) => crate::runtime::flatten(fwd_task.await),
+                Err(e) => Err(e),
+            },
+        }
+    });
+    let abort = AbortOnDrop(handles.into_iter().chain([task.abort_handle()]).collect());
+    Ok(Spawned { task, abort })
+}
+
+struct Forwarder {
+    k: KafkaConfig,
+    producer: Arc<FutureProducer>,
+    topics: Topics,
+    encoder: Encoder,
+    pending: mpsc::UnboundedSender<Pending>,
+    /// Partitions per data topic (known once the topic is ensured).
+    partitions: HashMap<TableId, usize>,
+    ensured: HashSet<TableId>,
+}
+
+impl Forwarder {
+    async fn run(mut self, mut rx: BusReceiver) -> Result<(), PipelineError> {
+        while let Some(msg) = rx.recv().await {
+            metrics().bus_depth.set(rx.depth() as i64);
+            match msg {
+                BusMessage::Change(ev) => self.change(ev, None).await?,
+                BusMessage::Commit { ack, .. } | BusMessage::Idle { ack } => {
+                    self.pend(Pending::Ack(ack))?
+                }
+                BusMessage::Resume { resume_token } => self.pend(Pending::Resume(resume_token))?,
+                BusMessage::SnapshotStart { table } => self.snapshot_start(table).await?,
+                BusMessage::SnapshotDone { table, rows, state } => {
+                    self.pend(Pending::Snapshot(table, SnapshotRecord { rows, state }))?
+                }
+                // Worker-side messages never come from a source.
+                BusMessage::Consumed { .. } | BusMessage::EnsureTable { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn pend(&self, p: Pending) -> Result<(), PipelineError> {
+        self.pending
+            .send(p)
+            .map_err(|_| PipelineError::fatal(Stage::Source, "the Kafka delivery tracker stopped"))
+    }
+
+    async fn ensure(&mut self, table: &TableSchema) -> Result<usize, PipelineError> {
+        if !self.ensured.contains(&table.id) {
+            let topic = self.topics.data(&table.id);
+            ensure_topics(&self.k, std::slice::from_ref(&topic), false, Stage::Source).await?;
+            let n = partition_count(self.producer.client(), &topic, Stage::Source)?;
+            self.partitions.insert(table.id.clone(), n);
+            self.ensured.insert(table.id.clone());
+        }
+        Ok(self.partitions[&table.id])
+    }
+
+    async fn snapshot_start(&mut self, table: Arc<TableSchema>) -> Result<(), PipelineError> {
+        let n = self.ensure(&table).await?;
+        // The target table is emptied before the copy only where that can
+        // be ordered with the rows: on a single partition.
+        let mode = if n == 1 { "truncate" } else { "keep" };
+        if n > 1 {
+            warn!(table = %table.id, partitions = n, "snapshot on a multi-partition topic: the target table is not emptied first (rows deleted since an interrupted earlier copy may remain; check with `ferry parity`)");
+        }
+        let mut ev = ChangeEvent::snapshot_read(table, Vec::new());
+        ev.op = Op::Truncate;
+        ev.after = None;
+        self.change(ev, Some(mode)).await
+    }
+
+    async fn change(
+        &mut self,
+        ev: ChangeEvent,
+        snapshot_start: Option<&str>,
+    ) -> Result<(), PipelineError> {
+        let n = self.ensure(&ev.table).await?;
+        if ev.op == Op::Truncate && snapshot_start.is_none() && n > 1 {
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                format!(
+                    "TRUNCATE of {} cannot be ordered with the rows of the other {} partitions of its topic; use a single-partition topic for tables that are truncated (kafka.partitions = 1), or re-snapshot into an emptied target",
+                    ev.table.id,
+                    n - 1
+                ),
+            ));
+        }
+        let (value, new_schema) = self.encoder.encode(&ev).map_err(|e| {
+            PipelineError::fatal(
+                Stage::Source,
+                format!("encode a change of {}: {e}", ev.table.id),
+            )
+        })?;
+        let value = match new_schema {
+            Some(schema) => {
+                self.publish_schema(&schema).await?;
+                if self.k.schema_registry_url.is_some() {
+                    // Now that the registry gave the schema an id, frame
+                    // the message the Confluent way.
+                    self.encoder
+                        .encode(&ev)
+                        .map_err(|e| {
+                            PipelineError::fatal(
+                                Stage::Source,
+                                format!("encode a change of {}: {e}", ev.table.id),
+                            )
+                        })?
+                        .0
+                } else {
+                    value
+                }
+            }
+            None => value,
+        };
+        let key = self.encoder.key(&ev);
+        let topic = self.topics.data(&ev.table.id);
+        let position = ev.position.to_string();
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: HEADER_POSITION,
+            value: Some(position.as_bytes()),
+        });
+        let xid = ev.xid.map(|x| x.to_string());
+        if let Some(x) = &xid {
+            headers = headers.insert(Header {
+                key: HEADER_XID,
+                value: Some(x.as_bytes()),
+            });
+        }
+        if let Some(mode) = snapshot_start {
+            headers = headers.insert(Header {
+                key: HEADER_SNAPSHOT_START,
+                value: Some(mode.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&value)
+            .headers(headers);
+        if snapshot_start.is_some() || ev.op == Op::Truncate {
+            // Table-wide markers go to partition 0 (the only one when they
+            // truncate).
+            record = record.partition(0);
+        }
+        let fut = loop {
+            match self.producer.send_result(record) {
+                Ok(fut) => break fut,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: the broker is slow or away. Wait for
+                    // librdkafka to drain (the source waits meanwhile).
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err((e, _)) => {
+                    return Err(kafka_err(Stage::Source, &format!("produce to {topic}"), e))
+                }
+            }
+        };
+        metrics()
+            .events
+            .with_label_values(&["bus", &ev.table.id.to_string(), ev.op.as_str()])
+            .inc();
+        self.pend(Pending::Delivery {
+            fut,
+            resume_token: ev.resume_token.clone(),
+        })
+    }
+
+    async fn publish_schema(&mut self, schema: &NewSchema) -> Result<(), PipelineError> {
+        if let Some(url) = &self.k.schema_registry_url {
+            let id = super::registry::register(
+                url,
+                &self.topics.data(&schema.subject_table),
+                &schema.avro_json,
+            )
+            .await?;
+            self.encoder.set_registry_id(schema.fingerprint, id);
+            return Ok(());
+        }
+        let topic = self.topics.schemas();
+        ensure_topics(&self.k, std::slice::from_ref(&topic), true, Stage::Source).await?;
+        schema_store::publish(&self.producer, &topic, schema).await?;
+        info!(table = %schema.subject_table, fingerprint = format!("{:016x}", schema.fingerprint), "published a writer schema");
+        Ok(())
+    }
+}
+
+/// Awaits deliveries in order and releases what they make durable.
+struct Tracker {
+    producer: Arc<FutureProducer>,
+    checkpoint_topic: String,
+    pipeline: String,
+    acks: watch::Sender<SourceAck>,
+    checkpoint: Checkpoint,
+    /// The checkpoint changed since it was last written.
+    dirty: bool,
+    last_write: Instant,
+}
+
+impl Tracker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) -> Result<(), PipelineError> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let p = tokio::select! {
+                p = rx.recv() => p,
+                _ = tick.tick() => {
+                    if self.dirty && self.last_write.elapsed() >= Duration::from_secs(1) {
+                        self.write().await?;
+                    }
+                    continue;
+                }
+            };
+            let Some(p) = p else {
+                // The producer is done: everything it sent is durable now.
+                if self.dirty {
+                    self.write().await?;
+                }
+                return Ok(());
+            };
+            match p {
+                Pending::Delivery { fut, resume_token } => {
+                    match fut.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => {
+                            // Retried by librdkafka until it gave up: the
+                            // messages after it may be lost or reordered,
+                            // so the source starts over from its last
+                            // durable point.
+                            return Err(kafka_err(Stage::Source, "deliver to Kafka", e));
+                        }
+                        Err(_) => {
+                            return Err(PipelineError::fatal(
+                                Stage::Source,
+                                "the Kafka producer went away",
+                            ))
+                        }
+                    }
+                    if let Some(t) = resume_token {
+                        self.checkpoint.resume_token = Some(t.to_string());
+                        self.dirty = true;
+                    }
+                }
+                Pending::Ack(ack) => {
+                    self.acks.send_if_modified(|cur| {
+                        if ack > *cur {
+                            *cur = ack;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                Pending::Resume(t) => {
+                    self.checkpoint.resume_token = Some(t.to_string());
+                    self.dirty = true;
+                }
+                Pending::Snapshot(table, record) => {
+                    // Completed snapshots are written at once: the source
+                    // must not copy the table again after a restart.
+                    self.checkpoint.snapshots.insert(table, record);
+                    self.write().await?;
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self) -> Result<(), PipelineError> {
+        source_checkpoint::store(
+            &self.producer,
+            &self.checkpoint_topic,
+            &self.pipeline,
+            &self.checkpoint,
+        )
+        .await?;
+        self.dirty = false;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+}

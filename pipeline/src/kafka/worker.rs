@@ -1,0 +1,520 @@
+//! The worker side of the Kafka bus (`ferry run --role worker`): joins the
+//! pipeline's consumer group, decodes, and feeds the same batch builder and
+//! writer as the embedded bus.
+//!
+//! Where a partition starts: the sink's stored progress for it (written in
+//! the same transaction as the rows), read when the partition is assigned;
+//! the beginning of the topic when the sink has none. Kafka's committed
+//! offsets are committed after each sink commit, for lag tooling, but the
+//! sink's record is the truth: after a crash or a rebalance nothing is lost
+//! and nothing is applied twice. Two workers racing on a partition during a
+//! rebalance are fenced by the sink (see
+//! [`crate::checkpoint::BusOffsets`]): the loser rejoins and resumes from
+//! the winner's progress.
+//!
+//! A source that restarts re-produces changes Kafka already has (it resumes
+//! from its last confirmed position). Within a partition positions only
+//! grow, so the worker skips changes at or below the last position it
+//! applied from that partition: a row never moves back to an older state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::Offset;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::envelope::{Decoder, EnvelopeError, SchemaRef};
+use super::producer::HEADER_SNAPSHOT_START;
+use super::{client_config, ensure_topics, kafka_err, registry, schema_store};
+use crate::bus::{self, BusSender};
+use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
+use crate::config::KafkaConfig;
+use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
+use crate::event::{BusMessage, SourceAck};
+use crate::runtime::{flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions};
+use crate::sink::Sink;
+
+/// What a worker consumes.
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    /// The data topics of the configured tables.
+    Topics(Vec<String>),
+    /// Every data topic under the prefix (a MongoDB source mirroring all
+    /// collections): `^<prefix>\.[^.]+\.[^.]+$`.
+    Prefix,
+}
+
+type Progress = Arc<Mutex<HashMap<(String, i32), PartitionProgress>>>;
+
+/// The consumer's callbacks: logs, and the rebalance that starts each
+/// assigned partition at the sink's progress.
+struct WorkerContext<S: BusOffsets> {
+    store: tokio::sync::Mutex<S>,
+    runtime: tokio::runtime::Handle,
+    progress: Progress,
+    /// Why the last assignment could not be honoured; the consume loop
+    /// stops with it.
+    failure: Mutex<Option<PipelineError>>,
+}
+
+impl<S: BusOffsets> ClientContext for WorkerContext<S> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_librdkafka(level, fac, msg);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker blips are retried by librdkafka; say so once per event.
+        warn!(%error, reason, "Kafka client error (retrying)");
+    }
+}
+
+/// librdkafka's log lines, through tracing.
+pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => error!(target: "librdkafka", fac, "{msg}"),
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", fac, "{msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(target: "librdkafka", fac, "{msg}")
+        }
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", fac, "{msg}"),
+    }
+}
+
+impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // The callback runs inside the consumer's poll, on a
+                // runtime worker thread: block it (not the runtime) for the
+                // one query that says where each partition starts.
+                let loaded = tokio::task::block_in_place(|| {
+                    self.runtime
+                        .block_on(async { self.store.lock().await.load_bus_offsets(&parts).await })
+                });
+                let stored = match loaded {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "could not read the sink's progress for the assigned partitions");
+                        *self.failure.lock().expect("failure lock") = Some(e);
+                        return;
+                    }
+                };
+                let mut progress = self.progress.lock().expect("progress lock");
+                for (topic, partition) in &parts {
+                    let offset = match stored.get(&(topic.clone(), *partition)) {
+                        Some(p) => {
+                            progress.insert((topic.clone(), *partition), *p);
+                            Offset::Offset(p.next_offset)
+                        }
+                        None => {
+                            progress.remove(&(topic.clone(), *partition));
+                            Offset::Beginning
+                        }
+                    };
+                    let _ = tpl.set_partition_offset(topic, *partition, offset);
+                }
+                drop(progress);
+                info!(partitions = ?parts, "partitions assigned; starting at the sink's progress");
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = res {
+                    *self.failure.lock().expect("failure lock") =
+                        Some(kafka_err(Stage::Decode, "assign partitions", e));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(partitions = ?parts, "partitions revoked");
+                let mut progress = self.progress.lock().expect("progress lock");
+                for p in &parts {
+                    progress.remove(p);
+                }
+                drop(progress);
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+            }
+            other => {
+                warn!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Runs a worker until `shutdown` (Ok) or an error that cannot be retried.
+/// `make` builds a fresh sink and progress store for each (re)join.
+pub async fn run<K, S, F>(
+    k: &KafkaConfig,
+    subscription: Subscription,
+    mut make: F,
+    opts: RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError>
+where
+    K: Sink,
+    S: BusOffsets,
+    F: FnMut() -> (K, S),
+{
+    let mut backoff = retry_backoff(opts.max_retry_delay);
+    loop {
+        let (sink, store) = make();
+        let res = run_once(k, &subscription, sink, store, &opts, shutdown.clone()).await;
+        match res {
+            Err(e) if e.code.as_deref() == Some(STALE_OFFSETS) => {
+                info!(error = %e, "another worker applied these offsets first; rejoining from the sink's progress");
+            }
+            Err(e) if e.disposition() == Disposition::Retry && !*shutdown.borrow() => {
+                wait_retry(&e, &mut backoff, shutdown.clone()).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once<K: Sink, S: BusOffsets>(
+    k: &KafkaConfig,
+    subscription: &Subscription,
+    sink: K,
+    store: S,
+    opts: &RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    // Created here too, so that a worker started before its source finds
+    // its topics; a topic that disappears later is then an error.
+    if let Subscription::Topics(names) = subscription {
+        ensure_topics(k, names, false, Stage::Decode).await?;
+    }
+    let progress: Progress = Arc::default();
+    let context = WorkerContext {
+        store: tokio::sync::Mutex::new(store),
+        runtime: tokio::runtime::Handle::current(),
+        progress: Arc::clone(&progress),
+        failure: Mutex::new(None),
+    };
+    let mut cfg = client_config(k, &Default::default());
+    // Defaults a user may override: a worker that dies is noticed in
+    // seconds, not the 45 s librdkafka waits by default.
+    cfg.set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    for (key, v) in &k.consumer {
+        cfg.set(key, v);
+    }
+    let consumer: StreamConsumer<WorkerContext<S>> = cfg
+        .set("group.id", k.group(&opts.pipeline))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Never jump silently: a missing offset is an error.
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "false")
+        .create_with_context(context)
+        .map_err(|e| kafka_err(Stage::Decode, "create the Kafka consumer", e))?;
+    let consumer = Arc::new(consumer);
+    match subscription {
+        Subscription::Topics(names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            consumer.subscribe(&names)
+        }
+        Subscription::Prefix => {
+            let p = regex_escape(&k.topic_prefix);
+            consumer.subscribe(&[&format!("^{p}\\.[^.]+\\.[^.]+$")])
+        }
+    }
+    .map_err(|e| kafka_err(Stage::Decode, "subscribe", e))?;
+
+    let (bus_tx, bus_rx) = bus::embedded(opts.bus_capacity);
+    let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
+    let committer = Arc::clone(&consumer);
+    let after_commit: AfterCommit = Arc::new(move |offsets| {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, next) in offsets {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
+        }
+        // For lag tooling only (the sink holds the truth): a failure, e.g.
+        // for a partition just revoked, is harmless.
+        if let Err(e) = committer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "offset commit to Kafka failed");
+        }
+    });
+    let apply = spawn_apply(
+        bus_rx,
+        sink,
+        ack_tx,
+        ApplyMode::Worker { after_commit },
+        opts,
+        shutdown.clone(),
+    );
+    let mut apply_task = apply.task;
+    let _apply = apply.abort;
+    let mut reader = Reader {
+        k: k.clone(),
+        pipeline: opts.pipeline.clone(),
+        decoder: Decoder::new(),
+        bus: bus_tx,
+        progress,
+        topic_names: HashMap::new(),
+    };
+    let mut shutdown_rx = shutdown.clone();
+    loop {
+        tokio::select! {
+            // (The `Ref` wait_for returns must not live in the select's
+            // output: it is not Send.)
+            _ = async { let _ = shutdown_rx.wait_for(|s| *s).await; } => break,
+            res = &mut apply_task => return flatten(res),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            msg = consumer.recv() => {
+                let owned = match msg {
+                    Ok(m) => Incoming::from(&m),
+                    Err(e) => {
+                        let e = consumer_error(e);
+                        if e.class == ErrorClass::Transient {
+                            debug!(error = %e, "consumer error (librdkafka retries)");
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                };
+                reader.handle(owned).await?;
+            }
+        }
+        if let Some(e) = consumer
+            .context()
+            .failure
+            .lock()
+            .expect("failure lock")
+            .take()
+        {
+            return Err(e);
+        }
+    }
+    // Shutdown: let the apply side commit what it has, then stop.
+    drop(reader);
+    flatten(apply_task.await)
+}
+
+fn consumer_error(e: KafkaError) -> PipelineError {
+    let offsets = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            rdkafka::error::RDKafkaErrorCode::OffsetOutOfRange
+                | rdkafka::error::RDKafkaErrorCode::AutoOffsetReset
+        )
+    );
+    let topic = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            rdkafka::error::RDKafkaErrorCode::UnknownTopicOrPartition
+                | rdkafka::error::RDKafkaErrorCode::UnknownTopic
+                | rdkafka::error::RDKafkaErrorCode::UnknownPartition
+        )
+    );
+    let what = if offsets {
+        "the offsets this worker must resume from are no longer in Kafka (retention, or a broker that lost its data); nothing was skipped. Re-snapshot the pipeline (new topic prefix and empty target) or restore the topic"
+    } else if topic {
+        "a topic this worker consumes does not exist any more (deleted?); nothing was skipped. Recreate it by restarting the source, or re-snapshot"
+    } else {
+        "consume from Kafka"
+    };
+    kafka_err(Stage::Decode, what, e)
+}
+
+/// POSIX regex escape for librdkafka's topic patterns.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A consumed message, detached from the consumer's buffer only as far as
+/// needed (the payload is copied once, to decode after an await).
+struct Incoming {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+    snapshot_start: Option<String>,
+}
+
+impl Incoming {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let snapshot_start = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == HEADER_SNAPSHOT_START)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+            snapshot_start,
+        }
+    }
+}
+
+/// Decodes messages and sends them on to the apply side.
+struct Reader {
+    k: KafkaConfig,
+    pipeline: String,
+    decoder: Decoder,
+    bus: BusSender,
+    progress: Progress,
+    topic_names: HashMap<String, Arc<str>>,
+}
+
+impl Reader {
+    async fn handle(&mut self, m: Incoming) -> Result<(), PipelineError> {
+        let topic = match self.topic_names.get(&m.topic) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(m.topic.as_str());
+                self.topic_names.insert(m.topic.clone(), Arc::clone(&t));
+                t
+            }
+        };
+        let mut position = None;
+        if let Some(payload) = &m.payload {
+            let ev = self.decode(payload, &m).await?;
+            let key = (m.topic.clone(), m.partition);
+            // Re-produced by a restarted source: already applied from this
+            // partition (positions only grow within one).
+            let replay = ev.position.commit_lsn != 0 && {
+                let mut progress = self.progress.lock().expect("progress lock");
+                let seen = progress.get(&key).and_then(|p| p.position);
+                if Some(ev.position) <= seen {
+                    true
+                } else {
+                    progress
+                        .entry(key)
+                        .and_modify(|p| p.position = Some(ev.position))
+                        .or_insert(PartitionProgress {
+                            next_offset: m.offset,
+                            position: Some(ev.position),
+                        });
+                    false
+                }
+            };
+            if ev.position.commit_lsn != 0 && !replay {
+                position = Some(ev.position);
+            }
+            if !replay {
+                let msg = match m.snapshot_start.as_deref() {
+                    Some("truncate") => BusMessage::SnapshotStart { table: ev.table },
+                    Some(_) => BusMessage::EnsureTable { table: ev.table },
+                    None => BusMessage::Change(ev),
+                };
+                self.send(msg).await?;
+            }
+        }
+        self.send(BusMessage::Consumed {
+            topic,
+            partition: m.partition,
+            offset: m.offset,
+            position,
+        })
+        .await
+    }
+
+    async fn send(&self, msg: BusMessage) -> Result<(), PipelineError> {
+        self.bus.send(msg).await
+    }
+
+    async fn decode(
+        &mut self,
+        payload: &[u8],
+        m: &Incoming,
+    ) -> Result<crate::event::ChangeEvent, PipelineError> {
+        let mut fetched = false;
+        loop {
+            match self.decoder.decode(payload) {
+                Ok(ev) => return Ok(ev),
+                Err(EnvelopeError::UnknownSchema(r)) if !fetched => {
+                    self.fetch(r).await?;
+                    fetched = true;
+                }
+                Err(e) => {
+                    return Err(PipelineError::new(
+                        ErrorClass::Permanent,
+                        Stage::Decode,
+                        format!(
+                            "cannot decode the message at {}[{}]@{}: {e}",
+                            m.topic, m.partition, m.offset
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn fetch(&mut self, r: SchemaRef) -> Result<(), PipelineError> {
+        match r {
+            SchemaRef::Registry(id) => {
+                let url = self.k.schema_registry_url.as_deref().ok_or_else(|| {
+                    PipelineError::fatal(
+                        Stage::Decode,
+                        format!("a message names registry schema {id}, but kafka.schema_registry_url is not set"),
+                    )
+                })?;
+                let schema = registry::fetch(url, id).await?;
+                self.decoder.add_schema(&schema, Some(id)).map_err(|e| {
+                    PipelineError::fatal(Stage::Decode, format!("registry schema {id}: {e}"))
+                })?;
+            }
+            SchemaRef::Fingerprint(_) => {
+                for schema in schema_store::read_all(&self.k, &self.pipeline).await? {
+                    if let Err(e) = self.decoder.add_schema(&schema, None) {
+                        warn!(error = %e, "unreadable schema in the schema topic");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_pattern_escapes() {
+        assert_eq!(regex_escape("ferry"), "ferry");
+        assert_eq!(regex_escape("a.b-c"), "a\\.b-c");
+    }
+}
