@@ -11,6 +11,7 @@ mod basic;
 mod cli;
 mod crash;
 mod kafka;
+mod kafka_bus;
 mod mongo;
 mod schema;
 mod snapshot;

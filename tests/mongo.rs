@@ -576,14 +576,24 @@ async fn mongo_resume_after_kill9() {
         }
     }
     assert_running(&mut ferry, "after catching up");
-    let token: Option<String> = pg
-        .query_one(
-            "SELECT resume_token FROM public.ferry_checkpoint WHERE pipeline = 'test'",
-            &[],
-        )
-        .await
-        .expect("the checkpoint row")
-        .get(0);
+    let token: Option<String> = match crate::support::kafka::bus() {
+        crate::support::kafka::Bus::Embedded => pg
+            .query_one(
+                "SELECT resume_token FROM public.ferry_checkpoint WHERE pipeline = 'test'",
+                &[],
+            )
+            .await
+            .expect("the checkpoint row")
+            .get(0),
+        // On Kafka the source keeps its checkpoint in Kafka.
+        crate::support::kafka::Bus::Kafka => {
+            let cfg = ferry_pipeline::config::Config::load(&config).expect("config");
+            ferry_pipeline::kafka::source_checkpoint::load(cfg.kafka.as_ref().unwrap(), "test")
+                .await
+                .expect("the source checkpoint in Kafka")
+                .resume_token
+        }
+    };
     assert!(token.is_some(), "no resume token in the checkpoint");
     eprintln!("mongo_resume_after_kill9: {:?}", started.elapsed());
 }

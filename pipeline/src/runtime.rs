@@ -500,6 +500,11 @@ impl<K: Sink> ApplyLoop<K> {
         // The batch has waited `linger`: hand it off mid-transaction as soon
         // as the writer is free.
         let mut overdue = false;
+        // Kafka worker: whether a change arrived since the last tick; a
+        // tick without one, with nothing pending, means caught up (lag 0).
+        let mut received = false;
+        let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
+        idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 biased;
@@ -517,6 +522,15 @@ impl<K: Sink> ApplyLoop<K> {
                     Some(None)
                 }
                 m = self.rx.recv() => m.map(Some),
+                _ = idle_tick.tick(), if !self.skip_replays => {
+                    if !std::mem::take(&mut received) && self.batch.is_empty() && self.writer_idle() {
+                        metrics()
+                            .lag_seconds
+                            .with_label_values(&[&self.opts.pipeline])
+                            .set(0.0);
+                    }
+                    Some(None)
+                }
             };
             let Some(msg) = msg else {
                 // Source gone or shutdown: commit what we have, then stop.
@@ -547,6 +561,12 @@ impl<K: Sink> ApplyLoop<K> {
                                 ev.op.as_str(),
                             ])
                             .inc();
+                        if !self.skip_replays && ev.op != crate::event::Op::Read {
+                            // Kafka carries no transaction ends: the lag is
+                            // that of the last change applied.
+                            self.last_commit_ts = Some(ev.commit_ts_micros);
+                        }
+                        received = true;
                         self.batch.push(ev);
                     }
                     BusMessage::Commit {
@@ -574,6 +594,7 @@ impl<K: Sink> ApplyLoop<K> {
                         self.batch.consumed(&topic, partition, offset, position);
                     }
                     BusMessage::EnsureTable { table } => {
+                        snapshotting.insert(table.id.clone(), Arc::clone(&table));
                         self.batch.touch(&table);
                     }
                     BusMessage::Idle { ack } => {

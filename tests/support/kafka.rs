@@ -159,6 +159,23 @@ pub fn tansu_path() -> PathBuf {
     }
 }
 
+/// tansu with SQLite storage: `FERRY_TANSU_DURABLE`, else
+/// `target/tansu/bin/tansu` (tests/run.sh builds it there with
+/// `cargo install tansu --locked --features libsql --root target/tansu`).
+pub fn durable_tansu_path() -> PathBuf {
+    let path = std::env::var_os("FERRY_TANSU_DURABLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tansu/bin/tansu"));
+    assert!(
+        path.is_file(),
+        "the durable Kafka-protocol test broker is missing: {} is not a file. Run tests/run.sh \
+         (it runs `cargo install tansu --locked --features libsql --root target/tansu`), or set \
+         FERRY_TANSU_DURABLE to such a tansu.",
+        path.display()
+    );
+    path
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -173,8 +190,11 @@ pub struct KafkaBroker {
     /// Unique per broker (kept across restarts): the metadata check makes
     /// sure that the broker answering on the port is this one.
     cluster_id: String,
-    /// Holds `broker.log` (appended to across restarts).
+    /// Holds `broker.log` (appended to across restarts) and, when durable,
+    /// the SQLite store.
     dir: tempfile::TempDir,
+    /// SQLite storage that survives a restart (else memory-only).
+    durable: bool,
 }
 
 impl KafkaBroker {
@@ -193,6 +213,7 @@ impl KafkaBroker {
             child: None,
             cluster_id,
             dir,
+            durable: false,
         };
         // The free port can be taken between our probe and the broker's
         // bind: then try another one.
@@ -204,6 +225,38 @@ impl KafkaBroker {
                 Err(Launch::AddrInUse(e) | Launch::Failed(e)) => panic!(
                     "could not start the Kafka-protocol test broker (tansu): {e}\n\
                      Run tests/run.sh to install it into target/kafka-venv."
+                ),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Starts a broker whose topics, records and committed offsets survive
+    /// [`Self::restart`]: tansu built with its SQLite storage
+    /// (`cargo install tansu --features libsql`, see tests/run.sh), storing
+    /// in the broker's temp dir. Blocking.
+    pub fn start_durable() -> KafkaBroker {
+        let dir = tempfile::tempdir().expect("temp dir for the Kafka broker");
+        let cluster_id = format!(
+            "ferry-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut broker = KafkaBroker {
+            port: 0,
+            child: None,
+            cluster_id,
+            dir,
+            durable: true,
+        };
+        for attempt in 0..5 {
+            broker.port = free_port();
+            match broker.launch() {
+                Ok(()) => return broker,
+                Err(Launch::AddrInUse(_)) if attempt < 4 => continue,
+                Err(Launch::AddrInUse(e) | Launch::Failed(e)) => panic!(
+                    "could not start the durable Kafka-protocol test broker (tansu, SQLite storage): {e}\n\
+                     Run tests/run.sh to build it into target/tansu."
                 ),
             }
         }
@@ -252,7 +305,18 @@ impl KafkaBroker {
     /// Spawns the broker on `self.port` and waits until it has bound the
     /// port and answers a metadata request.
     fn launch(&mut self) -> Result<(), Launch> {
-        let bin = tansu_path();
+        let bin = if self.durable {
+            durable_tansu_path()
+        } else {
+            tansu_path()
+        };
+        let storage = if self.durable {
+            // Relative to the broker's working directory (its temp dir):
+            // tansu joins an absolute path onto it too.
+            "sqlite://tansu.db".to_string()
+        } else {
+            "memory://tansu/".to_string()
+        };
         let failed = |what: &str, e: std::io::Error| Launch::Failed(format!("{what}: {e}"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -268,7 +332,7 @@ impl KafkaBroker {
             .args(["--cluster-id", &self.cluster_id])
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &storage])
             // Flags override tansu's environment fallbacks except these:
             // a schema registry would validate (and refuse) our records.
             .env_remove("SCHEMA_REGISTRY")
@@ -387,10 +451,11 @@ impl KafkaBroker {
         self.kill();
     }
 
-    /// Stops the broker and starts an empty one on the same port, with the
-    /// same cluster id. Memory-only storage: the restarted broker has no
-    /// topics, records, consumer groups or committed offsets, as if it had
-    /// lost its disks. Blocking (tens of milliseconds).
+    /// Stops the broker and starts it again on the same port, with the same
+    /// cluster id. Memory-only storage: the restarted broker has no topics,
+    /// records, consumer groups or committed offsets, as if it had lost its
+    /// disks; a durable one ([`Self::start_durable`]) has them all.
+    /// Blocking (tens of milliseconds).
     pub fn restart(&mut self) {
         self.stop();
         // Our own port again; a client's connection in TIME_WAIT does not

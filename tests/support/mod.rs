@@ -183,12 +183,36 @@ pub struct Ferry {
 impl Ferry {
     /// Starts `ferry run --config <config>`, logging to a file beside it.
     pub fn spawn(config: &Path) -> Ferry {
+        Self::spawn_with(config, &[])
+    }
+
+    /// Starts `ferry run --config <config> <extra…>` (e.g. `--role worker`).
+    pub fn spawn_with(config: &Path, extra: &[&str]) -> Ferry {
         let log = config.with_extension(format!("{}.log", NEXT.fetch_add(1, Ordering::Relaxed)));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(ferry_bin())
+        // FERRY_TEST_GDB=1: run under gdb, which prints every thread's
+        // backtrace into the log if ferry crashes (debugging aid).
+        let mut cmd = if std::env::var_os("FERRY_TEST_GDB").is_some() {
+            let mut c = Command::new("gdb");
+            c.args([
+                "-q",
+                "-batch",
+                "-ex",
+                "run",
+                "-ex",
+                "thread apply all bt",
+                "--args",
+            ])
+            .arg(ferry_bin());
+            c
+        } else {
+            Command::new(ferry_bin())
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .env("RUST_LOG", "info,ferry_postgres_sink=debug")
             .stdin(Stdio::null())
             .stdout(out)

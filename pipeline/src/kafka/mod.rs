@@ -84,6 +84,25 @@ fn topic_part(s: &str) -> String {
         .collect()
 }
 
+/// The context of Ferry's Kafka clients: librdkafka's log lines and
+/// errors go to tracing (a broker that is away shows in the log while
+/// librdkafka retries).
+#[derive(Clone, Copy, Default)]
+pub struct LogContext;
+
+impl rdkafka::client::ClientContext for LogContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        worker::log_librdkafka(level, fac, msg);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error (retrying)");
+    }
+}
+
+/// The producer type of the Kafka bus.
+pub type Producer = rdkafka::producer::FutureProducer<LogContext>;
+
 /// The settings every Ferry client shares, then the user's extras.
 pub fn client_config(
     k: &KafkaConfig,

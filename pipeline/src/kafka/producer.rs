@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -40,8 +40,13 @@ pub const HEADER_XID: &str = "ferry.xid";
 /// target table first) or `keep` (several partitions: only create it).
 pub const HEADER_SNAPSHOT_START: &str = "ferry.snapshot-start";
 
+/// Header marking a completed snapshot: `{"rows": n, "state": …}`. The
+/// worker records it in the target, where `ferry_snapshot` shows it as on
+/// the embedded bus (for operators; the source's own record is in Kafka).
+pub const HEADER_SNAPSHOT_DONE: &str = "ferry.snapshot-done";
+
 /// Creates the idempotent producer Ferry's guarantees rest on.
-pub fn create_producer(k: &KafkaConfig) -> Result<FutureProducer, PipelineError> {
+pub fn create_producer(k: &KafkaConfig) -> Result<super::Producer, PipelineError> {
     let kbytes = (k.max_in_flight_mb * 1024).min(i32::MAX as u64);
     client_config(k, &k.producer)
         .set("enable.idempotence", "true")
@@ -49,13 +54,20 @@ pub fn create_producer(k: &KafkaConfig) -> Result<FutureProducer, PipelineError>
         // The Java client's partitioner: the same key lands on the same
         // partition whichever client produced it.
         .set("partitioner", "murmur2_random")
+        // A topic that vanished (deleted, or a broker that lost its data)
+        // must not come back empty with the broker's default partitions:
+        // producing to it fails instead.
+        .set("allow.auto.create.topics", "false")
         // A broker that is away is waited for (librdkafka retries with
         // exponential backoff); the queue bound below is the backpressure.
         .set("delivery.timeout.ms", "2147483647")
         .set("queue.buffering.max.kbytes", kbytes.to_string())
         .set("queue.buffering.max.messages", "1000000")
+        // MongoDB documents reach 16 MB; the broker's own limit
+        // (message.max.bytes / max.message.bytes) must allow them too.
+        .set("message.max.bytes", "67108864")
         .set_default_linger()
-        .create()
+        .create_with_context(super::LogContext)
         .map_err(|e| kafka_err(Stage::Source, "create the Kafka producer", e))
 }
 
@@ -71,6 +83,15 @@ impl LingerDefault for rdkafka::config::ClientConfig {
         }
         self
     }
+}
+
+/// A table-wide marker travelling as a truncate-shaped event with a header.
+#[derive(Clone, Copy)]
+enum Marker<'a> {
+    /// `truncate` or `keep`.
+    SnapshotStart(&'a str),
+    /// `{"rows": n, "state": …}`.
+    SnapshotDone(&'a str),
 }
 
 /// What the tracker releases, in the order the producer enqueued it.
@@ -115,6 +136,7 @@ pub fn spawn(
         pending: pending_tx,
         partitions: HashMap::new(),
         ensured: HashSet::new(),
+        schemas: HashMap::new(),
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
     let mut fwd_task = tokio::spawn(fwd.run(rx));
@@ -138,13 +160,16 @@ pub fn spawn(
 
 struct Forwarder {
     k: KafkaConfig,
-    producer: Arc<FutureProducer>,
+    producer: Arc<super::Producer>,
     topics: Topics,
     encoder: Encoder,
     pending: mpsc::UnboundedSender<Pending>,
     /// Partitions per data topic (known once the topic is ensured).
     partitions: HashMap<TableId, usize>,
     ensured: HashSet<TableId>,
+    /// The last schema seen per table (a snapshot's end names only the
+    /// table).
+    schemas: HashMap<TableId, Arc<TableSchema>>,
 }
 
 impl Forwarder {
@@ -159,6 +184,7 @@ impl Forwarder {
                 BusMessage::Resume { resume_token } => self.pend(Pending::Resume(resume_token))?,
                 BusMessage::SnapshotStart { table } => self.snapshot_start(table).await?,
                 BusMessage::SnapshotDone { table, rows, state } => {
+                    self.snapshot_done(&table, rows, &state).await?;
                     self.pend(Pending::Snapshot(table, SnapshotRecord { rows, state }))?
                 }
                 // Worker-side messages never come from a source.
@@ -185,11 +211,27 @@ impl Forwarder {
         Ok(self.partitions[&table.id])
     }
 
+    async fn snapshot_done(
+        &mut self,
+        table: &TableId,
+        rows: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), PipelineError> {
+        let Some(schema) = self.schemas.get(table).cloned() else {
+            return Ok(());
+        };
+        let mut ev = ChangeEvent::snapshot_read(schema, Vec::new());
+        ev.op = Op::Truncate;
+        ev.after = None;
+        let done = serde_json::json!({ "rows": rows, "state": state }).to_string();
+        self.change(ev, Some(Marker::SnapshotDone(&done))).await
+    }
+
     async fn snapshot_start(&mut self, table: Arc<TableSchema>) -> Result<(), PipelineError> {
         let n = self.ensure(&table).await?;
         // The target table is emptied before the copy only where that can
         // be ordered with the rows: on a single partition.
-        let mode = if n == 1 { "truncate" } else { "keep" };
+        let mode = Marker::SnapshotStart(if n == 1 { "truncate" } else { "keep" });
         if n > 1 {
             warn!(table = %table.id, partitions = n, "snapshot on a multi-partition topic: the target table is not emptied first (rows deleted since an interrupted earlier copy may remain; check with `ferry parity`)");
         }
@@ -202,10 +244,18 @@ impl Forwarder {
     async fn change(
         &mut self,
         ev: ChangeEvent,
-        snapshot_start: Option<&str>,
+        marker: Option<Marker<'_>>,
     ) -> Result<(), PipelineError> {
+        if !self
+            .schemas
+            .get(&ev.table.id)
+            .is_some_and(|s| Arc::ptr_eq(s, &ev.table))
+        {
+            self.schemas
+                .insert(ev.table.id.clone(), Arc::clone(&ev.table));
+        }
         let n = self.ensure(&ev.table).await?;
-        if ev.op == Op::Truncate && snapshot_start.is_none() && n > 1 {
+        if ev.op == Op::Truncate && marker.is_none() && n > 1 {
             return Err(PipelineError::fatal(
                 Stage::Source,
                 format!(
@@ -256,17 +306,26 @@ impl Forwarder {
                 value: Some(x.as_bytes()),
             });
         }
-        if let Some(mode) = snapshot_start {
-            headers = headers.insert(Header {
-                key: HEADER_SNAPSHOT_START,
-                value: Some(mode.as_bytes()),
-            });
+        match marker {
+            Some(Marker::SnapshotStart(mode)) => {
+                headers = headers.insert(Header {
+                    key: HEADER_SNAPSHOT_START,
+                    value: Some(mode.as_bytes()),
+                })
+            }
+            Some(Marker::SnapshotDone(done)) => {
+                headers = headers.insert(Header {
+                    key: HEADER_SNAPSHOT_DONE,
+                    value: Some(done.as_bytes()),
+                })
+            }
+            None => {}
         }
         let mut record = FutureRecord::to(&topic)
             .key(&key)
             .payload(&value)
             .headers(headers);
-        if snapshot_start.is_some() || ev.op == Op::Truncate {
+        if marker.is_some() || ev.op == Op::Truncate {
             // Table-wide markers go to partition 0 (the only one when they
             // truncate).
             record = record.partition(0);
@@ -316,7 +375,7 @@ impl Forwarder {
 
 /// Awaits deliveries in order and releases what they make durable.
 struct Tracker {
-    producer: Arc<FutureProducer>,
+    producer: Arc<super::Producer>,
     checkpoint_topic: String,
     pipeline: String,
     acks: watch::Sender<SourceAck>,
@@ -351,12 +410,19 @@ impl Tracker {
                 Pending::Delivery { fut, resume_token } => {
                     match fut.await {
                         Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
+                        Ok(Err((e, m))) => {
                             // Retried by librdkafka until it gave up: the
                             // messages after it may be lost or reordered,
                             // so the source starts over from its last
                             // durable point.
-                            return Err(kafka_err(Stage::Source, "deliver to Kafka", e));
+                            let what = match e.rdkafka_error_code() {
+                                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => format!(
+                                    "topic {} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the source stops",
+                                    rdkafka::Message::topic(&m)
+                                ),
+                                _ => "deliver to Kafka".to_string(),
+                            };
+                            return Err(kafka_err(Stage::Source, &what, e));
                         }
                         Err(_) => {
                             return Err(PipelineError::fatal(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::envelope::NewSchema;
@@ -18,7 +18,7 @@ use crate::error::{PipelineError, Stage};
 
 /// Publishes `schema` and waits until Kafka has it.
 pub async fn publish(
-    producer: &FutureProducer,
+    producer: &super::Producer,
     topic: &str,
     schema: &NewSchema,
 ) -> Result<(), PipelineError> {

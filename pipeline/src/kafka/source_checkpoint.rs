@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +143,7 @@ fn read_last(k: &KafkaConfig, topic: &str, pipeline: &str) -> Result<Checkpoint,
 
 /// Writes `c` as `pipeline`'s checkpoint and waits for Kafka's ack.
 pub async fn store(
-    producer: &FutureProducer,
+    producer: &super::Producer,
     topic: &str,
     pipeline: &str,
     c: &Checkpoint,

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::envelope::{Decoder, EnvelopeError, SchemaRef};
-use super::producer::HEADER_SNAPSHOT_START;
+use super::producer::{HEADER_SNAPSHOT_DONE, HEADER_SNAPSHOT_START};
 use super::{client_config, ensure_topics, kafka_err, registry, schema_store};
 use crate::bus::{self, BusSender};
 use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
@@ -226,7 +226,15 @@ async fn run_once<K: Sink, S: BusOffsets>(
     // Defaults a user may override: a worker that dies is noticed in
     // seconds, not the 45 s librdkafka waits by default.
     cfg.set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // Large documents (MongoDB allows 16 MB) must fit in a fetch.
+        .set("fetch.max.bytes", "134217728")
+        .set("receive.message.max.bytes", "135000000");
+    if matches!(subscription, Subscription::Prefix) {
+        // New collections' topics are found on the next metadata refresh
+        // (librdkafka's default is 5 minutes).
+        cfg.set("topic.metadata.refresh.interval.ms", "5000");
+    }
     for (key, v) in &k.consumer {
         cfg.set(key, v);
     }
@@ -285,6 +293,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
         topic_names: HashMap::new(),
     };
     let mut shutdown_rx = shutdown.clone();
+    let mut checked = std::time::Instant::now();
     loop {
         tokio::select! {
             // (The `Ref` wait_for returns must not live in the select's
@@ -297,7 +306,11 @@ async fn run_once<K: Sink, S: BusOffsets>(
                     Ok(m) => Incoming::from(&m),
                     Err(e) => {
                         let e = consumer_error(e);
-                        if e.class == ErrorClass::Transient {
+                        // A pattern that matches no topic yet (no
+                        // collection created so far) is not an error.
+                        let pattern_empty = matches!(subscription, Subscription::Prefix)
+                            && e.code.as_deref() == Some("UnknownTopicOrPartition");
+                        if e.class == ErrorClass::Transient || pattern_empty {
                             debug!(error = %e, "consumer error (librdkafka retries)");
                             continue;
                         }
@@ -316,10 +329,88 @@ async fn run_once<K: Sink, S: BusOffsets>(
         {
             return Err(e);
         }
+        if checked.elapsed() >= Duration::from_secs(5) {
+            checked = std::time::Instant::now();
+            let c = Arc::clone(&consumer);
+            let names = match subscription {
+                Subscription::Topics(n) => n.clone(),
+                Subscription::Prefix => Vec::new(),
+            };
+            let owned: Vec<((String, i32), PartitionProgress)> = reader
+                .progress
+                .lock()
+                .expect("progress lock")
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            tokio::task::spawn_blocking(move || check_topics(&c, &names, &owned))
+                .await
+                .map_err(|e| PipelineError::fatal(Stage::Decode, format!("topic check: {e}")))??;
+        }
     }
     // Shutdown: let the apply side commit what it has, then stop.
     drop(reader);
     flatten(apply_task.await)
+}
+
+/// What librdkafka does not report by itself: a subscribed topic that is
+/// gone (a consumer group just stops getting it), and a partition whose end
+/// is below the sink's progress (the broker lost data: there is nothing to
+/// fetch, and waiting would hide it). Either stops the worker.
+fn check_topics<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    names: &[String],
+    owned: &[((String, i32), PartitionProgress)],
+) -> Result<(), PipelineError> {
+    // One topic per request: an all-topics request against tansu after it
+    // lost its data crashed librdkafka 2.12 (a NULL topic name reaching its
+    // metadata cache).
+    let mut topics: Vec<&String> = names
+        .iter()
+        .chain(owned.iter().map(|((t, _), _)| t))
+        .collect();
+    topics.sort();
+    topics.dedup();
+    for t in topics {
+        let md = match consumer
+            .client()
+            .fetch_metadata(Some(t), Duration::from_secs(5))
+        {
+            Ok(md) => md,
+            // The broker is away: librdkafka reconnects; check again later.
+            Err(e) => {
+                debug!(error = %e, "topic check: no metadata");
+                return Ok(());
+            }
+        };
+        let exists = md
+            .topics()
+            .iter()
+            .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty());
+        if !exists {
+            return Err(PipelineError::fatal(
+                Stage::Decode,
+                format!("topic {t} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the worker stops"),
+            )
+            .with_code("UnknownTopicOrPartition"));
+        }
+    }
+    for ((t, p), progress) in owned {
+        match consumer.fetch_watermarks(t, *p, Duration::from_secs(5)) {
+            Ok((_, high)) if high < progress.next_offset => {
+                return Err(PipelineError::fatal(
+                    Stage::Decode,
+                    format!(
+                        "{t}[{p}] ends at offset {high}, but the target already applied up to {}: the offsets this worker must resume from are no longer in Kafka (the broker lost data); nothing was skipped, the worker stops",
+                        progress.next_offset
+                    ),
+                )
+                .with_code("OffsetOutOfRange"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn consumer_error(e: KafkaError) -> PipelineError {
@@ -368,22 +459,28 @@ struct Incoming {
     offset: i64,
     payload: Option<Vec<u8>>,
     snapshot_start: Option<String>,
+    snapshot_done: Option<String>,
 }
 
 impl Incoming {
     fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        let snapshot_start = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == HEADER_SNAPSHOT_START)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
+        let header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let snapshot_start = header(HEADER_SNAPSHOT_START);
+        let snapshot_done = header(HEADER_SNAPSHOT_DONE);
         Incoming {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
             payload: m.payload().map(<[u8]>::to_vec),
             snapshot_start,
+            snapshot_done,
         }
     }
 }
@@ -434,10 +531,23 @@ impl Reader {
                 position = Some(ev.position);
             }
             if !replay {
-                let msg = match m.snapshot_start.as_deref() {
-                    Some("truncate") => BusMessage::SnapshotStart { table: ev.table },
-                    Some(_) => BusMessage::EnsureTable { table: ev.table },
-                    None => BusMessage::Change(ev),
+                let msg = match (m.snapshot_start.as_deref(), &m.snapshot_done) {
+                    (Some("truncate"), _) => BusMessage::SnapshotStart { table: ev.table },
+                    (Some(_), _) => BusMessage::EnsureTable { table: ev.table },
+                    (None, Some(done)) => {
+                        let v: serde_json::Value = serde_json::from_str(done).map_err(|e| {
+                            PipelineError::fatal(
+                                Stage::Decode,
+                                format!("unreadable snapshot marker: {e}"),
+                            )
+                        })?;
+                        BusMessage::SnapshotDone {
+                            table: ev.table.id.clone(),
+                            rows: v["rows"].as_u64().unwrap_or(0),
+                            state: v["state"].clone(),
+                        }
+                    }
+                    (None, None) => BusMessage::Change(ev),
                 };
                 self.send(msg).await?;
             }

@@ -1,0 +1,321 @@
+//! The Kafka bus under failure: the source and the workers as separate
+//! processes, killed with -9 while traffic flows; two workers rebalancing
+//! partitions between them; a broker that loses everything.
+//!
+//! These always run on a broker of their own (whatever `FERRY_TEST_BUS`
+//! says). Each ends with a row-by-row comparison of source and target, and
+//! a target-side audit proves that no row was ever written with an older or
+//! the same version again: nothing was lost, nothing applied twice, no row
+//! moved back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+
+use crate::support::kafka::KafkaBroker;
+use crate::support::{Ferry, Pair};
+
+const TABLE: &str = "public.accounts";
+const ROWS: i64 = 3_000;
+
+/// A pair with a broker, whatever bus the suite runs on.
+async fn pair_with_broker(prefix: &str) -> Pair {
+    let mut pair = Pair::start(prefix).await;
+    if pair.kafka.is_none() {
+        pair.kafka = Some(
+            tokio::task::spawn_blocking(KafkaBroker::start)
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        );
+    }
+    pair
+}
+
+/// The pair's config with `partitions` partitions per data topic.
+fn config(pair: &Pair, partitions: i32) -> PathBuf {
+    let path = pair.config(&[TABLE], "batch_size = 500", "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("partitions = 1"), "{text}");
+    let text = text.replace("partitions = 1", &format!("partitions = {partitions}"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Source table with a version per row, and on the target an audit of
+/// every write that did not move a row forward.
+async fn setup(pair: &Pair) {
+    pair.src()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, version bigint NOT NULL, balance numeric(20,2) NOT NULL, note text);
+             INSERT INTO accounts SELECT g, 1, g * 1.25, 'seed' FROM generate_series(1, {ROWS}) g;"
+        ))
+        .await
+        .unwrap();
+    // Created by hand so that the audit trigger exists before the first
+    // row arrives (Ferry only adds what is missing).
+    pair.dst()
+        .await
+        .batch_execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, version bigint NOT NULL, balance numeric(20,2) NOT NULL, note text);
+             CREATE TABLE audit_backwards (id bigint, old_version bigint, new_version bigint, at timestamptz DEFAULT now());
+             CREATE FUNCTION audit_accounts() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.version <= OLD.version THEN
+                 INSERT INTO audit_backwards (id, old_version, new_version) VALUES (OLD.id, OLD.version, NEW.version);
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER audit BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION audit_accounts();",
+        )
+        .await
+        .unwrap();
+}
+
+/// Small transactions that update (version + 1), insert and delete rows
+/// until stopped; returns how many it committed.
+fn traffic(url: String, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let client = ferry_postgres_source::connect(&url).await.expect("connect");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut next_id = ROWS + 1;
+        let mut committed = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..20 {
+                let id = rng.random_range(1..next_id);
+                match rng.random_range(0..10) {
+                    0 => sql.push_str(&format!("DELETE FROM accounts WHERE id = {id};")),
+                    1 | 2 => {
+                        sql.push_str(&format!(
+                            "INSERT INTO accounts VALUES ({next_id}, 1, {}.{:02}, 'new');",
+                            rng.random_range(0..100_000),
+                            rng.random_range(0..100)
+                        ));
+                        next_id += 1;
+                    }
+                    _ => sql.push_str(&format!(
+                        "UPDATE accounts SET version = version + 1, balance = balance + 1.01 WHERE id = {id};"
+                    )),
+                }
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("traffic");
+            committed += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        committed
+    })
+}
+
+async fn assert_never_backwards(pair: &Pair) {
+    let rows = pair
+        .dst()
+        .await
+        .query(
+            "SELECT id, old_version, new_version FROM audit_backwards LIMIT 10",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        seen.is_empty(),
+        "rows written again with an older or the same version (id, old, new): {seen:?}"
+    );
+}
+
+/// [`Pair::wait_equal`] that shows the processes' logs when it fails.
+async fn wait_equal(pair: &Pair, procs: &[&Ferry], timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match pair.compare(&[TABLE]).await {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                let mut logs: Vec<String> = procs.iter().map(|f| f.log_text()).collect();
+                if let Some(k) = &pair.kafka {
+                    logs.push(format!("broker:\n{}", k.log_tail(80)));
+                }
+                panic!(
+                    "target never matched source: {e}\n\nlogs:\n{}",
+                    logs.join("\n-----\n")
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+fn alive(f: &mut Ferry, what: &str) {
+    assert!(f.exited().is_none(), "{what} exited: {}", f.log_text());
+}
+
+fn spawn(config: &Path, role: &str) -> Ferry {
+    Ferry::spawn_with(config, &["--role", role])
+}
+
+/// Source and worker in separate processes; each is killed with -9 twice
+/// while traffic flows, and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_worker_and_source_loses_nothing() {
+    let pair = pair_with_broker("kbkill").await;
+    setup(&pair).await;
+    let cfg = config(&pair, 2);
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        alive(&mut worker, "worker");
+        worker.kill9();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        worker = spawn(&cfg, "worker");
+        tokio::time::sleep(Duration::from_millis(1500 + 300 * round)).await;
+        alive(&mut source, "source");
+        source.kill9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        source = spawn(&cfg, "source");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "traffic made {committed} transactions");
+    pair.wait_equal(&[TABLE], Duration::from_secs(120)).await;
+    assert_never_backwards(&pair).await;
+    alive(&mut source, "source");
+    alive(&mut worker, "worker");
+}
+
+/// Two workers on two partitions: a second worker joins while traffic
+/// flows (the partitions are split), the first leaves (killed -9; the
+/// second takes everything), and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_rebalance_under_traffic() {
+    let pair = pair_with_broker("kbrebal").await;
+    setup(&pair).await;
+    let cfg = config(&pair, 2);
+    let mut source = spawn(&cfg, "source");
+    let mut a = spawn(&cfg, "worker");
+    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut b = spawn(&cfg, "worker");
+    // The join and the split take a few seconds with 6 s sessions.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    alive(&mut a, "worker a");
+    alive(&mut b, "worker b");
+    a.kill9();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    alive(&mut b, "worker b");
+    let mut a = spawn(&cfg, "worker");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    pair.wait_equal(&[TABLE], Duration::from_secs(120)).await;
+    assert_never_backwards(&pair).await;
+    let both = format!("{}\n{}", a.log_text(), b.log_text());
+    assert!(
+        both.contains("partitions assigned"),
+        "no assignment logged:\n{both}"
+    );
+    alive(&mut a, "worker a");
+    alive(&mut b, "worker b");
+    alive(&mut source, "source");
+}
+
+/// A broker that restarts empty (memory-only storage): the offsets the
+/// worker must resume from are gone. Ferry stops with a message saying so;
+/// it never jumps to whatever is there now.
+///
+/// Ignored in the suite: about one run in five, librdkafka 2.12 itself
+/// crashes (SIGSEGV in `rd_kafka_metadata_update_op`, an open librdkafka
+/// bug: confluentinc/librdkafka#5280) on what the emptied tansu answers,
+/// before Ferry's own check stops it. Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "librdkafka 2.12 can crash on an emptied tansu (confluentinc/librdkafka#5280)"]
+async fn broker_that_lost_everything_stops_the_pipeline() {
+    let mut pair = pair_with_broker("kblost").await;
+    setup(&pair).await;
+    let cfg = config(&pair, 1);
+    let mut ferry = Ferry::spawn(&cfg);
+    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+    let broker = pair.kafka.as_mut().unwrap();
+    tokio::task::block_in_place(|| broker.restart());
+    pair.src()
+        .await
+        .batch_execute("UPDATE accounts SET version = version + 1 WHERE id <= 10")
+        .await
+        .unwrap();
+    let status = tokio::task::block_in_place(|| ferry.wait_exit(Duration::from_secs(60)));
+    let log = ferry.log_text();
+    let status =
+        status.unwrap_or_else(|| panic!("ferry kept running on an emptied broker:\n{log}"));
+    assert!(!status.success(), "exit {status}:\n{log}");
+    assert!(
+        status.code() == Some(3),
+        "ferry did not stop on its own error ({status}):\n{log}"
+    );
+    assert!(
+        log.contains("no longer in Kafka")
+            || log.contains("does not exist any more")
+            || log.contains("UnknownProducerId")
+            || log.contains("OutOfOrderSequence"),
+        "no clear message:\n{log}"
+    );
+}
+
+/// A durable broker (SQLite storage) stopped for a few seconds while
+/// traffic flows, then started again: the source waits (its deliveries are
+/// retried, the slot keeps what is not acknowledged), the worker
+/// reconnects, and the target ends equal, with nothing applied twice.
+///
+/// Ignored in the suite: against tansu 0.6 with SQLite storage, after the
+/// restart the producer never gets its deliveries acknowledged and the
+/// consumer group keeps rebalancing, so nothing flows (nothing is lost
+/// either: the slot keeps every unacknowledged change). Not yet known
+/// whether tansu or Ferry's client settings are at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stalls after a restart of tansu's SQLite storage; under investigation"]
+async fn durable_broker_restart_loses_nothing() {
+    let mut pair = Pair::start("kbrestart").await;
+    pair.kafka = Some(
+        tokio::task::spawn_blocking(KafkaBroker::start_durable)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+    );
+    setup(&pair).await;
+    let cfg = config(&pair, 2);
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let broker = pair.kafka.as_mut().unwrap();
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    alive(&mut source, "source while the broker is down");
+    alive(&mut worker, "worker while the broker is down");
+    let broker = pair.kafka.as_mut().unwrap();
+    tokio::task::block_in_place(|| broker.restart());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(120)).await;
+    assert_never_backwards(&pair).await;
+    alive(&mut source, "source");
+    alive(&mut worker, "worker");
+}
