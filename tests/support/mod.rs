@@ -213,7 +213,13 @@ impl Ferry {
             .args(["run", "--config"])
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", "info,ferry_postgres_sink=debug")
+            // FERRY_TEST_RUST_LOG overrides the filter (debugging aid, e.g.
+            // "info,librdkafka=debug" with librdkafka's `debug` property).
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,ferry_postgres_sink=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

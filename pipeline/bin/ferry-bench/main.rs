@@ -15,6 +15,7 @@
 //! Run `cargo build --release --bins && target/release/ferry-bench`; it
 //! prints a Markdown table and writes JSON to `--out`.
 
+mod kafka;
 mod mongo;
 mod shapes;
 
@@ -60,12 +61,21 @@ struct Args {
     /// (snapshot and change stream), with this many documents.
     #[arg(long)]
     mongo: Option<i64>,
+    /// Instead of the peers: Ferry on the embedded bus against Ferry on the
+    /// Kafka bus (source + 1 worker, source + 2 workers; topics with 2
+    /// partitions) on a local tansu broker, same workload; writes
+    /// `--kafka-out`.
+    #[arg(long)]
+    kafka: bool,
+    /// Where the JSON report of `--kafka` goes.
+    #[arg(long, default_value = "bench-results/kafka.json")]
+    kafka_out: PathBuf,
     /// Rows per batch for `--shapes`.
     #[arg(long, default_value_t = 5000)]
     shape_rows: i64,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, visible_alias = "runs", default_value_t = 3)]
     repeat: usize,
 }
 
@@ -89,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(docs) = args.mongo {
         return mongo::run(docs, &ferry_exe()?).await;
+    }
+    if args.kafka {
+        return kafka::run(&args).await;
     }
     if args.shapes {
         return shapes::run(args.shape_rows, 2 * args.repeat.max(1) + 1).await;

@@ -109,6 +109,15 @@ pub fn client_config(
     extra: &std::collections::BTreeMap<String, String>,
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // rdkafka takes the level from the `log` crate, which Ferry does not
+    // use: follow tracing's filter for the `librdkafka` target instead.
+    c.set_log_level(
+        if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) {
+            rdkafka::config::RDKafkaLogLevel::Debug
+        } else {
+            rdkafka::config::RDKafkaLogLevel::Info
+        },
+    );
     c.set("bootstrap.servers", &k.brokers)
         // Reconnect quickly after a broker blip, but back off exponentially.
         .set("reconnect.backoff.ms", "100")

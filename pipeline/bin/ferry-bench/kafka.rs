@@ -1,0 +1,844 @@
+//! `ferry-bench --kafka`: Ferry on the embedded bus against Ferry on the
+//! Kafka bus, on the foundation workload of the default mode (same seed,
+//! same backlog, same steady load), in one invocation, the configurations
+//! alternating run by run:
+//!
+//! 1. embedded bus: one `ferry run`;
+//! 2. Kafka bus, source + 1 worker (`--role source`, `--role worker`);
+//! 3. Kafka bus, source + 2 workers (one consumer group).
+//!
+//! The Kafka topics have 2 partitions; the broker is tansu (memory storage)
+//! on the same machine, a fresh one per run, as are the PostgreSQL clusters.
+//!
+//! Throughput: the seed is snapshotted, then the source is stopped (the
+//! workers keep running, their consumer group joined and stable) while the
+//! backlog is written; the clock starts when the source starts again and
+//! stops when the target matches a fingerprint of the source (per table:
+//! row count and sums over the columns the backlog changes). A single
+//! marker row does not do on Kafka: the partitions are applied
+//! independently, and a marker on one says nothing of the others. The
+//! embedded run is timed with the same criterion. Lag and peak RSS are
+//! measured as in the default mode; the RSS is the sum over the ferry
+//! processes (their `VmHWM`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use tokio_postgres::Client;
+
+use super::{
+    chrono_free_date, current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile,
+    prepare_source, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
+    FerryProcess, Outcome,
+};
+
+/// Partitions of every data topic.
+const PARTITIONS: usize = 2;
+/// The pipeline's tables (each a data topic on Kafka).
+const TABLES: [&str; 3] = ["public.accounts", "public.transfers", "public.probe"];
+/// How often the full fingerprint is compared at most.
+const FINGERPRINT_EVERY: Duration = Duration::from_millis(200);
+/// How often the cheap precondition (last transfer id, marker row) is
+/// polled.
+const GATE_EVERY: Duration = Duration::from_millis(50);
+
+/// What is compared between source and target: per table the row count and
+/// sums over the columns the backlog changes (every update adds to a
+/// balance and moves `updated_at`; inserts and deletes move the count and
+/// the id sum).
+const FINGERPRINT_SQL: &str = "SELECT
+  (SELECT count(*)::text || ' ' || coalesce(round(sum(balance), 10)::text, '-') || ' '
+          || coalesce(sum(extract(epoch FROM updated_at))::text, '-') FROM accounts)
+  || ' | ' ||
+  (SELECT count(*)::text || ' ' || coalesce(sum(id)::text, '-') || ' '
+          || coalesce(round(sum(amount), 10)::text, '-') FROM transfers)
+  || ' | ' ||
+  (SELECT count(*)::text || ' ' || coalesce(sum(id)::text, '-') FROM probe)";
+
+/// A necessary condition for the fingerprint, cheap enough to poll often
+/// (two index lookups): the backlog's last transfer and its marker row are
+/// in the target.
+const GATE_SQL: &str = "SELECT (SELECT max(id) FROM transfers),
+        EXISTS (SELECT 1 FROM probe WHERE id = -1)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Embedded,
+    Kafka { workers: usize },
+}
+
+impl Setup {
+    const ALL: [Setup; 3] = [
+        Setup::Embedded,
+        Setup::Kafka { workers: 1 },
+        Setup::Kafka { workers: 2 },
+    ];
+
+    fn name(self) -> String {
+        match self {
+            Setup::Embedded => "embedded bus".into(),
+            Setup::Kafka { workers: 1 } => "Kafka, source + 1 worker".into(),
+            Setup::Kafka { workers } => format!("Kafka, source + {workers} workers"),
+        }
+    }
+
+    /// Its key in the JSON report (and its logs' file names).
+    fn key(self) -> String {
+        match self {
+            Setup::Embedded => "embedded".into(),
+            Setup::Kafka { workers } => format!("kafka_{workers}w"),
+        }
+    }
+
+    fn processes(self) -> usize {
+        match self {
+            Setup::Embedded => 1,
+            Setup::Kafka { workers } => 1 + workers,
+        }
+    }
+}
+
+/// One run's (or the medians') figures.
+#[derive(Debug, Clone, serde::Serialize)]
+struct KafkaOutcome {
+    #[serde(flatten)]
+    outcome: Outcome,
+    /// Ferry processes (source, workers).
+    processes: usize,
+    /// CPU seconds of the ferry processes during the timed backlog.
+    ferry_cpu_secs: f64,
+    /// CPU seconds of the broker during the timed backlog.
+    broker_cpu_secs: Option<f64>,
+    /// Seconds the workers took to join their group before the backlog
+    /// (not timed).
+    group_join_secs: Option<f64>,
+    /// Partition revocations the workers logged during the timed backlog
+    /// (0: no rebalance in the window).
+    revocations_in_window: usize,
+    /// Full fingerprint comparisons made while waiting.
+    fingerprint_checks: usize,
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+    let tansu = tansu_path()?;
+    // Ctrl-C or SIGTERM drops the benchmark's future, and with it every
+    // child process (ferry, broker) and cluster it holds.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run_all(args, &tansu) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; child processes stopped"),
+        _ = term.recv() => bail!("terminated; child processes stopped"),
+    }
+}
+
+async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let runs = args.repeat.max(1);
+    let mut all: Vec<Vec<KafkaOutcome>> = vec![Vec::new(); Setup::ALL.len()];
+    for run in 0..runs {
+        for (i, setup) in Setup::ALL.into_iter().enumerate() {
+            eprintln!("run {} of {runs}: {}", run + 1, setup.name());
+            let o = bench_one(args, setup, run, tansu)
+                .await
+                .with_context(|| format!("{} (run {})", setup.name(), run + 1))?;
+            all[i].push(o);
+        }
+    }
+    let medians: Vec<KafkaOutcome> = all.iter().map(|runs| median(runs)).collect();
+    let rate = |i: usize| medians[i].outcome.rows_per_sec;
+    let kafka1_vs_embedded = rate(1) / rate(0);
+    let kafka2_vs_kafka1 = rate(2) / rate(1);
+    let kafka2_vs_embedded = rate(2) / rate(0);
+
+    println!();
+    println!(
+        "| configuration | ferry processes | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, sum of processes, max of runs) | ferry CPU s | broker CPU s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for m in &medians {
+        let o = &m.outcome;
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {} |",
+            o.name,
+            m.processes,
+            o.changes,
+            o.seconds,
+            o.rows_per_sec,
+            o.lag_p50_ms,
+            o.lag_p99_ms,
+            o.peak_rss_mb.map_or("-".to_string(), |m| format!("{m:.1}")),
+            m.ferry_cpu_secs,
+            m.broker_cpu_secs
+                .map_or("-".to_string(), |s| format!("{s:.1}")),
+        );
+    }
+    let verdict = if kafka1_vs_embedded >= 0.7 {
+        "met"
+    } else {
+        "not met"
+    };
+    println!(
+        "\nKafka (1 worker) / embedded throughput: {kafka1_vs_embedded:.2}x (target >= 0.7x: {verdict})"
+    );
+    println!("Kafka (2 workers) / Kafka (1 worker) throughput: {kafka2_vs_kafka1:.2}x");
+    println!("Kafka (2 workers) / embedded throughput: {kafka2_vs_embedded:.2}x");
+    for (setup, runs) in Setup::ALL.iter().zip(&all) {
+        let rates: Vec<String> = runs
+            .iter()
+            .map(|o| format!("{:.0}", o.outcome.rows_per_sec))
+            .collect();
+        println!("{} rows/s per run: {}", setup.name(), rates.join(" / "));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("benchmark wall time: {:.1} min", elapsed / 60.0);
+
+    if let Some(dir) = args.kafka_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut per_run = serde_json::Map::new();
+    for (setup, runs) in Setup::ALL.iter().zip(&all) {
+        per_run.insert(setup.key(), serde_json::to_value(runs)?);
+    }
+    let report = serde_json::json!({
+        "machine": machine(),
+        "date": chrono_free_date(),
+        "broker": "tansu (memory storage), same machine",
+        "args": {
+            "changes": args.changes, "rows_per_txn": args.rows_per_txn, "accounts": args.accounts,
+            "steady_rate": args.steady_rate, "steady_secs": args.steady_secs, "runs": runs,
+            "partitions": PARTITIONS,
+        },
+        "completion": "target matches the source's fingerprint (per table: count and sums over the changed columns)",
+        "results": medians,
+        "ratios": {
+            "kafka_1w_over_embedded": kafka1_vs_embedded,
+            "kafka_2w_over_kafka_1w": kafka2_vs_kafka1,
+            "kafka_2w_over_embedded": kafka2_vs_embedded,
+            "target_kafka_over_embedded": 0.7,
+            "target_met": kafka1_vs_embedded >= 0.7,
+        },
+        "runs": per_run,
+        "wall_secs": elapsed,
+    });
+    std::fs::write(&args.kafka_out, serde_json::to_string_pretty(&report)?)?;
+    println!("report written to {}", args.kafka_out.display());
+    Ok(())
+}
+
+/// The median of each figure over the runs of one configuration (peak RSS:
+/// the largest).
+fn median(runs: &[KafkaOutcome]) -> KafkaOutcome {
+    let outcomes: Vec<Outcome> = runs.iter().map(|r| r.outcome.clone()).collect();
+    let med =
+        |f: &dyn Fn(&KafkaOutcome) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 0.5);
+    let broker: Vec<f64> = runs.iter().filter_map(|r| r.broker_cpu_secs).collect();
+    let join: Vec<f64> = runs.iter().filter_map(|r| r.group_join_secs).collect();
+    KafkaOutcome {
+        outcome: median_outcome(&outcomes),
+        processes: runs[0].processes,
+        ferry_cpu_secs: med(&|r| r.ferry_cpu_secs),
+        broker_cpu_secs: (!broker.is_empty()).then(|| percentile(&broker, 0.5)),
+        group_join_secs: (!join.is_empty()).then(|| percentile(&join, 0.5)),
+        revocations_in_window: runs.iter().map(|r| r.revocations_in_window).sum(),
+        fingerprint_checks: runs.iter().map(|r| r.fingerprint_checks).sum(),
+    }
+}
+
+/// One run of one configuration, on fresh clusters (and a fresh broker).
+async fn bench_one(
+    args: &Args,
+    setup: Setup,
+    run: usize,
+    tansu: &Path,
+) -> anyhow::Result<KafkaOutcome> {
+    let dir = tempfile::tempdir()?;
+    let mut fleet = Fleet {
+        procs: Vec::new(),
+        broker: None,
+    };
+    if let Setup::Kafka { .. } = setup {
+        let broker = Broker::start(tansu, dir.path()).await?;
+        eprintln!("  broker on port {}", broker.port);
+        fleet.broker = Some(broker);
+    }
+    let source = LocalCluster::start(ClusterOptions::default()).await?;
+    let target = LocalCluster::start(ClusterOptions::default()).await?;
+    let src = prepare_source(&source, args.accounts).await?;
+    target.create_database("bench").await?;
+    let config = dir.path().join("ferry.toml");
+    let prefix = format!("bench-{}-{}", run + 1, setup.key().replace('_', "-"));
+    std::fs::write(
+        &config,
+        config_toml(&source, &target, setup, fleet.broker.as_ref(), &prefix),
+    )?;
+
+    // Workers first, and their group settled: the rebalances of joining
+    // are not part of the timed window.
+    let mut group_join_secs = None;
+    let source_role = match setup {
+        Setup::Embedded => "all",
+        Setup::Kafka { workers } => {
+            let t0 = Instant::now();
+            for i in 0..workers {
+                let log = dir.path().join(format!("worker-{}.log", i + 1));
+                fleet.spawn(&format!("worker {}", i + 1), &config, "worker", &log)?;
+            }
+            let logs = fleet.worker_logs();
+            guarded(
+                &mut fleet,
+                wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(120)),
+            )
+            .await?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!("  {workers} worker(s) joined, partitions assigned, in {secs:.1}s");
+            group_join_secs = Some(secs);
+            "source"
+        }
+    };
+
+    // First life of the source: slot, snapshot of the seed.
+    let first_log = dir.path().join("source-1.log");
+    fleet.spawn("source (snapshot)", &config, source_role, &first_log)?;
+    let lsn0 = current_lsn(&src).await?;
+    let dst = target.connect("bench").await?;
+    guarded(&mut fleet, wait_rows(&dst, "accounts", args.accounts)).await?;
+    guarded(
+        &mut fleet,
+        wait_confirmed(&src, "ferry", lsn0, Duration::from_secs(300)),
+    )
+    .await?;
+    // Every table's snapshot recorded (in Kafka, or in the target) before
+    // the stop: the second life must not copy anything again.
+    guarded(&mut fleet, wait_snapshots_recorded(&dst)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut first = fleet.procs.pop().context("the source process")?;
+    first.process.stop();
+    drop(first);
+    wait_slot_inactive(&src, "ferry").await?;
+
+    let (changes, _end_lsn) = write_backlog(&src, args).await?;
+    let expected = fingerprint(&src).await?;
+    let expected_last: Option<i64> = src
+        .query_one("SELECT max(id) FROM transfers", &[])
+        .await?
+        .get(0);
+
+    // The group must still be the one that settled before the backlog.
+    let logs = fleet.worker_logs();
+    if !logs.is_empty() {
+        guarded(
+            &mut fleet,
+            wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(60)),
+        )
+        .await?;
+    }
+    let revoked_before = revocations(&logs);
+    let cpu_before = fleet.ferry_cpu();
+    let broker_before = fleet.broker.as_ref().and_then(Broker::cpu_seconds);
+
+    let started = Instant::now();
+    let second_log = dir.path().join("source-2.log");
+    fleet.spawn("source", &config, source_role, &second_log)?;
+    let wait = wait_fingerprint(&dst, &expected, expected_last, Duration::from_secs(1800));
+    let (done, checks) = guarded(&mut fleet, wait).await?;
+    let seconds = done.duration_since(started).as_secs_f64();
+    let ferry_cpu_secs = fleet.ferry_cpu() - cpu_before;
+    let broker_cpu_secs = match (
+        broker_before,
+        fleet.broker.as_ref().and_then(Broker::cpu_seconds),
+    ) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let revocations_in_window = revocations(&logs) - revoked_before;
+    eprintln!(
+        "  backlog applied in {seconds:.1}s ({:.0} rows/s; ferry {ferry_cpu_secs:.1} CPU s, broker {} CPU s, {checks} fingerprint checks, {revocations_in_window} revocations)",
+        changes as f64 / seconds,
+        broker_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
+    );
+    check_no_resnapshot(&second_log)?;
+
+    let lags = guarded(&mut fleet, measure_lag(&source, &target, args)).await?;
+    let peak_rss_mb = fleet.peak_rss_mb();
+    // The last run's logs beside the report, for looking into a result.
+    if let Some(out) = args.kafka_out.parent() {
+        let logs_dir = out.join("kafka-logs");
+        std::fs::create_dir_all(&logs_dir)?;
+        for name in [
+            "worker-1.log",
+            "worker-2.log",
+            "source-1.log",
+            "source-2.log",
+        ] {
+            let from = dir.path().join(name);
+            if from.exists() {
+                let _ = std::fs::copy(&from, logs_dir.join(format!("{}-{name}", setup.key())));
+            }
+        }
+    }
+    // Ferry and the broker stop before the clusters.
+    drop(fleet);
+    Ok(KafkaOutcome {
+        outcome: Outcome::of_run(&setup.name(), changes, seconds, &lags, peak_rss_mb),
+        processes: setup.processes(),
+        ferry_cpu_secs,
+        broker_cpu_secs,
+        group_join_secs,
+        revocations_in_window,
+        fingerprint_checks: checks,
+    })
+}
+
+fn config_toml(
+    source: &LocalCluster,
+    target: &LocalCluster,
+    setup: Setup,
+    broker: Option<&Broker>,
+    prefix: &str,
+) -> String {
+    let tables = TABLES
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (bus, kafka) = match (setup, broker) {
+        (Setup::Kafka { .. }, Some(b)) => (
+            "kafka",
+            format!(
+                r#"
+[kafka]
+brokers = "127.0.0.1:{port}"
+topic_prefix = "{prefix}"
+partitions = {PARTITIONS}
+group_id = "{prefix}"
+# librdkafka's defaults make a group join take ~20 s.
+consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+"#,
+                port = b.port
+            ),
+        ),
+        _ => ("embedded", String::new()),
+    };
+    format!(
+        r#"
+[pipeline]
+name = "bench"
+bus = "{bus}"
+batch_size = 10000
+
+[source]
+kind = "postgres"
+url = "{}"
+tables = [{tables}]
+status_interval_ms = 100
+
+[sink]
+kind = "postgres"
+url = "{}"
+{kafka}"#,
+        source.url("bench"),
+        target.url("bench")
+    )
+}
+
+/// The ferry processes of a run, and its broker. Dropping it kills them
+/// all (ferry first).
+struct Fleet {
+    procs: Vec<Proc>,
+    broker: Option<Broker>,
+}
+
+struct Proc {
+    name: String,
+    role: String,
+    log: PathBuf,
+    process: FerryProcess,
+}
+
+impl Fleet {
+    fn spawn(&mut self, name: &str, config: &Path, role: &str, log: &Path) -> anyhow::Result<()> {
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(ferry_exe()?)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .args(["--role", role])
+            // The group check reads the workers' info lines.
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawn ferry")?;
+        self.procs.push(Proc {
+            name: name.into(),
+            role: role.into(),
+            log: log.to_path_buf(),
+            process: FerryProcess(child),
+        });
+        Ok(())
+    }
+
+    fn worker_logs(&self) -> Vec<PathBuf> {
+        self.procs
+            .iter()
+            .filter(|p| p.role == "worker")
+            .map(|p| p.log.clone())
+            .collect()
+    }
+
+    /// An error naming the first process that exited, with its log.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.process.0.try_wait() {
+                bail!(
+                    "ferry ({}) exited with {status}:\n{}",
+                    p.name,
+                    tail(&p.log, 30)
+                );
+            }
+        }
+        if let Some(b) = &mut self.broker {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                bail!("the broker exited with {status}:\n{}", tail(&b.log, 30));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of every log, for an error.
+    fn tails(&self) -> String {
+        let mut s = String::new();
+        for p in &self.procs {
+            s.push_str(&format!("--- ferry ({}):\n{}\n", p.name, tail(&p.log, 15)));
+        }
+        if let Some(b) = &self.broker {
+            s.push_str(&format!("--- broker:\n{}\n", tail(&b.log, 15)));
+        }
+        s
+    }
+
+    fn ferry_cpu(&self) -> f64 {
+        self.procs
+            .iter()
+            .filter_map(|p| cpu_seconds(p.process.0.id()))
+            .sum()
+    }
+
+    /// The sum of the ferry processes' peak RSS.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let each: Option<Vec<f64>> = self.procs.iter().map(|p| p.process.peak_rss_mb()).collect();
+        each.map(|v| v.iter().sum())
+    }
+}
+
+/// Awaits `fut` while checking every 250 ms that the fleet's processes are
+/// alive; an error carries the tails of their logs.
+async fn guarded<T>(
+    fleet: &mut Fleet,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r.map_err(|e| e.context(fleet.tails())),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => fleet.check()?,
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime: the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The JSON log lines of a ferry process.
+fn log_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+const ASSIGNED: &str = "partitions assigned; starting at the sink's progress";
+const REVOKED: &str = "partitions revoked";
+
+/// Partitions a worker owns per its log: those of its last assignment,
+/// unless a revocation came after it (librdkafka's default, eager
+/// protocol: each rebalance revokes everything, then assigns afresh).
+fn owned_partitions(path: &Path) -> Option<usize> {
+    let mut owned = None;
+    for e in log_events(path) {
+        match e["message"].as_str() {
+            Some(ASSIGNED) => {
+                let list = e["partitions"].as_str().unwrap_or("");
+                owned = Some(list.matches("(\"").count());
+            }
+            Some(REVOKED) => owned = None,
+            _ => {}
+        }
+    }
+    owned
+}
+
+/// Revocations logged by the workers so far.
+fn revocations(logs: &[PathBuf]) -> usize {
+    logs.iter()
+        .map(|l| {
+            log_events(l)
+                .iter()
+                .filter(|e| e["message"].as_str() == Some(REVOKED))
+                .count()
+        })
+        .sum()
+}
+
+/// Waits until every worker holds an assignment and together they own all
+/// `partitions`: the group's rebalances are over.
+async fn wait_group(logs: &[PathBuf], partitions: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let owned: Vec<Option<usize>> = logs.iter().map(|l| owned_partitions(l)).collect();
+        let settled = owned.iter().all(|o| o.is_some_and(|n| n > 0))
+            && owned.iter().map(|o| o.unwrap_or(0)).sum::<usize>() == partitions;
+        if settled {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the workers' group did not settle in {timeout:?} (partitions owned: {owned:?}, expected {partitions} in all)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the target records a completed snapshot of every table.
+async fn wait_snapshots_recorded(dst: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM ferry_snapshot WHERE pipeline = 'bench'",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n >= TABLES.len() as i64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the snapshots of the seed were not recorded in the target ({n} of {})",
+                TABLES.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The second life of the source must resume, not copy the tables again
+/// (that would be timed too).
+fn check_no_resnapshot(log: &Path) -> anyhow::Result<()> {
+    let loaded = log_events(log).into_iter().find(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("loaded") && m.contains("checkpoint"))
+    });
+    match loaded.as_ref().and_then(|e| e["snapshots_done"].as_u64()) {
+        Some(n) if n as usize >= TABLES.len() => Ok(()),
+        other => bail!(
+            "the restarted source found {other:?} completed snapshots (expected {}): it copied tables again inside the timed window",
+            TABLES.len()
+        ),
+    }
+}
+
+async fn fingerprint(c: &Client) -> anyhow::Result<String> {
+    Ok(c.query_one(FINGERPRINT_SQL, &[]).await?.get(0))
+}
+
+/// Waits until the target's fingerprint equals `expected`; returns when it
+/// was seen and how many full comparisons it took.
+async fn wait_fingerprint(
+    dst: &Client,
+    expected: &str,
+    last_transfer: Option<i64>,
+    timeout: Duration,
+) -> anyhow::Result<(Instant, usize)> {
+    let deadline = Instant::now() + timeout;
+    let mut checks = 0;
+    let mut last_check: Option<Instant> = None;
+    let mut seen = String::new();
+    loop {
+        let gate = match dst.query_one(GATE_SQL, &[]).await {
+            Ok(r) => r.get::<_, Option<i64>>(0) == last_transfer && r.get::<_, bool>(1),
+            Err(_) => false,
+        };
+        if gate && last_check.is_none_or(|t| t.elapsed() >= FINGERPRINT_EVERY) {
+            last_check = Some(Instant::now());
+            checks += 1;
+            if let Ok(f) = fingerprint(dst).await {
+                if f == expected {
+                    return Ok((Instant::now(), checks));
+                }
+                seen = f;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the target did not match the source in {timeout:?}:\n  source {expected}\n  target {seen}");
+        }
+        tokio::time::sleep(GATE_EVERY).await;
+    }
+}
+
+/// The `tansu` to run: `FERRY_TANSU`, else `target/kafka-venv/bin/tansu`
+/// (tests/run.sh installs it there).
+fn tansu_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FERRY_TANSU") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("FERRY_TANSU={} is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    // target/release/ferry-bench -> target/kafka-venv/bin/tansu
+    let mut candidates = Vec::new();
+    if let Some(target) = exe.parent().and_then(Path::parent) {
+        candidates.push(target.join("kafka-venv/bin/tansu"));
+    }
+    candidates.push(PathBuf::from("target/kafka-venv/bin/tansu"));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the Kafka-protocol broker tansu is missing: run tests/run.sh (it installs it into target/kafka-venv) or set FERRY_TANSU"
+        )
+    })
+}
+
+/// A `tansu broker` with memory storage on a free port of 127.0.0.1.
+/// Killed on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Broker {
+    async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Broker> {
+        // The free port can be taken between the probe and the broker's
+        // bind: then try another.
+        let mut last = None;
+        for attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let log = dir.join(format!("broker-{attempt}.log"));
+            match Broker::launch(bin, dir, port, &log).await {
+                Ok(b) => return Ok(b),
+                Err(Launch::AddrInUse(e)) => last = Some(e),
+                Err(Launch::Failed(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no port")))
+    }
+
+    async fn launch(bin: &Path, dir: &Path, port: u16, log: &Path) -> Result<Broker, Launch> {
+        let failed = |e: anyhow::Error| Launch::Failed(e);
+        let out = std::fs::File::create(log)
+            .context("broker log")
+            .map_err(failed)?;
+        let err = out.try_clone().context("broker log").map_err(failed)?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .arg("broker")
+            .args(["--cluster-id", "bench"])
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            // A schema registry would validate (and refuse) Ferry's records.
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))
+            .map_err(failed)?;
+        let mut broker = Broker {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            // tansu logs the failed bind, then exits.
+            if text.contains("AddrInUse") || text.contains("Address in use") {
+                return Err(Launch::AddrInUse(anyhow::anyhow!(
+                    "port {port} taken:\n{}",
+                    tail(log, 20)
+                )));
+            }
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(Launch::Failed(anyhow::anyhow!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    bin.display(),
+                    tail(log, 30)
+                )));
+            }
+            // "ready in" comes after the bind: the port is the broker's.
+            if text.contains("ready in")
+                && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            {
+                return Ok(broker);
+            }
+            if Instant::now() > deadline {
+                let _ = broker.child.kill();
+                return Err(Launch::Failed(anyhow::anyhow!(
+                    "the broker was not ready in 30 s:\n{}",
+                    tail(log, 30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // Memory storage: nothing to flush.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Why a broker launch failed: a port taken meanwhile is worth another try.
+enum Launch {
+    AddrInUse(anyhow::Error),
+    Failed(anyhow::Error),
+}
