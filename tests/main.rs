@@ -10,6 +10,7 @@ mod support;
 mod basic;
 mod cli;
 mod crash;
+mod dlq;
 mod kafka;
 mod kafka_bus;
 mod mongo;

@@ -58,9 +58,13 @@ impl Stage {
 pub enum Disposition {
     /// Retry the same work after a backoff.
     Retry,
-    /// Stop the pipeline with a clear message and a non-zero exit. Until the
-    /// dead-letter queue exists, a record that cannot be mirrored also stops
-    /// the pipeline: nothing is ever skipped silently.
+    /// Park the record in the dead-letter queue and go on. Only the sink
+    /// stage can park records (the writer isolates them, see
+    /// [`crate::sink::Sink::write_isolating`]); a permanent error anywhere
+    /// else stops the pipeline like [`Disposition::Halt`]: nothing is ever
+    /// skipped silently.
+    DeadLetter,
+    /// Stop the pipeline with a clear message and a non-zero exit.
     Halt,
 }
 
@@ -68,7 +72,8 @@ pub enum Disposition {
 pub fn disposition(class: ErrorClass) -> Disposition {
     match class {
         ErrorClass::Transient => Disposition::Retry,
-        ErrorClass::Permanent | ErrorClass::Fatal => Disposition::Halt,
+        ErrorClass::Permanent => Disposition::DeadLetter,
+        ErrorClass::Fatal => Disposition::Halt,
     }
 }
 
@@ -181,9 +186,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_is_retried_and_record_errors_halt_until_dlq() {
+    fn unknown_is_retried_record_errors_dead_lettered_fatal_halts() {
         assert_eq!(disposition(ErrorClass::Transient), Disposition::Retry);
-        assert_eq!(disposition(ErrorClass::Permanent), Disposition::Halt);
+        assert_eq!(disposition(ErrorClass::Permanent), Disposition::DeadLetter);
         assert_eq!(disposition(ErrorClass::Fatal), Disposition::Halt);
     }
 

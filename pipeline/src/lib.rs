@@ -9,6 +9,7 @@ pub mod bus;
 pub mod checkpoint;
 pub mod config;
 pub mod decimal;
+pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod kafka;

@@ -22,6 +22,8 @@ pub const RETRIES_TOTAL: &str = "ferry_retries_total";
 pub const ERRORS_TOTAL: &str = "ferry_errors_total";
 pub const BUS_DEPTH_MESSAGES: &str = "ferry_bus_depth_messages";
 pub const CONFIRMED_LSN: &str = "ferry_source_confirmed_lsn";
+pub const DLQ_EVENTS_TOTAL: &str = "ferry_dlq_events_total";
+pub const DLQ_DEPTH_RECORDS: &str = "ferry_dlq_depth_records";
 
 /// Handles to every metric.
 pub struct Metrics {
@@ -46,6 +48,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub bus_depth: IntGauge,
     pub confirmed_lsn: IntGauge,
+    pub dlq_events: IntCounterVec,
+    pub dlq_depth: IntGauge,
 }
 
 impl Metrics {
@@ -117,8 +121,23 @@ impl Metrics {
             "Source position confirmed upstream (PostgreSQL LSN as an integer)",
         )
         .expect("valid metric");
+        let dlq_events = IntCounterVec::new(
+            Opts::new(
+                DLQ_EVENTS_TOTAL,
+                "Records parked in the dead-letter queue, by table and error class",
+            ),
+            &["table", "error_class"],
+        )
+        .expect("valid metric");
+        let dlq_depth = IntGauge::new(
+            DLQ_DEPTH_RECORDS,
+            "Records in the dead-letter queue (as last counted by this process)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dlq_events.clone()),
+            Box::new(dlq_depth.clone()),
             Box::new(lag_seconds.clone()),
             Box::new(lag_bytes.clone()),
             Box::new(batch_duration.clone()),
@@ -145,6 +164,8 @@ impl Metrics {
             errors,
             bus_depth,
             confirmed_lsn,
+            dlq_events,
+            dlq_depth,
         }
     }
 

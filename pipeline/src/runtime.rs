@@ -349,6 +349,15 @@ impl<K: Sink> Writer<K> {
                     Err(e) if e.disposition() == Disposition::Retry => {
                         wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
                     }
+                    Err(e) if e.disposition() == Disposition::DeadLetter => {
+                        metrics()
+                            .errors
+                            .with_label_values(&[e.stage.as_str(), e.class.as_str()])
+                            .inc();
+                        warn!(error = %e, events = summary.events, "batch refused; writing it record by record to park what cannot be mirrored");
+                        self.write_isolating(&prepared, &e).await?;
+                        break;
+                    }
                     Err(e) => {
                         metrics()
                             .errors
@@ -401,6 +410,41 @@ impl<K: Sink> Writer<K> {
             });
         }
         Ok(())
+    }
+}
+
+impl<K: Sink> Writer<K> {
+    /// The batch once more, record by record, parking the records that fail
+    /// permanently; transient errors are retried like any write.
+    async fn write_isolating(
+        &mut self,
+        prepared: &K::Prepared,
+        cause: &PipelineError,
+    ) -> Result<(), PipelineError> {
+        let mut backoff = retry_backoff(self.opts.max_retry_delay);
+        loop {
+            match self.sink.write_isolating(prepared, cause).await {
+                Ok(parked) => {
+                    if parked > 0 {
+                        warn!(
+                            parked,
+                            "records parked in the dead-letter queue; the rest of the batch landed"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.disposition() == Disposition::Retry => {
+                    wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
+                }
+                Err(e) => {
+                    metrics()
+                        .errors
+                        .with_label_values(&[e.stage.as_str(), e.class.as_str()])
+                        .inc();
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

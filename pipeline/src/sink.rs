@@ -20,7 +20,7 @@ use crate::error::PipelineError;
 ///   the error is transient.
 pub trait Sink: CheckpointStore + Send + 'static {
     /// A batch made ready for writing.
-    type Prepared: Send + 'static;
+    type Prepared: Send + Sync + 'static;
 
     /// The work on a batch that needs no connection (encoding values into
     /// parameters). The runtime runs it while the previous batch is still
@@ -33,4 +33,27 @@ pub trait Sink: CheckpointStore + Send + 'static {
         &mut self,
         batch: &Self::Prepared,
     ) -> impl Future<Output = Result<(), PipelineError>> + Send;
+
+    /// Writes a batch whose [`Sink::write_batch`] failed with a permanent
+    /// error, one record at a time: a record that fails permanently is
+    /// rolled back alone and parked in the dead-letter queue, in the same
+    /// atomic unit as the records that land and the batch's checkpoint.
+    /// Returns how many records were parked. An `Err` leaves nothing
+    /// applied (the runtime retries a transient one, stops on the rest).
+    ///
+    /// Sinks without a dead-letter queue keep the default: the batch's
+    /// error stops the pipeline.
+    fn write_isolating(
+        &mut self,
+        batch: &Self::Prepared,
+        cause: &PipelineError,
+    ) -> impl Future<Output = Result<usize, PipelineError>> + Send {
+        let _ = batch;
+        let e = PipelineError::new(cause.class, cause.stage, cause.message.clone());
+        let e = match &cause.code {
+            Some(c) => e.with_code(c.clone()),
+            None => e,
+        };
+        std::future::ready(Err(e))
+    }
 }

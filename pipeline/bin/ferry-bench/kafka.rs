@@ -121,6 +121,8 @@ struct KafkaOutcome {
     revocations_in_window: usize,
     /// Full fingerprint comparisons made while waiting.
     fingerprint_checks: usize,
+    /// The slowest probe of the steady load.
+    lag_max_ms: f64,
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
@@ -245,6 +247,7 @@ fn median(runs: &[KafkaOutcome]) -> KafkaOutcome {
         group_join_secs: (!join.is_empty()).then(|| percentile(&join, 0.5)),
         revocations_in_window: runs.iter().map(|r| r.revocations_in_window).sum(),
         fingerprint_checks: runs.iter().map(|r| r.fingerprint_checks).sum(),
+        lag_max_ms: med(&|r| r.lag_max_ms),
     }
 }
 
@@ -364,6 +367,17 @@ async fn bench_one(
 
     let lags = guarded(&mut fleet, measure_lag(&source, &target, args)).await?;
     let peak_rss_mb = fleet.peak_rss_mb();
+    let lag_max_ms = lags.iter().copied().fold(f64::NAN, f64::max);
+    eprintln!(
+        "TEMP lags {:?}",
+        lags.iter().map(|l| *l as i64).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "  steady load: {} probes, lag p50 {:.1} ms, p99 {:.1} ms, max {lag_max_ms:.1} ms",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+    );
     // The last run's logs beside the report, for looking into a result.
     if let Some(out) = args.kafka_out.parent() {
         let logs_dir = out.join("kafka-logs");
@@ -379,6 +393,9 @@ async fn bench_one(
                 let _ = std::fs::copy(&from, logs_dir.join(format!("{}-{name}", setup.key())));
             }
         }
+        if let Some(b) = &fleet.broker {
+            let _ = std::fs::copy(&b.log, logs_dir.join(format!("{}-broker.log", setup.key())));
+        }
     }
     // Ferry and the broker stop before the clusters.
     drop(fleet);
@@ -390,6 +407,7 @@ async fn bench_one(
         group_join_secs,
         revocations_in_window,
         fingerprint_checks: checks,
+        lag_max_ms,
     })
 }
 
@@ -466,8 +484,13 @@ impl Fleet {
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .args(["--role", role])
-            // The group check reads the workers' info lines.
-            .env("RUST_LOG", "info")
+            // The group check reads the workers' info lines;
+            // FERRY_BENCH_LOG (a filter, e.g. "info,ferry_pipeline=debug")
+            // makes them more verbose.
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -774,7 +797,11 @@ impl Broker {
             // A schema registry would validate (and refuse) Ferry's records.
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "warn")
+            // FERRY_TANSU_LOG (e.g. "debug") makes the broker's log verbose.
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("NO_COLOR", "1")
             .current_dir(dir)
             .stdin(Stdio::null())

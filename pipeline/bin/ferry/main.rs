@@ -3,6 +3,7 @@
 //! orchestrates.
 
 mod demo;
+mod dlq;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -84,6 +85,8 @@ enum Command {
     /// Start two local PostgreSQL clusters, generate traffic, replicate it
     /// and show lag and a row-by-row comparison.
     Demo(demo::DemoArgs),
+    /// The dead-letter queue: list, show, replay, purge.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check(&config).await,
             Command::Parity { config } => parity(&config).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
         }
     });
     ExitCode::from(code)

@@ -10,6 +10,7 @@
 //! ([`checkpoint`]), so the effect of a replay is exactly-once.
 
 pub mod checkpoint;
+pub mod dlq;
 pub mod literal;
 pub mod params;
 pub mod target;
@@ -19,8 +20,9 @@ use std::collections::HashMap;
 use ferry_pipeline::batch::{Batch, RowChange, TableBatch};
 use ferry_pipeline::checkpoint::{BusOffsets, Checkpoint, CheckpointStore, PartitionProgress};
 use ferry_pipeline::config::PostgresSinkConfig;
-use ferry_pipeline::error::{PipelineError, Stage};
+use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::event::{quote_ident, Datum, TableId};
+use ferry_pipeline::metrics::metrics;
 use ferry_pipeline::sink::Sink;
 use ferry_pipeline::value::Value;
 use tokio_postgres::types::{ToSql, Type};
@@ -51,6 +53,9 @@ pub struct PostgresSink {
     /// commit (the connection broke around COMMIT): check the checkpoint
     /// before writing the batch again.
     maybe_committed: bool,
+    /// Tables with parked records: a batch touching them marks the parked
+    /// records of its rows superseded.
+    dlq_tables: std::collections::HashSet<TableId>,
 }
 
 impl PostgresSink {
@@ -62,6 +67,7 @@ impl PostgresSink {
             tables: HashMap::new(),
             statements: HashMap::new(),
             maybe_committed: false,
+            dlq_tables: Default::default(),
         }
     }
 
@@ -87,6 +93,11 @@ impl PostgresSink {
                 }
             });
             checkpoint::install(&client).await?;
+            dlq::install(&client).await?;
+            self.dlq_tables = dlq::tables_with_records(&client, &self.pipeline).await?;
+            metrics()
+                .dlq_depth
+                .set(dlq::depth(&client, &self.pipeline).await?);
             self.statements.clear();
             self.tables.clear();
             info!("connected to target");
@@ -95,15 +106,10 @@ impl PostgresSink {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    async fn write(&mut self, prepared: &PreparedBatch) -> Result<(), PipelineError> {
-        let batch = &prepared.batch;
-        // (Re)connect first: a reconnect clears the caches, which must
-        // happen before they are taken below (statements prepared on the old
-        // connection do not exist on the new one: after a target restart
-        // every retry failed with 26000).
-        self.client().await?;
-        // Make sure every table exists before the data transaction: DDL
-        // errors are then fatal and never half-apply a batch.
+    /// Makes sure every table of `batch` exists (and accepts its columns)
+    /// before the data transaction: DDL errors are then fatal and never
+    /// half-apply a batch.
+    async fn ensure_tables(&mut self, batch: &Batch) -> Result<(), PipelineError> {
         for tb in &batch.tables {
             let target = self.target_id(&tb.schema.id);
             let known = self
@@ -117,11 +123,159 @@ impl PostgresSink {
                 self.tables.insert(target, t);
             }
         }
+        Ok(())
+    }
+
+    /// The batch record by record, each in a savepoint; the records that
+    /// fail permanently are rolled back alone and parked in `ferry_dlq`,
+    /// in the same transaction as the rest and the checkpoint.
+    async fn write_record_by_record(
+        &mut self,
+        prepared: &PreparedBatch,
+    ) -> Result<usize, PipelineError> {
+        let batch = &prepared.batch;
+        self.client().await?;
+        self.ensure_tables(batch).await?;
+        let pipeline = self.pipeline.clone();
+        let mut statements = std::mem::take(&mut self.statements);
+        let tables = std::mem::take(&mut self.tables);
+        let mut parked_tables = Vec::new();
+        let target_ids: Vec<TableId> = batch
+            .tables
+            .iter()
+            .map(|tb| self.target_id(&tb.schema.id))
+            .collect();
+        let result = async {
+            let client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+            if !batch.bus.is_empty() {
+                checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
+            }
+            let mut parked = 0usize;
+            for (tb, id) in batch.tables.iter().zip(&target_ids) {
+                let target = tables.get(id).ok_or_else(|| {
+                    PipelineError::transient(
+                        Stage::Sink,
+                        format!("target table {id} needs to be checked again"),
+                    )
+                })?;
+                // What the batch does to the table as a whole comes first.
+                if tb.truncate || tb.snapshot_start {
+                    let mut head = Batch::default();
+                    if tb.snapshot_start {
+                        head.snapshot_start(&tb.schema);
+                    } else {
+                        let mut ev = ferry_pipeline::event::ChangeEvent::snapshot_read(
+                            std::sync::Arc::clone(&tb.schema),
+                            Vec::new(),
+                        );
+                        ev.op = ferry_pipeline::event::Op::Truncate;
+                        ev.after = None;
+                        head.push(ev);
+                    }
+                    let head = params::prepare(head);
+                    apply_table(&tx, &mut statements, target, &head.batch.tables[0], &head.tables[0], &pipeline, false).await?;
+                }
+                let mut landed = Vec::new();
+                for i in tb.rows_by_last_touch() {
+                    let change = &tb.rows[i];
+                    let Some(ev) = ferry_pipeline::dlq::event_for(&tb.schema, change) else {
+                        continue;
+                    };
+                    let key = ferry_pipeline::dlq::key_text(&tb.schema, change).unwrap_or_default();
+                    let mut one = Batch::default();
+                    one.push(ev.clone());
+                    let one = params::prepare(one);
+                    tx.batch_execute("SAVEPOINT ferry_record")
+                        .await
+                        .map_err(|e| pg_err("savepoint", e))?;
+                    match apply_table(&tx, &mut statements, target, &one.batch.tables[0], &one.tables[0], &pipeline, false).await {
+                        Ok(()) => {
+                            tx.batch_execute("RELEASE SAVEPOINT ferry_record")
+                                .await
+                                .map_err(|e| pg_err("release savepoint", e))?;
+                            landed.push(key);
+                        }
+                        Err(e) if e.class == ErrorClass::Permanent => {
+                            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_record")
+                                .await
+                                .map_err(|e| pg_err("rollback to savepoint", e))?;
+                            warn!(table = %tb.schema.id, key = %key, error = %e, "record parked in the dead-letter queue");
+                            let record = ferry_pipeline::dlq::DeadLetter {
+                                event: ferry_pipeline::dlq::encode_event(&ev, &pipeline)?,
+                                key,
+                                error: ferry_pipeline::dlq::RecordError::of(&e),
+                                position: batch.last_position,
+                            };
+                            let op = match change {
+                                RowChange::Delete(_) => "delete",
+                                RowChange::Patch(_) | RowChange::Rekey { .. } => "update",
+                                _ => "upsert",
+                            };
+                            dlq::park(&tx, &pipeline, &tb.schema.id, op, &record).await?;
+                            metrics()
+                                .dlq_events
+                                .with_label_values(&[&tb.schema.id.to_string(), e.class.as_str()])
+                                .inc();
+                            parked += 1;
+                            parked_tables.push(tb.schema.id.clone());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                dlq::supersede(&tx, &pipeline, &tb.schema.id, &landed).await?;
+                if let Some((rows, state)) = &tb.snapshot_done {
+                    checkpoint::save_snapshot(&tx, &pipeline, &tb.schema.id, *rows, state).await?;
+                }
+            }
+            if batch.bus.is_empty()
+                && (batch.last_position.is_some() || batch.last_resume_token.is_some())
+            {
+                checkpoint::save_position(
+                    &tx,
+                    &pipeline,
+                    batch.last_position.unwrap_or_default(),
+                    batch.last_resume_token.as_deref(),
+                )
+                .await?;
+            }
+            let depth = dlq::depth(&tx, &pipeline).await?;
+            tx.commit().await.map_err(|e| pg_err("commit", e))?;
+            metrics().dlq_depth.set(depth);
+            Ok(parked)
+        }
+        .await;
+        self.statements = statements;
+        self.tables = tables;
+        match &result {
+            Ok(_) => {
+                self.maybe_committed = false;
+                self.dlq_tables.extend(parked_tables);
+            }
+            Err(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
+                self.client = None;
+                self.statements.clear();
+                self.maybe_committed = true;
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn write(&mut self, prepared: &PreparedBatch) -> Result<(), PipelineError> {
+        let batch = &prepared.batch;
+        // (Re)connect first: a reconnect clears the caches, which must
+        // happen before they are taken below (statements prepared on the old
+        // connection do not exist on the new one: after a target restart
+        // every retry failed with 26000).
+        self.client().await?;
+        self.ensure_tables(batch).await?;
         let pipeline = self.pipeline.clone();
         let schema_override = self.cfg.schema.clone();
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
         let recheck = self.maybe_committed;
+        let dlq_tables = self.dlq_tables.clone();
         let mut one_by_one = false;
         let result = loop {
             let attempt = async {
@@ -155,6 +309,14 @@ impl PostgresSink {
                     )
                 })?;
                 apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one).await?;
+                if dlq_tables.contains(&tb.schema.id) {
+                    let keys: Vec<String> = tb
+                        .rows
+                        .iter()
+                        .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
+                        .collect();
+                    dlq::supersede(&tx, &pipeline, &tb.schema.id, &keys).await?;
+                }
             }
             // A worker's positions come from several partitions and do not
             // form one order: its progress is in ferry_bus_offsets only.
@@ -229,6 +391,14 @@ impl Sink for PostgresSink {
 
     async fn write_batch(&mut self, batch: &PreparedBatch) -> Result<(), PipelineError> {
         self.write(batch).await
+    }
+
+    async fn write_isolating(
+        &mut self,
+        batch: &PreparedBatch,
+        _cause: &PipelineError,
+    ) -> Result<usize, PipelineError> {
+        self.write_record_by_record(batch).await
     }
 }
 
@@ -541,4 +711,243 @@ pub async fn target_findings(
         }
     }
     out
+}
+
+/// Parked records of one table and error class.
+#[derive(Debug, Clone)]
+pub struct DlqGroup {
+    pub table: TableId,
+    pub error_class: String,
+    pub records: i64,
+    pub superseded: i64,
+    pub oldest: String,
+    pub newest: String,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Applied and removed from the queue (with `--dry-run`: would be).
+    pub applied: u64,
+    /// Removed without applying: a later change of the row landed since.
+    pub superseded: u64,
+    /// Failed again: kept, with one more attempt and the new error.
+    pub failed: u64,
+}
+
+impl PostgresSink {
+    /// Records by table and error class.
+    pub async fn dlq_list(&mut self, filter: &dlq::Filter) -> Result<Vec<DlqGroup>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let sql = format!(
+            "SELECT table_schema, table_name, error_class, count(*),
+                    count(superseded_at), min(first_failed_at)::text, max(last_failed_at)::text
+               FROM public.ferry_dlq WHERE {cond}
+              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        );
+        let client = self.client().await?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+        args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let rows = client
+            .query(&sql, &args)
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| DlqGroup {
+                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                error_class: r.get(2),
+                records: r.get(3),
+                superseded: r.get(4),
+                oldest: r.get(5),
+                newest: r.get(6),
+            })
+            .collect())
+    }
+
+    /// One record as JSON: its fields and the parked change.
+    pub async fn dlq_show(&mut self, id: i64) -> Result<Option<serde_json::Value>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, table_schema, table_name, row_key, op, event, error_class, error_code,
+                        error_message, stage, attempts, first_failed_at::text, last_failed_at::text,
+                        commit_lsn::text, ordinal, superseded_at::text
+                   FROM public.ferry_dlq WHERE pipeline = $1 AND id = $2",
+                &[&pipeline, &id],
+            )
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?;
+        Ok(row.map(|r| {
+            let event: String = r.get(5);
+            serde_json::json!({
+                "id": r.get::<_, i64>(0),
+                "table": format!("{}.{}", r.get::<_, String>(1), r.get::<_, String>(2)),
+                "key": r.get::<_, String>(3),
+                "op": r.get::<_, String>(4),
+                "error_class": r.get::<_, String>(6),
+                "error_code": r.get::<_, Option<String>>(7),
+                "error_message": r.get::<_, String>(8),
+                "stage": r.get::<_, String>(9),
+                "attempts": r.get::<_, i32>(10),
+                "first_failed_at": r.get::<_, String>(11),
+                "last_failed_at": r.get::<_, String>(12),
+                "source_position": r.get::<_, Option<String>>(13).map(|l| format!("{l}#{}", r.get::<_, Option<i64>>(14).unwrap_or(0))),
+                "superseded_at": r.get::<_, Option<String>>(15),
+                "event": serde_json::from_str::<serde_json::Value>(&event).unwrap_or(serde_json::Value::String(event)),
+            })
+        }))
+    }
+
+    /// Removes the records `filter` selects; returns how many.
+    pub async fn dlq_purge(&mut self, filter: &dlq::Filter) -> Result<u64, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let client = self.client().await?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+        args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let n = client
+            .execute(&format!("DELETE FROM public.ferry_dlq WHERE {cond}"), &args)
+            .await
+            .map_err(|e| pg_err("purge ferry_dlq", e))?;
+        let depth = dlq::depth(client, &pipeline).await?;
+        metrics().dlq_depth.set(depth);
+        Ok(n)
+    }
+
+    /// Re-applies the records `filter` selects, oldest first, each in its
+    /// own transaction (so an interrupted replay loses nothing and repeats
+    /// nothing): an applied record leaves the queue in the same transaction;
+    /// a superseded one leaves without being applied; one that fails again
+    /// stays with one more attempt and the new error. With `dry_run`, every
+    /// record is applied and rolled back. `rate` caps records per second.
+    pub async fn dlq_replay(
+        &mut self,
+        filter: &dlq::Filter,
+        dry_run: bool,
+        rate: Option<f64>,
+    ) -> Result<ReplayReport, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let ids: Vec<i64> = {
+            let client = self.client().await?;
+            let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+            args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+            client
+                .query(
+                    &format!("SELECT id FROM public.ferry_dlq WHERE {cond} ORDER BY id"),
+                    &args,
+                )
+                .await
+                .map_err(|e| pg_err("read ferry_dlq", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let pause = rate
+            .filter(|r| *r > 0.0)
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+        let mut report = ReplayReport::default();
+        for id in ids {
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT event, superseded_at IS NOT NULL FROM public.ferry_dlq WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| pg_err("read ferry_dlq", e))?;
+            // Gone meanwhile (another replay or a purge).
+            let Some(row) = row else { continue };
+            let superseded: bool = row.get(1);
+            if superseded {
+                if !dry_run {
+                    self.client()
+                        .await?
+                        .execute("DELETE FROM public.ferry_dlq WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| pg_err("remove from ferry_dlq", e))?;
+                }
+                report.superseded += 1;
+                continue;
+            }
+            let event: String = row.get(0);
+            let ev = ferry_pipeline::dlq::decode_event(event.as_bytes())?;
+            let mut batch = Batch::default();
+            batch.push(ev);
+            let prepared = params::prepare(batch);
+            self.ensure_tables(&prepared.batch).await?;
+            let target_id = self.target_id(&prepared.batch.tables[0].schema.id);
+            let mut statements = std::mem::take(&mut self.statements);
+            let tables = std::mem::take(&mut self.tables);
+            let attempt = async {
+                let client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+                let target = tables.get(&target_id).ok_or_else(|| {
+                    PipelineError::transient(
+                        Stage::Sink,
+                        format!("target table {target_id} needs to be checked again"),
+                    )
+                })?;
+                apply_table(
+                    &tx,
+                    &mut statements,
+                    target,
+                    &prepared.batch.tables[0],
+                    &prepared.tables[0],
+                    &pipeline,
+                    false,
+                )
+                .await?;
+                if dry_run {
+                    tx.rollback().await.map_err(|e| pg_err("rollback", e))?;
+                } else {
+                    tx.execute("DELETE FROM public.ferry_dlq WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| pg_err("remove from ferry_dlq", e))?;
+                    tx.commit().await.map_err(|e| pg_err("commit", e))?;
+                }
+                Ok::<(), PipelineError>(())
+            }
+            .await;
+            self.statements = statements;
+            self.tables = tables;
+            match attempt {
+                Ok(()) => report.applied += 1,
+                Err(e) if e.class == ErrorClass::Permanent => {
+                    report.failed += 1;
+                    if !dry_run {
+                        let err = ferry_pipeline::dlq::RecordError::of(&e);
+                        self.client()
+                            .await?
+                            .execute(
+                                "UPDATE public.ferry_dlq
+                                    SET attempts = attempts + 1, last_failed_at = now(),
+                                        error_class = $2, error_code = $3, error_message = $4, stage = $5
+                                  WHERE id = $1",
+                                &[&id, &err.class, &err.code, &err.message, &err.stage],
+                            )
+                            .await
+                            .map_err(|e| pg_err("update ferry_dlq", e))?;
+                    }
+                }
+                Err(e) => {
+                    if e.disposition() == ferry_pipeline::error::Disposition::Retry {
+                        self.client = None;
+                        self.statements.clear();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let depth = dlq::depth(self.client().await?, &pipeline).await?;
+        metrics().dlq_depth.set(depth);
+        Ok(report)
+    }
 }

@@ -1,0 +1,195 @@
+//! `ferry dlq`: the dead-letter queue for an on-call operator (see
+//! docs/operations.md). The work is in the sink (`PostgresSink::dlq_*`);
+//! this file parses arguments and prints.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use ferry_pipeline::config::SinkConfig;
+use ferry_pipeline::event::TableId;
+use ferry_postgres_sink::dlq::Filter;
+use ferry_postgres_sink::PostgresSink;
+
+use crate::exit;
+
+#[derive(Args)]
+pub(crate) struct DlqArgs {
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+/// Which records.
+#[derive(Args, Clone, Default)]
+struct Selection {
+    /// `schema.table` or `table`.
+    #[arg(long)]
+    table: Option<String>,
+    /// `permanent`, `transient` or `fatal`.
+    #[arg(long)]
+    error_class: Option<String>,
+    /// Records whose last failure is at or after this time
+    /// (e.g. `2026-11-21T10:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records whose last failure is before this time.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Records by table and error class, with the oldest and newest failure.
+    List(Selection),
+    /// One record: its error, attempts, source position and the change.
+    Show { id: i64 },
+    /// Re-apply records through the current target (oldest first, one
+    /// transaction each): successes leave the queue, failures stay with
+    /// one more attempt. Safe to interrupt and run again.
+    Replay {
+        #[command(flatten)]
+        selection: Selection,
+        /// Apply and roll back: report what would happen.
+        #[arg(long)]
+        dry_run: bool,
+        /// Records per second at most.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Remove records for good. Needs at least one filter and --yes.
+    Purge {
+        #[command(flatten)]
+        selection: Selection,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn filter(s: &Selection) -> Result<Filter, String> {
+    let table = match &s.table {
+        Some(t) => Some(
+            TableId::parse(t)
+                .ok_or_else(|| format!("--table {t:?} is not `schema.table` or `table`"))?,
+        ),
+        None => None,
+    };
+    if let Some(c) = &s.error_class {
+        if !["permanent", "transient", "fatal"].contains(&c.as_str()) {
+            return Err(format!(
+                "--error-class {c:?}: expected permanent, transient or fatal"
+            ));
+        }
+    }
+    Ok(Filter {
+        table,
+        error_class: s.error_class.clone(),
+        since: s.since.clone(),
+        until: s.until.clone(),
+        id: None,
+    })
+}
+
+pub(crate) async fn run(args: DlqArgs) -> u8 {
+    let Some(path) = args.config.as_deref() else {
+        eprintln!("ferry dlq: --config is required");
+        return exit::CONFIG;
+    };
+    let config = match crate::load(path).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+    let result = match args.command {
+        DlqCommand::List(sel) => {
+            let f = match filter(&sel) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("ferry dlq list: {e}");
+                    return exit::CONFIG;
+                }
+            };
+            sink.dlq_list(&f).await.map(|groups| {
+                println!("| table | error class | records | superseded | oldest failure | newest failure |");
+                println!("|---|---|---:|---:|---|---|");
+                let mut total = 0;
+                for g in &groups {
+                    total += g.records;
+                    println!(
+                        "| {} | {} | {} | {} | {} | {} |",
+                        g.table, g.error_class, g.records, g.superseded, g.oldest, g.newest
+                    );
+                }
+                println!("{total} record(s)");
+                exit::OK
+            })
+        }
+        DlqCommand::Show { id } => sink.dlq_show(id).await.map(|r| match r {
+            Some(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                exit::OK
+            }
+            None => {
+                eprintln!(
+                    "ferry dlq show: no record {id} for pipeline {}",
+                    config.pipeline.name
+                );
+                exit::MISMATCH
+            }
+        }),
+        DlqCommand::Replay {
+            selection,
+            dry_run,
+            rate,
+        } => {
+            let f = match filter(&selection) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("ferry dlq replay: {e}");
+                    return exit::CONFIG;
+                }
+            };
+            sink.dlq_replay(&f, dry_run, rate).await.map(|r| {
+                let verb = if dry_run { "would apply" } else { "applied" };
+                println!(
+                    "{verb} {}, superseded {}, failed again {}",
+                    r.applied, r.superseded, r.failed
+                );
+                if r.failed > 0 {
+                    exit::MISMATCH
+                } else {
+                    exit::OK
+                }
+            })
+        }
+        DlqCommand::Purge { selection, yes } => {
+            let f = match filter(&selection) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("ferry dlq purge: {e}");
+                    return exit::CONFIG;
+                }
+            };
+            if f.is_empty() {
+                eprintln!("ferry dlq purge: name what to purge (--table, --error-class, --since, --until)");
+                return exit::CONFIG;
+            }
+            if !yes {
+                eprintln!("ferry dlq purge: records are removed for good; add --yes to confirm");
+                return exit::CONFIG;
+            }
+            sink.dlq_purge(&f).await.map(|n| {
+                println!("purged {n} record(s)");
+                exit::OK
+            })
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry dlq: {e}");
+            exit::PIPELINE
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The dead-letter queue: records the target refuses (a CHECK on an amount,
+//! NOT NULL, a foreign key) are parked with their reason while good traffic
+//! lands; a later change of a parked row lands and supersedes the parked
+//! one; after the target is fixed, `ferry dlq replay` drains the queue and
+//! the target equals the source. A target that is away is retried, never
+//! dead-lettered. Runs on both buses (FERRY_TEST_BUS).
+
+use std::time::{Duration, Instant};
+
+use crate::support::{ferry_cmd, Ferry, Pair};
+
+const TABLE: &str = "public.payments";
+
+async fn dlq_rows(pair: &Pair) -> Vec<(String, Option<String>, bool)> {
+    pair.dst()
+        .await
+        .query(
+            "SELECT error_class, error_code, superseded_at IS NOT NULL FROM public.ferry_dlq ORDER BY id",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_for<F, Fut>(what: &str, ferry: &Ferry, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !probe().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; ferry's log:\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_parked_then_replayed() {
+    let pair = Pair::start("dlq").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, note text, parent_id bigint);
+         INSERT INTO payments SELECT g, g * 1.5, 'seed', 1 FROM generate_series(1, 200) g;",
+    )
+    .await
+    .unwrap();
+    // The target is stricter than the source: a money rule, a NOT NULL
+    // note, and a foreign key to a table only the target has.
+    pair.dst()
+        .await
+        .batch_execute(
+            "CREATE TABLE parents (id bigint PRIMARY KEY);
+             INSERT INTO parents VALUES (1);
+             CREATE TABLE payments (id bigint PRIMARY KEY,
+                 amount numeric(12,2) NOT NULL CONSTRAINT amount_not_negative CHECK (amount >= 0),
+                 note text NOT NULL,
+                 parent_id bigint REFERENCES parents (id));",
+        )
+        .await
+        .unwrap();
+    let config = pair.config(&[TABLE], "", "");
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&[TABLE], Duration::from_secs(60)).await;
+
+    // Poison, with good rows around it in the same transactions.
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO payments VALUES (1001, 10.00, 'good', 1), (1002, -5.00, 'negative', 1), (1003, 11.00, 'good', 1);
+         COMMIT;
+         BEGIN;
+         INSERT INTO payments VALUES (1004, 12.00, NULL, 1), (1005, 13.00, 'good', 1);
+         UPDATE payments SET amount = amount + 1 WHERE id <= 100;
+         COMMIT;
+         INSERT INTO payments VALUES (1006, 14.00, 'orphan', 999), (1007, 15.00, 'good', 1);",
+    )
+    .await
+    .unwrap();
+    let dst = pair.dst().await;
+    wait_for(
+        "three parked records and the good rows",
+        &ferry,
+        Duration::from_secs(60),
+        || async {
+            let good: i64 = dst
+                .query_one(
+                    "SELECT count(*) FROM payments WHERE id IN (1001, 1003, 1005, 1007)",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            good == 4 && dlq_rows(&pair).await.len() == 3
+        },
+    )
+    .await;
+    assert!(
+        ferry.exited().is_none(),
+        "ferry stopped: {}",
+        ferry.log_text()
+    );
+    let rows = dlq_rows(&pair).await;
+    let codes: Vec<Option<String>> = rows.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some("23514".into()),
+            Some("23502".into()),
+            Some("23503".into())
+        ],
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.0 == "permanent" && !r.2), "{rows:?}");
+    // The updates of the same transactions landed.
+    let updated: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM payments WHERE id <= 100 AND amount = id * 1.5 + 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(updated, 100);
+
+    // A later change of a parked row lands and supersedes the parked one.
+    src.batch_execute("UPDATE payments SET note = 'fixed at the source' WHERE id = 1004")
+        .await
+        .unwrap();
+    wait_for(
+        "the later change of row 1004",
+        &ferry,
+        Duration::from_secs(30),
+        || async { dlq_rows(&pair).await.iter().filter(|r| r.2).count() == 1 },
+    )
+    .await;
+
+    let cfg = config.to_str().unwrap();
+    let (code, out) = ferry_cmd(&["dlq", "list", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("public.payments | permanent | 3 | 1 |"),
+        "{out}"
+    );
+    // Before the fix, a dry run says the two live records fail again and
+    // changes nothing.
+    let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg, "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("would apply 0, superseded 1, failed again 2"),
+        "{out}"
+    );
+    assert_eq!(dlq_rows(&pair).await.len(), 3);
+    let id: i64 = dst
+        .query_one("SELECT min(id) FROM public.ferry_dlq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (code, out) = ferry_cmd(&["dlq", "show", &id.to_string(), "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("amount_not_negative") && out.contains("-5.00"),
+        "{out}"
+    );
+
+    // Fix the target, replay: the queue drains and the target equals the
+    // source.
+    dst.batch_execute(
+        "ALTER TABLE payments DROP CONSTRAINT amount_not_negative;
+         INSERT INTO parents VALUES (999);",
+    )
+    .await
+    .unwrap();
+    let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("applied 2, superseded 1, failed again 0"),
+        "{out}"
+    );
+    assert!(dlq_rows(&pair).await.is_empty());
+    pair.wait_equal(&[TABLE], Duration::from_secs(30)).await;
+    // Purge needs a filter and a confirmation.
+    let (code, out) = ferry_cmd(&["dlq", "purge", "--config", cfg]);
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = ferry_cmd(&["dlq", "purge", "--config", cfg, "--table", TABLE]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        ferry.exited().is_none(),
+        "ferry stopped: {}",
+        ferry.log_text()
+    );
+}
+
+/// The target is away for 20 s while changes flow: ferry retries, parks
+/// nothing, loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_outage_is_retried_not_dead_lettered() {
+    let mut pair = Pair::start("dlqoutage").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, note text, parent_id bigint);
+         INSERT INTO payments SELECT g, g, 'seed', 1 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let config = pair.config(&[TABLE], "", "");
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&[TABLE], Duration::from_secs(60)).await;
+    pair.target.stop().await.expect("stop the target");
+    for i in 0..20 {
+        src.execute(
+            "INSERT INTO payments SELECT g, g, 'during', 1 FROM generate_series($1::bigint, $1::bigint + 49) g",
+            &[&(1000i64 + i * 50)],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    pair.target.start_again().await.expect("start the target");
+    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+    assert!(
+        dlq_rows(&pair).await.is_empty(),
+        "an outage was dead-lettered"
+    );
+    assert!(
+        ferry.exited().is_none(),
+        "ferry stopped: {}",
+        ferry.log_text()
+    );
+    assert!(
+        ferry.log_text().contains("retrying"),
+        "no retry logged:\n{}",
+        ferry.log_text()
+    );
+}
+
+/// A replay killed with -9 part way, then run again: every record is
+/// applied once (each in its own transaction with its removal from the
+/// queue), the queue drains, the target equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_killed_and_resumed_drains_the_queue() {
+    let pair = Pair::start("dlqkill").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, note text, parent_id bigint);",
+    )
+    .await
+    .unwrap();
+    pair.dst()
+        .await
+        .batch_execute(
+            "CREATE TABLE payments (id bigint PRIMARY KEY,
+                 amount numeric(12,2) NOT NULL CONSTRAINT amount_not_negative CHECK (amount >= 0),
+                 note text, parent_id bigint);",
+        )
+        .await
+        .unwrap();
+    let config = pair.config(&[TABLE], "", "");
+    let mut ferry = Ferry::spawn(&config);
+    src.batch_execute(
+        "INSERT INTO payments SELECT g, CASE WHEN g % 2 = 0 THEN -g ELSE g END, 'x', 1 FROM generate_series(1, 80) g;",
+    )
+    .await
+    .unwrap();
+    let dst = pair.dst().await;
+    wait_for(
+        "40 parked records",
+        &ferry,
+        Duration::from_secs(60),
+        || async { dlq_rows(&pair).await.len() == 40 },
+    )
+    .await;
+    dst.batch_execute("ALTER TABLE payments DROP CONSTRAINT amount_not_negative")
+        .await
+        .unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut replay = std::process::Command::new(crate::support::ferry_bin())
+        .args(["dlq", "replay", "--config", cfg, "--rate", "20"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ferry dlq replay");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let _ = replay.kill();
+    let _ = replay.wait();
+    let left = dlq_rows(&pair).await.len();
+    assert!(
+        0 < left && left < 40,
+        "the kill did not land mid-replay: {left} left"
+    );
+    let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("applied {left}, superseded 0, failed again 0")),
+        "{out}"
+    );
+    assert!(dlq_rows(&pair).await.is_empty());
+    pair.wait_equal(&[TABLE], Duration::from_secs(30)).await;
+    assert!(
+        ferry.exited().is_none(),
+        "ferry stopped: {}",
+        ferry.log_text()
+    );
+}
