@@ -1222,11 +1222,12 @@ async fn mongo_distinct_ids_never_share_a_row() {
 }
 
 /// A document PostgreSQL cannot hold (a string with a NUL character,
-/// which jsonb refuses) is never altered or skipped silently:
-/// until a dead-letter queue exists ferry stops (exit 3) naming the
-/// collection, and the target holds no altered copy.
+/// which jsonb refuses) is never altered or skipped silently: it is parked
+/// in the dead-letter queue with its reason (SQLSTATE 22P05) and the exact
+/// document, the target holds no altered copy, and the good document of
+/// the same batch lands; ferry keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongo_unmirrorable_document_halts_with_reason() {
+async fn mongo_unmirrorable_document_is_parked_with_reason() {
     let started = Instant::now();
     let fx = MongoToPg::start("mbad", MongoOptions::default()).await;
     let db = fx.db().await;
@@ -1268,30 +1269,39 @@ async fn mongo_unmirrorable_document_halts_with_reason() {
             coll.insert_one(bad.clone()).await.unwrap();
         }
         let pg = fx.target.connect(&pg_db).await.expect("connect target");
-        let status = tokio::task::block_in_place(|| ferry.wait_exit(Duration::from_secs(20)));
-        let log = ferry.log_text();
-        let Some(status) = status else {
-            let rows: Vec<(String, String)> = pg
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let parked = loop {
+            let rows = pg
                 .query(
-                    &format!("SELECT _id::text, document::text FROM app.{name} ORDER BY _id"),
+                    "SELECT table_name, error_code, error_message, event FROM public.ferry_dlq",
                     &[],
                 )
                 .await
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
                 .unwrap_or_default();
-            panic!(
-                "{name}: ferry still running 20 s after the document was written; target \
-                 rows: {rows:?}\nlog:\n{}",
-                log_tail(&log, 30)
+            if let Some(r) = rows.first() {
+                break (
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<String>>(1),
+                    r.get::<_, String>(2),
+                    r.get::<_, String>(3),
+                );
+            }
+            assert!(
+                ferry.exited().is_none(),
+                "{name}: ferry stopped: {}",
+                log_tail(&ferry.log_text(), 30)
             );
+            assert!(
+                Instant::now() < deadline,
+                "{name}: nothing parked 30 s after the document was written; log:\n{}",
+                log_tail(&ferry.log_text(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let code = status.code().unwrap_or(-1);
-        assert_eq!(code, 3, "{name}: log:\n{}", log_tail(&log, 30));
-        let msg = exit_message(&log);
-        assert!(
-            msg.contains(name),
-            "{name}: the error does not name the collection: {msg}"
-        );
+        assert_eq!(parked.0, name);
+        assert_eq!(parked.1.as_deref(), Some("22P05"), "{parked:?}");
+        // The parked change holds the document exactly, NUL included.
+        assert!(parked.3.contains("\\u0000"), "{name}: {}", parked.3);
         let n: i64 = pg
             .query_one(
                 &format!("SELECT count(*) FROM app.{name} WHERE _id = '1'"),
@@ -1301,9 +1311,19 @@ async fn mongo_unmirrorable_document_halts_with_reason() {
             .map(|r| r.get(0))
             .unwrap_or(0);
         assert_eq!(n, 0, "{name}: an altered copy reached the target");
+        let ok: i64 = pg
+            .query_one(
+                &format!("SELECT count(*) FROM app.{name} WHERE _id = '0'"),
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        assert_eq!(ok, 1, "{name}: the good document did not land");
+        assert!(ferry.exited().is_none(), "{name}: ferry stopped");
     }
     eprintln!(
-        "mongo_unmirrorable_document_halts_with_reason: {:?}",
+        "mongo_unmirrorable_document_is_parked_with_reason: {:?}",
         started.elapsed()
     );
 }

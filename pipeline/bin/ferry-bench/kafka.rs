@@ -369,10 +369,6 @@ async fn bench_one(
     let peak_rss_mb = fleet.peak_rss_mb();
     let lag_max_ms = lags.iter().copied().fold(f64::NAN, f64::max);
     eprintln!(
-        "TEMP lags {:?}",
-        lags.iter().map(|l| *l as i64).collect::<Vec<_>>()
-    );
-    eprintln!(
         "  steady load: {} probes, lag p50 {:.1} ms, p99 {:.1} ms, max {lag_max_ms:.1} ms",
         lags.len(),
         percentile(&lags, 0.5),
