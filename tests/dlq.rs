@@ -126,6 +126,26 @@ async fn poison_records_are_parked_then_replayed() {
         .get(0);
     assert_eq!(updated, 100);
 
+    if let Some(broker) = &pair.kafka {
+        // On the Kafka bus the parked records are mirrored to the
+        // dead-letter topic, with Kafka Connect's error headers.
+        let topic = format!("{}_test._dlq", pair.db);
+        let headers = read_dlq_topic(&broker.bootstrap(), &topic, 3).await;
+        let codes: Vec<String> = headers
+            .iter()
+            .map(|h| h["ferry.errors.code"].clone())
+            .collect();
+        assert_eq!(codes, vec!["23514", "23502", "23503"], "{headers:?}");
+        assert!(
+            headers
+                .iter()
+                .all(|h| h["__connect.errors.class.name"] == "permanent"
+                    && h["ferry.table"] == "public.payments"
+                    && !h["__connect.errors.exception.message"].is_empty()),
+            "{headers:?}"
+        );
+    }
+
     // A later change of a parked row lands and supersedes the parked one.
     src.batch_execute("UPDATE payments SET note = 'fixed at the source' WHERE id = 1004")
         .await
@@ -304,4 +324,52 @@ async fn replay_killed_and_resumed_drains_the_queue() {
         "ferry stopped: {}",
         ferry.log_text()
     );
+}
+
+/// The headers of the first `n` messages of a dead-letter topic.
+async fn read_dlq_topic(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+) -> Vec<std::collections::HashMap<String, String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "dlq-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: only {} of {n} messages",
+                out.len()
+            );
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+                let mut h = std::collections::HashMap::new();
+                if let Some(hs) = m.headers() {
+                    for x in hs.iter() {
+                        h.insert(
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(h);
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader")
 }

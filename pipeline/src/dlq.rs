@@ -34,6 +34,17 @@ pub struct DeadLetter {
     pub position: Option<Position>,
 }
 
+/// A record parked by a sink, with its table (what the Kafka bus mirrors
+/// to its dead-letter topic).
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub table: crate::event::TableId,
+    pub record: DeadLetter,
+}
+
+/// Told about records once they are parked (durably, with their batch).
+pub type OnParked = Arc<dyn Fn(&[Parked]) + Send + Sync>;
+
 /// Why a record was parked.
 #[derive(Debug, Clone)]
 pub struct RecordError {

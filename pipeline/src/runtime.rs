@@ -140,8 +140,12 @@ pub enum ApplyMode {
     /// (starting at the checkpoint) are replays.
     Embedded { seen_up_to: Option<Position> },
     /// Kafka worker: the consumer already skipped replays per partition;
-    /// progress travels as [`BusMessage::Consumed`].
-    Worker { after_commit: AfterCommit },
+    /// progress travels as [`BusMessage::Consumed`]; parked records are
+    /// mirrored to the dead-letter topic.
+    Worker {
+        after_commit: AfterCommit,
+        on_parked: crate::dlq::OnParked,
+    },
 }
 
 /// Starts the apply side (batch builder and writer) on `rx`.
@@ -153,9 +157,12 @@ pub fn spawn_apply<K: Sink>(
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Spawned {
-    let (seen_up_to, skip_replays, after_commit) = match mode {
-        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None),
-        ApplyMode::Worker { after_commit } => (None, false, Some(after_commit)),
+    let (seen_up_to, skip_replays, after_commit, on_parked) = match mode {
+        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None, None),
+        ApplyMode::Worker {
+            after_commit,
+            on_parked,
+        } => (None, false, Some(after_commit), Some(on_parked)),
     };
     // One job queued at most: the builder waits for the writer rather than
     // piling batches up (memory stays bounded by about two batches).
@@ -168,6 +175,7 @@ pub fn spawn_apply<K: Sink>(
         opts: opts.clone(),
         shutdown: shutdown.clone(),
         after_commit,
+        on_parked,
     };
     let apply: ApplyLoop<K> = ApplyLoop {
         rx,
@@ -317,6 +325,7 @@ struct Writer<K: Sink> {
     opts: RuntimeOptions,
     shutdown: watch::Receiver<bool>,
     after_commit: Option<AfterCommit>,
+    on_parked: Option<crate::dlq::OnParked>,
 }
 
 impl<K: Sink> Writer<K> {
@@ -425,11 +434,14 @@ impl<K: Sink> Writer<K> {
         loop {
             match self.sink.write_isolating(prepared, cause).await {
                 Ok(parked) => {
-                    if parked > 0 {
+                    if !parked.is_empty() {
                         warn!(
-                            parked,
+                            parked = parked.len(),
                             "records parked in the dead-letter queue; the rest of the batch landed"
                         );
+                        if let Some(on_parked) = &self.on_parked {
+                            on_parked(&parked);
+                        }
                     }
                     return Ok(());
                 }

@@ -38,8 +38,8 @@ pub trait Sink: CheckpointStore + Send + 'static {
     /// error, one record at a time: a record that fails permanently is
     /// rolled back alone and parked in the dead-letter queue, in the same
     /// atomic unit as the records that land and the batch's checkpoint.
-    /// Returns how many records were parked. An `Err` leaves nothing
-    /// applied (the runtime retries a transient one, stops on the rest).
+    /// Returns the records parked. An `Err` leaves nothing applied (the
+    /// runtime retries a transient one, stops on the rest).
     ///
     /// Sinks without a dead-letter queue keep the default: the batch's
     /// error stops the pipeline.
@@ -47,7 +47,7 @@ pub trait Sink: CheckpointStore + Send + 'static {
         &mut self,
         batch: &Self::Prepared,
         cause: &PipelineError,
-    ) -> impl Future<Output = Result<usize, PipelineError>> + Send {
+    ) -> impl Future<Output = Result<Vec<crate::dlq::Parked>, PipelineError>> + Send {
         let _ = batch;
         let e = PipelineError::new(cause.class, cause.stage, cause.message.clone());
         let e = match &cause.code {

@@ -70,6 +70,12 @@ impl Topics {
     pub fn checkpoints(&self) -> String {
         format!("{}._checkpoints", self.prefix)
     }
+
+    /// Records the workers parked (a mirror of `ferry_dlq` in the target,
+    /// with Kafka Connect's error headers).
+    pub fn dlq(&self) -> String {
+        format!("{}._dlq", self.prefix)
+    }
 }
 
 fn topic_part(s: &str) -> String {

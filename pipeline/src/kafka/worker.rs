@@ -274,11 +274,17 @@ async fn run_once<K: Sink, S: BusOffsets>(
             debug!(error = %e, "offset commit to Kafka failed");
         }
     });
+    let dlq_topic = super::Topics::new(&k.topic_prefix).dlq();
+    ensure_topics(k, std::slice::from_ref(&dlq_topic), false, Stage::Decode).await?;
+    let on_parked = dead_letter_mirror(k, &opts.pipeline, dlq_topic)?;
     let apply = spawn_apply(
         bus_rx,
         sink,
         ack_tx,
-        ApplyMode::Worker { after_commit },
+        ApplyMode::Worker {
+            after_commit,
+            on_parked,
+        },
         opts,
         shutdown.clone(),
     );
@@ -351,6 +357,61 @@ async fn run_once<K: Sink, S: BusOffsets>(
     // Shutdown: let the apply side commit what it has, then stop.
     drop(reader);
     flatten(apply_task.await)
+}
+
+/// Mirrors parked records to the dead-letter topic, with Kafka Connect's
+/// error header names where they fit. The target's `ferry_dlq` (written in
+/// the batch's transaction) stays the record of truth that `ferry dlq
+/// replay` works from; the topic is for the tooling around Kafka, so a
+/// failed send is logged, not retried for ever.
+fn dead_letter_mirror(
+    k: &KafkaConfig,
+    pipeline: &str,
+    topic: String,
+) -> Result<crate::dlq::OnParked, PipelineError> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let producer = Arc::new(super::producer::create_producer(k)?);
+    let pipeline = pipeline.to_string();
+    Ok(Arc::new(move |parked: &[crate::dlq::Parked]| {
+        for p in parked {
+            let table = p.table.to_string();
+            let position = p.record.position.map(|x| x.to_string()).unwrap_or_default();
+            let code = p.record.error.code.clone().unwrap_or_default();
+            let pairs: [(&str, &str); 8] = [
+                ("__connect.errors.connector.name", &pipeline),
+                ("__connect.errors.stage", &p.record.error.stage),
+                ("__connect.errors.class.name", &p.record.error.class),
+                (
+                    "__connect.errors.exception.class.name",
+                    &p.record.error.class,
+                ),
+                (
+                    "__connect.errors.exception.message",
+                    &p.record.error.message,
+                ),
+                ("ferry.errors.code", &code),
+                ("ferry.table", &table),
+                ("ferry.position", &position),
+            ];
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in pairs {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let record = FutureRecord::to(&topic)
+                .key(&p.record.key)
+                .payload(&p.record.event)
+                .headers(headers);
+            if let Err((e, _)) = producer.send_result(record) {
+                warn!(error = %e, table = %table, "could not mirror a parked record to the dead-letter topic (it is in ferry_dlq)");
+            }
+        }
+        // Deliveries complete in the background (librdkafka's thread).
+        producer.poll(Duration::ZERO);
+    }))
 }
 
 /// What librdkafka does not report by itself: a subscribed topic that is

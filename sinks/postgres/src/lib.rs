@@ -132,7 +132,7 @@ impl PostgresSink {
     async fn write_record_by_record(
         &mut self,
         prepared: &PreparedBatch,
-    ) -> Result<usize, PipelineError> {
+    ) -> Result<Vec<ferry_pipeline::dlq::Parked>, PipelineError> {
         let batch = &prepared.batch;
         self.client().await?;
         self.ensure_tables(batch).await?;
@@ -151,7 +151,7 @@ impl PostgresSink {
             if !batch.bus.is_empty() {
                 checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
             }
-            let mut parked = 0usize;
+            let mut parked = Vec::new();
             for (tb, id) in batch.tables.iter().zip(&target_ids) {
                 let target = tables.get(id).ok_or_else(|| {
                     PipelineError::transient(
@@ -213,11 +213,14 @@ impl PostgresSink {
                                 _ => "upsert",
                             };
                             dlq::park(&tx, &pipeline, &tb.schema.id, op, &record).await?;
+                            parked.push(ferry_pipeline::dlq::Parked {
+                                table: tb.schema.id.clone(),
+                                record,
+                            });
                             metrics()
                                 .dlq_events
                                 .with_label_values(&[&tb.schema.id.to_string(), e.class.as_str()])
                                 .inc();
-                            parked += 1;
                             parked_tables.push(tb.schema.id.clone());
                         }
                         Err(e) => return Err(e),
@@ -397,7 +400,7 @@ impl Sink for PostgresSink {
         &mut self,
         batch: &PreparedBatch,
         _cause: &PipelineError,
-    ) -> Result<usize, PipelineError> {
+    ) -> Result<Vec<ferry_pipeline::dlq::Parked>, PipelineError> {
         self.write_record_by_record(batch).await
     }
 }
