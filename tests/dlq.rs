@@ -1,5 +1,5 @@
 //! The dead-letter queue: records the target refuses (a CHECK on an amount,
-//! NOT NULL, a foreign key) are parked with their reason while good traffic
+//! NOT NULL, a foreign key, a value too large for an index) are parked with their reason while good traffic
 //! lands; a later change of a parked row lands and supersedes the parked
 //! one; after the target is fixed, `ferry dlq replay` drains the queue and
 //! the target equals the source. A target that is away is retried, never
@@ -59,7 +59,8 @@ async fn poison_records_are_parked_then_replayed() {
              CREATE TABLE payments (id bigint PRIMARY KEY,
                  amount numeric(12,2) NOT NULL CONSTRAINT amount_not_negative CHECK (amount >= 0),
                  note text NOT NULL,
-                 parent_id bigint REFERENCES parents (id));",
+                 parent_id bigint REFERENCES parents (id));
+             CREATE INDEX payments_note ON payments (note);",
         )
         .await
         .unwrap();
@@ -76,7 +77,8 @@ async fn poison_records_are_parked_then_replayed() {
          INSERT INTO payments VALUES (1004, 12.00, NULL, 1), (1005, 13.00, 'good', 1);
          UPDATE payments SET amount = amount + 1 WHERE id <= 100;
          COMMIT;
-         INSERT INTO payments VALUES (1006, 14.00, 'orphan', 999), (1007, 15.00, 'good', 1);",
+         INSERT INTO payments VALUES (1006, 14.00, 'orphan', 999), (1007, 15.00, 'good', 1);
+         INSERT INTO payments SELECT 1008, 16.00, string_agg(md5(g::text), ''), 1 FROM generate_series(1, 400) g;",
     )
     .await
     .unwrap();
@@ -94,7 +96,7 @@ async fn poison_records_are_parked_then_replayed() {
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or(0);
-            good == 4 && dlq_rows(&pair).await.len() == 3
+            good == 4 && dlq_rows(&pair).await.len() == 4
         },
     )
     .await;
@@ -110,7 +112,9 @@ async fn poison_records_are_parked_then_replayed() {
         vec![
             Some("23514".into()),
             Some("23502".into()),
-            Some("23503".into())
+            Some("23503".into()),
+            // A value too large for the target's index: it will never fit.
+            Some("54000".into()),
         ],
         "{rows:?}"
     );
@@ -130,12 +134,16 @@ async fn poison_records_are_parked_then_replayed() {
         // On the Kafka bus the parked records are mirrored to the
         // dead-letter topic, with Kafka Connect's error headers.
         let topic = format!("{}_test._dlq", pair.db);
-        let headers = read_dlq_topic(&broker.bootstrap(), &topic, 3).await;
+        let headers = read_dlq_topic(&broker.bootstrap(), &topic, 4).await;
         let codes: Vec<String> = headers
             .iter()
             .map(|h| h["ferry.errors.code"].clone())
             .collect();
-        assert_eq!(codes, vec!["23514", "23502", "23503"], "{headers:?}");
+        assert_eq!(
+            codes,
+            vec!["23514", "23502", "23503", "54000"],
+            "{headers:?}"
+        );
         assert!(
             headers
                 .iter()
@@ -162,18 +170,18 @@ async fn poison_records_are_parked_then_replayed() {
     let (code, out) = ferry_cmd(&["dlq", "list", "--config", cfg]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("public.payments | permanent | 3 | 1 |"),
+        out.contains("public.payments | permanent | 4 | 1 |"),
         "{out}"
     );
-    // Before the fix, a dry run says the two live records fail again and
+    // Before the fix, a dry run says the three live records fail again and
     // changes nothing.
     let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg, "--dry-run"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("would apply 0, superseded 1, failed again 2"),
+        out.contains("would apply 0, superseded 1, failed again 3"),
         "{out}"
     );
-    assert_eq!(dlq_rows(&pair).await.len(), 3);
+    assert_eq!(dlq_rows(&pair).await.len(), 4);
     let id: i64 = dst
         .query_one("SELECT min(id) FROM public.ferry_dlq", &[])
         .await
@@ -190,14 +198,16 @@ async fn poison_records_are_parked_then_replayed() {
     // source.
     dst.batch_execute(
         "ALTER TABLE payments DROP CONSTRAINT amount_not_negative;
-         INSERT INTO parents VALUES (999);",
+         INSERT INTO parents VALUES (999);
+         DROP INDEX payments_note;
+         CREATE INDEX payments_note ON payments (md5(note));",
     )
     .await
     .unwrap();
     let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("applied 2, superseded 1, failed again 0"),
+        out.contains("applied 3, superseded 1, failed again 0"),
         "{out}"
     );
     assert!(dlq_rows(&pair).await.is_empty());

@@ -93,8 +93,10 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
     }
     match code.get(..2).unwrap_or("") {
         "08" | "40" | "53" | "55" | "57" | "58" | "XX" => ErrorClass::Transient,
-        // 21: cardinality violation (one statement touching a row twice).
-        "21" | "22" | "23" => ErrorClass::Permanent,
+        // 21: cardinality violation (one statement touching a row twice);
+        // 54: program limit exceeded (a value too large for an index row,
+        // too many columns): this record will never fit.
+        "21" | "22" | "23" | "54" => ErrorClass::Permanent,
         "28" | "3D" | "3F" | "42" | "0A" | "2B" => ErrorClass::Fatal,
         _ => ErrorClass::Transient,
     }
@@ -205,6 +207,7 @@ mod tests {
             ("22003", ErrorClass::Permanent),
             ("23502", ErrorClass::Permanent),
             ("23503", ErrorClass::Permanent),
+            ("54000", ErrorClass::Permanent),
             ("28P01", ErrorClass::Fatal),
             ("42P01", ErrorClass::Fatal),
             ("3D000", ErrorClass::Fatal),
