@@ -137,6 +137,7 @@ pub fn spawn(
         partitions: HashMap::new(),
         ensured: HashSet::new(),
         schemas: HashMap::new(),
+        outs: HashMap::new(),
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
     let mut fwd_task = tokio::spawn(fwd.run(rx));
@@ -170,6 +171,19 @@ struct Forwarder {
     /// The last schema seen per table (a snapshot's end names only the
     /// table).
     schemas: HashMap<TableId, Arc<TableSchema>>,
+    /// Per schema (by its `Arc`, which sources share between the events of
+    /// a table): the topic and the events to count. One lookup per event
+    /// instead of hashing the table's name several times.
+    outs: HashMap<usize, TableOut>,
+}
+
+struct TableOut {
+    /// Keeps the pointer the map is keyed by alive.
+    schema: Arc<TableSchema>,
+    topic: Arc<str>,
+    partitions: usize,
+    /// Events produced per op since the last flush to the metrics.
+    counts: [u64; Op::ALL.len()],
 }
 
 impl Forwarder {
@@ -179,11 +193,13 @@ impl Forwarder {
             match msg {
                 BusMessage::Change(ev) => self.change(ev, None).await?,
                 BusMessage::Commit { ack, .. } | BusMessage::Idle { ack } => {
+                    self.flush_counts();
                     self.pend(Pending::Ack(ack))?
                 }
                 BusMessage::Resume { resume_token } => self.pend(Pending::Resume(resume_token))?,
                 BusMessage::SnapshotStart { table } => self.snapshot_start(table).await?,
                 BusMessage::SnapshotDone { table, rows, state } => {
+                    self.flush_counts();
                     self.snapshot_done(&table, rows, &state).await?;
                     self.pend(Pending::Snapshot(table, SnapshotRecord { rows, state }))?
                 }
@@ -191,7 +207,24 @@ impl Forwarder {
                 BusMessage::Consumed { .. } | BusMessage::EnsureTable { .. } => {}
             }
         }
+        self.flush_counts();
         Ok(())
+    }
+
+    /// Counted per event locally, published per transaction: a labelled
+    /// counter costs a hash and an allocation per call.
+    fn flush_counts(&mut self) {
+        for out in self.outs.values_mut() {
+            for op in Op::ALL {
+                let n = std::mem::take(&mut out.counts[op as usize]);
+                if n > 0 {
+                    metrics()
+                        .events
+                        .with_label_values(&["bus", &out.schema.id.to_string(), op.as_str()])
+                        .inc_by(n);
+                }
+            }
+        }
     }
 
     fn pend(&self, p: Pending) -> Result<(), PipelineError> {
@@ -246,15 +279,28 @@ impl Forwarder {
         ev: ChangeEvent,
         marker: Option<Marker<'_>>,
     ) -> Result<(), PipelineError> {
-        if !self
-            .schemas
-            .get(&ev.table.id)
-            .is_some_and(|s| Arc::ptr_eq(s, &ev.table))
-        {
+        let ptr = Arc::as_ptr(&ev.table) as usize;
+        if !self.outs.contains_key(&ptr) {
+            let partitions = self.ensure(&ev.table).await?;
             self.schemas
                 .insert(ev.table.id.clone(), Arc::clone(&ev.table));
+            // A newer shape of the table replaces the older one's entry.
+            self.outs.retain(|_, o| o.schema.id != ev.table.id);
+            self.outs.insert(
+                ptr,
+                TableOut {
+                    schema: Arc::clone(&ev.table),
+                    topic: Arc::from(self.topics.data(&ev.table.id)),
+                    partitions,
+                    counts: [0; Op::ALL.len()],
+                },
+            );
         }
-        let n = self.ensure(&ev.table).await?;
+        let (topic, n) = {
+            let out = self.outs.get_mut(&ptr).expect("inserted above");
+            out.counts[ev.op as usize] += 1;
+            (Arc::clone(&out.topic), out.partitions)
+        };
         if ev.op == Op::Truncate && marker.is_none() && n > 1 {
             return Err(PipelineError::fatal(
                 Stage::Source,
@@ -293,7 +339,6 @@ impl Forwarder {
             None => value,
         };
         let key = self.encoder.key(&ev);
-        let topic = self.topics.data(&ev.table.id);
         let position = ev.position.to_string();
         let mut headers = OwnedHeaders::new().insert(Header {
             key: HEADER_POSITION,
@@ -321,7 +366,7 @@ impl Forwarder {
             }
             None => {}
         }
-        let mut record = FutureRecord::to(&topic)
+        let mut record = FutureRecord::to(&topic[..])
             .key(&key)
             .payload(&value)
             .headers(headers);
@@ -344,10 +389,6 @@ impl Forwarder {
                 }
             }
         };
-        metrics()
-            .events
-            .with_label_values(&["bus", &ev.table.id.to_string(), ev.op.as_str()])
-            .inc();
         self.pend(Pending::Delivery {
             fut,
             resume_token: ev.resume_token.clone(),

@@ -227,6 +227,10 @@ async fn run_once<K: Sink, S: BusOffsets>(
     // seconds, not the 45 s librdkafka waits by default.
     cfg.set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // A fetch waits at most this long for data: brokers that do not
+        // answer as soon as data arrives (tansu) otherwise add up to
+        // librdkafka's default 500 ms to every change's lag.
+        .set("fetch.wait.max.ms", "20")
         // Large documents (MongoDB allows 16 MB) must fit in a fetch.
         .set("fetch.max.bytes", "134217728")
         .set("receive.message.max.bytes", "135000000");
@@ -308,8 +312,8 @@ async fn run_once<K: Sink, S: BusOffsets>(
             res = &mut apply_task => return flatten(res),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             msg = consumer.recv() => {
-                let owned = match msg {
-                    Ok(m) => Incoming::from(&m),
+                let m = match msg {
+                    Ok(m) => m,
                     Err(e) => {
                         let e = consumer_error(e);
                         // A pattern that matches no topic yet (no
@@ -323,7 +327,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
                         return Err(e);
                     }
                 };
-                reader.handle(owned).await?;
+                reader.handle(&m).await?;
             }
         }
         if let Some(e) = consumer
@@ -512,38 +516,14 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-/// A consumed message, detached from the consumer's buffer only as far as
-/// needed (the payload is copied once, to decode after an await).
-struct Incoming {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    payload: Option<Vec<u8>>,
-    snapshot_start: Option<String>,
-    snapshot_done: Option<String>,
-}
-
-impl Incoming {
-    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        let header = |name: &str| {
-            m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-        };
-        let snapshot_start = header(HEADER_SNAPSHOT_START);
-        let snapshot_done = header(HEADER_SNAPSHOT_DONE);
-        Incoming {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            payload: m.payload().map(<[u8]>::to_vec),
-            snapshot_start,
-            snapshot_done,
-        }
-    }
+/// A header's value as text.
+fn header(m: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<String> {
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
 }
 
 /// Decodes messages and sends them on to the apply side.
@@ -557,23 +537,29 @@ struct Reader {
 }
 
 impl Reader {
-    async fn handle(&mut self, m: Incoming) -> Result<(), PipelineError> {
-        let topic = match self.topic_names.get(&m.topic) {
+    /// Decodes the message in place (the payload is not copied) and sends
+    /// its change, then its offset, to the apply side.
+    async fn handle(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), PipelineError> {
+        let topic = match self.topic_names.get(m.topic()) {
             Some(t) => Arc::clone(t),
             None => {
-                let t: Arc<str> = Arc::from(m.topic.as_str());
-                self.topic_names.insert(m.topic.clone(), Arc::clone(&t));
+                let t: Arc<str> = Arc::from(m.topic());
+                self.topic_names.insert(m.topic().to_string(), Arc::clone(&t));
                 t
             }
         };
+        let (partition, offset) = (m.partition(), m.offset());
         let mut position = None;
-        if let Some(payload) = &m.payload {
-            let ev = self.decode(payload, &m).await?;
-            let key = (m.topic.clone(), m.partition);
+        if let Some(payload) = m.payload() {
+            let ev = self.decode(payload, &topic, partition, offset).await?;
             // Re-produced by a restarted source: already applied from this
             // partition (positions only grow within one).
             let replay = ev.position.commit_lsn != 0 && {
                 let mut progress = self.progress.lock().expect("progress lock");
+                let key = (topic.to_string(), partition);
                 let seen = progress.get(&key).and_then(|p| p.position);
                 if Some(ev.position) <= seen {
                     true
@@ -582,7 +568,7 @@ impl Reader {
                         .entry(key)
                         .and_modify(|p| p.position = Some(ev.position))
                         .or_insert(PartitionProgress {
-                            next_offset: m.offset,
+                            next_offset: offset,
                             position: Some(ev.position),
                         });
                     false
@@ -592,31 +578,39 @@ impl Reader {
                 position = Some(ev.position);
             }
             if !replay {
-                let msg = match (m.snapshot_start.as_deref(), &m.snapshot_done) {
-                    (Some("truncate"), _) => BusMessage::SnapshotStart { table: ev.table },
-                    (Some(_), _) => BusMessage::EnsureTable { table: ev.table },
-                    (None, Some(done)) => {
-                        let v: serde_json::Value = serde_json::from_str(done).map_err(|e| {
-                            PipelineError::fatal(
-                                Stage::Decode,
-                                format!("unreadable snapshot marker: {e}"),
-                            )
-                        })?;
-                        BusMessage::SnapshotDone {
-                            table: ev.table.id.clone(),
-                            rows: v["rows"].as_u64().unwrap_or(0),
-                            state: v["state"].clone(),
+                // Markers are rare: look at headers only for truncates.
+                let msg = if ev.op == crate::event::Op::Truncate {
+                    match (
+                        header(m, HEADER_SNAPSHOT_START).as_deref(),
+                        header(m, HEADER_SNAPSHOT_DONE),
+                    ) {
+                        (Some("truncate"), _) => BusMessage::SnapshotStart { table: ev.table },
+                        (Some(_), _) => BusMessage::EnsureTable { table: ev.table },
+                        (None, Some(done)) => {
+                            let v: serde_json::Value = serde_json::from_str(&done).map_err(|e| {
+                                PipelineError::fatal(
+                                    Stage::Decode,
+                                    format!("unreadable snapshot marker: {e}"),
+                                )
+                            })?;
+                            BusMessage::SnapshotDone {
+                                table: ev.table.id.clone(),
+                                rows: v["rows"].as_u64().unwrap_or(0),
+                                state: v["state"].clone(),
+                            }
                         }
+                        (None, None) => BusMessage::Change(ev),
                     }
-                    (None, None) => BusMessage::Change(ev),
+                } else {
+                    BusMessage::Change(ev)
                 };
                 self.send(msg).await?;
             }
         }
         self.send(BusMessage::Consumed {
             topic,
-            partition: m.partition,
-            offset: m.offset,
+            partition,
+            offset,
             position,
         })
         .await
@@ -629,7 +623,9 @@ impl Reader {
     async fn decode(
         &mut self,
         payload: &[u8],
-        m: &Incoming,
+        topic: &str,
+        partition: i32,
+        offset: i64,
     ) -> Result<crate::event::ChangeEvent, PipelineError> {
         let mut fetched = false;
         loop {
@@ -644,8 +640,7 @@ impl Reader {
                         ErrorClass::Permanent,
                         Stage::Decode,
                         format!(
-                            "cannot decode the message at {}[{}]@{}: {e}",
-                            m.topic, m.partition, m.offset
+                            "cannot decode the message at {topic}[{partition}]@{offset}: {e}"
                         ),
                     ))
                 }
