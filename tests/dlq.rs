@@ -135,6 +135,15 @@ async fn poison_records_are_parked_then_replayed() {
         // dead-letter topic, with Kafka Connect's error headers.
         let topic = format!("{}_test._dlq", pair.db);
         let headers = read_dlq_topic(&broker.bootstrap(), &topic, 4).await;
+        let data_topic = format!("{}_test.public.payments", pair.db);
+        assert!(
+            headers
+                .iter()
+                .all(|h| h["__connect.errors.topic"] == data_topic
+                    && h["__connect.errors.offset"].parse::<i64>().is_ok()
+                    && h["__connect.errors.partition"] == "0"),
+            "{headers:?}"
+        );
         let codes: Vec<String> = headers
             .iter()
             .map(|h| h["ferry.errors.code"].clone())

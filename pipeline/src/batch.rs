@@ -54,6 +54,18 @@ pub struct TableBatch {
     /// email changing hands) is freed before it is taken.
     last_touch: Vec<u64>,
     touches: u64,
+    /// Per row, the Kafka message its last change came from (Kafka bus).
+    pub origins: Vec<Option<Origin>>,
+    /// The row the last change touched.
+    last_index: Option<usize>,
+}
+
+/// Where a row's change came from on the Kafka bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 impl TableBatch {
@@ -68,6 +80,8 @@ impl TableBatch {
             born: Vec::new(),
             last_touch: Vec::new(),
             touches: 0,
+            origins: Vec::new(),
+            last_index: None,
         }
     }
 
@@ -93,12 +107,16 @@ impl TableBatch {
                     _ => merge(&self.rows[i], change),
                 };
                 self.rows[i] = merged;
+                self.origins[i] = None;
+                self.last_index = Some(i);
             }
             None => {
+                self.last_index = Some(self.rows.len());
                 self.index.insert(key, self.rows.len());
                 self.rows.push(change);
                 self.born.push(is_insert);
                 self.last_touch.push(self.touches);
+                self.origins.push(None);
             }
         }
     }
@@ -108,6 +126,8 @@ impl TableBatch {
         self.index.clear();
         self.born.clear();
         self.last_touch.clear();
+        self.origins.clear();
+        self.last_index = None;
     }
 }
 
@@ -179,6 +199,9 @@ pub struct Batch {
     /// Kafka bus only: the messages this batch consumed, per partition. The
     /// sink records the progress in the same transaction as the rows.
     pub bus: BTreeMap<(Arc<str>, i32), ConsumedRange>,
+    /// The table (index into `tables`) of the last change pushed, whose
+    /// row the next consumed offset belongs to.
+    last_table: Option<usize>,
     /// Source events per table (index into `tables`) and op, for metrics.
     /// Counted by position rather than by cloning the table's name into a
     /// map for every event: this runs once per change.
@@ -213,6 +236,16 @@ impl Batch {
         r.next = offset + 1;
         if position.is_some() {
             r.position = position;
+        }
+        if let Some(ti) = self.last_table.take() {
+            let tb = &mut self.tables[ti];
+            if let Some(ri) = tb.last_index.take() {
+                tb.origins[ri] = Some(Origin {
+                    topic: Arc::clone(topic),
+                    partition,
+                    offset,
+                });
+            }
         }
     }
 
@@ -274,7 +307,9 @@ impl Batch {
         }
         let ti = self.table_slot(&ev.table);
         self.counts[ti][ev.op as usize] += 1;
+        self.last_table = Some(ti);
         let tb = &mut self.tables[ti];
+        tb.last_index = None;
         match ev.op {
             Op::Truncate => {
                 tb.clear();

@@ -29,9 +29,10 @@ pub struct DeadLetter {
     /// the records a later change supersedes.
     pub key: String,
     pub error: RecordError,
-    /// Where the change came from: its source position, and on the Kafka
-    /// bus the partition and offset of the batch it was consumed in.
+    /// The source position of the batch the change was applied in.
     pub position: Option<Position>,
+    /// On the Kafka bus: the message the row's change came from.
+    pub origin: Option<crate::batch::Origin>,
 }
 
 /// A record parked by a sink, with its table (what the Kafka bus mirrors

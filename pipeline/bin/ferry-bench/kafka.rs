@@ -111,6 +111,8 @@ struct KafkaOutcome {
     processes: usize,
     /// CPU seconds of the ferry processes during the timed backlog.
     ferry_cpu_secs: f64,
+    /// Of which the workers' (Kafka only).
+    workers_cpu_secs: Option<f64>,
     /// CPU seconds of the broker during the timed backlog.
     broker_cpu_secs: Option<f64>,
     /// Seconds the workers took to join their group before the backlog
@@ -158,13 +160,13 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| configuration | ferry processes | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, sum of processes, max of runs) | ferry CPU s | broker CPU s |"
+        "| configuration | ferry processes | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, sum of processes, max of runs) | ferry CPU s (workers) | broker CPU s |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &medians {
         let o = &m.outcome;
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.1}{} | {} |",
             o.name,
             m.processes,
             o.changes,
@@ -174,6 +176,8 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
             o.lag_p99_ms,
             o.peak_rss_mb.map_or("-".to_string(), |m| format!("{m:.1}")),
             m.ferry_cpu_secs,
+            m.workers_cpu_secs
+                .map_or(String::new(), |s| format!(" ({s:.1})")),
             m.broker_cpu_secs
                 .map_or("-".to_string(), |s| format!("{s:.1}")),
         );
@@ -239,10 +243,12 @@ fn median(runs: &[KafkaOutcome]) -> KafkaOutcome {
         |f: &dyn Fn(&KafkaOutcome) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 0.5);
     let broker: Vec<f64> = runs.iter().filter_map(|r| r.broker_cpu_secs).collect();
     let join: Vec<f64> = runs.iter().filter_map(|r| r.group_join_secs).collect();
+    let workers: Vec<f64> = runs.iter().filter_map(|r| r.workers_cpu_secs).collect();
     KafkaOutcome {
         outcome: median_outcome(&outcomes),
         processes: runs[0].processes,
         ferry_cpu_secs: med(&|r| r.ferry_cpu_secs),
+        workers_cpu_secs: (!workers.is_empty()).then(|| percentile(&workers, 0.5)),
         broker_cpu_secs: (!broker.is_empty()).then(|| percentile(&broker, 0.5)),
         group_join_secs: (!join.is_empty()).then(|| percentile(&join, 0.5)),
         revocations_in_window: runs.iter().map(|r| r.revocations_in_window).sum(),
@@ -286,16 +292,23 @@ async fn bench_one(
         Setup::Embedded => "all",
         Setup::Kafka { workers } => {
             let t0 = Instant::now();
+            // One worker first, until it holds every partition: workers
+            // that start together on an empty target can race creating
+            // Ferry's bookkeeping tables (`CREATE TABLE IF NOT EXISTS` run
+            // concurrently fails with a unique violation in pg_type, which
+            // stops the loser). Then the others, and the rebalance.
             for i in 0..workers {
                 let log = dir.path().join(format!("worker-{}.log", i + 1));
                 fleet.spawn(&format!("worker {}", i + 1), &config, "worker", &log)?;
+                if i == 0 || i + 1 == workers {
+                    let logs = fleet.worker_logs();
+                    guarded(
+                        &mut fleet,
+                        wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(120)),
+                    )
+                    .await?;
+                }
             }
-            let logs = fleet.worker_logs();
-            guarded(
-                &mut fleet,
-                wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(120)),
-            )
-            .await?;
             let secs = t0.elapsed().as_secs_f64();
             eprintln!("  {workers} worker(s) joined, partitions assigned, in {secs:.1}s");
             group_join_secs = Some(secs);
@@ -340,7 +353,8 @@ async fn bench_one(
         .await?;
     }
     let revoked_before = revocations(&logs);
-    let cpu_before = fleet.ferry_cpu();
+    let cpu_before = fleet.ferry_cpu(None);
+    let workers_before = fleet.ferry_cpu(Some("worker"));
     let broker_before = fleet.broker.as_ref().and_then(Broker::cpu_seconds);
 
     let started = Instant::now();
@@ -349,7 +363,11 @@ async fn bench_one(
     let wait = wait_fingerprint(&dst, &expected, expected_last, Duration::from_secs(1800));
     let (done, checks) = guarded(&mut fleet, wait).await?;
     let seconds = done.duration_since(started).as_secs_f64();
-    let ferry_cpu_secs = fleet.ferry_cpu() - cpu_before;
+    let ferry_cpu_secs = fleet.ferry_cpu(None) - cpu_before;
+    let workers_cpu_secs = match setup {
+        Setup::Embedded => None,
+        Setup::Kafka { .. } => Some(fleet.ferry_cpu(Some("worker")) - workers_before),
+    };
     let broker_cpu_secs = match (
         broker_before,
         fleet.broker.as_ref().and_then(Broker::cpu_seconds),
@@ -359,8 +377,9 @@ async fn bench_one(
     };
     let revocations_in_window = revocations(&logs) - revoked_before;
     eprintln!(
-        "  backlog applied in {seconds:.1}s ({:.0} rows/s; ferry {ferry_cpu_secs:.1} CPU s, broker {} CPU s, {checks} fingerprint checks, {revocations_in_window} revocations)",
+        "  backlog applied in {seconds:.1}s ({:.0} rows/s; ferry {ferry_cpu_secs:.1} CPU s (workers {}), broker {} CPU s, {checks} fingerprint checks, {revocations_in_window} revocations)",
         changes as f64 / seconds,
+        workers_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
         broker_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
     );
     check_no_resnapshot(&second_log)?;
@@ -399,6 +418,7 @@ async fn bench_one(
         outcome: Outcome::of_run(&setup.name(), changes, seconds, &lags, peak_rss_mb),
         processes: setup.processes(),
         ferry_cpu_secs,
+        workers_cpu_secs,
         broker_cpu_secs,
         group_join_secs,
         revocations_in_window,
@@ -540,9 +560,11 @@ impl Fleet {
         s
     }
 
-    fn ferry_cpu(&self) -> f64 {
+    /// CPU seconds of the ferry processes (of one role, or all).
+    fn ferry_cpu(&self, role: Option<&str>) -> f64 {
         self.procs
             .iter()
+            .filter(|p| role.is_none_or(|r| p.role == r))
             .filter_map(|p| cpu_seconds(p.process.0.id()))
             .sum()
     }

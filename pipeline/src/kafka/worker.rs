@@ -405,6 +405,19 @@ fn dead_letter_mirror(
                     value: Some(value.as_bytes()),
                 });
             }
+            if let Some(o) = &p.record.origin {
+                let (partition, offset) = (o.partition.to_string(), o.offset.to_string());
+                for (key, value) in [
+                    ("__connect.errors.topic", &o.topic[..]),
+                    ("__connect.errors.partition", &partition),
+                    ("__connect.errors.offset", &offset),
+                ] {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+            }
             let record = FutureRecord::to(&topic)
                 .key(&p.record.key)
                 .payload(&p.record.event)
@@ -547,7 +560,8 @@ impl Reader {
             Some(t) => Arc::clone(t),
             None => {
                 let t: Arc<str> = Arc::from(m.topic());
-                self.topic_names.insert(m.topic().to_string(), Arc::clone(&t));
+                self.topic_names
+                    .insert(m.topic().to_string(), Arc::clone(&t));
                 t
             }
         };
@@ -587,12 +601,13 @@ impl Reader {
                         (Some("truncate"), _) => BusMessage::SnapshotStart { table: ev.table },
                         (Some(_), _) => BusMessage::EnsureTable { table: ev.table },
                         (None, Some(done)) => {
-                            let v: serde_json::Value = serde_json::from_str(&done).map_err(|e| {
-                                PipelineError::fatal(
-                                    Stage::Decode,
-                                    format!("unreadable snapshot marker: {e}"),
-                                )
-                            })?;
+                            let v: serde_json::Value =
+                                serde_json::from_str(&done).map_err(|e| {
+                                    PipelineError::fatal(
+                                        Stage::Decode,
+                                        format!("unreadable snapshot marker: {e}"),
+                                    )
+                                })?;
                             BusMessage::SnapshotDone {
                                 table: ev.table.id.clone(),
                                 rows: v["rows"].as_u64().unwrap_or(0),
@@ -639,9 +654,7 @@ impl Reader {
                     return Err(PipelineError::new(
                         ErrorClass::Permanent,
                         Stage::Decode,
-                        format!(
-                            "cannot decode the message at {topic}[{partition}]@{offset}: {e}"
-                        ),
+                        format!("cannot decode the message at {topic}[{partition}]@{offset}: {e}"),
                     ))
                 }
             }

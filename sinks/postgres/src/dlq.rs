@@ -37,6 +37,9 @@ pub async fn install(client: &impl GenericClient) -> Result<(), PipelineError> {
                  ordinal         bigint,
                  superseded_at   timestamptz
              );
+             ALTER TABLE public.ferry_dlq ADD COLUMN IF NOT EXISTS bus_topic text;
+             ALTER TABLE public.ferry_dlq ADD COLUMN IF NOT EXISTS bus_partition integer;
+             ALTER TABLE public.ferry_dlq ADD COLUMN IF NOT EXISTS bus_offset bigint;
              CREATE INDEX IF NOT EXISTS ferry_dlq_row
                  ON public.ferry_dlq (pipeline, table_schema, table_name, row_key);",
         )
@@ -55,12 +58,17 @@ pub async fn park(
     let event = String::from_utf8_lossy(&record.event).into_owned();
     let lsn = record.position.map(|p| p.commit_lsn.to_string());
     let ordinal = record.position.map(|p| p.ordinal as i64);
+    let bus_topic = record.origin.as_ref().map(|o| o.topic.to_string());
+    let bus_partition = record.origin.as_ref().map(|o| o.partition);
+    let bus_offset = record.origin.as_ref().map(|o| o.offset);
     tx.execute(
         "INSERT INTO public.ferry_dlq
              (pipeline, table_schema, table_name, row_key, op, event,
-              error_class, error_code, error_message, stage, commit_lsn, ordinal)
+              error_class, error_code, error_message, stage, commit_lsn, ordinal,
+              bus_topic, bus_partition, bus_offset)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                 CASE WHEN $11::text IS NULL THEN NULL ELSE '0/0'::pg_lsn + $11::text::numeric END, $12)",
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE '0/0'::pg_lsn + $11::text::numeric END, $12,
+                 $13, $14, $15)",
         &[
             &pipeline,
             &table.schema,
@@ -74,6 +82,9 @@ pub async fn park(
             &record.error.stage,
             &lsn,
             &ordinal,
+            &bus_topic,
+            &bus_partition,
+            &bus_offset,
         ],
     )
     .await

@@ -206,6 +206,7 @@ impl PostgresSink {
                                 key,
                                 error: ferry_pipeline::dlq::RecordError::of(&e),
                                 position: batch.last_position,
+                                origin: tb.origins.get(i).cloned().flatten(),
                             };
                             let op = match change {
                                 RowChange::Delete(_) => "delete",
@@ -777,7 +778,8 @@ impl PostgresSink {
             .query_opt(
                 "SELECT id, table_schema, table_name, row_key, op, event, error_class, error_code,
                         error_message, stage, attempts, first_failed_at::text, last_failed_at::text,
-                        commit_lsn::text, ordinal, superseded_at::text
+                        commit_lsn::text, ordinal, superseded_at::text,
+                        bus_topic, bus_partition, bus_offset
                    FROM public.ferry_dlq WHERE pipeline = $1 AND id = $2",
                 &[&pipeline, &id],
             )
@@ -799,6 +801,9 @@ impl PostgresSink {
                 "last_failed_at": r.get::<_, String>(12),
                 "source_position": r.get::<_, Option<String>>(13).map(|l| format!("{l}#{}", r.get::<_, Option<i64>>(14).unwrap_or(0))),
                 "superseded_at": r.get::<_, Option<String>>(15),
+                "bus_topic": r.get::<_, Option<String>>(16),
+                "bus_partition": r.get::<_, Option<i32>>(17),
+                "bus_offset": r.get::<_, Option<i64>>(18),
                 "event": serde_json::from_str::<serde_json::Value>(&event).unwrap_or(serde_json::Value::String(event)),
             })
         }))
