@@ -42,6 +42,26 @@ pub(crate) fn pg_err(context: &str, e: tokio_postgres::Error) -> PipelineError {
     PipelineError::from_postgres(Stage::Sink, context, code.as_deref(), anyhow::anyhow!(msg))
 }
 
+/// The advisory lock key under which Ferry changes the target's schema.
+const DDL_LOCK: i64 = 0x6665_7272_7964_646c; // "ferryddl"
+
+/// Takes the DDL lock (session level: held until [`ddl_unlock`]).
+async fn ddl_lock(client: &Client) -> Result<(), PipelineError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&DDL_LOCK])
+        .await
+        .map(|_| ())
+        .map_err(|e| pg_err("take the DDL lock", e))
+}
+
+async fn ddl_unlock(client: &Client) -> Result<(), PipelineError> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&DDL_LOCK])
+        .await
+        .map(|_| ())
+        .map_err(|e| pg_err("release the DDL lock", e))
+}
+
 /// The PostgreSQL sink.
 pub struct PostgresSink {
     cfg: PostgresSinkConfig,
@@ -92,8 +112,17 @@ impl PostgresSink {
                     warn!(error = %e, "target connection closed");
                 }
             });
-            checkpoint::install(&client).await?;
-            dlq::install(&client).await?;
+            // Several workers may start at once on an empty target, and
+            // concurrent CREATE … IF NOT EXISTS race in the catalogs (23505
+            // on pg_type): Ferry's DDL runs under one advisory lock.
+            ddl_lock(&client).await?;
+            let installed = async {
+                checkpoint::install(&client).await?;
+                dlq::install(&client).await
+            }
+            .await;
+            ddl_unlock(&client).await?;
+            installed?;
             self.dlq_tables = dlq::tables_with_records(&client, &self.pipeline).await?;
             metrics()
                 .dlq_depth
@@ -119,8 +148,10 @@ impl PostgresSink {
             if !known {
                 let create = self.cfg.create_tables;
                 let client = self.client().await?;
-                let t = target::ensure(client, &target, &tb.schema, create).await?;
-                self.tables.insert(target, t);
+                ddl_lock(client).await?;
+                let ensured = target::ensure(client, &target, &tb.schema, create).await;
+                ddl_unlock(client).await?;
+                self.tables.insert(target, ensured?);
             }
         }
         Ok(())
