@@ -292,11 +292,11 @@ async fn bench_one(
         Setup::Embedded => "all",
         Setup::Kafka { workers } => {
             let t0 = Instant::now();
-            // One worker first, until it holds every partition: workers
-            // that start together on an empty target can race creating
-            // Ferry's bookkeeping tables (`CREATE TABLE IF NOT EXISTS` run
-            // concurrently fails with a unique violation in pg_type, which
-            // stops the loser). Then the others, and the rebalance.
+            // One worker first, until it holds every partition (it has
+            // created Ferry's tables in the target), then the others and
+            // their rebalance: a join that goes the same way every run.
+            // (Workers starting together on an empty target once raced in
+            // the catalogs; the sink now takes an advisory lock for DDL.)
             for i in 0..workers {
                 let log = dir.path().join(format!("worker-{}.log", i + 1));
                 fleet.spawn(&format!("worker {}", i + 1), &config, "worker", &log)?;

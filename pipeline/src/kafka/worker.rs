@@ -304,6 +304,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
     };
     let mut shutdown_rx = shutdown.clone();
     let mut checked = std::time::Instant::now();
+    let mut check: Option<tokio::task::JoinHandle<Result<(), PipelineError>>> = None;
     loop {
         tokio::select! {
             // (The `Ref` wait_for returns must not live in the select's
@@ -339,7 +340,14 @@ async fn run_once<K: Sink, S: BusOffsets>(
         {
             return Err(e);
         }
-        if checked.elapsed() >= Duration::from_secs(5) {
+        // The check runs beside the consume loop (its requests may wait
+        // behind a fetch at the broker): its verdict is read once it is in.
+        if check.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = check.take().expect("checked above");
+            h.await
+                .map_err(|e| PipelineError::fatal(Stage::Decode, format!("topic check: {e}")))??;
+        }
+        if check.is_none() && checked.elapsed() >= Duration::from_secs(5) {
             checked = std::time::Instant::now();
             let c = Arc::clone(&consumer);
             let names = match subscription {
@@ -353,9 +361,9 @@ async fn run_once<K: Sink, S: BusOffsets>(
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
-            tokio::task::spawn_blocking(move || check_topics(&c, &names, &owned))
-                .await
-                .map_err(|e| PipelineError::fatal(Stage::Decode, format!("topic check: {e}")))??;
+            check = Some(tokio::task::spawn_blocking(move || {
+                check_topics(&c, &names, &owned)
+            }));
         }
     }
     // Shutdown: let the apply side commit what it has, then stop.
