@@ -171,6 +171,7 @@ impl PostgresSink {
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
         let mut parked_tables = Vec::new();
+        let recheck = self.maybe_committed;
         let target_ids: Vec<TableId> = batch
             .tables
             .iter()
@@ -181,6 +182,12 @@ impl PostgresSink {
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
             if !batch.bus.is_empty() {
                 checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
+            } else if let (true, Some(p)) = (recheck, batch.last_position) {
+                // As in `write`: a retry after an error around COMMIT must
+                // not park (or apply) the batch twice.
+                if checkpoint::load(&tx, &pipeline).await?.position >= Some(p) {
+                    return Ok(Vec::new());
+                }
             }
             let mut parked = Vec::new();
             for (tb, id) in batch.tables.iter().zip(&target_ids) {
