@@ -202,6 +202,18 @@ impl KafkaBroker {
     /// (tens of milliseconds). Blocking. Panics with the broker's log (and
     /// how to install it) when it cannot.
     pub fn start() -> KafkaBroker {
+        Self::start_with(false)
+    }
+
+    /// Starts a broker whose topics, records and committed offsets survive
+    /// [`Self::restart`]: tansu built with its SQLite storage
+    /// (`cargo install tansu --features libsql`, see [`durable_tansu_path`]),
+    /// storing in the broker's temp dir. Blocking.
+    pub fn start_durable() -> KafkaBroker {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> KafkaBroker {
         let dir = tempfile::tempdir().expect("temp dir for the Kafka broker");
         let cluster_id = format!(
             "ferry-test-{}-{}",
@@ -213,7 +225,7 @@ impl KafkaBroker {
             child: None,
             cluster_id,
             dir,
-            durable: false,
+            durable,
         };
         // The free port can be taken between our probe and the broker's
         // bind: then try another one.
@@ -223,40 +235,9 @@ impl KafkaBroker {
                 Ok(()) => return broker,
                 Err(Launch::AddrInUse(_)) if attempt < 4 => continue,
                 Err(Launch::AddrInUse(e) | Launch::Failed(e)) => panic!(
-                    "could not start the Kafka-protocol test broker (tansu): {e}\n\
-                     Run tests/run.sh to install it into target/kafka-venv."
-                ),
-            }
-        }
-        unreachable!("the loop returns or panics")
-    }
-
-    /// Starts a broker whose topics, records and committed offsets survive
-    /// [`Self::restart`]: tansu built with its SQLite storage
-    /// (`cargo install tansu --features libsql`, see tests/run.sh), storing
-    /// in the broker's temp dir. Blocking.
-    pub fn start_durable() -> KafkaBroker {
-        let dir = tempfile::tempdir().expect("temp dir for the Kafka broker");
-        let cluster_id = format!(
-            "ferry-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut broker = KafkaBroker {
-            port: 0,
-            child: None,
-            cluster_id,
-            dir,
-            durable: true,
-        };
-        for attempt in 0..5 {
-            broker.port = free_port();
-            match broker.launch() {
-                Ok(()) => return broker,
-                Err(Launch::AddrInUse(_)) if attempt < 4 => continue,
-                Err(Launch::AddrInUse(e) | Launch::Failed(e)) => panic!(
-                    "could not start the durable Kafka-protocol test broker (tansu, SQLite storage): {e}\n\
-                     Run tests/run.sh to build it into target/tansu."
+                    "could not start the Kafka-protocol test broker (tansu{}): {e}\n\
+                     Run tests/run.sh to install it.",
+                    if durable { ", SQLite storage" } else { "" }
                 ),
             }
         }
