@@ -318,7 +318,17 @@ impl Batch {
             Op::Insert | Op::Read => {
                 if let Some(after) = ev.after {
                     let key = key_string(&tb.schema, &after);
-                    tb.put_op(key, RowChange::Upsert(after), ev.op == Op::Insert);
+                    // An insert proves the row new to the target only when
+                    // it cannot be a replay: a change with a source position
+                    // (replays of those are skipped before they get here).
+                    // A MongoDB change has none and is replayed after a
+                    // restart: its insert may meet a row the target already
+                    // has, and an insert + delete in one batch must then
+                    // still delete. (Found by tests/mongo.rs on the Kafka
+                    // bus: a replayed insert and its delete cancelled out
+                    // and the row stayed.)
+                    let proven_new = ev.op == Op::Insert && ev.position.commit_lsn != 0;
+                    tb.put_op(key, RowChange::Upsert(after), proven_new);
                 }
             }
             Op::Update => {
@@ -605,6 +615,31 @@ mod tests {
         b.push(ev(Op::Update, None, Some(vec![v("2"), v("z"), v("y")]), 5));
         b.push(ev(Op::Delete, Some(vec![v("2"), null(), null()]), None, 6));
         assert!(matches!(b.tables[0].rows[1], RowChange::Delete(_)));
+    }
+
+    #[test]
+    fn replayable_insert_then_delete_still_deletes() {
+        // A change without a source position (MongoDB) may be a replay of
+        // an insert the target already applied: the delete must stand.
+        let null = || Datum::Value(Value::Null);
+        let unpositioned = |mut e: ChangeEvent| {
+            e.position = Position::default();
+            e
+        };
+        let mut b = Batch::default();
+        b.push(unpositioned(ev(
+            Op::Insert,
+            None,
+            Some(vec![v("1"), v("x"), v("y")]),
+            1,
+        )));
+        b.push(unpositioned(ev(
+            Op::Delete,
+            Some(vec![v("1"), null(), null()]),
+            None,
+            2,
+        )));
+        assert!(matches!(b.tables[0].rows[0], RowChange::Delete(_)));
     }
 
     #[test]
