@@ -160,16 +160,18 @@ pub fn tansu_path() -> PathBuf {
 }
 
 /// tansu with SQLite storage: `FERRY_TANSU_DURABLE`, else
-/// `target/tansu/bin/tansu` (tests/run.sh builds it there with
-/// `cargo install tansu --locked --features libsql --root target/tansu`).
+/// `target/tansu/bin/tansu`, built with
+/// `cargo install tansu --locked --features libsql --root target/tansu`
+/// (10–15 min; tests/run.sh does not, because the only test that needs it
+/// is ignored, see tests/kafka_bus.rs).
 pub fn durable_tansu_path() -> PathBuf {
     let path = std::env::var_os("FERRY_TANSU_DURABLE")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tansu/bin/tansu"));
     assert!(
         path.is_file(),
-        "the durable Kafka-protocol test broker is missing: {} is not a file. Run tests/run.sh \
-         (it runs `cargo install tansu --locked --features libsql --root target/tansu`), or set \
+        "the durable Kafka-protocol test broker is missing: {} is not a file. Build it with \
+         `cargo install tansu --locked --features libsql --root target/tansu`, or set \
          FERRY_TANSU_DURABLE to such a tansu.",
         path.display()
     );
@@ -235,9 +237,13 @@ impl KafkaBroker {
                 Ok(()) => return broker,
                 Err(Launch::AddrInUse(_)) if attempt < 4 => continue,
                 Err(Launch::AddrInUse(e) | Launch::Failed(e)) => panic!(
-                    "could not start the Kafka-protocol test broker (tansu{}): {e}\n\
-                     Run tests/run.sh to install it.",
-                    if durable { ", SQLite storage" } else { "" }
+                    "could not start the Kafka-protocol test broker (tansu{}): {e}\n{}",
+                    if durable { ", SQLite storage" } else { "" },
+                    if durable {
+                        "See durable_tansu_path() for how to build it."
+                    } else {
+                        "Run tests/run.sh to install it."
+                    }
                 ),
             }
         }

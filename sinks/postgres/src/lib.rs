@@ -180,14 +180,8 @@ impl PostgresSink {
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-            if !batch.bus.is_empty() {
-                checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
-            } else if let (true, Some(p)) = (recheck, batch.last_position) {
-                // As in `write`: a retry after an error around COMMIT must
-                // not park (or apply) the batch twice.
-                if checkpoint::load(&tx, &pipeline).await?.position >= Some(p) {
-                    return Ok(Vec::new());
-                }
+            if already_committed(&tx, &pipeline, batch, recheck).await? {
+                return Ok(Vec::new());
             }
             let mut parked = Vec::new();
             for (tb, id) in batch.tables.iter().zip(&target_ids) {
@@ -270,17 +264,7 @@ impl PostgresSink {
                     checkpoint::save_snapshot(&tx, &pipeline, &tb.schema.id, *rows, state).await?;
                 }
             }
-            if batch.bus.is_empty()
-                && (batch.last_position.is_some() || batch.last_resume_token.is_some())
-            {
-                checkpoint::save_position(
-                    &tx,
-                    &pipeline,
-                    batch.last_position.unwrap_or_default(),
-                    batch.last_resume_token.as_deref(),
-                )
-                .await?;
-            }
+            save_position(&tx, &pipeline, batch).await?;
             let depth = dlq::depth(&tx, &pipeline).await?;
             tx.commit().await.map_err(|e| pg_err("commit", e))?;
             metrics().dlq_depth.set(depth);
@@ -289,17 +273,9 @@ impl PostgresSink {
         .await;
         self.statements = statements;
         self.tables = tables;
-        match &result {
-            Ok(_) => {
-                self.maybe_committed = false;
-                self.dlq_tables.extend(parked_tables);
-            }
-            Err(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
-                self.client = None;
-                self.statements.clear();
-                self.maybe_committed = true;
-            }
-            Err(_) => {}
+        self.settle(result.as_ref().err());
+        if result.is_ok() {
+            self.dlq_tables.extend(parked_tables);
         }
         result
     }
@@ -321,61 +297,39 @@ impl PostgresSink {
         let mut one_by_one = false;
         let result = loop {
             let attempt = async {
-            let client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-            if !batch.bus.is_empty() {
-                // Kafka worker: progress per partition, fenced (first, so
-                // that its row locks are taken before any data is written).
-                checkpoint::save_bus_offsets(&tx, &pipeline, &batch.bus).await?;
-            } else if let (true, Some(p)) = (recheck, batch.last_position) {
-                // A retry after an error around COMMIT: if the batch did
-                // land, writing it again would be harmless for upserts but
-                // not for a rekey (its old key is gone).
-                let stored = checkpoint::load(&tx, &pipeline).await?.position;
-                if stored >= Some(p) {
-                    tracing::info!(position = %p, "batch was already committed before the error");
+                let client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+                if already_committed(&tx, &pipeline, batch, recheck).await? {
                     return Ok(());
                 }
-            }
-            for (tb, pt) in batch.tables.iter().zip(&prepared.tables) {
-                let id = match &schema_override {
-                    Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
-                    None => tb.schema.id.clone(),
-                };
-                // Ensured above, unless a reconnect in between cleared the
-                // cache: then retry the whole batch.
-                let target = tables.get(&id).ok_or_else(|| {
-                    PipelineError::transient(
-                        Stage::Sink,
-                        format!("target table {id} needs to be checked again"),
-                    )
-                })?;
-                apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one).await?;
-                if dlq_tables.contains(&tb.schema.id) {
-                    let keys: Vec<String> = tb
-                        .rows
-                        .iter()
-                        .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
-                        .collect();
-                    dlq::supersede(&tx, &pipeline, &tb.schema.id, &keys).await?;
+                for (tb, pt) in batch.tables.iter().zip(&prepared.tables) {
+                    let id = match &schema_override {
+                        Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
+                        None => tb.schema.id.clone(),
+                    };
+                    // Ensured above, unless a reconnect in between cleared the
+                    // cache: then retry the whole batch.
+                    let target = tables.get(&id).ok_or_else(|| {
+                        PipelineError::transient(
+                            Stage::Sink,
+                            format!("target table {id} needs to be checked again"),
+                        )
+                    })?;
+                    apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one)
+                        .await?;
+                    if dlq_tables.contains(&tb.schema.id) {
+                        let keys: Vec<String> = tb
+                            .rows
+                            .iter()
+                            .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
+                            .collect();
+                        dlq::supersede(&tx, &pipeline, &tb.schema.id, &keys).await?;
+                    }
                 }
+                save_position(&tx, &pipeline, batch).await?;
+                tx.commit().await.map_err(|e| pg_err("commit", e))
             }
-            // A worker's positions come from several partitions and do not
-            // form one order: its progress is in ferry_bus_offsets only.
-            if batch.bus.is_empty()
-                && (batch.last_position.is_some() || batch.last_resume_token.is_some())
-            {
-                checkpoint::save_position(
-                    &tx,
-                    &pipeline,
-                    batch.last_position.unwrap_or_default(),
-                    batch.last_resume_token.as_deref(),
-                )
-                .await?;
-            }
-            tx.commit().await.map_err(|e| pg_err("commit", e))
-        }
-        .await;
+            .await;
             // A unique value that changes hands inside one batch can make
             // the multi-row upsert (one row per key, final states) collide
             // with a row whose own change comes later in it: redo the batch
@@ -390,19 +344,68 @@ impl PostgresSink {
         };
         self.statements = statements;
         self.tables = tables;
-        match &result {
-            Ok(()) => self.maybe_committed = false,
-            Err(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
-                // The connection may be broken; start afresh next time,
-                // without the statements prepared on it.
+        self.settle(result.as_ref().err());
+        result
+    }
+
+    /// After a write: a transient error may have broken the connection
+    /// (start afresh next time, without the statements prepared on it) and
+    /// may have hidden a successful COMMIT (check before writing again).
+    fn settle(&mut self, error: Option<&PipelineError>) {
+        match error {
+            None => self.maybe_committed = false,
+            Some(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
                 self.client = None;
                 self.statements.clear();
                 self.maybe_committed = true;
             }
-            Err(_) => {}
+            Some(_) => {}
         }
-        result
     }
+}
+
+/// The first step of a batch's transaction. On the Kafka bus: the worker's
+/// progress per partition, fenced (first, so that its row locks are taken
+/// before any data is written). On the embedded bus, after an error around
+/// COMMIT (`recheck`): whether the batch landed already; writing it again
+/// would be harmless for upserts but not for a rekey (its old key is gone)
+/// nor for parked records (parked twice). `true` means: nothing to do.
+async fn already_committed(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    batch: &Batch,
+    recheck: bool,
+) -> Result<bool, PipelineError> {
+    if !batch.bus.is_empty() {
+        checkpoint::save_bus_offsets(tx, pipeline, &batch.bus).await?;
+    } else if let (true, Some(p)) = (recheck, batch.last_position) {
+        if checkpoint::load(tx, pipeline).await?.position >= Some(p) {
+            tracing::info!(position = %p, "batch was already committed before the error");
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The batch's position and resume token (embedded bus). A worker's
+/// positions come from several partitions and do not form one order: its
+/// progress is in `ferry_bus_offsets` only.
+async fn save_position(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    batch: &Batch,
+) -> Result<(), PipelineError> {
+    if batch.bus.is_empty() && (batch.last_position.is_some() || batch.last_resume_token.is_some())
+    {
+        checkpoint::save_position(
+            tx,
+            pipeline,
+            batch.last_position.unwrap_or_default(),
+            batch.last_resume_token.as_deref(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 impl CheckpointStore for PostgresSink {
