@@ -58,6 +58,14 @@ pub struct TableBatch {
     pub origins: Vec<Option<Origin>>,
     /// The row the last change touched.
     last_index: Option<usize>,
+    /// Child tables of a mapping: per parent key, delete the rows at this
+    /// position and beyond (the parent's array got shorter, or the parent
+    /// went). The last prune of a parent wins; sinks apply prunes before
+    /// the table's other changes.
+    pub prunes: Vec<(Vec<Value>, i64)>,
+    prune_index: HashMap<String, usize>,
+    /// Child tables: per parent key, the highest position in the batch.
+    child_max: HashMap<String, i64>,
 }
 
 /// Where a row's change came from on the Kafka bus.
@@ -82,6 +90,9 @@ impl TableBatch {
             touches: 0,
             origins: Vec::new(),
             last_index: None,
+            prunes: Vec::new(),
+            prune_index: HashMap::new(),
+            child_max: HashMap::new(),
         }
     }
 
@@ -128,7 +139,35 @@ impl TableBatch {
         self.last_touch.clear();
         self.origins.clear();
         self.last_index = None;
+        self.prunes.clear();
+        self.prune_index.clear();
+        self.child_max.clear();
     }
+
+    /// Child tables: notes the highest position of each parent's rows.
+    fn note_child(&mut self, row: &Row) {
+        let Some(link) = &self.schema.child else {
+            return;
+        };
+        let parent = parent_string(row, &link.parent_key);
+        let pos = match row.get(link.position) {
+            Some(Datum::Value(Value::Int(p))) => *p,
+            _ => return,
+        };
+        let max = self.child_max.entry(parent).or_insert(pos);
+        *max = (*max).max(pos);
+    }
+}
+
+fn parent_string(row: &Row, parent_key: &[usize]) -> String {
+    let values: Vec<Value> = parent_key
+        .iter()
+        .map(|&i| match row.get(i) {
+            Some(Datum::Value(v)) => v.clone(),
+            _ => Value::Null,
+        })
+        .collect();
+    crate::dlq::key_json(&values)
 }
 
 /// Fills `new`'s unchanged-TOAST columns from `old`'s values.
@@ -202,6 +241,18 @@ pub struct Batch {
     /// The table (index into `tables`) of the last change pushed, whose
     /// row the next consumed offset belongs to.
     last_table: Option<usize>,
+    /// Records refused before the sink (the transform stage), parked in
+    /// the dead-letter queue in the batch's transaction.
+    pub parked: Vec<crate::dlq::Parked>,
+    /// Mapped source tables whose snapshot finished: (table, rows, state),
+    /// recorded in the batch's transaction like `TableBatch::snapshot_done`.
+    pub snapshot_marks: Vec<(TableId, u64, serde_json::Value)>,
+    /// Mapped source rows changed by the batch (table, key as JSON): their
+    /// records parked by the transform stage are superseded.
+    pub source_keys: Vec<(TableId, String)>,
+    /// The parked record of the last change pushed (its Kafka origin is
+    /// attached when the message's offset arrives).
+    last_parked: Option<usize>,
     /// Source events per table (index into `tables`) and op, for metrics.
     /// Counted by position rather than by cloning the table's name into a
     /// map for every event: this runs once per change.
@@ -214,6 +265,58 @@ impl Batch {
             && self.tables.is_empty()
             && self.last_resume_token.is_none()
             && self.bus.is_empty()
+            && self.parked.is_empty()
+            && self.snapshot_marks.is_empty()
+    }
+
+    /// Parks a record refused before the sink; it counts as an event of
+    /// the batch (its position and resume token advance with it).
+    pub fn park(&mut self, ev: &ChangeEvent, parked: crate::dlq::Parked) {
+        self.events += 1;
+        if ev.position.commit_lsn != 0 {
+            self.last_position = Some(ev.position);
+        }
+        if ev.resume_token.is_some() {
+            self.last_resume_token = ev.resume_token.clone();
+        }
+        self.last_table = None;
+        self.last_parked = Some(self.parked.len());
+        self.parked.push(parked);
+    }
+
+    /// Child table `schema`: deletes the rows of `parent_key` at position
+    /// `keep_below` and beyond, including those the batch holds.
+    pub fn prune(&mut self, schema: &Arc<TableSchema>, parent_key: Vec<Value>, keep_below: i64) {
+        let ti = self.table_slot(schema);
+        let tb = &mut self.tables[ti];
+        let Some(link) = tb.schema.child.clone() else {
+            return;
+        };
+        let mut row: Row = vec![Datum::Value(Value::Null); tb.schema.columns.len()];
+        for (v, &i) in parent_key.iter().zip(&link.parent_key) {
+            row[i] = Datum::Value(v.clone());
+        }
+        let parent = parent_string(&row, &link.parent_key);
+        if let Some(&max) = tb.child_max.get(&parent) {
+            for pos in keep_below..=max {
+                row[link.position] = Datum::Value(Value::Int(pos));
+                let key = key_string(&tb.schema, &row);
+                if tb.index.contains_key(&key) {
+                    tb.put(key, RowChange::Delete(key_values(&tb.schema, &row)));
+                }
+            }
+            if keep_below <= max {
+                tb.child_max.insert(parent.clone(), keep_below - 1);
+            }
+        }
+        match tb.prune_index.get(&parent) {
+            Some(&i) => tb.prunes[i].1 = keep_below,
+            None => {
+                tb.prune_index.insert(parent, tb.prunes.len());
+                tb.prunes.push((parent_key, keep_below));
+            }
+        }
+        tb.last_index = None;
     }
 
     /// Records a consumed bus message (after its change, if any, was
@@ -236,6 +339,13 @@ impl Batch {
         r.next = offset + 1;
         if position.is_some() {
             r.position = position;
+        }
+        if let Some(pi) = self.last_parked.take() {
+            self.parked[pi].record.origin = Some(Origin {
+                topic: Arc::clone(topic),
+                partition,
+                offset,
+            });
         }
         if let Some(ti) = self.last_table.take() {
             let tb = &mut self.tables[ti];
@@ -305,6 +415,7 @@ impl Batch {
         if ev.resume_token.is_some() {
             self.last_resume_token = ev.resume_token.clone();
         }
+        self.last_parked = None;
         let ti = self.table_slot(&ev.table);
         self.counts[ti][ev.op as usize] += 1;
         self.last_table = Some(ti);
@@ -328,6 +439,7 @@ impl Batch {
                     // bus: a replayed insert and its delete cancelled out
                     // and the row stayed.)
                     let proven_new = ev.op == Op::Insert && ev.position.commit_lsn != 0;
+                    tb.note_child(&after);
                     tb.put_op(key, RowChange::Upsert(after), proven_new);
                 }
             }
@@ -358,6 +470,7 @@ impl Batch {
                         tb.put(old_key, RowChange::Delete(key_vals));
                     }
                 }
+                tb.note_child(&after);
                 if has_toast(&after) {
                     tb.put(new_key, RowChange::Patch(after));
                 } else {
@@ -477,11 +590,13 @@ mod tests {
             nullable: true,
             is_key: key,
             enum_labels: None,
+            id_map: None,
         };
         Arc::new(TableSchema {
             id: TableId::new("public", "t"),
             columns: vec![col("id", true), col("a", false), col("big", false)],
             primary_key: vec![0],
+            child: None,
         })
     }
 

@@ -47,6 +47,9 @@ pub struct Config {
     /// Required when `pipeline.bus = "kafka"`.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// `pipeline.mappings`, loaded and validated by [`Config::load`].
+    #[serde(skip)]
+    pub mappings: Option<crate::mapping::Mappings>,
 }
 
 /// `[pipeline]`
@@ -72,6 +75,9 @@ pub struct PipelineConfig {
     /// Longest pause between retries of a transient failure.
     #[serde(default = "default_max_retry_delay_secs")]
     pub max_retry_delay_secs: u64,
+    /// The mapping file (docs/mappings.md), relative to this file.
+    #[serde(default)]
+    pub mappings: Option<std::path::PathBuf>,
 }
 
 fn default_pipeline_name() -> String {
@@ -99,6 +105,7 @@ impl Default for PipelineConfig {
             batch_linger_ms: default_batch_linger_ms(),
             bus_capacity: default_bus_capacity(),
             max_retry_delay_secs: default_max_retry_delay_secs(),
+            mappings: None,
         }
     }
 }
@@ -445,7 +452,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| cfg_err(path.display().to_string(), e.to_string()))?;
-        Self::from_toml(&text, &|k| std::env::var(k).ok())
+        let mut config = Self::from_toml(&text, &|k| std::env::var(k).ok())?;
+        if let Some(m) = &config.pipeline.mappings {
+            let file = path.parent().unwrap_or(Path::new(".")).join(m);
+            config.pipeline.mappings = Some(file.clone());
+            config.mappings = Some(crate::mapping::Mappings::load(&file)?);
+        }
+        Ok(config)
     }
 
     /// Parses TOML text; `env` resolves `${NAME}`.

@@ -158,6 +158,7 @@ mod tests {
             nullable: !key,
             is_key: key,
             enum_labels: None,
+            id_map: None,
         };
         Arc::new(TableSchema {
             id: TableId::new("public", "payments"),
@@ -166,6 +167,7 @@ mod tests {
                 col("amount", "numeric(12,2)", false),
             ],
             primary_key: vec![0],
+            child: None,
         })
     }
 

@@ -69,6 +69,10 @@ pub struct Column {
     /// Labels when the type is an enum, so that a sink can create it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enum_labels: Option<Vec<String>>,
+    /// Mapped tables: the column holds legacy ids of this id-map namespace,
+    /// which the sink writes as their new ids (see [`crate::id_map`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_map: Option<crate::id_map::IdRef>,
 }
 
 /// A source table's shape as of the events that reference it.
@@ -79,6 +83,19 @@ pub struct TableSchema {
     /// Indexes into `columns` of the primary key, in key order. Empty only
     /// when the source refused to stream the table.
     pub primary_key: Vec<usize>,
+    /// Child tables of a mapping: which columns hold the parent's key and
+    /// the element's position (the sink deletes rows past an array's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildLink>,
+}
+
+/// How a child table's rows hang off their parent row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildLink {
+    /// Indexes into `columns` of the parent's key, in the parent's key order.
+    pub parent_key: Vec<usize>,
+    /// Index into `columns` of the element's position.
+    pub position: usize,
 }
 
 impl TableSchema {

@@ -30,6 +30,9 @@ pub struct RuntimeOptions {
     pub linger: Duration,
     pub bus_capacity: usize,
     pub max_retry_delay: Duration,
+    /// The mapping, when one is configured: mapped tables' changes go
+    /// through it before the batch (see [`crate::transform`]).
+    pub transformer: Option<Arc<crate::transform::Transformer>>,
 }
 
 impl From<&crate::config::PipelineConfig> for RuntimeOptions {
@@ -40,6 +43,7 @@ impl From<&crate::config::PipelineConfig> for RuntimeOptions {
             linger: Duration::from_millis(p.batch_linger_ms),
             bus_capacity: p.bus_capacity,
             max_retry_delay: Duration::from_secs(p.max_retry_delay_secs),
+            transformer: None,
         }
     }
 }
@@ -301,6 +305,8 @@ struct Summary {
     bus_offsets: Vec<(Arc<str>, i32, i64)>,
     counts: Vec<(TableId, crate::event::Op, u64)>,
     last_position: Option<Position>,
+    /// Records the transform stage parked (mirrored once durable).
+    parked: Vec<crate::dlq::Parked>,
 }
 
 /// A batch on its way to the sink, with what to release once it is durable.
@@ -354,7 +360,14 @@ impl<K: Sink> Writer<K> {
             let mut backoff = retry_backoff(self.opts.max_retry_delay);
             loop {
                 match self.sink.write_batch(&prepared).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if !summary.parked.is_empty() {
+                            if let Some(on_parked) = &self.on_parked {
+                                on_parked(&summary.parked);
+                            }
+                        }
+                        break;
+                    }
                     Err(e) if e.disposition() == Disposition::Retry => {
                         wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
                     }
@@ -523,6 +536,7 @@ impl<K: Sink> ApplyLoop<K> {
                 .collect(),
             counts,
             last_position: batch.last_position,
+            parked: batch.parked.clone(),
         };
         // Encode before waiting: this overlaps with the writer's work.
         let prepared = (!batch.is_empty()).then(|| K::prepare(batch));
@@ -539,6 +553,90 @@ impl<K: Sink> ApplyLoop<K> {
         };
         self.jobs.send(job).await.map_err(|_| WriterGone)?;
         self.sent += 1;
+        Ok(())
+    }
+
+    /// The target tables of a mapped source table.
+    fn mapped_targets(&self, table: &TableId) -> Option<Vec<Arc<TableSchema>>> {
+        self.opts.transformer.as_ref()?.target_schemas(table)
+    }
+
+    /// Runs a mapped change through the mapping into the batch, or parks
+    /// it (with its source change, for a replay) when a rule refuses it.
+    fn transform(
+        &mut self,
+        t: &crate::transform::Transformer,
+        ev: crate::event::ChangeEvent,
+    ) -> Result<(), WriterGone> {
+        use crate::transform::Output;
+        metrics()
+            .events
+            .with_label_values(&["source", &ev.table.id.to_string(), ev.op.as_str()])
+            .inc();
+        match t.apply(&ev) {
+            None => self.batch.push(ev),
+            Some(Ok(outputs)) => {
+                let key = crate::transform::source_key(&ev);
+                for o in outputs {
+                    match o {
+                        Output::Change(c) => self.batch.push(c),
+                        Output::Prune {
+                            table,
+                            parent_key,
+                            keep_below,
+                        } => self.batch.prune(&table, parent_key, keep_below),
+                    }
+                }
+                self.batch.source_keys.push((ev.table.id.clone(), key));
+            }
+            Some(Err(rejected)) => {
+                tracing::warn!(table = %ev.table.id, rule = %rejected.rule, message = %rejected.message, "record refused by the mapping; parking it in the dead-letter queue");
+                let event = match crate::dlq::encode_event(&ev, &self.opts.pipeline) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a refused change for the dead-letter queue");
+                        return Err(WriterGone);
+                    }
+                };
+                let parked = crate::dlq::Parked {
+                    table: ev.table.id.clone(),
+                    record: crate::dlq::DeadLetter {
+                        event,
+                        key: crate::transform::source_key(&ev),
+                        error: crate::dlq::RecordError {
+                            class: crate::error::ErrorClass::Permanent.as_str().to_string(),
+                            code: Some(rejected.rule),
+                            message: rejected.message,
+                            stage: Stage::Transform.as_str().to_string(),
+                        },
+                        position: (ev.position.commit_lsn != 0).then_some(ev.position),
+                        origin: None,
+                    },
+                };
+                self.batch.park(&ev, parked);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a change went into the batch: hand the batch off when full
+    /// (mapped changes are handed off whole, never split between their
+    /// parent and child rows).
+    async fn after_push(
+        &mut self,
+        deadline: &mut Option<Instant>,
+        overdue: &mut bool,
+        at_boundary: bool,
+    ) -> Result<(), WriterGone> {
+        if self.batch.events >= self.opts.batch_size
+            || ((at_boundary || *overdue) && self.writer_idle())
+        {
+            self.hand_off().await?;
+            *deadline = None;
+            *overdue = false;
+        } else if deadline.is_none() && !*overdue && !self.batch.is_empty() {
+            *deadline = Some(Instant::now() + self.opts.linger);
+        }
         Ok(())
     }
 
@@ -604,6 +702,17 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                             self.seen_up_to = Some(ev.position);
                         }
+                        if let Some(t) = self.opts.transformer.clone() {
+                            if t.maps(&ev.table.id) {
+                                if !self.skip_replays && ev.op != crate::event::Op::Read {
+                                    self.last_commit_ts = Some(ev.commit_ts_micros);
+                                }
+                                received = true;
+                                self.transform(&t, ev)?;
+                                self.after_push(&mut deadline, &mut overdue, at_boundary).await?;
+                                continue;
+                            }
+                        }
                         if self.batch.needs_own_batch(&ev) {
                             self.hand_off().await?;
                             deadline = None;
@@ -650,8 +759,17 @@ impl<K: Sink> ApplyLoop<K> {
                         self.batch.consumed(&topic, partition, offset, position);
                     }
                     BusMessage::EnsureTable { table } => {
-                        snapshotting.insert(table.id.clone(), Arc::clone(&table));
-                        self.batch.touch(&table);
+                        match self.mapped_targets(&table.id) {
+                            Some(targets) => {
+                                for t in &targets {
+                                    self.batch.touch(t);
+                                }
+                            }
+                            None => {
+                                snapshotting.insert(table.id.clone(), Arc::clone(&table));
+                                self.batch.touch(&table);
+                            }
+                        }
                     }
                     BusMessage::Idle { ack } => {
                         at_boundary = true;
@@ -665,8 +783,29 @@ impl<K: Sink> ApplyLoop<K> {
                     }
                     BusMessage::SnapshotStart { table } => {
                         at_boundary = false;
-                        snapshotting.insert(table.id.clone(), Arc::clone(&table));
-                        self.batch.snapshot_start(&table)
+                        match self.mapped_targets(&table.id) {
+                            Some(targets) => {
+                                for t in &targets {
+                                    self.batch.snapshot_start(t);
+                                }
+                            }
+                            None => {
+                                snapshotting.insert(table.id.clone(), Arc::clone(&table));
+                                self.batch.snapshot_start(&table)
+                            }
+                        }
+                    }
+                    BusMessage::SnapshotDone { table, rows, state }
+                        if self.mapped_targets(&table).is_some() =>
+                    {
+                        // Recorded under the source table's name: that is
+                        // what the source asks for when it restarts.
+                        self.batch.snapshot_marks.push((table, rows, state));
+                        at_boundary = true;
+                        self.hand_off().await?;
+                        deadline = None;
+                        overdue = false;
+                        continue;
                     }
                     BusMessage::SnapshotDone { table, rows, state } => {
                         // The batch's schema if it holds the table, else the
@@ -744,8 +883,10 @@ mod tests {
                 nullable: false,
                 is_key: true,
                 enum_labels: None,
+                id_map: None,
             }],
             primary_key: vec![0],
+            child: None,
         })
     }
 

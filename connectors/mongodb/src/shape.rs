@@ -37,6 +37,7 @@ fn column(name: &str, type_sql: &str, key: bool) -> Column {
         nullable: !key && name != "document",
         is_key: key,
         enum_labels: None,
+        id_map: None,
     }
 }
 
@@ -76,6 +77,7 @@ impl Shapes {
                         column("document", "jsonb", false),
                     ],
                     primary_key: vec![0],
+                    child: None,
                 }),
                 index: HashMap::new(),
                 warned: HashSet::new(),

@@ -102,6 +102,7 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
             nullable: r.get(3),
             is_key: false,
             enum_labels: r.get(7),
+            id_map: None,
         });
     }
     // The key: the primary key, else the replica identity index (unique and
@@ -122,6 +123,7 @@ pub async fn describe(client: &Client, id: &TableId) -> Result<Option<SourceTabl
             id: id.clone(),
             columns,
             primary_key,
+            child: None,
         }),
         types,
         typmods,

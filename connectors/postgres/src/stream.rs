@@ -349,6 +349,7 @@ async fn relation_schema(
                 id: id.clone(),
                 columns: Vec::new(),
                 primary_key: Vec::new(),
+                child: None,
             }),
             types: Vec::new(),
         });
@@ -399,6 +400,7 @@ async fn relation_schema(
                     nullable: true,
                     is_key: rc.is_key,
                     enum_labels: None,
+                    id_map: None,
                 });
                 types.push(PgType {
                     oid: rc.type_oid,
@@ -433,6 +435,7 @@ async fn relation_schema(
             id: id.clone(),
             columns,
             primary_key,
+            child: None,
         }),
         types,
     })

@@ -2186,6 +2186,7 @@ mod tests {
             nullable: !key,
             is_key: key,
             enum_labels: None,
+            id_map: None,
         }
     }
 
@@ -2200,6 +2201,7 @@ mod tests {
             id: TableId::new(schema, name),
             columns,
             primary_key,
+            child: None,
         })
     }
 

@@ -309,6 +309,7 @@ mod tests {
             nullable: true,
             is_key: false,
             enum_labels: None,
+            id_map: None,
         }
     }
 

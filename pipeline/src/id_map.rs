@@ -1,0 +1,175 @@
+//! The id map: legacy ids (ObjectIds, Convex `_id`s, any key) translated
+//! into the target's key type, and the annotation that tells a sink which
+//! columns carry legacy ids to translate.
+//!
+//! The transform stage does not allocate anything: it writes the legacy
+//! id's canonical text into the column and marks the column with an
+//! [`IdRef`]. The sink allocates and looks up the new ids in the same
+//! transaction as the rows (see `ferry_id_map` in the PostgreSQL sink), so
+//! that a crash never leaves a mapping without its row or a row without
+//! its mapping, and a replayed change gets the id it got the first time.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::value::{object_id_hex, Numeric, Value};
+
+/// How new ids of a namespace are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IdKind {
+    /// A new UUIDv7 (time-ordered, random) per legacy id.
+    UuidV7,
+    /// UUIDv5 of the namespace UUID and the legacy id's text: the same
+    /// legacy id gives the same new id in every environment.
+    UuidV5 { namespace_uuid: Uuid },
+    /// The next value of the namespace's sequence, starting at `start`.
+    Bigint { start: i64 },
+}
+
+impl IdKind {
+    /// Whether the new ids are UUIDs (else bigints).
+    pub fn is_uuid(self) -> bool {
+        !matches!(self, IdKind::Bigint { .. })
+    }
+
+    /// The new id for `legacy`, when it can be made without the database:
+    /// `None` for sequences (the sink draws those in SQL).
+    pub fn candidate(self, legacy: &str) -> Option<String> {
+        match self {
+            IdKind::UuidV7 => Some(Uuid::now_v7().to_string()),
+            IdKind::UuidV5 { namespace_uuid } => {
+                Some(Uuid::new_v5(&namespace_uuid, legacy.as_bytes()).to_string())
+            }
+            IdKind::Bigint { .. } => None,
+        }
+    }
+}
+
+/// What to do with a reference whose row has not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Allocate the referenced row's new id now; the row gets it when it
+    /// arrives.
+    #[default]
+    Allocate,
+    /// Dead-letter the record (rule `missing_reference`) until the
+    /// referenced row is there.
+    DeadLetter,
+}
+
+/// A column whose values are legacy ids of `namespace`, to be written as
+/// their new ids. Travels with the column in [`crate::event::Column`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdRef {
+    pub namespace: String,
+    pub kind: IdKind,
+    /// `Allocate` for the row's own id; a reference's policy otherwise.
+    pub on_missing: OnMissing,
+}
+
+/// Why a value cannot be a legacy id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadId(pub String);
+
+/// The canonical text of a legacy id: an ObjectId as its 24 lowercase hex
+/// digits, a string as itself, an integer or decimal as its digits, a UUID
+/// hyphenated. Different kinds that print alike (`7` and `"7"`) share a
+/// mapping; ids of one namespace are expected to be of one kind.
+pub fn legacy_text(v: &Value) -> Result<Option<String>, BadId> {
+    Ok(Some(match v {
+        Value::Null => return Ok(None),
+        Value::ObjectId(id) => object_id_hex(id),
+        Value::Text(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Numeric(n @ Numeric::Finite(_)) => n.to_string(),
+        Value::Uuid(u) => u.to_string(),
+        // MongoDB's `_id` column holds the id as relaxed Extended JSON.
+        Value::Json(j) => match serde_json::from_str::<serde_json::Value>(j) {
+            Ok(json) => return legacy_text(&from_extended_json(&json)),
+            Err(_) => return Err(BadId(j.clone())),
+        },
+        other => return Err(BadId(format!("{other:?}"))),
+    }))
+}
+
+/// An id read back from relaxed Extended JSON (`{"$oid": …}`, a string, a
+/// number, `{"$numberLong": …}`); anything else stays JSON.
+pub fn from_extended_json(j: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match j {
+        J::String(s) => Value::Text(s.clone()),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => n
+                .to_string()
+                .parse()
+                .map(Value::Numeric)
+                .unwrap_or_else(|_| Value::Json(n.to_string())),
+        },
+        J::Object(o) if o.len() == 1 => {
+            let (k, v) = o.iter().next().expect("one entry");
+            match (k.as_str(), v) {
+                ("$oid", J::String(h)) => parse_object_id(h)
+                    .map(Value::ObjectId)
+                    .unwrap_or_else(|| Value::Json(j.to_string())),
+                ("$numberLong" | "$numberInt", J::String(s)) => s
+                    .parse()
+                    .map(Value::Int)
+                    .unwrap_or_else(|_| Value::Json(j.to_string())),
+                ("$numberDecimal", J::String(s)) => s
+                    .parse()
+                    .map(Value::Numeric)
+                    .unwrap_or_else(|_| Value::Json(j.to_string())),
+                _ => Value::Json(j.to_string()),
+            }
+        }
+        J::Null => Value::Null,
+        other => Value::Json(other.to_string()),
+    }
+}
+
+fn parse_object_id(hex: &str) -> Option<[u8; 12]> {
+    if hex.len() != 24 {
+        return None;
+    }
+    let mut out = [0u8; 12];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_ids_have_one_text() {
+        let oid = [0x64, 0xb7, 0xf0, 0xc2, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18];
+        let hex = "64b7f0c2a1b2c3d4e5f60718";
+        assert_eq!(legacy_text(&Value::ObjectId(oid)).unwrap().unwrap(), hex);
+        // The MongoDB `_id` column's Extended JSON gives the same text.
+        let json = Value::Json(format!(r#"{{"$oid":"{hex}"}}"#));
+        assert_eq!(legacy_text(&json).unwrap().unwrap(), hex);
+        assert_eq!(
+            legacy_text(&Value::Json(r#""k1""#.into())).unwrap().unwrap(),
+            "k1"
+        );
+        assert_eq!(legacy_text(&Value::Json("42".into())).unwrap().unwrap(), "42");
+        assert_eq!(legacy_text(&Value::Int(42)).unwrap().unwrap(), "42");
+        assert_eq!(legacy_text(&Value::Null).unwrap(), None);
+        assert!(legacy_text(&Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn uuid_v5_is_derived_and_v7_is_fresh() {
+        let ns = Uuid::parse_str("1b671a64-40d5-491e-99b0-da01ff1f3341").unwrap();
+        let k = IdKind::UuidV5 { namespace_uuid: ns };
+        assert_eq!(k.candidate("a"), k.candidate("a"));
+        assert_ne!(k.candidate("a"), k.candidate("b"));
+        assert_ne!(IdKind::UuidV7.candidate("a"), IdKind::UuidV7.candidate("a"));
+        assert_eq!(IdKind::Bigint { start: 1 }.candidate("a"), None);
+    }
+}
