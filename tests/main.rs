@@ -16,4 +16,6 @@ mod kafka_bus;
 mod mongo;
 mod schema;
 mod snapshot;
+mod transform;
+mod transform_pg;
 mod types;

@@ -457,6 +457,13 @@ impl Config {
             let file = path.parent().unwrap_or(Path::new(".")).join(m);
             config.pipeline.mappings = Some(file.clone());
             config.mappings = Some(crate::mapping::Mappings::load(&file)?);
+            let SinkConfig::Postgres(dst) = &config.sink;
+            if dst.schema.is_some() {
+                return Err(cfg_err(
+                    "sink.schema",
+                    "does not apply with pipeline.mappings: mapped tables name their target schema",
+                ));
+            }
         }
         Ok(config)
     }

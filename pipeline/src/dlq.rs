@@ -41,6 +41,9 @@ pub struct DeadLetter {
 pub struct Parked {
     pub table: crate::event::TableId,
     pub record: DeadLetter,
+    /// A later change of the same row landed in the same batch: the record
+    /// is parked already superseded (a replay must not apply it).
+    pub superseded: bool,
 }
 
 /// Told about records once they are parked (durably, with their batch).

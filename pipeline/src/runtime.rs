@@ -587,6 +587,13 @@ impl<K: Sink> ApplyLoop<K> {
                         } => self.batch.prune(&table, parent_key, keep_below),
                     }
                 }
+                // A record of this row refused earlier in the batch is
+                // superseded by this change.
+                for p in self.batch.parked.iter_mut() {
+                    if p.table == ev.table.id && p.record.key == key {
+                        p.superseded = true;
+                    }
+                }
                 self.batch.source_keys.push((ev.table.id.clone(), key));
             }
             Some(Err(rejected)) => {
@@ -612,6 +619,7 @@ impl<K: Sink> ApplyLoop<K> {
                         position: (ev.position.commit_lsn != 0).then_some(ev.position),
                         origin: None,
                     },
+                    superseded: false,
                 };
                 self.batch.park(&ev, parked);
             }
@@ -1002,6 +1010,7 @@ mod tests {
             linger: Duration::from_millis(5),
             bus_capacity: 16,
             max_retry_delay: Duration::from_millis(400),
+            transformer: None,
         }
     }
 

@@ -826,6 +826,14 @@ fn remove_path(fields: &mut Vec<(String, Value)>, path: &[String]) {
         fields.remove(i);
         return;
     }
+    // A jsonb value (PostgreSQL sources) is entered like a document.
+    if let Value::Json(text) = &fields[i].1 {
+        if let Ok(j) = serde_json::from_str::<serde_json::Value>(text) {
+            if j.is_object() {
+                fields[i].1 = json_to_value(&j);
+            }
+        }
+    }
     if let Value::Document(inner) = &mut fields[i].1 {
         remove_path(inner, rest);
         if inner.is_empty() {

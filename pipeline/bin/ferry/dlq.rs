@@ -150,7 +150,20 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
                     return exit::CONFIG;
                 }
             };
-            sink.dlq_replay(&f, dry_run, rate).await.map(|r| {
+            let transformer = match crate::mapping::transformer(&config).await {
+                Ok(t) => t,
+                Err(crate::mapping::Unusable::Findings(findings)) => {
+                    for f in &findings {
+                        eprintln!("invalid mapping: {f}");
+                    }
+                    return exit::CONFIG;
+                }
+                Err(crate::mapping::Unusable::Unreachable(e)) => {
+                    eprintln!("ferry dlq replay: cannot read the target schema: {e}");
+                    return exit::PIPELINE;
+                }
+            };
+            sink.dlq_replay(&f, dry_run, rate, transformer.as_deref()).await.map(|r| {
                 let verb = if dry_run { "would apply" } else { "applied" };
                 println!(
                     "{verb} {}, superseded {}, failed again {}",

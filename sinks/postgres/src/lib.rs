@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod dlq;
+pub mod id_map;
 pub mod literal;
 pub mod params;
 pub mod target;
@@ -76,6 +77,8 @@ pub struct PostgresSink {
     /// Tables with parked records: a batch touching them marks the parked
     /// records of its rows superseded.
     dlq_tables: std::collections::HashSet<TableId>,
+    /// Id-map sequences known to exist (bigint namespaces).
+    sequences: std::collections::HashSet<String>,
 }
 
 impl PostgresSink {
@@ -88,6 +91,7 @@ impl PostgresSink {
             statements: HashMap::new(),
             maybe_committed: false,
             dlq_tables: Default::default(),
+            sequences: Default::default(),
         }
     }
 
@@ -118,6 +122,7 @@ impl PostgresSink {
             ddl_lock(&client).await?;
             let installed = async {
                 checkpoint::install(&client).await?;
+                id_map::install(&client).await?;
                 dlq::install(&client).await
             }
             .await;
@@ -139,6 +144,22 @@ impl PostgresSink {
     /// before the data transaction: DDL errors are then fatal and never
     /// half-apply a batch.
     async fn ensure_tables(&mut self, batch: &Batch) -> Result<(), PipelineError> {
+        for tb in batch.tables.iter().filter(|tb| id_map::has_ids(&tb.schema)) {
+            for r in tb.schema.columns.iter().filter_map(|c| c.id_map.as_ref()) {
+                let ferry_pipeline::id_map::IdKind::Bigint { start } = r.kind else {
+                    continue;
+                };
+                if self.sequences.contains(&r.namespace) {
+                    continue;
+                }
+                let client = self.client().await?;
+                ddl_lock(client).await?;
+                let made = id_map::ensure_sequence(client, &r.namespace, start).await;
+                ddl_unlock(client).await?;
+                made?;
+                self.sequences.insert(r.namespace.clone());
+            }
+        }
         for tb in &batch.tables {
             let target = self.target_id(&tb.schema.id);
             let known = self
@@ -177,6 +198,7 @@ impl PostgresSink {
             .iter()
             .map(|tb| self.target_id(&tb.schema.id))
             .collect();
+        let self_dlq_tables = self.dlq_tables.clone();
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
@@ -184,6 +206,11 @@ impl PostgresSink {
                 return Ok(Vec::new());
             }
             let mut parked = Vec::new();
+            let req = id_map::requests(batch);
+            if !req.is_empty() {
+                id_map::allocate(&tx, &req).await?;
+            }
+            apply_prunes_all(&tx, &mut statements, &tables, batch, &target_ids).await?;
             for (tb, id) in batch.tables.iter().zip(&target_ids) {
                 let target = tables.get(id).ok_or_else(|| {
                     PipelineError::transient(
@@ -221,7 +248,12 @@ impl PostgresSink {
                     tx.batch_execute("SAVEPOINT ferry_record")
                         .await
                         .map_err(|e| pg_err("savepoint", e))?;
-                    match apply_table(&tx, &mut statements, target, &one.batch.tables[0], &one.tables[0], &pipeline, false).await {
+                    let applied = async {
+                        id_map::require(&tx, &id_map::requests(&one.batch)).await?;
+                        apply_table(&tx, &mut statements, target, &one.batch.tables[0], &one.tables[0], &pipeline, false).await
+                    }
+                    .await;
+                    match applied {
                         Ok(()) => {
                             tx.batch_execute("RELEASE SAVEPOINT ferry_record")
                                 .await
@@ -249,6 +281,7 @@ impl PostgresSink {
                             parked.push(ferry_pipeline::dlq::Parked {
                                 table: tb.schema.id.clone(),
                                 record,
+                                superseded: false,
                             });
                             metrics()
                                 .dlq_events
@@ -264,6 +297,13 @@ impl PostgresSink {
                     checkpoint::save_snapshot(&tx, &pipeline, &tb.schema.id, *rows, state).await?;
                 }
             }
+            let dlq_now: std::collections::HashSet<TableId> = self_dlq_tables
+                .iter()
+                .cloned()
+                .chain(parked_tables.iter().cloned())
+                .collect();
+            settle_dlq(&tx, &pipeline, batch, &dlq_now).await?;
+            parked.extend(batch.parked.iter().cloned());
             save_position(&tx, &pipeline, batch).await?;
             let depth = dlq::depth(&tx, &pipeline).await?;
             tx.commit().await.map_err(|e| pg_err("commit", e))?;
@@ -274,8 +314,9 @@ impl PostgresSink {
         self.statements = statements;
         self.tables = tables;
         self.settle(result.as_ref().err());
-        if result.is_ok() {
+        if let Ok(parked) = &result {
             self.dlq_tables.extend(parked_tables);
+            self.dlq_tables.extend(parked.iter().map(|p| p.table.clone()));
         }
         result
     }
@@ -289,11 +330,15 @@ impl PostgresSink {
         self.client().await?;
         self.ensure_tables(batch).await?;
         let pipeline = self.pipeline.clone();
-        let schema_override = self.cfg.schema.clone();
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
         let recheck = self.maybe_committed;
         let dlq_tables = self.dlq_tables.clone();
+        let target_ids: Vec<TableId> = batch
+            .tables
+            .iter()
+            .map(|tb| self.target_id(&tb.schema.id))
+            .collect();
         let mut one_by_one = false;
         let result = loop {
             let attempt = async {
@@ -302,30 +347,18 @@ impl PostgresSink {
                 if already_committed(&tx, &pipeline, batch, recheck).await? {
                     return Ok(());
                 }
-                for (tb, pt) in batch.tables.iter().zip(&prepared.tables) {
-                    let id = match &schema_override {
-                        Some(s) => TableId::new(s.clone(), tb.schema.id.name.clone()),
-                        None => tb.schema.id.clone(),
-                    };
-                    // Ensured above, unless a reconnect in between cleared the
-                    // cache: then retry the whole batch.
-                    let target = tables.get(&id).ok_or_else(|| {
-                        PipelineError::transient(
-                            Stage::Sink,
-                            format!("target table {id} needs to be checked again"),
-                        )
-                    })?;
-                    apply_table(&tx, &mut statements, target, tb, pt, &pipeline, one_by_one)
-                        .await?;
-                    if dlq_tables.contains(&tb.schema.id) {
-                        let keys: Vec<String> = tb
-                            .rows
-                            .iter()
-                            .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
-                            .collect();
-                        dlq::supersede(&tx, &pipeline, &tb.schema.id, &keys).await?;
-                    }
-                }
+                apply_tables(
+                    &tx,
+                    &mut statements,
+                    &tables,
+                    prepared,
+                    &target_ids,
+                    &pipeline,
+                    one_by_one,
+                    &dlq_tables,
+                )
+                .await?;
+                settle_dlq(&tx, &pipeline, batch, &dlq_tables).await?;
                 save_position(&tx, &pipeline, batch).await?;
                 tx.commit().await.map_err(|e| pg_err("commit", e))
             }
@@ -345,6 +378,9 @@ impl PostgresSink {
         self.statements = statements;
         self.tables = tables;
         self.settle(result.as_ref().err());
+        if result.is_ok() {
+            self.dlq_tables.extend(batch.parked.iter().map(|p| p.table.clone()));
+        }
         result
     }
 
@@ -448,6 +484,171 @@ impl Sink for PostgresSink {
 }
 
 /// Applies everything a batch does to one table.
+/// Everything a batch does to its tables, inside the caller's
+/// transaction: the id map first (the rows read their new ids from it),
+/// then child tables' prunes (children before parents, so that a parent's
+/// delete never meets its children), then each table's rows.
+#[allow(clippy::too_many_arguments)]
+async fn apply_tables(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    tables: &HashMap<TableId, TargetTable>,
+    prepared: &PreparedBatch,
+    target_ids: &[TableId],
+    pipeline: &str,
+    one_by_one: bool,
+    dlq_tables: &std::collections::HashSet<TableId>,
+) -> Result<(), PipelineError> {
+    let batch = &prepared.batch;
+    let req = id_map::requests(batch);
+    if !req.is_empty() {
+        id_map::allocate(tx, &req).await?;
+        id_map::require(tx, &req).await?;
+    }
+    apply_prunes_all(tx, statements, tables, batch, target_ids).await?;
+    for ((tb, pt), id) in batch.tables.iter().zip(&prepared.tables).zip(target_ids) {
+        let target = ensured(tables, id)?;
+        apply_table(tx, statements, target, tb, pt, pipeline, one_by_one).await?;
+        if dlq_tables.contains(&tb.schema.id) {
+            let keys: Vec<String> = tb
+                .rows
+                .iter()
+                .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
+                .collect();
+            dlq::supersede(tx, pipeline, &tb.schema.id, &keys).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A target table checked by `ensure_tables`, unless a reconnect since
+/// cleared the cache: then the whole batch is retried.
+fn ensured<'a>(
+    tables: &'a HashMap<TableId, TargetTable>,
+    id: &TableId,
+) -> Result<&'a TargetTable, PipelineError> {
+    tables.get(id).ok_or_else(|| {
+        PipelineError::transient(
+            Stage::Sink,
+            format!("target table {id} needs to be checked again"),
+        )
+    })
+}
+
+/// The prunes of every child table in the batch, children last-touched
+/// first.
+async fn apply_prunes_all(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    tables: &HashMap<TableId, TargetTable>,
+    batch: &Batch,
+    target_ids: &[TableId],
+) -> Result<(), PipelineError> {
+    for (tb, id) in batch.tables.iter().zip(target_ids).rev() {
+        if tb.prunes.is_empty() {
+            continue;
+        }
+        apply_prunes(tx, statements, ensured(tables, id)?, tb).await?;
+    }
+    Ok(())
+}
+
+/// Deletes a child table's rows past each parent's array end.
+async fn apply_prunes(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    target: &TargetTable,
+    tb: &TableBatch,
+) -> Result<(), PipelineError> {
+    let Some(link) = &tb.schema.child else {
+        return Ok(());
+    };
+    let schema = &tb.schema;
+    let k = link.parent_key.len();
+    let mut cols: Vec<params::TextArrayBuilder> = (0..=k)
+        .map(|_| params::TextArrayBuilder::with_capacity(tb.prunes.len()))
+        .collect();
+    for (parent, keep) in &tb.prunes {
+        for (j, col) in cols.iter_mut().take(k).enumerate() {
+            col.push_value(parent.get(j).unwrap_or(&Value::Null));
+        }
+        cols[k].push(Some(&keep.to_string()));
+    }
+    let cast = |name: &str| -> String { target.type_of(name).unwrap_or("text").to_string() };
+    let mut conds: Vec<String> = link
+        .parent_key
+        .iter()
+        .enumerate()
+        .map(|(j, &ci)| {
+            let c = &schema.columns[ci];
+            format!(
+                "t.{} = {}",
+                quote_ident(&c.name),
+                id_map::value_sql(c, &cast(&c.name), &format!("u.p{j}"))
+            )
+        })
+        .collect();
+    conds.push(format!(
+        "t.{} >= u.keep::bigint",
+        quote_ident(&schema.columns[link.position].name)
+    ));
+    let aliases: Vec<String> = (0..k).map(|j| format!("p{j}")).chain(["keep".into()]).collect();
+    let placeholders: Vec<String> = (1..=k + 1).map(|i| format!("${i}::text[]")).collect();
+    let sql = format!(
+        "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
+        target.id.quoted(),
+        placeholders.join(", "),
+        aliases.join(", "),
+        conds.join(" AND ")
+    );
+    let arrays: Vec<params::TextArray> = cols.into_iter().map(params::TextArrayBuilder::finish).collect();
+    execute(tx, statements, &sql, &arrays, &target.id).await?;
+    Ok(())
+}
+
+/// The batch's dead-letter bookkeeping for the transform stage, inside its
+/// transaction: source rows changed by the batch supersede their parked
+/// records, the records the mapping refused are parked (in order, each
+/// superseded if a later change of its row in the batch landed), and
+/// mapped source tables' finished snapshots are recorded.
+async fn settle_dlq(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    batch: &Batch,
+    dlq_tables: &std::collections::HashSet<TableId>,
+) -> Result<(), PipelineError> {
+    let mut by_table: HashMap<&TableId, Vec<String>> = HashMap::new();
+    for (table, key) in &batch.source_keys {
+        if dlq_tables.contains(table) {
+            by_table.entry(table).or_default().push(key.clone());
+        }
+    }
+    for (table, keys) in by_table {
+        dlq::supersede(tx, pipeline, table, &keys).await?;
+    }
+    for p in &batch.parked {
+        let op = ferry_pipeline::dlq::decode_event(&p.record.event)
+            .map(|ev| match ev.op {
+                ferry_pipeline::event::Op::Delete => "delete",
+                ferry_pipeline::event::Op::Update => "update",
+                _ => "upsert",
+            })
+            .unwrap_or("upsert");
+        dlq::park(tx, pipeline, &p.table, op, &p.record).await?;
+        if p.superseded {
+            dlq::supersede(tx, pipeline, &p.table, std::slice::from_ref(&p.record.key)).await?;
+        }
+        metrics()
+            .dlq_events
+            .with_label_values(&[&p.table.to_string(), &p.record.error.class])
+            .inc();
+    }
+    for (table, rows, state) in &batch.snapshot_marks {
+        checkpoint::save_snapshot(tx, pipeline, table, *rows, state).await?;
+    }
+    Ok(())
+}
+
 async fn apply_table(
     tx: &Transaction<'_>,
     statements: &mut HashMap<String, Statement>,
@@ -497,10 +698,16 @@ async fn apply_table(
 
     if let Some(rows) = &prepared.deletes {
         let aliases: Vec<String> = (0..key_names.len()).map(|i| format!("k{i}")).collect();
-        let cond: Vec<String> = key_names
-            .iter()
+        let cond: Vec<String> = schema
+            .key_columns()
             .enumerate()
-            .map(|(i, k)| format!("t.{} = u.k{i}::{}", quote_ident(k), cast(k)))
+            .map(|(i, c)| {
+                format!(
+                    "t.{} = {}",
+                    quote_ident(&c.name),
+                    id_map::value_sql(c, &cast(&c.name), &format!("u.k{i}"))
+                )
+            })
             .collect();
         let sql = format!(
             "DELETE FROM {table_sql} AS t USING unnest({}) AS u({}) WHERE {}",
@@ -515,10 +722,11 @@ async fn apply_table(
     if let Some(rows) = &prepared.upserts {
         let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let aliases: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
-        let select: Vec<String> = names
+        let select: Vec<String> = schema
+            .columns
             .iter()
             .enumerate()
-            .map(|(i, n)| format!("u.c{i}::{}", cast(n)))
+            .map(|(i, c)| id_map::value_sql(c, &cast(&c.name), &format!("u.c{i}")))
             .collect();
         let non_key: Vec<String> = names
             .iter()
@@ -553,7 +761,7 @@ async fn apply_table(
         let mut conds = Vec::new();
         for (j, &i) in present.iter().enumerate() {
             let name = &schema.columns[i].name;
-            let expr = format!("u.c{j}::{}", cast(name));
+            let expr = id_map::value_sql(&schema.columns[i], &cast(name), &format!("u.c{j}"));
             if key_names.contains(&name.as_str()) {
                 conds.push(format!("t.{} = {expr}", quote_ident(name)));
             } else {
@@ -782,6 +990,27 @@ pub struct ReplayReport {
 
 impl PostgresSink {
     /// Records by table and error class.
+    /// The mapped target tables as the catalog declares them, for
+    /// compiling a mapping (see [`target::mapping_catalog`]).
+    pub async fn mapping_catalog(
+        &mut self,
+        ids: &[TableId],
+    ) -> Result<HashMap<TableId, ferry_pipeline::transform::TargetTable>, PipelineError> {
+        let client = self.client().await?;
+        target::mapping_catalog(client, ids).await
+    }
+
+    /// `ferry idmap lookup`: (legacy, new) pairs of `namespace` where
+    /// either side is `id`.
+    pub async fn id_map_lookup(
+        &mut self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Vec<(String, String)>, PipelineError> {
+        let client = self.client().await?;
+        id_map::lookup(client, namespace, id).await
+    }
+
     pub async fn dlq_list(&mut self, filter: &dlq::Filter) -> Result<Vec<DlqGroup>, PipelineError> {
         let pipeline = self.pipeline.clone();
         let (cond, params) = filter.sql();
@@ -877,6 +1106,7 @@ impl PostgresSink {
         filter: &dlq::Filter,
         dry_run: bool,
         rate: Option<f64>,
+        transformer: Option<&ferry_pipeline::transform::Transformer>,
     ) -> Result<ReplayReport, PipelineError> {
         let pipeline = self.pipeline.clone();
         let (cond, params) = filter.sql();
@@ -928,30 +1158,57 @@ impl PostgresSink {
             }
             let event: String = row.get(0);
             let ev = ferry_pipeline::dlq::decode_event(event.as_bytes())?;
+            // A mapped table's change goes through the current mapping
+            // again: the fix may have been to the mapping.
             let mut batch = Batch::default();
-            batch.push(ev);
+            let mut refused = None;
+            match transformer.and_then(|t| t.apply(&ev)) {
+                None => batch.push(ev),
+                Some(Ok(outputs)) => {
+                    for o in outputs {
+                        match o {
+                            ferry_pipeline::transform::Output::Change(c) => batch.push(c),
+                            ferry_pipeline::transform::Output::Prune {
+                                table,
+                                parent_key,
+                                keep_below,
+                            } => batch.prune(&table, parent_key, keep_below),
+                        }
+                    }
+                }
+                Some(Err(r)) => {
+                    let mut e = PipelineError::new(ErrorClass::Permanent, Stage::Transform, r.message);
+                    e.code = Some(r.rule);
+                    refused = Some(e);
+                }
+            }
             let prepared = params::prepare(batch);
-            self.ensure_tables(&prepared.batch).await?;
-            let target_id = self.target_id(&prepared.batch.tables[0].schema.id);
+            if refused.is_none() {
+                self.ensure_tables(&prepared.batch).await?;
+            }
+            let target_ids: Vec<TableId> = prepared
+                .batch
+                .tables
+                .iter()
+                .map(|tb| self.target_id(&tb.schema.id))
+                .collect();
             let mut statements = std::mem::take(&mut self.statements);
             let tables = std::mem::take(&mut self.tables);
             let attempt = async {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
                 let client = self.client().await?;
                 let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-                let target = tables.get(&target_id).ok_or_else(|| {
-                    PipelineError::transient(
-                        Stage::Sink,
-                        format!("target table {target_id} needs to be checked again"),
-                    )
-                })?;
-                apply_table(
+                apply_tables(
                     &tx,
                     &mut statements,
-                    target,
-                    &prepared.batch.tables[0],
-                    &prepared.tables[0],
+                    &tables,
+                    &prepared,
+                    &target_ids,
                     &pipeline,
                     false,
+                    &Default::default(),
                 )
                 .await?;
                 if dry_run {

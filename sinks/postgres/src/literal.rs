@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use ferry_pipeline::json::{base64_into, float_text, write_json, write_json_string};
+use ferry_pipeline::json::{float_text, write_json};
 use ferry_pipeline::value::{object_id_hex, Value};
 
 /// The text PostgreSQL's input function for the value's type reads back
@@ -82,6 +82,7 @@ fn write_array(out: &mut String, items: &[Value]) {
 
 #[cfg(test)]
 mod tests {
+    use ferry_pipeline::json::base64_into;
     use super::*;
     use ferry_pipeline::value::{Numeric, TemporalKind};
 

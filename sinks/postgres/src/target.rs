@@ -283,6 +283,64 @@ async fn create_enum_type(client: &Client, c: &Column) -> Result<(), PipelineErr
         .map_err(|e| pg_err(&format!("create enum type {}", c.type_sql), e))
 }
 
+/// The mapped target tables as the catalog declares them (columns with
+/// nullability and defaults, primary key in key order), for compiling a
+/// mapping; tables that do not exist are absent.
+pub async fn mapping_catalog(
+    client: &Client,
+    ids: &[TableId],
+) -> Result<std::collections::HashMap<TableId, ferry_pipeline::transform::TargetTable>, PipelineError> {
+    use ferry_pipeline::transform::{TargetColumn as MappedColumn, TargetTable as Mapped};
+    let mut out = std::collections::HashMap::new();
+    for id in ids {
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+                        a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                        array_position(pk.indkey::int2[], a.attnum)
+                   FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                    AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&id.schema, &id.name],
+            )
+            .await
+            .map_err(|e| pg_err("describe mapped target table", e))?;
+        if rows.is_empty() {
+            continue;
+        }
+        let mut key: Vec<(i32, String)> = Vec::new();
+        let columns = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                if let Some(pos) = r.get::<_, Option<i32>>(4) {
+                    key.push((pos, name.clone()));
+                }
+                MappedColumn {
+                    name,
+                    type_sql: r.get(1),
+                    nullable: r.get(2),
+                    has_default: r.get(3),
+                }
+            })
+            .collect();
+        key.sort();
+        out.insert(
+            id.clone(),
+            Mapped {
+                id: id.clone(),
+                columns,
+                primary_key: key.into_iter().map(|(_, n)| n).collect(),
+            },
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,226 @@
+//! `ferry_id_map`: legacy ids and the new ids they were given, allocated in
+//! the same transaction as the rows that use them.
+//!
+//! The transform stage writes a legacy id's text into a column marked with
+//! an [`IdRef`]; here, before the batch's rows, every legacy id the batch
+//! writes gets its mapping (allocated once, found again on a replay), and
+//! the statements read the new id through a lookup in place of the column's
+//! value (see [`value_sql`]). A kill -9 rolls back mappings and rows
+//! together.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ferry_pipeline::batch::{Batch, RowChange};
+use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
+use ferry_pipeline::event::{quote_ident, Column, Datum, TableSchema};
+use ferry_pipeline::id_map::{IdKind, IdRef, OnMissing};
+use ferry_pipeline::value::Value;
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+use crate::pg_err;
+
+pub async fn install(client: &impl GenericClient) -> Result<(), PipelineError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.ferry_id_map (
+                 namespace    text NOT NULL,
+                 legacy_id    text NOT NULL,
+                 new_id       text NOT NULL,
+                 allocated_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (namespace, legacy_id),
+                 UNIQUE (namespace, new_id)
+             );",
+        )
+        .await
+        .map_err(|e| pg_err("create ferry_id_map", e))
+}
+
+/// The sequence of a bigint namespace.
+pub fn sequence_name(namespace: &str) -> String {
+    format!("public.{}", quote_ident(&format!("ferry_id_seq_{namespace}")))
+}
+
+/// Creates the sequence of a bigint namespace (DDL: outside the data
+/// transaction, under the sink's DDL lock).
+pub async fn ensure_sequence(client: &Client, namespace: &str, start: i64) -> Result<(), PipelineError> {
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE IF NOT EXISTS {} AS bigint START {start}",
+            sequence_name(namespace)
+        ))
+        .await
+        .map_err(|e| pg_err("create id-map sequence", e))
+}
+
+/// The SQL that reads a column's value from `input` (text): the new id of
+/// a legacy id for id-mapped columns, the value itself otherwise, cast to
+/// `cast`.
+pub fn value_sql(col: &Column, cast: &str, input: &str) -> String {
+    match &col.id_map {
+        None => format!("{input}::{cast}"),
+        Some(r) => format!(
+            "(SELECT m.new_id FROM public.ferry_id_map m WHERE m.namespace = {} AND m.legacy_id = {input})::{cast}",
+            quote_literal(&r.namespace)
+        ),
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The legacy ids a batch writes, per namespace.
+#[derive(Debug, Default)]
+pub struct Requests {
+    /// Ids to allocate when missing (a row's own id, allocate-ahead
+    /// references), with the namespace's kind.
+    pub allocate: BTreeMap<String, (IdKind, BTreeSet<String>)>,
+    /// References that must already be mapped (`on_missing = dead_letter`).
+    pub require: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Requests {
+    pub fn is_empty(&self) -> bool {
+        self.allocate.is_empty() && self.require.is_empty()
+    }
+
+    /// Bigint namespaces and their first values.
+    pub fn sequences(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.allocate.iter().filter_map(|(ns, (kind, _))| match kind {
+            IdKind::Bigint { start } => Some((ns.as_str(), *start)),
+            _ => None,
+        })
+    }
+}
+
+/// Whether a table has id-mapped columns.
+pub fn has_ids(schema: &TableSchema) -> bool {
+    schema.columns.iter().any(|c| c.id_map.is_some())
+}
+
+/// Every legacy id that the batch's upserts write. Deletes and prunes only
+/// look ids up: deleting a row never mapped allocates nothing.
+pub fn requests(batch: &Batch) -> Requests {
+    let mut out = Requests::default();
+    for tb in &batch.tables {
+        if !has_ids(&tb.schema) {
+            continue;
+        }
+        let cols: Vec<(usize, &IdRef)> = tb
+            .schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.id_map.as_ref().map(|r| (i, r)))
+            .collect();
+        for change in &tb.rows {
+            let row = match change {
+                RowChange::Upsert(r) | RowChange::Patch(r) | RowChange::Rekey { row: r, .. } => r,
+                RowChange::Delete(_) | RowChange::Vanished => continue,
+            };
+            for &(i, r) in &cols {
+                let Some(Datum::Value(Value::Text(legacy))) = row.get(i) else {
+                    continue;
+                };
+                match r.on_missing {
+                    OnMissing::Allocate => {
+                        out.allocate
+                            .entry(r.namespace.clone())
+                            .or_insert_with(|| (r.kind, BTreeSet::new()))
+                            .1
+                            .insert(legacy.clone());
+                    }
+                    OnMissing::DeadLetter => {
+                        out.require
+                            .entry(r.namespace.clone())
+                            .or_default()
+                            .insert(legacy.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Allocates the missing mappings of `req.allocate`, in namespace and id
+/// order (two workers allocating overlapping ids wait for each other
+/// instead of deadlocking); an id another transaction mapped first keeps
+/// that mapping.
+pub async fn allocate(tx: &Transaction<'_>, req: &Requests) -> Result<(), PipelineError> {
+    for (ns, (kind, ids)) in &req.allocate {
+        let legacy: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let candidates: Vec<Option<String>> = ids.iter().map(|l| kind.candidate(l)).collect();
+        let new_id = match kind {
+            IdKind::Bigint { .. } => format!("nextval('{}')::text", sequence_name(ns).replace('\'', "''")),
+            _ => "u.n".to_string(),
+        };
+        let sql = format!(
+            "INSERT INTO public.ferry_id_map (namespace, legacy_id, new_id)
+             SELECT $1, u.l, {new_id}
+               FROM unnest($2::text[], $3::text[]) AS u(l, n)
+              WHERE NOT EXISTS (SELECT 1 FROM public.ferry_id_map m
+                                 WHERE m.namespace = $1 AND m.legacy_id = u.l)
+              ORDER BY u.l
+             ON CONFLICT DO NOTHING"
+        );
+        tx.execute(&sql, &[ns, &legacy, &candidates])
+            .await
+            .map_err(|e| pg_err(&format!("allocate ids in namespace {ns}"), e))?;
+    }
+    Ok(())
+}
+
+/// Refuses the batch (a permanent error: the runtime then writes it record
+/// by record, parking the records whose references are missing) when a
+/// reference that must not be allocated ahead has no mapping yet.
+pub async fn require(tx: &Transaction<'_>, req: &Requests) -> Result<(), PipelineError> {
+    for (ns, ids) in &req.require {
+        let legacy: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let missing: Vec<String> = tx
+            .query(
+                "SELECT u.l FROM unnest($2::text[]) AS u(l)
+                  WHERE NOT EXISTS (SELECT 1 FROM public.ferry_id_map m
+                                     WHERE m.namespace = $1 AND m.legacy_id = u.l)",
+                &[ns, &legacy],
+            )
+            .await
+            .map_err(|e| pg_err(&format!("look up ids in namespace {ns}"), e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+            let mut e = PipelineError::new(
+                ErrorClass::Permanent,
+                Stage::Sink,
+                format!(
+                    "reference to {ns} {} not mirrored yet (on_missing = \"dead_letter\")",
+                    shown.join(", ")
+                ),
+            );
+            e.code = Some("missing_reference".into());
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Both ways: the new id of a legacy id, and the legacy id of a new id.
+pub async fn lookup(
+    client: &impl GenericClient,
+    namespace: &str,
+    id: &str,
+) -> Result<Vec<(String, String)>, PipelineError> {
+    Ok(client
+        .query(
+            "SELECT legacy_id, new_id FROM public.ferry_id_map
+              WHERE namespace = $1 AND (legacy_id = $2 OR new_id = $2)",
+            &[&namespace, &id],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_id_map", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}

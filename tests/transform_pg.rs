@@ -1,0 +1,184 @@
+//! Mappings with a PostgreSQL source: a legacy table with text ids, money
+//! as text and a jsonb column becomes a table keyed by bigint ids from the
+//! id map, with exact numeric money, a column from a jsonb path and the
+//! rest as jsonb. Checked row by row against values computed here; a bad
+//! amount is parked with its rule while good rows land; a key-changing
+//! update moves the row. Runs on both buses (FERRY_TEST_BUS).
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Ferry, Pair};
+
+const MAPPING: &str = r#"
+[id_maps.orders]
+kind = "bigint"
+start = 500
+
+[[tables]]
+source = "public.legacy_orders"
+target = "public.orders"
+snake_case = true
+rest = "extra"
+[tables.columns]
+id = { from = "code", id_map = "orders" }
+amount = { from = "amountText" }
+city = "meta.address.city"
+status = { from = "status", default = "new" }
+"#;
+
+async fn wait_until<F, Fut>(what: &str, ferry: &Ferry, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !probe().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; ferry's log:\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type OrderRow = (
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The target's orders with their legacy ids, by legacy id.
+async fn rows(dst: &tokio_postgres::Client) -> Vec<OrderRow> {
+    let q = "SELECT m.legacy_id, o.id, o.amount::text, o.city, o.customer_name, o.status, o.extra::text
+               FROM orders o JOIN ferry_id_map m ON m.namespace = 'orders' AND m.new_id = o.id::text
+              ORDER BY m.legacy_id";
+    dst.query(q, &[])
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_source_through_a_mapping() {
+    let pair = Pair::start("map_pg").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        r#"CREATE TABLE legacy_orders (code text PRIMARY KEY, "amountText" text, meta jsonb,
+                                       "customerName" text, status text);
+           INSERT INTO legacy_orders VALUES
+             ('A-1', '12.5', '{"address": {"city": "Lyon", "zip": "69001"}}', 'Ann', 'paid'),
+             ('A-2', '1E+2', '{"address": {"city": "Oslo"}}', 'Bo', NULL),
+             ('A-3', '0.125', '{}', 'Cy', 'paid');"#,
+    )
+    .await
+    .unwrap();
+    let dst = pair.dst().await;
+    dst.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL,
+                              city text, customer_name text, status text, extra jsonb,
+                              loaded_at timestamptz DEFAULT now());",
+    )
+    .await
+    .unwrap();
+    let mapping = pair.config(&["public.legacy_orders"], "", "");
+    let dir = mapping.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("mappings.toml"), MAPPING).unwrap();
+    let text = std::fs::read_to_string(&mapping).unwrap().replacen(
+        "[pipeline]\n",
+        "[pipeline]\nmappings = \"mappings.toml\"\n",
+        1,
+    );
+    std::fs::write(&mapping, text).unwrap();
+
+    let mut ferry = Ferry::spawn(&mapping);
+    wait_until("the snapshot", &ferry, Duration::from_secs(60), || async {
+        rows(&dst).await.len() == 2
+    })
+    .await;
+    let got = rows(&dst).await;
+    // Ids from the sequence, starting at 500; money exact at scale 2; the
+    // jsonb path; snake_case by name; a present NULL stays NULL; the zip
+    // that no rule took stays in `extra`.
+    assert_eq!(got[0].0, "A-1");
+    assert!(got.iter().all(|r| r.1 >= 500), "{got:?}");
+    assert_eq!(got[0].2, "12.50");
+    assert_eq!(got[0].3.as_deref(), Some("Lyon"));
+    assert_eq!(got[0].4.as_deref(), Some("Ann"));
+    assert_eq!(got[0].5.as_deref(), Some("paid"));
+    assert_eq!(got[0].6.as_deref(), Some(r#"{"meta": {"address": {"zip": "69001"}}}"#));
+    assert_eq!(got[1].2, "100.00");
+    assert_eq!(got[1].5, None);
+    assert_eq!(got[1].6, None);
+    // 0.125 needs rounding: parked with its rule, the raw value and the
+    // field; nothing written for it.
+    let parked = dst
+        .query_one(
+            "SELECT error_code, error_message, stage, table_name FROM ferry_dlq",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(parked.get::<_, Option<String>>(0).as_deref(), Some("needs_rounding"));
+    let message: String = parked.get(1);
+    assert!(message.contains("amountText") && message.contains("0.125") && message.contains("A-3"), "{message}");
+    assert_eq!(parked.get::<_, String>(2), "transform");
+    assert_eq!(parked.get::<_, String>(3), "legacy_orders");
+
+    // Streaming: an update, a fix of the bad row (supersedes its record), a
+    // key change, a delete.
+    let a1 = got[0].1;
+    src.batch_execute(
+        r#"UPDATE legacy_orders SET "amountText" = '13', status = 'refunded' WHERE code = 'A-1';
+           UPDATE legacy_orders SET "amountText" = '0.13' WHERE code = 'A-3';
+           UPDATE legacy_orders SET code = 'B-2' WHERE code = 'A-2';
+           INSERT INTO legacy_orders (code, "amountText") VALUES ('A-4', '7');
+           DELETE FROM legacy_orders WHERE code = 'A-4';"#,
+    )
+    .await
+    .unwrap();
+    wait_until("the changes", &ferry, Duration::from_secs(60), || async {
+        let r = rows(&dst).await;
+        r.len() == 3 && r.iter().any(|x| x.0 == "B-2")
+    })
+    .await;
+    let got = rows(&dst).await;
+    let keys: Vec<&str> = got.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["A-1", "A-3", "B-2"]);
+    assert_eq!(got[0].1, a1, "an update keeps the row's id");
+    assert_eq!(got[0].2, "13.00");
+    assert_eq!(got[0].5.as_deref(), Some("refunded"));
+    assert_eq!(got[1].2, "0.13");
+    assert_eq!(got[2].2, "100.00");
+    let superseded: bool = dst
+        .query_one("SELECT superseded_at IS NOT NULL FROM ferry_dlq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(superseded, "the fixed row supersedes its parked record");
+    let count: i64 = dst
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3, "the old key of the moved row and the deleted row are gone");
+    ferry.kill9();
+}
