@@ -796,4 +796,192 @@ mod tests {
             key(Value::Text("650000000000000000000001".into()))
         );
     }
+
+    /// A child table of a mapping: (parent_id, position) key, one value.
+    fn child_schema() -> Arc<TableSchema> {
+        let col = |n: &str, ty: &str, key: bool| Column {
+            name: n.into(),
+            type_oid: 0,
+            type_sql: ty.into(),
+            nullable: !key,
+            is_key: key,
+            enum_labels: None,
+            id_map: None,
+        };
+        Arc::new(TableSchema {
+            id: TableId::new("public", "items"),
+            columns: vec![
+                col("parent_id", "text", true),
+                col("position", "integer", true),
+                col("sku", "text", false),
+            ],
+            primary_key: vec![0, 1],
+            child: Some(crate::event::ChildLink {
+                parent_key: vec![0],
+                position: 1,
+            }),
+        })
+    }
+
+    /// A child row change as the transform stage emits it; `lsn` 0 is an
+    /// unpositioned change (snapshot read, MongoDB).
+    fn child(op: Op, parent: &str, pos: i64, sku: &str, lsn: u64) -> ChangeEvent {
+        ChangeEvent {
+            table: child_schema(),
+            op,
+            before: None,
+            after: Some(vec![v(parent), Datum::Value(Value::Int(pos)), v(sku)]),
+            position: Position {
+                commit_lsn: lsn,
+                ordinal: pos as u64 + 1,
+            },
+            xid: None,
+            commit_ts_micros: 0,
+            resume_token: None,
+        }
+    }
+
+    fn parent_key(p: &str) -> Vec<Value> {
+        vec![Value::Text(p.into())]
+    }
+
+    /// (parent, position) → what the batch does to that child row.
+    fn child_rows(b: &Batch) -> Vec<(String, i64, &'static str)> {
+        let tb = &b.tables[0];
+        tb.rows
+            .iter()
+            .map(|r| {
+                let (kind, p, pos) = match r {
+                    RowChange::Upsert(row) => ("upsert", row[0].clone(), row[1].clone()),
+                    RowChange::Delete(k) => (
+                        "delete",
+                        Datum::Value(k[0].clone()),
+                        Datum::Value(k[1].clone()),
+                    ),
+                    RowChange::Vanished => (
+                        "vanished",
+                        Datum::Value(Value::Null),
+                        Datum::Value(Value::Null),
+                    ),
+                    other => panic!("unexpected {other:?}"),
+                };
+                let p = match p {
+                    Datum::Value(Value::Text(t)) => t,
+                    _ => String::new(),
+                };
+                let pos = match pos {
+                    Datum::Value(Value::Int(i)) => i,
+                    _ => -1,
+                };
+                (p, pos, kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prune_deletes_child_rows_past_the_end() {
+        let s = child_schema();
+        let mut b = Batch::default();
+        for pos in 0..3 {
+            b.push(child(Op::Read, "p1", pos, "a", 0));
+        }
+        // Another parent's children are not touched.
+        for pos in 0..3 {
+            b.push(child(Op::Update, "p2", pos, "b", 10));
+        }
+        b.prune(&s, parent_key("p1"), 1);
+        let rows = child_rows(&b);
+        assert_eq!(
+            rows,
+            vec![
+                ("p1".into(), 0, "upsert"),
+                ("p1".into(), 1, "delete"),
+                ("p1".into(), 2, "delete"),
+                ("p2".into(), 0, "upsert"),
+                ("p2".into(), 1, "upsert"),
+                ("p2".into(), 2, "upsert"),
+            ]
+        );
+        match &b.tables[0].rows[1] {
+            RowChange::Delete(k) => assert_eq!(k, &vec![Value::Text("p1".into()), Value::Int(1)]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.tables[0].prunes, vec![(parent_key("p1"), 1)]);
+        // A later prune of the same parent replaces the recorded one; a
+        // prune of a parent with no rows in the batch is recorded too.
+        b.prune(&s, parent_key("p1"), 0);
+        b.prune(&s, parent_key("p3"), 0);
+        assert_eq!(child_rows(&b)[0], ("p1".into(), 0, "delete"));
+        assert_eq!(
+            b.tables[0].prunes,
+            vec![(parent_key("p1"), 0), (parent_key("p3"), 0)]
+        );
+        // Pruning does not count as a source event.
+        assert_eq!(b.events, 6);
+    }
+
+    #[test]
+    fn prune_of_rows_proven_new_in_the_batch_vanishes_them() {
+        // Children of a positioned insert did not exist before the batch.
+        let s = child_schema();
+        let mut b = Batch::default();
+        for pos in 0..3 {
+            b.push(child(Op::Insert, "p1", pos, "a", 10));
+        }
+        b.prune(&s, parent_key("p1"), 1);
+        let kinds: Vec<&str> = child_rows(&b).iter().map(|r| r.2).collect();
+        assert_eq!(kinds, vec!["upsert", "vanished", "vanished"]);
+        assert_eq!(b.tables[0].prunes, vec![(parent_key("p1"), 1)]);
+    }
+
+    #[test]
+    fn prune_then_regrow_keeps_the_upserts_and_the_last_prune() {
+        let s = child_schema();
+        let mut b = Batch::default();
+        // Three items, then an update down to one item...
+        for pos in 0..3 {
+            b.push(child(Op::Update, "p1", pos, "a", 10));
+        }
+        b.prune(&s, parent_key("p1"), 3);
+        b.push(child(Op::Update, "p1", 0, "b", 11));
+        b.prune(&s, parent_key("p1"), 1);
+        // ...then up to four items.
+        for pos in 0..4 {
+            b.push(child(Op::Update, "p1", pos, "c", 12));
+        }
+        let rows = child_rows(&b);
+        assert_eq!(
+            rows,
+            vec![
+                ("p1".into(), 0, "upsert"),
+                ("p1".into(), 1, "upsert"),
+                ("p1".into(), 2, "upsert"),
+                ("p1".into(), 3, "upsert"),
+            ]
+        );
+        for r in &b.tables[0].rows {
+            let RowChange::Upsert(row) = r else { panic!() };
+            assert_eq!(row[2], v("c"));
+        }
+        // Sinks apply prunes before the rows: the earlier prune still holds
+        // until the transform stage sends the new array's length.
+        assert_eq!(b.tables[0].prunes, vec![(parent_key("p1"), 1)]);
+        b.prune(&s, parent_key("p1"), 4);
+        assert_eq!(b.tables[0].prunes, vec![(parent_key("p1"), 4)]);
+        let kinds: Vec<&str> = child_rows(&b).iter().map(|r| r.2).collect();
+        assert_eq!(kinds, vec!["upsert"; 4]);
+        // Shrinking again deletes what the batch holds past the new end.
+        b.prune(&s, parent_key("p1"), 2);
+        let kinds: Vec<&str> = child_rows(&b).iter().map(|r| r.2).collect();
+        assert_eq!(kinds, vec!["upsert", "upsert", "delete", "delete"]);
+    }
+
+    #[test]
+    fn prune_of_a_table_that_is_not_a_child_does_nothing() {
+        let mut b = Batch::default();
+        b.push(ev(Op::Insert, None, Some(vec![v("1"), v("x"), v("y")]), 1));
+        b.prune(&schema(), vec![Value::Text("1".into())], 0);
+        assert!(b.tables[0].prunes.is_empty());
+        assert!(matches!(b.tables[0].rows[0], RowChange::Upsert(_)));
+    }
 }

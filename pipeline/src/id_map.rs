@@ -67,6 +67,9 @@ pub struct IdRef {
     pub kind: IdKind,
     /// `Allocate` for the row's own id; a reference's policy otherwise.
     pub on_missing: OnMissing,
+    /// The source field path, for messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
 }
 
 /// Why a value cannot be a legacy id.

@@ -346,6 +346,22 @@ impl Transformer {
         Some(out)
     }
 
+    /// Whether `schema` is the shape of one of the mapping's target
+    /// tables (a record parked after the transform, e.g. a missing
+    /// reference): such a record is replayed as is, not mapped again, even
+    /// when a source table has the same name.
+    pub fn is_target_shape(&self, schema: &TableSchema) -> bool {
+        self.tables.values().any(|p| {
+            std::iter::once(&p.schema)
+                .chain(p.children.iter().map(|c| &c.plan.schema))
+                .any(|t| {
+                    t.id == schema.id
+                        && t.columns.len() == schema.columns.len()
+                        && t.columns.iter().zip(&schema.columns).all(|(a, b)| a.name == b.name)
+                })
+        })
+    }
+
     /// The target changes of `ev`, or why the record is refused. `None`
     /// when `ev`'s table is not mapped (it is mirrored as is).
     pub fn apply(&self, ev: &ChangeEvent) -> Option<Result<Vec<Output>, Rejected>> {
@@ -357,10 +373,19 @@ impl Transformer {
 /// The key of a source change's row, as JSON text (for messages and the
 /// dead-letter queue).
 pub fn source_key(ev: &ChangeEvent) -> String {
-    match ev.after.as_ref().or(ev.before.as_ref()) {
-        Some(row) => crate::dlq::key_json(&crate::batch::key_values(&ev.table, row)),
-        None => "[]".into(),
-    }
+    let Some(row) = ev.after.as_ref().or(ev.before.as_ref()) else {
+        return "[]".into();
+    };
+    // Ids as their plain text (a MongoDB `_id` is Extended JSON in its
+    // column: `["64b7…"]` reads better than `["{\"$oid\":\"64b7…\"}"]`).
+    let values: Vec<Value> = crate::batch::key_values(&ev.table, row)
+        .into_iter()
+        .map(|v| match id_map::legacy_text(&v) {
+            Ok(Some(t)) => Value::Text(t),
+            _ => v,
+        })
+        .collect();
+    crate::dlq::key_json(&values)
 }
 
 fn compile_plan(
@@ -533,6 +558,7 @@ fn compile_plan(
                     } else {
                         rule.on_missing.unwrap_or_default()
                     },
+                    field: rule.from.clone().unwrap_or_default(),
                 })
             }
         };
@@ -657,11 +683,21 @@ fn compile_plan(
             format!("{target_id} has no primary key; Ferry writes mapped rows by key"),
         ));
     }
+    // A NOT NULL column must have a rule: matching by name depends on
+    // fields that only the data shows, so it cannot prove the column a
+    // source before anything runs.
     for tc in &target.columns {
-        if !tc.nullable && !tc.has_default && !columns.iter().any(|c| c.name == tc.name) {
+        if !tc.nullable
+            && !tc.has_default
+            && !named.contains(tc.name.as_str())
+            && !link_cols.contains(&tc.name)
+        {
             findings.push(finding(
                 format!("{key}.columns"),
-                format!("{target_id}.{} is NOT NULL, has no default and no rule fills it", tc.name),
+                format!(
+                    "{target_id}.{} is NOT NULL, has no default and no rule fills it (name it under columns: matching by name cannot be checked before data arrives)",
+                    tc.name
+                ),
             ));
         }
     }
@@ -1162,14 +1198,14 @@ fn build_row(
         }
     }
     if !left.is_empty() && plan.unmapped == Unmapped::Reject {
-        let names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
+        let fields: Vec<String> = left.iter().map(|(n, v)| format!("{n} = {}", raw(v))).collect();
         return Err(reject(
             ev,
-            names[0],
+            &left[0].0,
             "unmapped_field".into(),
             format!(
-                "field(s) {} have no column; map them, add them to `drop`, set `rest`, or set unmapped = \"drop\"",
-                names.join(", ")
+                "no column for {}; map it, add it to `drop`, set `rest`, or set unmapped = \"drop\"",
+                fields.join(", ")
             ),
         ));
     }

@@ -16,6 +16,7 @@
 //! prints a Markdown table and writes JSON to `--out`.
 
 mod kafka;
+mod mapping;
 mod mongo;
 mod shapes;
 
@@ -70,6 +71,15 @@ struct Args {
     /// Where the JSON report of `--kafka` goes.
     #[arg(long, default_value = "bench-results/kafka.json")]
     kafka_out: PathBuf,
+    /// Instead of the peers: Ferry without a mapping (tables mirrored)
+    /// against Ferry through a realistic mapping file (renamed columns, id
+    /// maps, exact decimals), embedded bus, same workload; writes
+    /// `--mapping-out`.
+    #[arg(long)]
+    mapping: bool,
+    /// Where the JSON report of `--mapping` goes.
+    #[arg(long, default_value = "bench-results/mapping.json")]
+    mapping_out: PathBuf,
     /// Rows per batch for `--shapes`.
     #[arg(long, default_value_t = 5000)]
     shape_rows: i64,
@@ -102,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.kafka {
         return kafka::run(&args).await;
+    }
+    if args.mapping {
+        return mapping::run(&args).await;
     }
     if args.shapes {
         return shapes::run(args.shape_rows, 2 * args.repeat.max(1) + 1).await;

@@ -63,7 +63,9 @@ fn has_finding(fs: &[Finding], key: &str, needle: &str) -> bool {
 }
 
 fn oid(n: u8) -> [u8; 12] {
-    [0x64, 0xb7, 0xf0, 0xc2, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, n]
+    [
+        0x64, 0xb7, 0xf0, 0xc2, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, n,
+    ]
 }
 
 fn hex(n: u8) -> String {
@@ -79,7 +81,12 @@ fn num(s: &str) -> Value {
 }
 
 fn doc(fields: Vec<(&str, Value)>) -> Value {
-    Value::Document(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Document(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 fn jcol(name: &str, key: bool) -> Column {
@@ -187,7 +194,10 @@ fn prunes(out: &[Output]) -> Vec<(TableId, Vec<Value>, i64)> {
 /// The only change of a table, out of `out`.
 fn only_change<'a>(out: &'a [Output], table: &str) -> &'a ChangeEvent {
     let id = TableId::parse(table).unwrap();
-    let cs: Vec<_> = changes(out).into_iter().filter(|c| c.table.id == id).collect();
+    let cs: Vec<_> = changes(out)
+        .into_iter()
+        .filter(|c| c.table.id == id)
+        .collect();
     assert_eq!(cs.len(), 1, "changes of {table}: {cs:#?}");
     cs[0]
 }
@@ -361,7 +371,10 @@ fn without(mut fields: Vec<(String, Value)>, name: &str) -> Vec<(String, Value)>
 }
 
 fn payment_event(op: Op, fields: Vec<(String, Value)>) -> ChangeEvent {
-    let borrowed: Vec<(&str, Value)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let borrowed: Vec<(&str, Value)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     mongo("app.payments", op, borrowed)
 }
 
@@ -452,7 +465,10 @@ fn rest_keeps_unknown_fields_and_drop_removes_nested_paths() {
     assert!(extra.contains(r#""card":{"last4":"4242"}"#), "{extra}");
     assert!(extra.contains(r#""tags":["a","b"]"#), "{extra}");
     // Numbers exact in jsonb, never through f64.
-    assert!(extra.contains(r#""score":12345678901234567890123456789.5"#), "{extra}");
+    assert!(
+        extra.contains(r#""score":12345678901234567890123456789.5"#),
+        "{extra}"
+    );
     // JSON that parses.
     let _: serde_json::Value = serde_json::from_str(extra).unwrap();
 }
@@ -461,14 +477,23 @@ fn rest_keeps_unknown_fields_and_drop_removes_nested_paths() {
 fn present_null_stays_null_and_missing_takes_the_default() {
     let t = payments();
     // Missing: the default.
-    let out = apply_ok(&t, &payment_event(Op::Insert, without(payment(vec![]), "status")));
-    assert_eq!(val(only_change(&out, "public.payments"), "status"), &text("pending"));
+    let out = apply_ok(
+        &t,
+        &payment_event(Op::Insert, without(payment(vec![]), "status")),
+    );
+    assert_eq!(
+        val(only_change(&out, "public.payments"), "status"),
+        &text("pending")
+    );
     // Present and null: null.
     let out = apply_ok(
         &t,
         &payment_event(Op::Insert, payment(vec![("status", Value::Null)])),
     );
-    assert_eq!(val(only_change(&out, "public.payments"), "status"), &Value::Null);
+    assert_eq!(
+        val(only_change(&out, "public.payments"), "status"),
+        &Value::Null
+    );
 }
 
 #[test]
@@ -530,7 +555,11 @@ fn unmapped_fields_reject_by_default() {
     let t = compile(THINGS, &things_catalog());
     let ev = mongo_insert(
         "app.things",
-        vec![("_id", text("k1")), ("name", text("n")), ("colour", text("red"))],
+        vec![
+            ("_id", text("k1")),
+            ("name", text("n")),
+            ("colour", text("red")),
+        ],
     );
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "unmapped_field");
@@ -553,7 +582,11 @@ fn unmapped_fields_are_dropped_when_asked() {
     let t = compile(&toml, &things_catalog());
     let ev = mongo_insert(
         "app.things",
-        vec![("_id", text("k1")), ("colour", text("red")), ("nested", doc(vec![("a", Value::Int(1))]))],
+        vec![
+            ("_id", text("k1")),
+            ("colour", text("red")),
+            ("nested", doc(vec![("a", Value::Int(1))])),
+        ],
     );
     let out = apply_ok(&t, &ev);
     let c = only_change(&out, "public.things");
@@ -621,7 +654,10 @@ city = "delivery.address.city"
     // delivery.address.zip is left over: the record is refused.
     let r = apply_err(
         &t,
-        &mongo_insert("app.t", vec![("_id", text("k")), ("delivery", addr(Some("75001")))]),
+        &mongo_insert(
+            "app.t",
+            vec![("_id", text("k")), ("delivery", addr(Some("75001")))],
+        ),
     );
     assert_eq!(r.rule, "unmapped_field");
     assert!(r.message.contains("delivery"), "{}", r.message);
@@ -664,27 +700,64 @@ fn rule_of(r: Result<Value, Rejected>) -> String {
 
 #[test]
 fn integers() {
-    assert_eq!(coerce_into("integer", Value::Int(5)).unwrap(), Value::Int(5));
+    assert_eq!(
+        coerce_into("integer", Value::Int(5)).unwrap(),
+        Value::Int(5)
+    );
     assert_eq!(coerce_into("bigint", text("42")).unwrap(), Value::Int(42));
-    assert_eq!(coerce_into("bigint", text(" -42 ")).unwrap(), Value::Int(-42));
-    assert_eq!(coerce_into("integer", num("12.00")).unwrap(), Value::Int(12));
-    assert_eq!(coerce_into("integer", num("1E+2")).unwrap(), Value::Int(100));
+    assert_eq!(
+        coerce_into("bigint", text(" -42 ")).unwrap(),
+        Value::Int(-42)
+    );
+    assert_eq!(
+        coerce_into("integer", num("12.00")).unwrap(),
+        Value::Int(12)
+    );
+    assert_eq!(
+        coerce_into("integer", num("1E+2")).unwrap(),
+        Value::Int(100)
+    );
     assert_eq!(coerce_into("integer", num("-0.0")).unwrap(), Value::Int(0));
-    assert_eq!(coerce_into("integer", text("12.0")).unwrap(), Value::Int(12));
-    assert_eq!(coerce_into("integer", Value::Float(3.0)).unwrap(), Value::Int(3));
-    assert_eq!(coerce_into("smallint", Value::Int(-32768)).unwrap(), Value::Int(-32768));
+    assert_eq!(
+        coerce_into("integer", text("12.0")).unwrap(),
+        Value::Int(12)
+    );
+    assert_eq!(
+        coerce_into("integer", Value::Float(3.0)).unwrap(),
+        Value::Int(3)
+    );
+    assert_eq!(
+        coerce_into("smallint", Value::Int(-32768)).unwrap(),
+        Value::Int(-32768)
+    );
     assert_eq!(
         coerce_into("bigint", num("9223372036854775807")).unwrap(),
         Value::Int(i64::MAX)
     );
-    for bad in [num("12.5"), text("abc"), text("1.01"), Value::Float(2.5), Value::Bool(true)] {
+    for bad in [
+        num("12.5"),
+        text("abc"),
+        text("1.01"),
+        Value::Float(2.5),
+        Value::Bool(true),
+    ] {
         assert_eq!(rule_of(coerce_into("integer", bad)), "not_coercible");
     }
     let r = coerce_into("smallint", Value::Int(40_000)).unwrap_err();
     assert_eq!(r.rule, "not_coercible");
-    assert!(r.message.contains("40000") && r.message.contains("range"), "{}", r.message);
-    assert_eq!(rule_of(coerce_into("integer", Value::Int(1 << 31))), "not_coercible");
-    assert_eq!(rule_of(coerce_into("bigint", num("9223372036854775808"))), "not_coercible");
+    assert!(
+        r.message.contains("40000") && r.message.contains("range"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        rule_of(coerce_into("integer", Value::Int(1 << 31))),
+        "not_coercible"
+    );
+    assert_eq!(
+        rule_of(coerce_into("bigint", num("9223372036854775808"))),
+        "not_coercible"
+    );
 }
 
 #[test]
@@ -700,7 +773,10 @@ fn bigint_minimum_from_text() {
 fn texts() {
     assert_eq!(coerce_into("text", Value::Int(7)).unwrap(), text("7"));
     assert_eq!(coerce_into("text", num("1.50")).unwrap(), text("1.50"));
-    assert_eq!(coerce_into("text", Value::Bool(false)).unwrap(), text("false"));
+    assert_eq!(
+        coerce_into("text", Value::Bool(false)).unwrap(),
+        text("false")
+    );
     assert_eq!(
         coerce_into("character varying(24)", Value::ObjectId(oid(9))).unwrap(),
         text(&hex(9))
@@ -723,16 +799,34 @@ fn texts() {
     let r = coerce_into("text", doc(vec![("a", Value::Int(1))])).unwrap_err();
     assert_eq!(r.rule, "not_coercible");
     assert!(r.message.contains(r#"{"a":1}"#), "{}", r.message);
-    assert_eq!(rule_of(coerce_into("text", Value::Array(vec![]))), "not_coercible");
+    assert_eq!(
+        rule_of(coerce_into("text", Value::Array(vec![]))),
+        "not_coercible"
+    );
 }
 
 #[test]
 fn booleans_and_uuids() {
-    assert_eq!(coerce_into("boolean", Value::Bool(true)).unwrap(), Value::Bool(true));
-    assert_eq!(coerce_into("boolean", text("TRUE")).unwrap(), Value::Bool(true));
-    assert_eq!(coerce_into("boolean", text("false")).unwrap(), Value::Bool(false));
-    assert_eq!(rule_of(coerce_into("boolean", Value::Int(1))), "not_coercible");
-    assert_eq!(rule_of(coerce_into("boolean", text("yes please"))), "not_coercible");
+    assert_eq!(
+        coerce_into("boolean", Value::Bool(true)).unwrap(),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        coerce_into("boolean", text("TRUE")).unwrap(),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        coerce_into("boolean", text("false")).unwrap(),
+        Value::Bool(false)
+    );
+    assert_eq!(
+        rule_of(coerce_into("boolean", Value::Int(1))),
+        "not_coercible"
+    );
+    assert_eq!(
+        rule_of(coerce_into("boolean", text("yes please"))),
+        "not_coercible"
+    );
 
     let s = "1b671a64-40d5-491e-99b0-da01ff1f3341";
     let u = uuid::Uuid::parse_str(s).unwrap();
@@ -741,7 +835,10 @@ fn booleans_and_uuids() {
     let r = coerce_into("uuid", text("abc")).unwrap_err();
     assert_eq!(r.rule, "not_coercible");
     assert!(r.message.contains("\"abc\""), "{}", r.message);
-    assert_eq!(rule_of(coerce_into("uuid", Value::ObjectId(oid(1)))), "not_coercible");
+    assert_eq!(
+        rule_of(coerce_into("uuid", Value::ObjectId(oid(1)))),
+        "not_coercible"
+    );
 }
 
 #[test]
@@ -749,25 +846,40 @@ fn epoch_milliseconds_become_timestamps() {
     let tz = |v: Value| coerce_into("timestamp with time zone", v).unwrap();
     let ts = |s: &str| Value::Temporal(TemporalKind::Timestamptz, s.into());
     assert_eq!(tz(Value::Int(0)), ts("1970-01-01 00:00:00.000000+00"));
-    assert_eq!(tz(Value::Int(1_700_000_000_000)), ts("2023-11-14 22:13:20.000000+00"));
+    assert_eq!(
+        tz(Value::Int(1_700_000_000_000)),
+        ts("2023-11-14 22:13:20.000000+00")
+    );
     // A leap day.
-    assert_eq!(tz(Value::Int(951_782_400_000)), ts("2000-02-29 00:00:00.000000+00"));
+    assert_eq!(
+        tz(Value::Int(951_782_400_000)),
+        ts("2000-02-29 00:00:00.000000+00")
+    );
     // Before the epoch.
     assert_eq!(tz(Value::Int(-1)), ts("1969-12-31 23:59:59.999000+00"));
     // Fractions of a millisecond, exactly, down to the microsecond.
     assert_eq!(tz(num("1.5")), ts("1970-01-01 00:00:00.001500+00"));
     assert_eq!(tz(num("86400000.001")), ts("1970-01-02 00:00:00.000001+00"));
-    assert_eq!(tz(Value::Float(1500.0)), ts("1970-01-01 00:00:01.500000+00"));
+    assert_eq!(
+        tz(Value::Float(1500.0)),
+        ts("1970-01-01 00:00:01.500000+00")
+    );
     // Text and dates pass through for PostgreSQL to read.
     assert_eq!(tz(text("2024-05-01T10:00:00Z")), ts("2024-05-01T10:00:00Z"));
     assert_eq!(
-        tz(Value::Temporal(TemporalKind::Timestamptz, "2024-05-01 10:00:00+00".into())),
+        tz(Value::Temporal(
+            TemporalKind::Timestamptz,
+            "2024-05-01 10:00:00+00".into()
+        )),
         ts("2024-05-01 10:00:00+00")
     );
     // The column's kind decides.
     assert_eq!(
         coerce_into("timestamp without time zone", Value::Int(0)).unwrap(),
-        Value::Temporal(TemporalKind::Timestamp, "1970-01-01 00:00:00.000000+00".into())
+        Value::Temporal(
+            TemporalKind::Timestamp,
+            "1970-01-01 00:00:00.000000+00".into()
+        )
     );
     assert_eq!(
         coerce_into("date", Value::Int(86_400_000)).unwrap(),
@@ -792,7 +904,10 @@ fn epoch_millis_text_and_civil_days() {
         epoch_millis_text("-86400000").as_deref(),
         Some("1969-12-31 00:00:00.000000+00")
     );
-    assert_eq!(epoch_millis_text("1.2340").as_deref(), Some("1970-01-01 00:00:00.001234+00"));
+    assert_eq!(
+        epoch_millis_text("1.2340").as_deref(),
+        Some("1970-01-01 00:00:00.001234+00")
+    );
     assert_eq!(epoch_millis_text("abc"), None);
 }
 
@@ -802,20 +917,37 @@ fn json_and_other_types() {
         coerce_into("jsonb", doc(vec![("a", Value::Int(1)), ("b", num("1.10"))])).unwrap(),
         Value::Json(r#"{"a":1,"b":1.10}"#.into())
     );
-    assert_eq!(coerce_into("json", Value::Int(5)).unwrap(), Value::Json("5".into()));
-    assert_eq!(coerce_into("jsonb", text("s")).unwrap(), Value::Json(r#""s""#.into()));
+    assert_eq!(
+        coerce_into("json", Value::Int(5)).unwrap(),
+        Value::Json("5".into())
+    );
+    assert_eq!(
+        coerce_into("jsonb", text("s")).unwrap(),
+        Value::Json(r#""s""#.into())
+    );
     assert_eq!(
         coerce_into("jsonb", Value::ObjectId(oid(3))).unwrap(),
         Value::Json(format!(r#"{{"$oid":"{}"}}"#, hex(3)))
     );
     // Types Ferry does not model: the value as is, for PostgreSQL to read.
-    assert_eq!(coerce_into("inet", text("10.0.0.1")).unwrap(), text("10.0.0.1"));
+    assert_eq!(
+        coerce_into("inet", text("10.0.0.1")).unwrap(),
+        text("10.0.0.1")
+    );
     assert_eq!(
         coerce_into("text[]", Value::Array(vec![text("a")])).unwrap(),
         Value::Array(vec![text("a")])
     );
     // Null is null for every type of a nullable column.
-    for ty in ["integer", "text", "uuid", "boolean", "jsonb", "date", "numeric(5,2)"] {
+    for ty in [
+        "integer",
+        "text",
+        "uuid",
+        "boolean",
+        "jsonb",
+        "date",
+        "numeric(5,2)",
+    ] {
         assert_eq!(coerce_into(ty, Value::Null).unwrap(), Value::Null, "{ty}");
     }
 }
@@ -824,8 +956,14 @@ fn json_and_other_types() {
 fn base_types() {
     assert_eq!(base_type("numeric(12,2)"), "numeric");
     assert_eq!(base_type("character varying(24)"), "character varying");
-    assert_eq!(base_type("TIMESTAMP WITH TIME ZONE"), "timestamp with time zone");
-    assert_eq!(base_type("timestamp(3) with time zone"), "timestamp with time zone");
+    assert_eq!(
+        base_type("TIMESTAMP WITH TIME ZONE"),
+        "timestamp with time zone"
+    );
+    assert_eq!(
+        base_type("timestamp(3) with time zone"),
+        "timestamp with time zone"
+    );
     assert_eq!(base_type("text[]"), "text[]");
 }
 
@@ -883,10 +1021,16 @@ fn unconstrained_numeric_keeps_every_digit() {
     let big = "123456789012345678901234567890.123456789";
     let ev = payment_event(Op::Insert, payment(vec![("rawAmount", num(big))]));
     let out = apply_ok(&t, &ev);
-    assert_eq!(val_text(only_change(&out, "public.payments"), "raw_amount"), big);
+    assert_eq!(
+        val_text(only_change(&out, "public.payments"), "raw_amount"),
+        big
+    );
     let ev = payment_event(Op::Insert, payment(vec![("rawAmount", num("1.50"))]));
     let out = apply_ok(&t, &ev);
-    assert_eq!(val_text(only_change(&out, "public.payments"), "raw_amount"), "1.50");
+    assert_eq!(
+        val_text(only_change(&out, "public.payments"), "raw_amount"),
+        "1.50"
+    );
 }
 
 #[test]
@@ -895,23 +1039,42 @@ fn rejections_name_table_key_field_value_and_rule() {
     let ev = payment_event(Op::Insert, payment(vec![("amount", num("10.005"))]));
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "needs_rounding");
-    for part in ["app.payments", &hex(1), "\"amount\"", "10.005", "needs_rounding"] {
+    for part in [
+        "app.payments",
+        &hex(1),
+        "\"amount\"",
+        "10.005",
+        "needs_rounding",
+    ] {
         assert!(r.message.contains(part), "{part:?} not in {}", r.message);
     }
     // The key is the source change's key (the `_id` column).
     assert!(r.message.contains(&source_key(&ev)), "{}", r.message);
 
-    let ev = payment_event(Op::Insert, payment(vec![("HTTPStatus", text("two hundred"))]));
+    let ev = payment_event(
+        Op::Insert,
+        payment(vec![("HTTPStatus", text("two hundred"))]),
+    );
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "not_coercible");
-    for part in ["app.payments", &hex(1), "HTTPStatus", "two hundred", "not_coercible"] {
+    for part in [
+        "app.payments",
+        &hex(1),
+        "HTTPStatus",
+        "two hundred",
+        "not_coercible",
+    ] {
         assert!(r.message.contains(part), "{part:?} not in {}", r.message);
     }
 
     let ev = payment_event(Op::Insert, payment(vec![("amount", Value::Null)]));
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "null_in_not_null");
-    assert!(r.message.contains("amount") && r.message.contains(&hex(1)), "{}", r.message);
+    assert!(
+        r.message.contains("amount") && r.message.contains(&hex(1)),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -934,7 +1097,10 @@ fn id_map_columns_carry_their_namespace() {
     let t = payments();
     let out = apply_ok(
         &t,
-        &payment_event(Op::Insert, payment(vec![("items", Value::Array(vec![item("a", 1, "1", 5)]))])),
+        &payment_event(
+            Op::Insert,
+            payment(vec![("items", Value::Array(vec![item("a", 1, "1", 5)]))]),
+        ),
     );
     let p = only_change(&out, "public.payments");
     assert_eq!(
@@ -1003,7 +1169,10 @@ ref = { from = "ref", id_map = "t" }
     let t = compile(toml, &cat);
     let out = apply_ok(
         &t,
-        &mongo_insert("app.t", vec![("_id", Value::ObjectId(oid(1))), ("ref", text("legacy-7"))]),
+        &mongo_insert(
+            "app.t",
+            vec![("_id", Value::ObjectId(oid(1))), ("ref", text("legacy-7"))],
+        ),
     );
     let c = only_change(&out, "public.t");
     assert_eq!(id_ref(c, "id").unwrap().on_missing, OnMissing::Allocate);
@@ -1023,16 +1192,29 @@ ref = { from = "ref", id_map = "t" }
     // A value that cannot be an id.
     let r = apply_err(
         &t,
-        &mongo_insert("app.t", vec![("_id", Value::Int(44)), ("ref", Value::Bool(true))]),
+        &mongo_insert(
+            "app.t",
+            vec![("_id", Value::Int(44)), ("ref", Value::Bool(true))],
+        ),
     );
     assert_eq!(r.rule, "bad_id");
     assert!(r.message.contains("ref"), "{}", r.message);
     // on_missing on the key itself is a finding.
     let fs = findings(
-        &toml.replace("id_map = \"t\" }\nref", "id_map = \"t\", on_missing = \"dead_letter\" }\nref"),
+        &toml.replace(
+            "id_map = \"t\" }\nref",
+            "id_map = \"t\", on_missing = \"dead_letter\" }\nref",
+        ),
         &cat,
     );
-    assert!(has_finding(&fs, "mappings.tables[0].columns.id.on_missing", "always allocated"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns.id.on_missing",
+            "always allocated"
+        ),
+        "{fs:#?}"
+    );
 }
 
 #[test]
@@ -1053,7 +1235,11 @@ fn a_delete_deletes_the_key_and_prunes_every_child() {
     let out = apply_ok(&t, &mongo_delete("app.payments", &oid_json(1)));
     assert_eq!(
         prunes(&out),
-        vec![(TableId::new("public", "payment_items"), vec![text(&hex(1))], 0)]
+        vec![(
+            TableId::new("public", "payment_items"),
+            vec![text(&hex(1))],
+            0
+        )]
     );
     // Children are pruned before the parent goes.
     assert!(matches!(out[0], Output::Prune { .. }));
@@ -1061,7 +1247,10 @@ fn a_delete_deletes_the_key_and_prunes_every_child() {
     assert_eq!(d.op, Op::Delete);
     assert!(d.after.is_none());
     assert_eq!(val(d, "id"), &text(&hex(1)));
-    assert_eq!(crate::batch::key_values(&d.table, d.before.as_ref().unwrap()), vec![text(&hex(1))]);
+    assert_eq!(
+        crate::batch::key_values(&d.table, d.before.as_ref().unwrap()),
+        vec![text(&hex(1))]
+    );
     // Only the key is known: nothing else is filled (not even defaults).
     assert_eq!(val(d, "amount"), &Value::Null);
     assert_eq!(val(d, "currency"), &Value::Null);
@@ -1081,7 +1270,10 @@ fn a_delete_key_matches_the_insert_key_for_every_id_kind() {
         (Value::Int(77), "77".to_string()),
         (num("12.50"), r#"{"$numberDecimal":"12.50"}"#.to_string()),
     ] {
-        let ins = apply_ok(&t, &payment_event(Op::Insert, payment(vec![("_id", id.clone())])));
+        let ins = apply_ok(
+            &t,
+            &payment_event(Op::Insert, payment(vec![("_id", id.clone())])),
+        );
         let del = apply_ok(&t, &mongo_delete("app.payments", &ext));
         let ik = val(only_change(&ins, "public.payments"), "id").clone();
         let dk = val(only_change(&del, "public.payments"), "id").clone();
@@ -1112,7 +1304,10 @@ id = "_id"
         &cat,
     );
     for (source, target) in [("app.a", "public.a"), ("app.b", "public.b")] {
-        let ins = apply_ok(&t, &mongo_insert(source, vec![("_id", Value::ObjectId(oid(4)))]));
+        let ins = apply_ok(
+            &t,
+            &mongo_insert(source, vec![("_id", Value::ObjectId(oid(4)))]),
+        );
         let del = apply_ok(&t, &mongo_delete(source, &oid_json(4)));
         assert!(prunes(&del).is_empty());
         assert_eq!(
@@ -1146,7 +1341,11 @@ fn updates_rewrite_the_children() {
     // Rows past the array's end go.
     assert_eq!(
         prunes(&out),
-        vec![(TableId::new("public", "payment_items"), vec![text(&hex(1))], 1)]
+        vec![(
+            TableId::new("public", "payment_items"),
+            vec![text(&hex(1))],
+            1
+        )]
     );
 }
 
@@ -1155,7 +1354,10 @@ fn snapshot_reads_stay_reads() {
     let t = payments();
     let out = apply_ok(
         &t,
-        &payment_event(Op::Read, payment(vec![("items", Value::Array(vec![item("a", 1, "1", 5)]))])),
+        &payment_event(
+            Op::Read,
+            payment(vec![("items", Value::Array(vec![item("a", 1, "1", 5)]))]),
+        ),
     );
     assert!(changes(&out).iter().all(|c| c.op == Op::Read));
 }
@@ -1169,7 +1371,9 @@ fn a_truncate_truncates_children_first() {
     assert_eq!(cs.len(), 2);
     assert_eq!(cs[0].table.id, TableId::new("public", "payment_items"));
     assert_eq!(cs[1].table.id, TableId::new("public", "payments"));
-    assert!(cs.iter().all(|c| c.op == Op::Truncate && c.after.is_none() && c.before.is_none()));
+    assert!(cs
+        .iter()
+        .all(|c| c.op == Op::Truncate && c.after.is_none() && c.before.is_none()));
 }
 
 #[test]
@@ -1200,7 +1404,11 @@ fn unmapped_tables_are_left_alone() {
 #[test]
 fn arrays_explode_into_child_rows() {
     let t = payments();
-    let items = vec![item("a", 1, "1E+1", 5), item("b", 2, "2.5", 6), item("c", 3, "0.99", 7)];
+    let items = vec![
+        item("a", 1, "1E+1", 5),
+        item("b", 2, "2.5", 6),
+        item("c", 3, "0.99", 7),
+    ];
     let out = apply_ok(
         &t,
         &payment_event(Op::Insert, payment(vec![("items", Value::Array(items))])),
@@ -1215,7 +1423,11 @@ fn arrays_explode_into_child_rows() {
     assert_eq!(kids.len(), 3);
     for (i, (k, (sku, qty, price, offer))) in kids
         .iter()
-        .zip([("a", 1, "10.00", 5), ("b", 2, "2.50", 6), ("c", 3, "0.99", 7)])
+        .zip([
+            ("a", 1, "10.00", 5),
+            ("b", 2, "2.50", 6),
+            ("c", 3, "0.99", 7),
+        ])
         .enumerate()
     {
         assert_eq!(k.op, Op::Insert);
@@ -1236,11 +1448,17 @@ fn arrays_explode_into_child_rows() {
     assert_eq!(link.position, col_index(kids[0], "position"));
     assert_eq!(
         prunes(&out),
-        vec![(TableId::new("public", "payment_items"), vec![text(&hex(1))], 3)]
+        vec![(
+            TableId::new("public", "payment_items"),
+            vec![text(&hex(1))],
+            3
+        )]
     );
     // The parent's rest does not hold the array.
     let p = only_change(&out, "public.payments");
-    let Value::Json(extra) = val(p, "extra") else { panic!() };
+    let Value::Json(extra) = val(p, "extra") else {
+        panic!()
+    };
     assert!(!extra.contains("items"), "{extra}");
 }
 
@@ -1256,7 +1474,11 @@ fn a_missing_or_null_array_means_no_children() {
         assert_eq!(changes(&out).len(), 1);
         assert_eq!(
             prunes(&out),
-            vec![(TableId::new("public", "payment_items"), vec![text(&hex(1))], 0)]
+            vec![(
+                TableId::new("public", "payment_items"),
+                vec![text(&hex(1))],
+                0
+            )]
         );
     }
 }
@@ -1267,10 +1489,19 @@ fn a_non_array_is_refused() {
     let ev = payment_event(Op::Insert, payment(vec![("items", text("not a list"))]));
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "not_an_array");
-    for part in ["app.payments", &hex(1), "\"items\"", "not a list", "not_an_array"] {
+    for part in [
+        "app.payments",
+        &hex(1),
+        "\"items\"",
+        "not a list",
+        "not_an_array",
+    ] {
         assert!(r.message.contains(part), "{part:?} not in {}", r.message);
     }
-    let ev = payment_event(Op::Insert, payment(vec![("items", doc(vec![("sku", text("a"))]))]));
+    let ev = payment_event(
+        Op::Insert,
+        payment(vec![("items", doc(vec![("sku", text("a"))]))]),
+    );
     assert_eq!(apply_err(&t, &ev).rule, "not_an_array");
 }
 
@@ -1279,13 +1510,20 @@ fn a_non_document_element_is_refused() {
     let t = payments();
     let ev = payment_event(
         Op::Insert,
-        payment(vec![("items", Value::Array(vec![item("a", 1, "1", 5), Value::Int(5)]))]),
+        payment(vec![(
+            "items",
+            Value::Array(vec![item("a", 1, "1", 5), Value::Int(5)]),
+        )]),
     );
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "not_a_document");
     assert!(r.message.contains("items[1]"), "{}", r.message);
     assert!(r.message.contains(&hex(1)), "{}", r.message);
-    assert!(r.message.contains("5 is not a subdocument"), "{}", r.message);
+    assert!(
+        r.message.contains("5 is not a subdocument"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -1337,16 +1575,26 @@ position = "pos"
         "app.orders",
         vec![
             ("_id", text("o1")),
-            ("lines", Value::Array(vec![doc(vec![("sku", text("a")), ("colour", text("red"))])])),
+            (
+                "lines",
+                Value::Array(vec![doc(vec![("sku", text("a")), ("colour", text("red"))])]),
+            ),
         ],
     );
     let r = apply_err(&t, &ev);
     assert_eq!(r.rule, "unmapped_field");
-    assert!(r.message.contains("colour") && r.message.contains("(in lines[0])"), "{}", r.message);
+    assert!(
+        r.message.contains("colour") && r.message.contains("(in lines[0])"),
+        "{}",
+        r.message
+    );
 
     // With rest, the leftovers land there; the parent's key is not id-mapped
     // and goes as is.
-    let t = compile(&toml.replace("position = \"pos\"", "position = \"pos\"\nrest = \"extra\""), &cat);
+    let t = compile(
+        &toml.replace("position = \"pos\"", "position = \"pos\"\nrest = \"extra\""),
+        &cat,
+    );
     let out = apply_ok(&t, &ev);
     let l = only_change(&out, "public.lines");
     assert_eq!(val(l, "order_id"), &text("o1"));
@@ -1394,7 +1642,14 @@ position = "n"
 "#,
         &cat,
     );
-    let schema = pg_schema("shop.carts", &[("shop", "text", true), ("id", "bigint", true), ("data", "jsonb", false)]);
+    let schema = pg_schema(
+        "shop.carts",
+        &[
+            ("shop", "text", true),
+            ("id", "bigint", true),
+            ("data", "jsonb", false),
+        ],
+    );
     let ev = event(
         schema,
         Op::Insert,
@@ -1406,7 +1661,10 @@ position = "n"
         ]),
     );
     let out = apply_ok(&t, &ev);
-    let lines: Vec<_> = changes(&out).into_iter().filter(|c| c.table.id.name == "cart_lines").collect();
+    let lines: Vec<_> = changes(&out)
+        .into_iter()
+        .filter(|c| c.table.id.name == "cart_lines")
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(val(lines[1], "cart_shop"), &text("s1"));
     assert_eq!(val(lines[1], "cart_id"), &Value::Int(9));
@@ -1414,7 +1672,11 @@ position = "n"
     assert_eq!(val(lines[1], "sku"), &text("y"));
     assert_eq!(
         prunes(&out),
-        vec![(TableId::new("public", "cart_lines"), vec![text("s1"), Value::Int(9)], 2)]
+        vec![(
+            TableId::new("public", "cart_lines"),
+            vec![text("s1"), Value::Int(9)],
+            2
+        )]
     );
 }
 
@@ -1459,8 +1721,8 @@ total = { from = "total" }
 city = "meta.address.city"
 "#;
 
-fn orders() -> (Transformer, Arc<TableSchema>) {
-    let cat = catalog(vec![table(
+fn orders_catalog() -> HashMap<TableId, TargetTable> {
+    catalog(vec![table(
         "public.orders",
         vec![
             not_null(col("id", "bigint")),
@@ -1471,7 +1733,10 @@ fn orders() -> (Transformer, Arc<TableSchema>) {
             col("extra", "jsonb"),
         ],
         &["id"],
-    )]);
+    )])
+}
+
+fn orders() -> (Transformer, Arc<TableSchema>) {
     let schema = pg_schema(
         "shop.orders",
         &[
@@ -1483,7 +1748,7 @@ fn orders() -> (Transformer, Arc<TableSchema>) {
             ("legacyFlag", "boolean", false),
         ],
     );
-    (compile(ORDERS, &cat), schema)
+    (compile(ORDERS, &orders_catalog()), schema)
 }
 
 fn order_row(id: i64, note: Datum) -> Row {
@@ -1491,7 +1756,9 @@ fn order_row(id: i64, note: Datum) -> Row {
         Datum::Value(Value::Int(id)),
         Datum::Value(text("Ada")),
         Datum::Value(num("12.5")),
-        Datum::Value(Value::Json(r#"{"address":{"city":"Oslo","zip":"0150"}}"#.into())),
+        Datum::Value(Value::Json(
+            r#"{"address":{"city":"Oslo","zip":"0150"}}"#.into(),
+        )),
         note,
         Datum::Value(Value::Bool(false)),
     ]
@@ -1500,7 +1767,12 @@ fn order_row(id: i64, note: Datum) -> Row {
 #[test]
 fn postgres_rows_map_by_column_name() {
     let (t, schema) = orders();
-    let ev = event(schema, Op::Insert, None, Some(order_row(7, Datum::Value(text("hi")))));
+    let ev = event(
+        schema,
+        Op::Insert,
+        None,
+        Some(order_row(7, Datum::Value(text("hi")))),
+    );
     let out = apply_ok(&t, &ev);
     assert!(prunes(&out).is_empty());
     let o = only_change(&out, "public.orders");
@@ -1511,28 +1783,24 @@ fn postgres_rows_map_by_column_name() {
     assert_eq!(val(o, "city"), &text("Oslo"));
     assert_eq!(val(o, "note"), &text("hi"));
     // The unmapped boolean and the rest of the jsonb column are leftovers.
-    let Value::Json(extra) = val(o, "extra") else { panic!() };
+    let Value::Json(extra) = val(o, "extra") else {
+        panic!()
+    };
     assert!(extra.contains(r#""legacyFlag":false"#), "{extra}");
     assert!(extra.contains("0150"), "{extra}");
 }
 
 #[test]
-#[ignore = "BUG: paths taken or dropped inside a PostgreSQL jsonb column are not removed from `rest` (remove_path only enters Value::Document): a dropped meta.secret and the mapped meta.address.city are written to rest"]
 fn paths_into_a_jsonb_source_column_leave_rest() {
     let (_, schema) = orders();
-    let cat = catalog(vec![table(
-        "public.orders",
-        vec![
-            not_null(col("id", "bigint")),
-            col("customer", "text"),
-            not_null(col("total", "numeric(10,2)")),
-            col("city", "text"),
-            col("note", "text"),
-            col("extra", "jsonb"),
-        ],
-        &["id"],
-    )]);
-    let t = compile(&ORDERS.replace("rest = \"extra\"", "rest = \"extra\"\ndrop = [\"meta.secret\"]"), &cat);
+    let cat = orders_catalog();
+    let t = compile(
+        &ORDERS.replace(
+            "rest = \"extra\"",
+            "rest = \"extra\"\ndrop = [\"meta.secret\"]",
+        ),
+        &cat,
+    );
     let mut row = order_row(7, Datum::Value(text("hi")));
     row[3] = Datum::Value(Value::Json(
         r#"{"address":{"city":"Oslo","zip":"0150"},"secret":"s3cr3t"}"#.into(),
@@ -1540,10 +1808,67 @@ fn paths_into_a_jsonb_source_column_leave_rest() {
     let out = apply_ok(&t, &event(schema, Op::Insert, None, Some(row)));
     let o = only_change(&out, "public.orders");
     assert_eq!(val(o, "city"), &text("Oslo"));
-    let Value::Json(extra) = val(o, "extra") else { panic!() };
+    let Value::Json(extra) = val(o, "extra") else {
+        panic!()
+    };
     assert!(!extra.contains("s3cr3t"), "dropped path written: {extra}");
     assert!(!extra.contains("Oslo"), "mapped path left in rest: {extra}");
-    assert!(extra.contains("0150"), "{extra}");
+    assert_eq!(
+        extra,
+        r#"{"meta":{"address":{"zip":"0150"}},"legacyFlag":false}"#
+    );
+}
+
+#[test]
+#[ignore = "BUG: a jsonb column entered by a taken/dropped path is reparsed with serde_json (no arbitrary_precision) and json_to_value sends non-i64 numbers through f64: digits beyond f64 are lost in `rest`"]
+fn jsonb_numbers_left_for_rest_stay_exact() {
+    let (t, schema) = orders();
+    let mut row = order_row(7, Datum::Value(text("hi")));
+    row[3] = Datum::Value(Value::Json(
+        r#"{"address":{"city":"Oslo"},"big":12345678901234567890.123456789,"price":1.10}"#.into(),
+    ));
+    let out = apply_ok(&t, &event(schema, Op::Insert, None, Some(row)));
+    let Value::Json(extra) = val(only_change(&out, "public.orders"), "extra") else {
+        panic!()
+    };
+    assert!(
+        extra.contains("12345678901234567890.123456789"),
+        "digits lost: {extra}"
+    );
+    assert!(extra.contains(r#""price":1.10"#), "{extra}");
+}
+
+#[test]
+#[ignore = "BUG: a `from` path into a PostgreSQL jsonb column reads numbers through f64 (json_to_value without arbitrary_precision): 12345678901234567890.12 into an unconstrained numeric loses digits"]
+fn jsonb_paths_read_numbers_exactly() {
+    let cat = catalog(vec![table(
+        "public.j",
+        vec![not_null(col("id", "bigint")), col("amt", "numeric")],
+        &["id"],
+    )]);
+    let t = compile(
+        "[[tables]]\nsource = \"shop.j\"\ntarget = \"public.j\"\nunmapped = \"drop\"\n[tables.columns]\nid = \"id\"\namt = \"meta.amount\"\n",
+        &cat,
+    );
+    let schema = pg_schema(
+        "shop.j",
+        &[("id", "integer", true), ("meta", "jsonb", false)],
+    );
+    let row = |amount: &str| {
+        vec![
+            Datum::Value(Value::Int(1)),
+            Datum::Value(Value::Json(format!(r#"{{"amount":{amount}}}"#))),
+        ]
+    };
+    let amt = |amount: &str| {
+        let out = apply_ok(
+            &t,
+            &event(Arc::clone(&schema), Op::Insert, None, Some(row(amount))),
+        );
+        val_text(only_change(&out, "public.j"), "amt")
+    };
+    assert_eq!(amt("12345678901234567890.12"), "12345678901234567890.12");
+    assert_eq!(amt("12.50"), "12.50");
 }
 
 #[test]
@@ -1551,9 +1876,19 @@ fn postgres_deletes_and_key_changes() {
     let (t, schema) = orders();
     let null = || Datum::Value(Value::Null);
     let key_only = |id: i64| {
-        vec![Datum::Value(Value::Int(id)), null(), null(), null(), null(), null()]
+        vec![
+            Datum::Value(Value::Int(id)),
+            null(),
+            null(),
+            null(),
+            null(),
+            null(),
+        ]
     };
-    let out = apply_ok(&t, &event(Arc::clone(&schema), Op::Delete, Some(key_only(7)), None));
+    let out = apply_ok(
+        &t,
+        &event(Arc::clone(&schema), Op::Delete, Some(key_only(7)), None),
+    );
     let d = only_change(&out, "public.orders");
     assert_eq!(d.op, Op::Delete);
     assert_eq!(val(d, "id"), &Value::Int(7));
@@ -1590,9 +1925,17 @@ fn postgres_deletes_and_key_changes() {
 fn unchanged_toast_stays_unchanged_or_is_refused_for_rest() {
     let (t, schema) = orders();
     // An unchanged large value of an automatically mapped column: unchanged.
-    let ev = event(Arc::clone(&schema), Op::Update, None, Some(order_row(7, Datum::UnchangedToast)));
+    let ev = event(
+        Arc::clone(&schema),
+        Op::Update,
+        None,
+        Some(order_row(7, Datum::UnchangedToast)),
+    );
     let out = apply_ok(&t, &ev);
-    assert!(matches!(datum(only_change(&out, "public.orders"), "note"), Datum::UnchangedToast));
+    assert!(matches!(
+        datum(only_change(&out, "public.orders"), "note"),
+        Datum::UnchangedToast
+    ));
 
     // An unchanged value under an explicit rule: unchanged too.
     let mut row = order_row(7, Datum::Value(text("x")));
@@ -1608,7 +1951,11 @@ fn unchanged_toast_stays_unchanged_or_is_refused_for_rest() {
     row[3] = Datum::UnchangedToast;
     let r = apply_err(&t, &event(Arc::clone(&schema), Op::Update, None, Some(row)));
     assert_eq!(r.rule, "unchanged_toast");
-    assert!(r.message.contains("(rest)") && r.message.contains("shop.orders"), "{}", r.message);
+    assert!(
+        r.message.contains("(rest)") && r.message.contains("shop.orders"),
+        "{}",
+        r.message
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1629,9 +1976,18 @@ fn the_payments_mapping_compiles_and_every_problem_is_reported() {
         }
     }
     let fs = findings(PAYMENTS, &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].columns.city", "no column \"city\""), "{fs:#?}");
-    assert!(has_finding(&fs, "mappings.tables[0].rest", "not jsonb"), "{fs:#?}");
-    assert!(has_finding(&fs, "mappings.tables[0].columns.id.id_map", "bigint"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.city", "no column \"city\""),
+        "{fs:#?}"
+    );
+    assert!(
+        has_finding(&fs, "mappings.tables[0].rest", "not jsonb"),
+        "{fs:#?}"
+    );
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.id.id_map", "bigint"),
+        "{fs:#?}"
+    );
     // Findings display as `key: message`.
     let shown = fs[0].to_string();
     assert!(shown.starts_with("mappings.tables[0]"), "{shown}");
@@ -1643,14 +1999,22 @@ fn a_missing_target_table_is_a_finding() {
     cat.remove(&TableId::new("public", "payment_items"));
     let fs = findings(PAYMENTS, &cat);
     assert!(
-        has_finding(&fs, "mappings.tables[0].children[0].target", "public.payment_items does not exist"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].target",
+            "public.payment_items does not exist"
+        ),
         "{fs:#?}"
     );
     let mut cat = payments_catalog();
     cat.remove(&TableId::new("public", "payments"));
     let fs = findings(PAYMENTS, &cat);
     assert!(
-        has_finding(&fs, "mappings.tables[0].target", "public.payments does not exist"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].target",
+            "public.payments does not exist"
+        ),
         "{fs:#?}"
     );
 }
@@ -1679,11 +2043,28 @@ id = {{ from = "_id", id_map = "n" }}
     };
     // uuid ids into a bigint column; bigint ids into a uuid column.
     let fs = findings(&toml("uuid_v7"), &cat("bigint"));
-    assert!(has_finding(&fs, "mappings.tables[0].columns.id.id_map", "makes uuid ids"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns.id.id_map",
+            "makes uuid ids"
+        ),
+        "{fs:#?}"
+    );
     let fs = findings(&toml("bigint"), &cat("uuid"));
-    assert!(has_finding(&fs, "mappings.tables[0].columns.id.id_map", "makes bigint ids"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns.id.id_map",
+            "makes bigint ids"
+        ),
+        "{fs:#?}"
+    );
     let fs = findings(&toml("uuid_v5"), &cat("integer"));
-    assert!(has_finding(&fs, "mappings.tables[0].columns.id.id_map", "integer"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.id.id_map", "integer"),
+        "{fs:#?}"
+    );
     // What fits.
     compile(&toml("uuid_v7"), &cat("uuid"));
     compile(&toml("uuid_v5"), &cat("text"));
@@ -1709,14 +2090,21 @@ label = { from = "label", round = "half_up" }
 "#,
         &cat,
     );
-    assert!(has_finding(&fs, "mappings.tables[0].columns.label.round", "not numeric"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.label.round", "not numeric"),
+        "{fs:#?}"
+    );
 }
 
 #[test]
 fn a_default_the_type_cannot_read_is_a_finding() {
     let cat = catalog(vec![table(
         "public.t",
-        vec![not_null(col("id", "text")), col("n", "integer"), col("price", "numeric(5,2)")],
+        vec![
+            not_null(col("id", "text")),
+            col("n", "integer"),
+            col("price", "numeric(5,2)"),
+        ],
         &["id"],
     )]);
     let fs = findings(
@@ -1731,15 +2119,25 @@ price = { from = "price", default = "0.001" }
 "#,
         &cat,
     );
-    assert!(has_finding(&fs, "mappings.tables[0].columns.n.default", "integer"), "{fs:#?}");
-    assert!(has_finding(&fs, "mappings.tables[0].columns.price.default", "0.001"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.n.default", "integer"),
+        "{fs:#?}"
+    );
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.price.default", "0.001"),
+        "{fs:#?}"
+    );
 }
 
 #[test]
 fn rest_must_be_an_existing_jsonb_column() {
     let cat = catalog(vec![table(
         "public.t",
-        vec![not_null(col("id", "text")), col("extra", "text"), col("j", "json")],
+        vec![
+            not_null(col("id", "text")),
+            col("extra", "text"),
+            col("j", "json"),
+        ],
         &["id"],
     )]);
     let toml = |rest: &str| {
@@ -1748,9 +2146,19 @@ fn rest_must_be_an_existing_jsonb_column() {
         )
     };
     let fs = findings(&toml("extra"), &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].rest", "public.t.extra is text, not jsonb"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].rest",
+            "public.t.extra is text, not jsonb"
+        ),
+        "{fs:#?}"
+    );
     let fs = findings(&toml("nope"), &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].rest", "no column \"nope\""), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].rest", "no column \"nope\""),
+        "{fs:#?}"
+    );
     // json is fine too.
     compile(&toml("j"), &cat);
 }
@@ -1760,16 +2168,29 @@ fn key_columns_need_a_rule_and_tables_need_a_key() {
     // An identity key (it has a default) that no rule names.
     let cat = catalog(vec![table(
         "public.t",
-        vec![not_null(defaulted(col("id", "bigint"))), col("name", "text")],
+        vec![
+            not_null(defaulted(col("id", "bigint"))),
+            col("name", "text"),
+        ],
         &["id"],
     )]);
     let toml = "[[tables]]\nsource = \"app.t\"\ntarget = \"public.t\"\n[tables.columns]\nname = \"name\"\n";
     let fs = findings(toml, &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].columns", "key column public.t.id has no rule"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns",
+            "key column public.t.id has no rule"
+        ),
+        "{fs:#?}"
+    );
 
     let cat = catalog(vec![table("public.t", vec![col("name", "text")], &[])]);
     let fs = findings(toml, &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].target", "no primary key"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].target", "no primary key"),
+        "{fs:#?}"
+    );
 }
 
 #[test]
@@ -1778,18 +2199,27 @@ fn a_not_null_column_that_cannot_be_filled_is_a_finding() {
     // type is unreadable, so even the automatic mapping by name skips it.
     let cat = catalog(vec![table(
         "public.t",
-        vec![not_null(col("id", "text")), not_null(col("weird", "numeric(x)"))],
+        vec![
+            not_null(col("id", "text")),
+            not_null(col("weird", "numeric(x)")),
+        ],
         &["id"],
     )]);
-    let fs = findings("[[tables]]\nsource = \"app.t\"\ntarget = \"public.t\"\n[tables.columns]\nid = \"_id\"\n", &cat);
+    let fs = findings(
+        "[[tables]]\nsource = \"app.t\"\ntarget = \"public.t\"\n[tables.columns]\nid = \"_id\"\n",
+        &cat,
+    );
     assert!(
-        has_finding(&fs, "mappings.tables[0].columns", "public.t.weird is NOT NULL, has no default and no rule fills it"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns",
+            "public.t.weird is NOT NULL, has no default and no rule fills it"
+        ),
         "{fs:#?}"
     );
 }
 
 #[test]
-#[ignore = "BUG: a NOT NULL column without a default that no rule names is auto-mapped by name and never reported (docs/mappings.md \"Checking a mapping\"; schemas/mappings.example.toml says naming `email` is what lets the check know it is filled)"]
 fn a_not_null_column_without_a_rule_is_a_finding() {
     let cat = catalog(vec![table(
         "public.users",
@@ -1801,29 +2231,65 @@ fn a_not_null_column_without_a_rule_is_a_finding() {
         &cat,
     );
     assert!(
-        has_finding(&fs, "mappings.tables[0].columns", "public.users.email is NOT NULL"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns",
+            "public.users.email is NOT NULL"
+        ),
         "{fs:#?}"
     );
 }
 
 #[test]
-#[ignore = "BUG: an automatically mapped (snake_case / same-name) NOT NULL numeric column whose field is missing gets NULL instead of rule null_in_not_null"]
-fn a_missing_field_of_an_auto_mapped_not_null_numeric_is_refused() {
+fn an_auto_mapped_not_null_column_needs_a_rule() {
+    // Matching by name cannot prove a NOT NULL column filled: a rule must.
     let cat = catalog(vec![table(
         "public.t",
-        vec![not_null(col("id", "text")), not_null(col("total_amount", "numeric(12,2)"))],
+        vec![
+            not_null(col("id", "text")),
+            not_null(col("total_amount", "numeric(12,2)")),
+            col("note", "numeric(12,2)"),
+        ],
         &["id"],
     )]);
-    let t = compile(
-        "[[tables]]\nsource = \"app.t\"\ntarget = \"public.t\"\nsnake_case = true\n[tables.columns]\nid = \"_id\"\n",
-        &cat,
+    let toml = "[[tables]]\nsource = \"app.t\"\ntarget = \"public.t\"\nsnake_case = true\n[tables.columns]\nid = \"_id\"\n";
+    let fs = findings(toml, &cat);
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns",
+            "public.t.total_amount is NOT NULL"
+        ),
+        "{fs:#?}"
     );
-    // Present: mapped and normalized.
-    let out = apply_ok(&t, &mongo_insert("app.t", vec![("_id", text("k")), ("totalAmount", num("1"))]));
-    assert_eq!(val_text(only_change(&out, "public.t"), "total_amount"), "1.00");
-    // Missing: null_in_not_null, like an explicitly mapped column.
+    // The nullable one is fine without a rule.
+    assert_eq!(fs.len(), 1, "{fs:#?}");
+    // Named, a missing field is null_in_not_null; present, it is normalized.
+    let t = compile(&format!("{toml}total_amount = \"totalAmount\"\n"), &cat);
+    let out = apply_ok(
+        &t,
+        &mongo_insert(
+            "app.t",
+            vec![
+                ("_id", text("k")),
+                ("totalAmount", num("1")),
+                ("note", num("2")),
+            ],
+        ),
+    );
+    let c = only_change(&out, "public.t");
+    assert_eq!(val_text(c, "total_amount"), "1.00");
+    // Automatically mapped by name.
+    assert_eq!(val_text(c, "note"), "2.00");
     let r = apply_err(&t, &mongo_insert("app.t", vec![("_id", text("k"))]));
     assert_eq!(r.rule, "null_in_not_null");
+    assert!(r.message.contains("totalAmount"), "{}", r.message);
+    // A missing field of a nullable auto-mapped column is null.
+    let out = apply_ok(
+        &t,
+        &mongo_insert("app.t", vec![("_id", text("k")), ("totalAmount", num("1"))]),
+    );
+    assert_eq!(val(only_change(&out, "public.t"), "note"), &Value::Null);
 }
 
 #[test]
@@ -1842,7 +2308,13 @@ fn dropped_paths_are_never_written() {
         &t,
         &mongo_insert(
             "app.t",
-            vec![("_id", text("k")), ("card", doc(vec![("last4", text("4242")), ("cvc", text("123"))]))],
+            vec![
+                ("_id", text("k")),
+                (
+                    "card",
+                    doc(vec![("last4", text("4242")), ("cvc", text("123"))]),
+                ),
+            ],
         ),
     );
     assert_eq!(
@@ -1867,7 +2339,13 @@ fn dropped_paths_stay_out_of_automatic_mappings() {
         &t,
         &mongo_insert(
             "app.t",
-            vec![("_id", text("k")), ("card", doc(vec![("last4", text("4242")), ("cvc", text("123"))]))],
+            vec![
+                ("_id", text("k")),
+                (
+                    "card",
+                    doc(vec![("last4", text("4242")), ("cvc", text("123"))]),
+                ),
+            ],
         ),
     );
     assert_eq!(
@@ -1899,20 +2377,32 @@ unmapped = "drop"
 
 #[test]
 fn a_child_key_must_be_parent_key_and_position() {
-    let good = vec![not_null(col("p_id", "bigint")), not_null(col("pos", "integer")), col("sku", "text")];
+    let good = vec![
+        not_null(col("p_id", "bigint")),
+        not_null(col("pos", "integer")),
+        col("sku", "text"),
+    ];
     compile(CHILD, &child_catalog(good.clone(), &["p_id", "pos"]));
     // Key order does not matter.
     compile(CHILD, &child_catalog(good.clone(), &["pos", "p_id"]));
     // Only the parent key: not enough.
     let fs = findings(CHILD, &child_catalog(good.clone(), &["p_id"]));
     assert!(
-        has_finding(&fs, "mappings.tables[0].children[0].target", "must be parent_key + position"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].target",
+            "must be parent_key + position"
+        ),
         "{fs:#?}"
     );
     // An extra key column.
     let fs = findings(CHILD, &child_catalog(good.clone(), &["p_id", "pos", "sku"]));
     assert!(
-        has_finding(&fs, "mappings.tables[0].children[0].target", "must be parent_key + position"),
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].target",
+            "must be parent_key + position"
+        ),
         "{fs:#?}"
     );
 }
@@ -1922,28 +2412,82 @@ fn child_link_columns_are_checked() {
     // The position is not an integer.
     let fs = findings(
         CHILD,
-        &child_catalog(vec![not_null(col("p_id", "bigint")), not_null(col("pos", "text"))], &["p_id", "pos"]),
+        &child_catalog(
+            vec![
+                not_null(col("p_id", "bigint")),
+                not_null(col("pos", "text")),
+            ],
+            &["p_id", "pos"],
+        ),
     );
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].position", "not an integer type"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].position",
+            "not an integer type"
+        ),
+        "{fs:#?}"
+    );
     // The parent-key column is missing, and so is the position.
-    let fs = findings(CHILD, &child_catalog(vec![not_null(col("other", "bigint"))], &["other"]));
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].parent_key", "no column \"p_id\""), "{fs:#?}");
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].position", "no column \"pos\""), "{fs:#?}");
+    let fs = findings(
+        CHILD,
+        &child_catalog(vec![not_null(col("other", "bigint"))], &["other"]),
+    );
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].parent_key",
+            "no column \"p_id\""
+        ),
+        "{fs:#?}"
+    );
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].position",
+            "no column \"pos\""
+        ),
+        "{fs:#?}"
+    );
     // The parent-key column's type differs from the parent's key.
     let fs = findings(
         CHILD,
-        &child_catalog(vec![not_null(col("p_id", "text")), not_null(col("pos", "integer"))], &["p_id", "pos"]),
+        &child_catalog(
+            vec![
+                not_null(col("p_id", "text")),
+                not_null(col("pos", "integer")),
+            ],
+            &["p_id", "pos"],
+        ),
     );
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].parent_key", "public.c.p_id is text"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].parent_key",
+            "public.c.p_id is text"
+        ),
+        "{fs:#?}"
+    );
     // Too many parent-key columns for a one-column parent key.
     let fs = findings(
         &CHILD.replace("[\"p_id\"]", "[\"p_id\", \"pos2\"]"),
         &child_catalog(
-            vec![not_null(col("p_id", "bigint")), not_null(col("pos2", "bigint")), not_null(col("pos", "integer"))],
+            vec![
+                not_null(col("p_id", "bigint")),
+                not_null(col("pos2", "bigint")),
+                not_null(col("pos", "integer")),
+            ],
             &["p_id", "pos2", "pos"],
         ),
     );
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].parent_key", "names 2 column(s)"), "{fs:#?}");
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].parent_key",
+            "names 2 column(s)"
+        ),
+        "{fs:#?}"
+    );
 }
 
 #[test]
@@ -1953,23 +2497,48 @@ fn a_child_parent_key_column_must_fit_the_parents_id_map() {
         table("public.p", vec![not_null(col("id", "uuid"))], &["id"]),
         table(
             "public.c",
-            vec![not_null(col("p_id", "bigint")), not_null(col("pos", "integer"))],
+            vec![
+                not_null(col("p_id", "bigint")),
+                not_null(col("pos", "integer")),
+            ],
             &["p_id", "pos"],
         ),
     ]);
     let toml = CHILD
         .replace("id = \"_id\"", "id = { from = \"_id\", id_map = \"p\" }")
-        .replace("[[tables]]", "[id_maps.p]\nkind = \"uuid_v7\"\n\n[[tables]]");
+        .replace(
+            "[[tables]]",
+            "[id_maps.p]\nkind = \"uuid_v7\"\n\n[[tables]]",
+        );
     let fs = findings(&toml, &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].parent_key", "p_id"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].children[0].parent_key", "p_id"),
+        "{fs:#?}"
+    );
 }
 
 #[test]
 #[ignore = "BUG: compile skips a table's children when the parent has a finding, so child findings are not reported (\"Every problem is reported, not only the first\")"]
 fn child_findings_are_reported_with_parent_findings() {
-    let cat = child_catalog(vec![not_null(col("p_id", "bigint")), not_null(col("pos", "integer"))], &["p_id"]);
+    let cat = child_catalog(
+        vec![
+            not_null(col("p_id", "bigint")),
+            not_null(col("pos", "integer")),
+        ],
+        &["p_id"],
+    );
     let toml = CHILD.replace("id = \"_id\"", "id = \"_id\"\nnope = \"x\"");
     let fs = findings(&toml, &cat);
-    assert!(has_finding(&fs, "mappings.tables[0].columns.nope", "no column"), "{fs:#?}");
-    assert!(has_finding(&fs, "mappings.tables[0].children[0].target", "parent_key + position"), "{fs:#?}");
+    assert!(
+        has_finding(&fs, "mappings.tables[0].columns.nope", "no column"),
+        "{fs:#?}"
+    );
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].target",
+            "parent_key + position"
+        ),
+        "{fs:#?}"
+    );
 }

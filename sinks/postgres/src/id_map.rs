@@ -75,8 +75,9 @@ pub struct Requests {
     /// Ids to allocate when missing (a row's own id, allocate-ahead
     /// references), with the namespace's kind.
     pub allocate: BTreeMap<String, (IdKind, BTreeSet<String>)>,
-    /// References that must already be mapped (`on_missing = dead_letter`).
-    pub require: BTreeMap<String, BTreeSet<String>>,
+    /// References that must already be mapped (`on_missing = dead_letter`),
+    /// each with the first row that needs it (for the message).
+    pub require: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Requests {
@@ -134,7 +135,16 @@ pub fn requests(batch: &Batch) -> Requests {
                         out.require
                             .entry(r.namespace.clone())
                             .or_default()
-                            .insert(legacy.clone());
+                            .entry(legacy.clone())
+                            .or_insert_with(|| {
+                                let key = ferry_pipeline::dlq::key_json(
+                                    &ferry_pipeline::batch::key_values(&tb.schema, row),
+                                );
+                                format!(
+                                    "{} key {key}: field {:?} (column {})",
+                                    tb.schema.id, r.field, tb.schema.columns[i].name
+                                )
+                            });
                     }
                 }
             }
@@ -176,7 +186,7 @@ pub async fn allocate(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipeli
 /// reference that must not be allocated ahead has no mapping yet.
 pub async fn require(tx: &Transaction<'_>, req: &Requests) -> Result<(), PipelineError> {
     for (ns, ids) in &req.require {
-        let legacy: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let legacy: Vec<&str> = ids.keys().map(String::as_str).collect();
         let missing: Vec<String> = tx
             .query(
                 "SELECT u.l FROM unnest($2::text[]) AS u(l)
@@ -189,14 +199,19 @@ pub async fn require(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipelin
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if !missing.is_empty() {
-            let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        if let Some(first) = missing.first() {
+            let context = ids.get(first).map(String::as_str).unwrap_or("");
+            let more = match missing.len() {
+                1 => String::new(),
+                n => format!(" ({} more missing)", n - 1),
+            };
+            // Translating ids is the transform's work; the sink only does
+            // it late, in the rows' transaction.
             let mut e = PipelineError::new(
                 ErrorClass::Permanent,
-                Stage::Sink,
+                Stage::Transform,
                 format!(
-                    "reference to {ns} {} not mirrored yet (on_missing = \"dead_letter\")",
-                    shown.join(", ")
+                    "{context}: reference to {ns} {first:?} has not arrived yet (on_missing = \"dead_letter\"; rule missing_reference){more}"
                 ),
             );
             e.code = Some("missing_reference".into());

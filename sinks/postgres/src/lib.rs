@@ -505,6 +505,21 @@ async fn apply_tables(
         id_map::allocate(tx, &req).await?;
         id_map::require(tx, &req).await?;
     }
+    // Tables emptied together (a mapped table and its child tables): one
+    // TRUNCATE, as PostgreSQL refuses to empty a table that another one
+    // references unless both go in the same statement. Empty tables are
+    // left alone (a first snapshot into tables with foreign keys).
+    let mut emptied = Vec::new();
+    for (tb, id) in batch.tables.iter().zip(target_ids) {
+        if (tb.truncate || tb.snapshot_start) && has_rows(tx, id).await? {
+            emptied.push(ensured(tables, id)?.id.quoted());
+        }
+    }
+    if emptied.len() > 1 {
+        tx.batch_execute(&format!("TRUNCATE {}", emptied.join(", ")))
+            .await
+            .map_err(|e| pg_err("truncate tables", e))?;
+    }
     apply_prunes_all(tx, statements, tables, batch, target_ids).await?;
     for ((tb, pt), id) in batch.tables.iter().zip(&prepared.tables).zip(target_ids) {
         let target = ensured(tables, id)?;
@@ -519,6 +534,14 @@ async fn apply_tables(
         }
     }
     Ok(())
+}
+
+/// Whether a table has any row (TRUNCATE of an empty table is skipped).
+async fn has_rows(tx: &Transaction<'_>, id: &TableId) -> Result<bool, PipelineError> {
+    tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", id.quoted()), &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| pg_err(&format!("read {id}"), e))
 }
 
 /// A target table checked by `ensure_tables`, unless a reconnect since
@@ -663,7 +686,7 @@ async fn apply_table(
     if tb.snapshot_start {
         checkpoint::clear_snapshot(tx, pipeline, &schema.id).await?;
     }
-    if tb.truncate || tb.snapshot_start {
+    if (tb.truncate || tb.snapshot_start) && has_rows(tx, &target.id).await? {
         tx.batch_execute(&format!("TRUNCATE {table_sql}"))
             .await
             .map_err(|e| pg_err(&format!("truncate {}", target.id), e))?;
@@ -1162,7 +1185,8 @@ impl PostgresSink {
             // again: the fix may have been to the mapping.
             let mut batch = Batch::default();
             let mut refused = None;
-            match transformer.and_then(|t| t.apply(&ev)) {
+            let mapped = transformer.filter(|t| !t.is_target_shape(&ev.table));
+            match mapped.and_then(|t| t.apply(&ev)) {
                 None => batch.push(ev),
                 Some(Ok(outputs)) => {
                     for o in outputs {
