@@ -814,13 +814,12 @@ fn lookup<'a>(fields: &'a [(String, Value)], path: &[String]) -> Option<std::bor
     match v {
         Value::Document(inner) => lookup(inner, rest),
         Value::Json(text) => {
-            let mut j: &serde_json::Value = &serde_json::from_str(text).ok()?;
-            let owned: serde_json::Value;
+            let root: serde_json::Value = serde_json::from_str(text).ok()?;
+            let mut j = &root;
             for p in rest {
                 j = j.get(p)?;
             }
-            owned = j.clone();
-            Some(Cow::Owned(json_to_value(&owned)))
+            Some(Cow::Owned(json_to_value(j)))
         }
         _ => None,
     }

@@ -74,7 +74,7 @@ pub(crate) async fn transformer(config: &Config) -> Result<Option<Arc<Transforme
         .map_err(Unusable::Findings)
 }
 
-async fn load(path: &Path, command: &str) -> Result<Config, u8> {
+fn load(path: &Path, command: &str) -> Result<Config, u8> {
     Config::load(path).map_err(|e| {
         eprintln!("ferry {command}: invalid configuration {}: {e}", path.display());
         exit::CONFIG
@@ -83,7 +83,7 @@ async fn load(path: &Path, command: &str) -> Result<Config, u8> {
 
 pub(crate) async fn run_mapping(args: MappingArgs) -> u8 {
     let MappingCommand::Check { config } = args.command;
-    let config = match load(&config, "mapping check").await {
+    let config = match load(&config, "mapping check") {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -121,7 +121,7 @@ pub(crate) async fn run_idmap(args: IdmapArgs) -> u8 {
         namespace,
         id,
     } = args.command;
-    let config = match load(&config, "idmap lookup").await {
+    let config = match load(&config, "idmap lookup") {
         Ok(c) => c,
         Err(code) => return code,
     };
