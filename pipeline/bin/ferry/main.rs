@@ -298,7 +298,29 @@ async fn check(path: &Path) -> u8 {
         SourceConfig::Postgres(src) => ferry_postgres_source::check::source_findings(src).await,
         SourceConfig::Mongodb(src) => ferry_mongodb_source::check::source_findings(src).await,
     };
-    findings.extend(ferry_postgres_sink::target_findings(dst, &tables(&config)).await);
+    // Mapped tables are checked against the mapping's targets below.
+    let mapped: Vec<TableId> = config
+        .mappings
+        .iter()
+        .flat_map(|m| m.tables.iter().filter_map(|t| TableId::parse(&t.source)))
+        .collect();
+    let unmapped: Vec<TableId> = tables(&config)
+        .into_iter()
+        .filter(|t| !mapped.contains(t))
+        .collect();
+    findings.extend(ferry_postgres_sink::target_findings(dst, &unmapped).await);
+    if config.mappings.is_some() {
+        use ferry_pipeline::prerequisite::Finding;
+        match mapping::transformer(&config).await {
+            Ok(_) => findings.push(Finding::pass("mapping", "fits the target schema")),
+            Err(mapping::Unusable::Findings(problems)) => {
+                findings.extend(problems.iter().map(|p| Finding::fail("mapping", p.to_string())))
+            }
+            Err(mapping::Unusable::Unreachable(e)) => {
+                findings.push(Finding::fail("mapping", format!("cannot read the target schema: {e}")))
+            }
+        }
+    }
     for f in &findings {
         println!("{f}");
     }
