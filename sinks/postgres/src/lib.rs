@@ -360,7 +360,15 @@ impl PostgresSink {
                 .await?;
                 settle_dlq(&tx, &pipeline, batch, &dlq_tables).await?;
                 save_position(&tx, &pipeline, batch).await?;
-                tx.commit().await.map_err(|e| pg_err("commit", e))
+                let depth = match batch.parked.is_empty() {
+                    true => None,
+                    false => Some(dlq::depth(&tx, &pipeline).await?),
+                };
+                tx.commit().await.map_err(|e| pg_err("commit", e))?;
+                if let Some(d) = depth {
+                    metrics().dlq_depth.set(d);
+                }
+                Ok::<(), PipelineError>(())
             }
             .await;
             // A unique value that changes hands inside one batch can make
