@@ -1109,6 +1109,7 @@ fn id_map_columns_carry_their_namespace() {
             namespace: "payments".into(),
             kind: IdKind::Bigint { start: 1000 },
             on_missing: OnMissing::Allocate,
+            field: "_id".into(),
         })
     );
     assert_eq!(
@@ -1117,6 +1118,7 @@ fn id_map_columns_carry_their_namespace() {
             namespace: "users".into(),
             kind: IdKind::UuidV7,
             on_missing: OnMissing::DeadLetter,
+            field: "userId".into(),
         })
     );
     for plain in ["amount", "status", "buyer_id", "extra"] {
@@ -1135,6 +1137,7 @@ fn id_map_columns_carry_their_namespace() {
             namespace: "payments".into(),
             kind: IdKind::Bigint { start: 1000 },
             on_missing: OnMissing::Allocate,
+            field: "_id".into(),
         })
     );
     assert_eq!(val(c, "offer_id"), &text(&hex(5)));
@@ -1145,6 +1148,7 @@ fn id_map_columns_carry_their_namespace() {
             namespace: "offers".into(),
             kind: IdKind::UuidV5 { namespace_uuid: ns },
             on_missing: OnMissing::Allocate,
+            field: "offerId".into(),
         })
     );
 }
