@@ -90,7 +90,12 @@ pub fn legacy_text(v: &Value) -> Result<Option<String>, BadId> {
         Value::Uuid(u) => u.to_string(),
         // MongoDB's `_id` column holds the id as relaxed Extended JSON.
         Value::Json(j) => match serde_json::from_str::<serde_json::Value>(j) {
-            Ok(json) => return legacy_text(&from_extended_json(&json)),
+            Ok(json) => match from_extended_json(&json) {
+                // Not an id form (a compound `_id`, a boolean): refused,
+                // never parsed again.
+                Value::Json(_) => return Err(BadId(j.clone())),
+                v => return legacy_text(&v),
+            },
             Err(_) => return Err(BadId(j.clone())),
         },
         other => return Err(BadId(format!("{other:?}"))),
@@ -103,13 +108,11 @@ pub fn from_extended_json(j: &serde_json::Value) -> Value {
     use serde_json::Value as J;
     match j {
         J::String(s) => Value::Text(s.clone()),
+        // Integers only: a double `_id` is refused on insert (a `Float`)
+        // and must be refused the same way on delete.
         J::Number(n) => match n.as_i64() {
             Some(i) => Value::Int(i),
-            None => n
-                .to_string()
-                .parse()
-                .map(Value::Numeric)
-                .unwrap_or_else(|_| Value::Json(n.to_string())),
+            None => Value::Json(n.to_string()),
         },
         J::Object(o) if o.len() == 1 => {
             let (k, v) = o.iter().next().expect("one entry");
@@ -125,12 +128,38 @@ pub fn from_extended_json(j: &serde_json::Value) -> Value {
                     .parse()
                     .map(Value::Numeric)
                     .unwrap_or_else(|_| Value::Json(j.to_string())),
+                // A UUID `_id` (binary subtype 4): the same id as on insert.
+                ("$binary", J::Object(b)) => match (b.get("base64"), b.get("subType")) {
+                    (Some(J::String(data)), Some(J::String(t))) if t == "04" => base64_uuid(data)
+                        .map(Value::Uuid)
+                        .unwrap_or_else(|| Value::Json(j.to_string())),
+                    _ => Value::Json(j.to_string()),
+                },
                 _ => Value::Json(j.to_string()),
             }
         }
         J::Null => Value::Null,
         other => Value::Json(other.to_string()),
     }
+}
+
+/// A UUID from the base64 of its 16 bytes.
+fn base64_uuid(data: &str) -> Option<Uuid> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::with_capacity(18);
+    for c in data.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        bits = bits << 6 | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    Uuid::from_slice(&out).ok()
 }
 
 fn parse_object_id(hex: &str) -> Option<[u8; 12]> {

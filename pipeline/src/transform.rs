@@ -132,8 +132,10 @@ struct Plan {
     schema: Arc<TableSchema>,
     /// Parallel to `schema.columns`.
     columns: Vec<ColumnPlan>,
-    /// Paths that explicit rules take or `drop` removes.
+    /// Paths that explicit rules (and child tables) take.
     taken: Vec<Vec<String>>,
+    /// Paths `drop` removes.
+    drop: Vec<Vec<String>>,
     /// Automatic mapping: a top-level field's name (as written in the
     /// source) → column index; built from the target's columns.
     auto: HashMap<String, usize>,
@@ -200,6 +202,15 @@ fn base_type(type_sql: &str) -> String {
         }
     }
     out.trim().to_lowercase()
+}
+
+/// Whether a column of `type_sql` can hold the new ids of `kind`.
+fn id_fits(kind: crate::id_map::IdKind, type_sql: &str) -> bool {
+    let base = base_type(type_sql);
+    match kind.is_uuid() {
+        true => matches!(base.as_str(), "uuid" | "text" | "character varying"),
+        false => matches!(base.as_str(), "bigint" | "numeric" | "text" | "character varying"),
+    }
 }
 
 fn coercion_for(col: &TargetColumn, round: Option<decimal::RoundingMode>) -> Result<Coercion, String> {
@@ -408,7 +419,8 @@ fn compile_plan(
     let before = findings.len();
     let mut columns: Vec<Column> = Vec::new();
     let mut plans: Vec<ColumnPlan> = Vec::new();
-    let mut taken: Vec<Vec<String>> = rules.drop.iter().map(|d| split_path(d)).collect();
+    let drop: Vec<Vec<String>> = rules.drop.iter().map(|d| split_path(d)).collect();
+    let mut taken: Vec<Vec<String>> = Vec::new();
     taken.append(extra_taken);
     let mut named: HashSet<&str> = HashSet::new();
     // Child tables: the parent's key and the element's position.
@@ -440,7 +452,19 @@ fn compile_plan(
                         on_missing: OnMissing::Allocate,
                         ..r
                     });
-                    if id_map.is_none() && base_type(&tc.type_sql) != base_type(&pk.type_sql) {
+                    if let Some(r) = &id_map {
+                        if !id_fits(r.kind, &tc.type_sql) {
+                            findings.push(finding(
+                                format!("{key}.parent_key"),
+                                format!(
+                                    "the parent's key gets {} ids from id map {:?}; {target_id}.{name} is {}",
+                                    if r.kind.is_uuid() { "uuid" } else { "bigint" },
+                                    r.namespace,
+                                    tc.type_sql
+                                ),
+                            ));
+                        }
+                    } else if base_type(&tc.type_sql) != base_type(&pk.type_sql) {
                         findings.push(finding(
                             format!("{key}.parent_key"),
                             format!(
@@ -526,15 +550,7 @@ fn compile_plan(
             None => None,
             Some(ns) => {
                 let kind = mappings.id_kind(ns)?;
-                let base = base_type(&tc.type_sql);
-                let fits = match kind.is_uuid() {
-                    true => matches!(base.as_str(), "uuid" | "text" | "character varying"),
-                    false => matches!(
-                        base.as_str(),
-                        "bigint" | "numeric" | "text" | "character varying"
-                    ),
-                };
-                if !fits {
+                if !id_fits(kind, &tc.type_sql) {
                     findings.push(finding(
                         format!("{ckey}.id_map"),
                         format!(
@@ -701,7 +717,10 @@ fn compile_plan(
             ));
         }
     }
-    if findings.len() > before {
+    // A parent with findings still compiles (so that its children are
+    // checked too: every problem is reported); the whole mapping is
+    // refused anyway. A child with findings may lack its link columns.
+    if findings.len() > before && parent.is_some() {
         return None;
     }
     let child = parent.map(|_| ChildLink {
@@ -721,6 +740,7 @@ fn compile_plan(
         schema,
         columns: plans,
         taken,
+        drop,
         auto,
         snake_case: rules.snake_case,
         unmapped: rules.unmapped,
@@ -1004,8 +1024,12 @@ fn integral(text: &str) -> Option<i64> {
     if frac.bytes().any(|b| b != b'0') && scale > 0 {
         return None;
     }
-    let i: i64 = int.parse().ok()?;
-    Some(if d.is_negative() { -i } else { i })
+    // Signed before parsing: i64::MIN has no positive counterpart.
+    if d.is_negative() {
+        format!("-{int}").parse().ok()
+    } else {
+        int.parse().ok()
+    }
 }
 
 /// Milliseconds since the Unix epoch (exact decimal text, fractions down
@@ -1082,54 +1106,47 @@ fn path_text(from: &From, column: &str) -> String {
 }
 
 /// One target row of `plan` from `rec`; `parent_key` and `position` for
-/// child rows.
+/// child rows. With `keys_only` (a delete), only the key columns.
 fn build_row(
     plan: &Plan,
     ev: &ChangeEvent,
-    rec: &Record,
+    rec: Record,
     parent_key: &[Value],
     position: i64,
     keys_only: bool,
 ) -> Result<Row, Rejected> {
     let schema = &plan.schema;
     let mut row: Row = vec![Datum::Value(Value::Null); schema.columns.len()];
-    // Leftover fields, for automatic mapping and `rest`.
-    let mut left = if keys_only {
-        Vec::new()
-    } else {
-        let mut left = rec.fields.clone();
-        for p in &plan.taken {
-            remove_path(&mut left, p);
+    // Dropped paths are never written anywhere, not even inside a
+    // subdocument that a rule takes whole.
+    let dropped = (!keys_only && !plan.drop.is_empty()).then(|| {
+        let mut f = rec.fields.clone();
+        for d in &plan.drop {
+            remove_path(&mut f, d);
         }
-        left
-    };
-    let mut unchanged_cols: HashSet<usize> = HashSet::new();
-    if !keys_only {
-        let mut still_left = Vec::with_capacity(left.len());
-        for (name, v) in left {
-            let col = plan.auto.get(&name).copied().or_else(|| {
-                plan.snake_case
-                    .then(|| plan.auto.get(&snake_case(&name)).copied())
-                    .flatten()
-            });
-            match col {
-                Some(i) if matches!(row[i], Datum::Value(Value::Null)) => {
-                    if rec.unchanged.contains(&name) {
-                        unchanged_cols.insert(i);
-                        row[i] = Datum::UnchangedToast;
-                        continue;
-                    }
-                    let c = &plan.columns[i];
-                    match coerce(v, &c.coercion) {
-                        Ok(v) => row[i] = Datum::Value(v),
-                        Err((rule, detail)) => return Err(reject(ev, &name, rule, detail)),
-                    }
-                }
-                _ => still_left.push((name, v)),
+        f
+    });
+    let fields: &[(String, Value)] = dropped.as_deref().unwrap_or(&rec.fields);
+    let set = |row: &mut Row, i: usize, value: Value, from: &From| -> Result<(), Rejected> {
+        let col = &schema.columns[i];
+        let path = || path_text(from, &col.name);
+        match coerce(value, &plan.columns[i].coercion) {
+            // (A key column without a value is `missing_key`, below.)
+            Ok(Value::Null) if !col.nullable && !col.is_key && !keys_only => Err(reject(
+                ev,
+                &path(),
+                "null_in_not_null".into(),
+                format!("column {} is NOT NULL and the field is missing or null", col.name),
+            )),
+            Ok(v) => {
+                row[i] = Datum::Value(v);
+                Ok(())
             }
+            Err((rule, detail)) => Err(reject(ev, &path(), rule, detail)),
         }
-        left = still_left;
-    }
+    };
+
+    // Columns with a rule, the parent's key and the position.
     for (i, (col, c)) in schema.columns.iter().zip(&plan.columns).enumerate() {
         if keys_only && !col.is_key {
             continue;
@@ -1140,7 +1157,7 @@ fn build_row(
                     row[i] = Datum::UnchangedToast;
                     continue;
                 }
-                match lookup(&rec.fields, p) {
+                match lookup(fields, p) {
                     Some(v) => v.into_owned(),
                     None => c.default.clone().unwrap_or(Value::Null),
                 }
@@ -1148,7 +1165,48 @@ fn build_row(
             From::Constant => c.default.clone().unwrap_or(Value::Null),
             From::ParentKey(k) => parent_key.get(*k).cloned().unwrap_or(Value::Null),
             From::Position => Value::Int(position),
-            From::Rest => {
+            // A delete: a key column matched by name.
+            From::Field(name) if keys_only => match fields.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => v.clone(),
+                None => Value::Null,
+            },
+            From::Field(_) | From::Rest => continue,
+        };
+        set(&mut row, i, value, &c.from)?;
+    }
+
+    if !keys_only {
+        // What no rule took: matched by name, then `rest`, then refused
+        // (or dropped).
+        let mut left = match dropped {
+            Some(f) => f,
+            None => rec.fields,
+        };
+        for p in &plan.taken {
+            remove_path(&mut left, p);
+        }
+        let mut still_left = Vec::with_capacity(left.len());
+        for (name, v) in left {
+            let col = plan.auto.get(&name).copied().or_else(|| {
+                plan.snake_case
+                    .then(|| plan.auto.get(&snake_case(&name)).copied())
+                    .flatten()
+            });
+            match col {
+                Some(i) if matches!(row[i], Datum::Value(Value::Null)) => {
+                    if rec.unchanged.contains(&name) {
+                        row[i] = Datum::UnchangedToast;
+                        continue;
+                    }
+                    set(&mut row, i, v, &From::Field(name))?;
+                }
+                _ => still_left.push((name, v)),
+            }
+        }
+        let left = still_left;
+        let rest = plan.columns.iter().position(|c| matches!(c.from, From::Rest));
+        match rest {
+            Some(i) => {
                 if left.iter().any(|(n, _)| rec.unchanged.contains(n)) {
                     return Err(reject(
                         ev,
@@ -1157,32 +1215,24 @@ fn build_row(
                         "an unchanged large value would go to the rest column; use REPLICA IDENTITY FULL on the source table".into(),
                     ));
                 }
-                if left.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Document(std::mem::take(&mut left))
+                if !left.is_empty() {
+                    set(&mut row, i, Value::Document(left), &From::Rest)?;
                 }
             }
-            From::Field(name) => {
-                if unchanged_cols.contains(&i) || !matches!(row[i], Datum::Value(Value::Null)) {
-                    continue;
-                }
-                if keys_only {
-                    // A delete: the key field by name.
-                    match rec.fields.iter().find(|(n, _)| n == name) {
-                        Some((_, v)) => v.clone(),
-                        None => Value::Null,
-                    }
-                } else {
-                    continue;
-                }
+            None if !left.is_empty() && plan.unmapped == Unmapped::Reject => {
+                let fields: Vec<String> =
+                    left.iter().map(|(n, v)| format!("{n} = {}", raw(v))).collect();
+                return Err(reject(
+                    ev,
+                    &left[0].0,
+                    "unmapped_field".into(),
+                    format!(
+                        "no column for {}; map it, add it to `drop`, set `rest`, or set unmapped = \"drop\"",
+                        fields.join(", ")
+                    ),
+                ));
             }
-        };
-        match coerce(value, &c.coercion) {
-            Ok(v) => row[i] = Datum::Value(v),
-            Err((rule, detail)) => {
-                return Err(reject(ev, &path_text(&c.from, &col.name), rule, detail))
-            }
+            None => {}
         }
     }
     for &k in &schema.primary_key {
@@ -1196,18 +1246,6 @@ fn build_row(
             ));
         }
     }
-    if !left.is_empty() && plan.unmapped == Unmapped::Reject {
-        let fields: Vec<String> = left.iter().map(|(n, v)| format!("{n} = {}", raw(v))).collect();
-        return Err(reject(
-            ev,
-            &left[0].0,
-            "unmapped_field".into(),
-            format!(
-                "no column for {}; map it, add it to `drop`, set `rest`, or set unmapped = \"drop\"",
-                fields.join(", ")
-            ),
-        ));
-    }
     Ok(row)
 }
 
@@ -1216,20 +1254,23 @@ fn key_of(schema: &TableSchema, row: &Row) -> Vec<Value> {
 }
 
 fn change(template: &ChangeEvent, schema: &Arc<TableSchema>, op: Op, row: Row) -> ChangeEvent {
-    let mut ev = template.clone();
-    ev.table = Arc::clone(schema);
-    ev.op = op;
-    match op {
-        Op::Delete => {
-            ev.before = Some(row);
-            ev.after = None;
-        }
-        _ => {
-            ev.before = None;
-            ev.after = Some(row);
-        }
+    // Built field by field: cloning the template would copy the whole
+    // source document for every output.
+    let (before, after) = match op {
+        Op::Delete => (Some(row), None),
+        Op::Truncate => (None, None),
+        _ => (None, Some(row)),
+    };
+    ChangeEvent {
+        table: Arc::clone(schema),
+        op,
+        before,
+        after,
+        position: template.position,
+        xid: template.xid,
+        commit_ts_micros: template.commit_ts_micros,
+        resume_token: template.resume_token.clone(),
     }
-    ev
 }
 
 fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
@@ -1240,21 +1281,13 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
             for c in &plan.children {
                 out.push(Output::Change(change(ev, &c.plan.schema, Op::Truncate, Vec::new())));
             }
-            let mut t = change(ev, &plan.schema, Op::Truncate, Vec::new());
-            t.after = None;
-            out.push(Output::Change(t));
-            for o in &mut out {
-                if let Output::Change(c) = o {
-                    c.after = None;
-                }
-            }
+            out.push(Output::Change(change(ev, &plan.schema, Op::Truncate, Vec::new())));
         }
         Op::Delete => {
             let Some(before) = &ev.before else {
                 return Ok(out);
             };
-            let rec = record_of(&ev.table, before);
-            let row = build_row(plan, ev, &rec, &[], 0, true)?;
+            let row = build_row(plan, ev, record_of(&ev.table, before), &[], 0, true)?;
             let key = key_of(&plan.schema, &row);
             for c in &plan.children {
                 out.push(Output::Prune {
@@ -1270,28 +1303,13 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                 return Ok(out);
             };
             let rec = record_of(&ev.table, after);
-            let row = build_row(plan, ev, &rec, &[], 0, false)?;
-            let key = key_of(&plan.schema, &row);
-            // A key-changing update (PostgreSQL sources): the old row goes.
-            if let (Op::Update, Some(before)) = (ev.op, &ev.before) {
-                let old = build_row(plan, ev, &record_of(&ev.table, before), &[], 0, true)?;
-                let old_key = key_of(&plan.schema, &old);
-                if old_key != key {
-                    for c in &plan.children {
-                        out.push(Output::Prune {
-                            table: Arc::clone(&c.plan.schema),
-                            parent_key: old_key.clone(),
-                            keep_below: 0,
-                        });
-                    }
-                    out.push(Output::Change(change(ev, &plan.schema, Op::Delete, old)));
-                }
-            }
-            let op = if ev.op == Op::Update { Op::Update } else { ev.op };
-            out.push(Output::Change(change(ev, &plan.schema, op, row)));
+            // The child arrays, read before the parent's row takes the
+            // record; `None`: the array is an unchanged large value.
+            let mut arrays = Vec::with_capacity(plan.children.len());
             for c in &plan.children {
                 if rec.unchanged.contains(&c.from[0]) {
-                    continue; // the array did not change
+                    arrays.push(None);
+                    continue;
                 }
                 let path = c.from.join(".");
                 let items = match lookup(&rec.fields, &c.from).map(|v| v.into_owned()) {
@@ -1306,6 +1324,30 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                         ))
                     }
                 };
+                arrays.push(Some(items));
+            }
+            let row = build_row(plan, ev, rec, &[], 0, false)?;
+            let key = key_of(&plan.schema, &row);
+            // A key-changing update (PostgreSQL sources): the old row goes.
+            if let (Op::Update, Some(before)) = (ev.op, &ev.before) {
+                let old = build_row(plan, ev, record_of(&ev.table, before), &[], 0, true)?;
+                let old_key = key_of(&plan.schema, &old);
+                if old_key != key {
+                    for c in &plan.children {
+                        out.push(Output::Prune {
+                            table: Arc::clone(&c.plan.schema),
+                            parent_key: old_key.clone(),
+                            keep_below: 0,
+                        });
+                    }
+                    out.push(Output::Change(change(ev, &plan.schema, Op::Delete, old)));
+                }
+            }
+            let op = ev.op;
+            out.push(Output::Change(change(ev, &plan.schema, op, row)));
+            for (c, items) in plan.children.iter().zip(arrays) {
+                let Some(items) = items else { continue };
+                let path = c.from.join(".");
                 let n = items.len() as i64;
                 for (pos, item) in items.into_iter().enumerate() {
                     let Value::Document(fields) = item else {
@@ -1320,11 +1362,12 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                         fields,
                         unchanged: HashSet::new(),
                     };
-                    let crow = build_row(&c.plan, ev, &erec, &key, pos as i64, false)
-                        .map_err(|mut r| {
+                    let crow = build_row(&c.plan, ev, erec, &key, pos as i64, false).map_err(
+                        |mut r| {
                             r.message = format!("{} (in {path}[{pos}])", r.message);
                             r
-                        })?;
+                        },
+                    )?;
                     out.push(Output::Change(change(ev, &c.plan.schema, op, crow)));
                 }
                 out.push(Output::Prune {

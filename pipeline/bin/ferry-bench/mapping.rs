@@ -228,6 +228,11 @@ struct MappingOutcome {
     /// CPU seconds (user + system) of the ferry process during the timed
     /// backlog (it starts with the clock).
     ferry_cpu_secs: f64,
+    /// CPU seconds of the target's backends serving ferry's connections,
+    /// and of the source's walsender, during the timed backlog (both start
+    /// with ferry; read from /proc when the fingerprint matched).
+    target_backends_cpu_secs: f64,
+    walsender_cpu_secs: f64,
     /// Seconds from the first start until the seed's accounts were in the
     /// target (not timed in the figure; polled every 100 ms).
     seed_snapshot_secs: f64,
@@ -275,13 +280,13 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| configuration | changes | seconds | rows/s | mapped / unmapped | ferry CPU s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, max of runs) |"
+        "| configuration | changes | seconds | rows/s | mapped / unmapped | ferry CPU s | target backends CPU s | walsender CPU s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, max of runs) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, m) in medians.iter().enumerate() {
         let o = &m.outcome;
         println!(
-            "| {} | {} | {:.1} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
             o.name,
             o.changes,
             o.seconds,
@@ -292,6 +297,8 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
                 format!("{ratio:.2}x")
             },
             m.ferry_cpu_secs,
+            m.target_backends_cpu_secs,
+            m.walsender_cpu_secs,
             o.lag_p50_ms,
             o.lag_p99_ms,
             o.peak_rss_mb.map_or("-".to_string(), |m| format!("{m:.1}")),
@@ -360,6 +367,8 @@ fn median(runs: &[MappingOutcome]) -> MappingOutcome {
         outcome: median_outcome(&outcomes),
         mapped: runs[0].mapped,
         ferry_cpu_secs: med(&|r| r.ferry_cpu_secs),
+        target_backends_cpu_secs: med(&|r| r.target_backends_cpu_secs),
+        walsender_cpu_secs: med(&|r| r.walsender_cpu_secs),
         seed_snapshot_secs: med(&|r| r.seed_snapshot_secs),
         fingerprint_checks: runs.iter().map(|r| r.fingerprint_checks).sum(),
         lag_max_ms: med(&|r| r.lag_max_ms),
@@ -511,8 +520,10 @@ async fn bench_one(
     let (done, checks) = guarded(&mut ferry, &second_log, wait).await?;
     let seconds = done.duration_since(started).as_secs_f64();
     let ferry_cpu_secs = ferry.cpu_seconds().unwrap_or(f64::NAN);
+    let target_backends_cpu_secs = backends_cpu(&dst, "client backend").await?;
+    let walsender_cpu_secs = backends_cpu(&src, "walsender").await?;
     eprintln!(
-        "  backlog applied in {seconds:.1}s ({:.0} rows/s; ferry {ferry_cpu_secs:.1} CPU s, {checks} fingerprint checks; seed snapshot {seed_snapshot_secs:.1}s)",
+        "  backlog applied in {seconds:.1}s ({:.0} rows/s; CPU s: ferry {ferry_cpu_secs:.1}, target backends {target_backends_cpu_secs:.1}, walsender {walsender_cpu_secs:.1}; {checks} fingerprint checks; seed snapshot {seed_snapshot_secs:.1}s)",
         changes as f64 / seconds,
     );
     check_no_resnapshot(&second_log)?;
@@ -619,6 +630,8 @@ async fn bench_one(
         outcome: Outcome::of_run(mode.name(), changes, seconds, &lags, peak_rss_mb),
         mapped: mode == Mode::Mapped,
         ferry_cpu_secs,
+        target_backends_cpu_secs,
+        walsender_cpu_secs,
         seed_snapshot_secs,
         fingerprint_checks: checks,
         lag_max_ms,
@@ -627,6 +640,31 @@ async fn bench_one(
         log_errors,
         log_warnings,
     })
+}
+
+/// CPU seconds (user + system) of the cluster's backends of one
+/// `backend_type`, the asking session left out.
+async fn backends_cpu(c: &Client, backend_type: &str) -> anyhow::Result<f64> {
+    let rows = c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND pid <> pg_backend_pid()",
+            &[&backend_type],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
+        .sum())
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime: the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn indent(text: &str) -> String {
