@@ -94,6 +94,62 @@ impl Requests {
     }
 }
 
+/// Legacy ids known to be mapped (committed), so that a batch allocates
+/// and checks only the others: mappings never change once committed, and
+/// most changes touch ids mapped long ago (an update, a reference to an
+/// existing row). Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct Known {
+    ids: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    len: usize,
+}
+
+/// Most ids [`Known`] holds (about 80 bytes each).
+const KNOWN_MAX: usize = 500_000;
+
+impl Known {
+    /// `req` without the ids known to be mapped.
+    pub fn without(&self, mut req: Requests) -> Requests {
+        if self.len == 0 {
+            return req;
+        }
+        for (ns, (_, ids)) in req.allocate.iter_mut() {
+            if let Some(known) = self.ids.get(ns) {
+                ids.retain(|l| !known.contains(l));
+            }
+        }
+        req.allocate.retain(|_, (_, ids)| !ids.is_empty());
+        for (ns, ids) in req.require.iter_mut() {
+            if let Some(known) = self.ids.get(ns) {
+                ids.retain(|l, _| !known.contains(l));
+            }
+        }
+        req.require.retain(|_, ids| !ids.is_empty());
+        req
+    }
+
+    /// After the commit of a batch that allocated (or found) `req`'s ids.
+    pub fn remember(&mut self, req: &Requests) {
+        let all = req
+            .allocate
+            .iter()
+            .map(|(ns, (_, ids))| (ns, ids.iter().collect::<Vec<_>>()))
+            .chain(req.require.iter().map(|(ns, ids)| (ns, ids.keys().collect())));
+        for (ns, ids) in all {
+            if self.len + ids.len() > KNOWN_MAX {
+                self.ids.clear();
+                self.len = 0;
+            }
+            let set = self.ids.entry(ns.clone()).or_default();
+            for l in ids {
+                if set.insert(l.clone()) {
+                    self.len += 1;
+                }
+            }
+        }
+    }
+}
+
 /// Whether a table has id-mapped columns.
 pub fn has_ids(schema: &TableSchema) -> bool {
     schema.columns.iter().any(|c| c.id_map.is_some())

@@ -79,6 +79,8 @@ pub struct PostgresSink {
     dlq_tables: std::collections::HashSet<TableId>,
     /// Id-map sequences known to exist (bigint namespaces).
     sequences: std::collections::HashSet<String>,
+    /// Legacy ids known to be mapped.
+    known_ids: id_map::Known,
 }
 
 impl PostgresSink {
@@ -92,6 +94,7 @@ impl PostgresSink {
             maybe_committed: false,
             dlq_tables: Default::default(),
             sequences: Default::default(),
+            known_ids: Default::default(),
         }
     }
 
@@ -199,6 +202,7 @@ impl PostgresSink {
             .map(|tb| self.target_id(&tb.schema.id))
             .collect();
         let self_dlq_tables = self.dlq_tables.clone();
+        let known = std::mem::take(&mut self.known_ids);
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
@@ -206,7 +210,7 @@ impl PostgresSink {
                 return Ok(Vec::new());
             }
             let mut parked = Vec::new();
-            let req = id_map::requests(batch);
+            let req = known.without(id_map::requests(batch));
             if !req.is_empty() {
                 id_map::allocate(&tx, &req).await?;
             }
@@ -249,7 +253,7 @@ impl PostgresSink {
                         .await
                         .map_err(|e| pg_err("savepoint", e))?;
                     let applied = async {
-                        id_map::require(&tx, &id_map::requests(&one.batch)).await?;
+                        id_map::require(&tx, &known.without(id_map::requests(&one.batch))).await?;
                         apply_table(&tx, &mut statements, target, &one.batch.tables[0], &one.tables[0], &pipeline, false).await
                     }
                     .await;
@@ -314,6 +318,7 @@ impl PostgresSink {
         self.statements = statements;
         self.tables = tables;
         self.settle(result.as_ref().err());
+        self.known_ids = known;
         if let Ok(parked) = &result {
             self.dlq_tables.extend(parked_tables);
             self.dlq_tables.extend(parked.iter().map(|p| p.table.clone()));
@@ -339,6 +344,7 @@ impl PostgresSink {
             .iter()
             .map(|tb| self.target_id(&tb.schema.id))
             .collect();
+        let req = self.known_ids.without(id_map::requests(batch));
         let mut one_by_one = false;
         let result = loop {
             let attempt = async {
@@ -356,6 +362,7 @@ impl PostgresSink {
                     &pipeline,
                     one_by_one,
                     &dlq_tables,
+                    &req,
                 )
                 .await?;
                 settle_dlq(&tx, &pipeline, batch, &dlq_tables).await?;
@@ -388,6 +395,7 @@ impl PostgresSink {
         self.settle(result.as_ref().err());
         if result.is_ok() {
             self.dlq_tables.extend(batch.parked.iter().map(|p| p.table.clone()));
+            self.known_ids.remember(&req);
         }
         result
     }
@@ -506,12 +514,12 @@ async fn apply_tables(
     pipeline: &str,
     one_by_one: bool,
     dlq_tables: &std::collections::HashSet<TableId>,
+    req: &id_map::Requests,
 ) -> Result<(), PipelineError> {
     let batch = &prepared.batch;
-    let req = id_map::requests(batch);
     if !req.is_empty() {
-        id_map::allocate(tx, &req).await?;
-        id_map::require(tx, &req).await?;
+        id_map::allocate(tx, req).await?;
+        id_map::require(tx, req).await?;
     }
     // Tables emptied together (a mapped table and its child tables): one
     // TRUNCATE, as PostgreSQL refuses to empty a table that another one
@@ -1241,6 +1249,7 @@ impl PostgresSink {
                     &pipeline,
                     false,
                     &Default::default(),
+                    &id_map::requests(&prepared.batch),
                 )
                 .await?;
                 if dry_run {
