@@ -136,6 +136,9 @@ struct Plan {
     taken: Vec<Vec<String>>,
     /// Paths `drop` removes.
     drop: Vec<Vec<String>>,
+    /// Top-level fields that paths enter: a jsonb value there (PostgreSQL
+    /// sources) is parsed once per record rather than once per path.
+    entered: Vec<String>,
     /// Automatic mapping: a top-level field's name (as written in the
     /// source) → column index; built from the target's columns.
     auto: HashMap<String, usize>,
@@ -355,6 +358,13 @@ impl Transformer {
         let mut out = vec![Arc::clone(&plan.schema)];
         out.extend(plan.children.iter().map(|c| Arc::clone(&c.plan.schema)));
         Some(out)
+    }
+
+    /// Whether `table` is one of the mapping's target tables.
+    pub fn is_target(&self, table: &TableId) -> bool {
+        self.tables.values().any(|p| {
+            p.schema.id == *table || p.children.iter().any(|c| c.plan.schema.id == *table)
+        })
     }
 
     /// Whether `schema` is the shape of one of the mapping's target
@@ -738,6 +748,17 @@ fn compile_plan(
     // up per field at apply time).
     Some(Plan {
         schema,
+        entered: {
+            let mut e: Vec<String> = taken
+                .iter()
+                .chain(&drop)
+                .filter(|p| p.len() > 1)
+                .map(|p| p[0].clone())
+                .collect();
+            e.sort();
+            e.dedup();
+            e
+        },
         columns: plans,
         taken,
         drop,
@@ -1116,6 +1137,16 @@ fn build_row(
     keys_only: bool,
 ) -> Result<Row, Rejected> {
     let schema = &plan.schema;
+    let mut rec = rec;
+    for (name, v) in rec.fields.iter_mut() {
+        if let Value::Json(text) = v {
+            if plan.entered.contains(name) {
+                if let Ok(j @ serde_json::Value::Object(_)) = serde_json::from_str(text) {
+                    *v = json_to_value(&j);
+                }
+            }
+        }
+    }
     let mut row: Row = vec![Datum::Value(Value::Null); schema.columns.len()];
     // Dropped paths are never written anywhere, not even inside a
     // subdocument that a rule takes whole.
