@@ -108,24 +108,9 @@ pub struct Known {
 const KNOWN_MAX: usize = 500_000;
 
 impl Known {
-    /// `req` without the ids known to be mapped.
-    pub fn without(&self, mut req: Requests) -> Requests {
-        if self.len == 0 {
-            return req;
-        }
-        for (ns, (_, ids)) in req.allocate.iter_mut() {
-            if let Some(known) = self.ids.get(ns) {
-                ids.retain(|l| !known.contains(l));
-            }
-        }
-        req.allocate.retain(|_, (_, ids)| !ids.is_empty());
-        for (ns, ids) in req.require.iter_mut() {
-            if let Some(known) = self.ids.get(ns) {
-                ids.retain(|l, _| !known.contains(l));
-            }
-        }
-        req.require.retain(|_, ids| !ids.is_empty());
-        req
+    /// Whether `legacy` of `namespace` is known to be mapped.
+    pub fn contains(&self, namespace: &str, legacy: &str) -> bool {
+        self.len > 0 && self.ids.get(namespace).is_some_and(|s| s.contains(legacy))
     }
 
     /// After the commit of a batch that allocated (or found) `req`'s ids.
@@ -155,9 +140,10 @@ pub fn has_ids(schema: &TableSchema) -> bool {
     schema.columns.iter().any(|c| c.id_map.is_some())
 }
 
-/// Every legacy id that the batch's upserts write. Deletes and prunes only
-/// look ids up: deleting a row never mapped allocates nothing.
-pub fn requests(batch: &Batch) -> Requests {
+/// Every legacy id that the batch's upserts write and `known` does not
+/// hold. Deletes and prunes only look ids up: deleting a row never mapped
+/// allocates nothing.
+pub fn requests(batch: &Batch, known: &Known) -> Requests {
     let mut out = Requests::default();
     for tb in &batch.tables {
         if !has_ids(&tb.schema) {
@@ -179,6 +165,9 @@ pub fn requests(batch: &Batch) -> Requests {
                 let Some(Datum::Value(Value::Text(legacy))) = row.get(i) else {
                     continue;
                 };
+                if known.contains(&r.namespace, legacy) {
+                    continue;
+                }
                 match r.on_missing {
                     OnMissing::Allocate => {
                         out.allocate

@@ -210,7 +210,7 @@ impl PostgresSink {
                 return Ok(Vec::new());
             }
             let mut parked = Vec::new();
-            let req = known.without(id_map::requests(batch));
+            let req = id_map::requests(batch, &known);
             if !req.is_empty() {
                 id_map::allocate(&tx, &req).await?;
             }
@@ -253,7 +253,7 @@ impl PostgresSink {
                         .await
                         .map_err(|e| pg_err("savepoint", e))?;
                     let applied = async {
-                        id_map::require(&tx, &known.without(id_map::requests(&one.batch))).await?;
+                        id_map::require(&tx, &id_map::requests(&one.batch, &known)).await?;
                         apply_table(&tx, &mut statements, target, &one.batch.tables[0], &one.tables[0], &pipeline, false).await
                     }
                     .await;
@@ -344,7 +344,7 @@ impl PostgresSink {
             .iter()
             .map(|tb| self.target_id(&tb.schema.id))
             .collect();
-        let req = self.known_ids.without(id_map::requests(batch));
+        let req = id_map::requests(batch, &self.known_ids);
         let mut one_by_one = false;
         let result = loop {
             let attempt = async {
@@ -1249,7 +1249,7 @@ impl PostgresSink {
                     &pipeline,
                     false,
                     &Default::default(),
-                    &id_map::requests(&prepared.batch),
+                    &id_map::requests(&prepared.batch, &Default::default()),
                 )
                 .await?;
                 if dry_run {
