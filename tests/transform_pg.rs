@@ -54,7 +54,8 @@ type OrderRow = (
 
 /// The target's orders with their legacy ids, by legacy id.
 async fn rows(dst: &tokio_postgres::Client) -> Vec<OrderRow> {
-    let q = "SELECT m.legacy_id, o.id, o.amount::text, o.city, o.customer_name, o.status, o.extra::text
+    let q =
+        "SELECT m.legacy_id, o.id, o.amount::text, o.city, o.customer_name, o.status, o.extra::text
                FROM orders o JOIN ferry_id_map m ON m.namespace = 'orders' AND m.new_id = o.id::text
               ORDER BY m.legacy_id";
     dst.query(q, &[])
@@ -124,7 +125,10 @@ async fn postgres_source_through_a_mapping() {
     assert_eq!(got[0].3.as_deref(), Some("Lyon"));
     assert_eq!(got[0].4.as_deref(), Some("Ann"));
     assert_eq!(got[0].5.as_deref(), Some("paid"));
-    assert_eq!(got[0].6.as_deref(), Some(r#"{"meta": {"address": {"zip": "69001"}}}"#));
+    assert_eq!(
+        got[0].6.as_deref(),
+        Some(r#"{"meta": {"address": {"zip": "69001"}}}"#)
+    );
     assert_eq!(got[1].2, "100.00");
     assert_eq!(got[1].5, None);
     assert_eq!(got[1].6, None);
@@ -137,9 +141,15 @@ async fn postgres_source_through_a_mapping() {
         )
         .await
         .unwrap();
-    assert_eq!(parked.get::<_, Option<String>>(0).as_deref(), Some("needs_rounding"));
+    assert_eq!(
+        parked.get::<_, Option<String>>(0).as_deref(),
+        Some("needs_rounding")
+    );
     let message: String = parked.get(1);
-    assert!(message.contains("amountText") && message.contains("0.125") && message.contains("A-3"), "{message}");
+    assert!(
+        message.contains("amountText") && message.contains("0.125") && message.contains("A-3"),
+        "{message}"
+    );
     assert_eq!(parked.get::<_, String>(2), "transform");
     assert_eq!(parked.get::<_, String>(3), "legacy_orders");
 
@@ -179,6 +189,9 @@ async fn postgres_source_through_a_mapping() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 3, "the old key of the moved row and the deleted row are gone");
+    assert_eq!(
+        count, 3,
+        "the old key of the moved row and the deleted row are gone"
+    );
     ferry.kill9();
 }

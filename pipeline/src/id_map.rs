@@ -179,17 +179,24 @@ mod tests {
 
     #[test]
     fn legacy_ids_have_one_text() {
-        let oid = [0x64, 0xb7, 0xf0, 0xc2, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18];
+        let oid = [
+            0x64, 0xb7, 0xf0, 0xc2, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18,
+        ];
         let hex = "64b7f0c2a1b2c3d4e5f60718";
         assert_eq!(legacy_text(&Value::ObjectId(oid)).unwrap().unwrap(), hex);
         // The MongoDB `_id` column's Extended JSON gives the same text.
         let json = Value::Json(format!(r#"{{"$oid":"{hex}"}}"#));
         assert_eq!(legacy_text(&json).unwrap().unwrap(), hex);
         assert_eq!(
-            legacy_text(&Value::Json(r#""k1""#.into())).unwrap().unwrap(),
+            legacy_text(&Value::Json(r#""k1""#.into()))
+                .unwrap()
+                .unwrap(),
             "k1"
         );
-        assert_eq!(legacy_text(&Value::Json("42".into())).unwrap().unwrap(), "42");
+        assert_eq!(
+            legacy_text(&Value::Json("42".into())).unwrap().unwrap(),
+            "42"
+        );
         assert_eq!(legacy_text(&Value::Int(42)).unwrap().unwrap(), "42");
         assert_eq!(legacy_text(&Value::Null).unwrap(), None);
         assert!(legacy_text(&Value::Bool(true)).is_err());

@@ -145,7 +145,10 @@ pub fn split_path(path: &str) -> Vec<String> {
 
 fn check_path(key: &str, path: &str) -> Result<(), ConfigError> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(err(key, format!("{path:?} is not a field path (`a` or `a.b.c`)")));
+        return Err(err(
+            key,
+            format!("{path:?} is not a field path (`a` or `a.b.c`)"),
+        ));
     }
     Ok(())
 }
@@ -227,9 +230,8 @@ impl Mappings {
                 ));
             }
             let mut check_target = |k: String, target: &str| -> Result<(), ConfigError> {
-                let id = TableId::parse(target).ok_or_else(|| {
-                    err(k.clone(), format!("{target:?} is not `schema.table`"))
-                })?;
+                let id = TableId::parse(target)
+                    .ok_or_else(|| err(k.clone(), format!("{target:?} is not `schema.table`")))?;
                 if !targets.insert(id) {
                     return Err(err(k, format!("{target:?} is the target of two mappings")));
                 }
@@ -377,10 +379,16 @@ sku = "sku"
         assert!(bad("\"pay\" }", "\"nope\" }").contains("columns.id.id_map"));
         assert!(bad("default = \"pending\"", "default = 1.5").contains("columns.status.default"));
         assert!(bad("snake_case = true", "snake_case = true\nbogus = 1").contains("bogus"));
-        assert!(bad("target = \"public.payment_items\"", "target = \"public.payments\"")
-            .contains("children[0].target"));
+        assert!(bad(
+            "target = \"public.payment_items\"",
+            "target = \"public.payments\""
+        )
+        .contains("children[0].target"));
         assert!(bad("kind = \"bigint\"", "kind = \"uuid_v7\"").contains("id_maps.pay.start"));
-        assert!(bad("city = \"delivery.address.city\"", "city = \"delivery..city\"")
-            .contains("columns.city"));
+        assert!(bad(
+            "city = \"delivery.address.city\"",
+            "city = \"delivery..city\""
+        )
+        .contains("columns.city"));
     }
 }

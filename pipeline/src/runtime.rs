@@ -740,7 +740,8 @@ impl<K: Sink> ApplyLoop<K> {
                                 }
                                 received = true;
                                 self.transform(&t, ev)?;
-                                self.after_push(&mut deadline, &mut overdue, at_boundary).await?;
+                                self.after_push(&mut deadline, &mut overdue, at_boundary)
+                                    .await?;
                                 continue;
                             }
                         }
@@ -783,19 +784,17 @@ impl<K: Sink> ApplyLoop<K> {
                         at_boundary = true;
                         self.batch.consumed(&topic, partition, offset, position);
                     }
-                    BusMessage::EnsureTable { table } => {
-                        match self.mapped_targets(&table.id) {
-                            Some(targets) => {
-                                for t in &targets {
-                                    self.batch.touch(t);
-                                }
-                            }
-                            None => {
-                                snapshotting.insert(table.id.clone(), Arc::clone(&table));
-                                self.batch.touch(&table);
+                    BusMessage::EnsureTable { table } => match self.mapped_targets(&table.id) {
+                        Some(targets) => {
+                            for t in &targets {
+                                self.batch.touch(t);
                             }
                         }
-                    }
+                        None => {
+                            snapshotting.insert(table.id.clone(), Arc::clone(&table));
+                            self.batch.touch(&table);
+                        }
+                    },
                     BusMessage::Idle { ack } => {
                         at_boundary = true;
                         self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));

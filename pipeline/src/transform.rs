@@ -90,7 +90,10 @@ pub enum Output {
 #[derive(Debug, Clone)]
 enum Coercion {
     Decimal(DecimalTarget),
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Text,
     Bool,
     Uuid,
@@ -212,11 +215,17 @@ fn id_fits(kind: crate::id_map::IdKind, type_sql: &str) -> bool {
     let base = base_type(type_sql);
     match kind.is_uuid() {
         true => matches!(base.as_str(), "uuid" | "text" | "character varying"),
-        false => matches!(base.as_str(), "bigint" | "numeric" | "text" | "character varying"),
+        false => matches!(
+            base.as_str(),
+            "bigint" | "numeric" | "text" | "character varying"
+        ),
     }
 }
 
-fn coercion_for(col: &TargetColumn, round: Option<decimal::RoundingMode>) -> Result<Coercion, String> {
+fn coercion_for(
+    col: &TargetColumn,
+    round: Option<decimal::RoundingMode>,
+) -> Result<Coercion, String> {
     let base = base_type(&col.type_sql);
     if base.ends_with("[]") {
         return Ok(Coercion::AsIs);
@@ -312,9 +321,14 @@ impl Transformer {
             };
             let mut extra_taken: Vec<Vec<String>> =
                 t.children.iter().map(|c| split_path(&c.from)).collect();
-            let Some(mut plan) =
-                compile_plan(mappings, catalog, &rules, None, &mut extra_taken, &mut findings)
-            else {
+            let Some(mut plan) = compile_plan(
+                mappings,
+                catalog,
+                &rules,
+                None,
+                &mut extra_taken,
+                &mut findings,
+            ) else {
                 continue;
             };
             for (j, c) in t.children.iter().enumerate() {
@@ -328,9 +342,14 @@ impl Transformer {
                     columns: &c.columns,
                 };
                 let link = (&c.parent_key[..], c.position.as_str(), &plan.schema);
-                if let Some(child) =
-                    compile_plan(mappings, catalog, &rules, Some(link), &mut Vec::new(), &mut findings)
-                {
+                if let Some(child) = compile_plan(
+                    mappings,
+                    catalog,
+                    &rules,
+                    Some(link),
+                    &mut Vec::new(),
+                    &mut findings,
+                ) {
                     plan.children.push(ChildPlan {
                         from: split_path(&c.from),
                         plan: child,
@@ -362,9 +381,9 @@ impl Transformer {
 
     /// Whether `table` is one of the mapping's target tables.
     pub fn is_target(&self, table: &TableId) -> bool {
-        self.tables.values().any(|p| {
-            p.schema.id == *table || p.children.iter().any(|c| c.plan.schema.id == *table)
-        })
+        self.tables
+            .values()
+            .any(|p| p.schema.id == *table || p.children.iter().any(|c| c.plan.schema.id == *table))
     }
 
     /// Whether `schema` is the shape of one of the mapping's target
@@ -378,7 +397,10 @@ impl Transformer {
                 .any(|t| {
                     t.id == schema.id
                         && t.columns.len() == schema.columns.len()
-                        && t.columns.iter().zip(&schema.columns).all(|(a, b)| a.name == b.name)
+                        && t.columns
+                            .iter()
+                            .zip(&schema.columns)
+                            .all(|(a, b)| a.name == b.name)
                 })
         })
     }
@@ -527,7 +549,10 @@ fn compile_plan(
                 }
                 _ => findings.push(finding(
                     format!("{key}.position"),
-                    format!("{target_id}.{position} is {}, not an integer type", tc.type_sql),
+                    format!(
+                        "{target_id}.{position} is {}, not an integer type",
+                        tc.type_sql
+                    ),
                 )),
             },
         }
@@ -610,7 +635,10 @@ fn compile_plan(
             if let Err(r) = coerce(d.clone(), &coercion) {
                 findings.push(finding(
                     format!("{ckey}.default"),
-                    format!("{target_id}.{name} ({}) cannot take it: {}", tc.type_sql, r.1),
+                    format!(
+                        "{target_id}.{name} ({}) cannot take it: {}",
+                        tc.type_sql, r.1
+                    ),
                 ));
             }
         }
@@ -642,18 +670,17 @@ fn compile_plan(
                 format!("{key}.rest"),
                 format!("{target_id} has no column {r:?}"),
             )),
-            Some(tc) if !matches!(base_type(&tc.type_sql).as_str(), "jsonb" | "json") => {
-                findings.push(finding(
+            Some(tc) if !matches!(base_type(&tc.type_sql).as_str(), "jsonb" | "json") => findings
+                .push(finding(
                     format!("{key}.rest"),
                     format!("{target_id}.{r} is {}, not jsonb", tc.type_sql),
-                ))
-            }
+                )),
             Some(tc) => {
                 named.insert(r);
                 push_col(
-            &mut columns,
-            &mut plans,
-            target,
+                    &mut columns,
+                    &mut plans,
+                    target,
                     tc,
                     ColumnPlan {
                         from: From::Rest,
@@ -845,7 +872,10 @@ fn record_of(schema: &TableSchema, row: &Row) -> Record {
 
 /// The value at `path`; `None` when absent. A jsonb value (PostgreSQL
 /// sources) is entered like a document.
-fn lookup<'a>(fields: &'a [(String, Value)], path: &[String]) -> Option<std::borrow::Cow<'a, Value>> {
+fn lookup<'a>(
+    fields: &'a [(String, Value)],
+    path: &[String],
+) -> Option<std::borrow::Cow<'a, Value>> {
     use std::borrow::Cow;
     let (first, rest) = path.split_first()?;
     let v = fields.iter().find(|(n, _)| n == first).map(|(_, v)| v)?;
@@ -926,7 +956,10 @@ fn raw(v: &Value) -> String {
         other => json_text(other),
     };
     if t.len() > 200 {
-        let cut = (0..=200).rev().find(|&i| t.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| t.is_char_boundary(i))
+            .unwrap_or(0);
         format!("{}…", &t[..cut])
     } else {
         t
@@ -934,18 +967,16 @@ fn raw(v: &Value) -> String {
 }
 
 fn not_coercible(v: &Value, what: &str) -> (String, String) {
-    (
-        "not_coercible".into(),
-        format!("{} is not {what}", raw(v)),
-    )
+    ("not_coercible".into(), format!("{} is not {what}", raw(v)))
 }
 
 /// Coerces a value to a column's type, or says which rule refuses it.
 fn coerce(v: Value, c: &Coercion) -> Result<Value, (String, String)> {
     if v.is_null() {
         return match c {
-            Coercion::Decimal(t) => decimal::normalize(&v, t)
-                .map_err(|r| (r.rule.as_str().to_string(), r.message)),
+            Coercion::Decimal(t) => {
+                decimal::normalize(&v, t).map_err(|r| (r.rule.as_str().to_string(), r.message))
+            }
             _ => Ok(Value::Null),
         };
     }
@@ -1167,7 +1198,10 @@ fn build_row(
                 ev,
                 &path(),
                 "null_in_not_null".into(),
-                format!("column {} is NOT NULL and the field is missing or null", col.name),
+                format!(
+                    "column {} is NOT NULL and the field is missing or null",
+                    col.name
+                ),
             )),
             Ok(v) => {
                 row[i] = Datum::Value(v);
@@ -1235,7 +1269,10 @@ fn build_row(
             }
         }
         let left = still_left;
-        let rest = plan.columns.iter().position(|c| matches!(c.from, From::Rest));
+        let rest = plan
+            .columns
+            .iter()
+            .position(|c| matches!(c.from, From::Rest));
         match rest {
             Some(i) => {
                 if left.iter().any(|(n, _)| rec.unchanged.contains(n)) {
@@ -1251,8 +1288,10 @@ fn build_row(
                 }
             }
             None if !left.is_empty() && plan.unmapped == Unmapped::Reject => {
-                let fields: Vec<String> =
-                    left.iter().map(|(n, v)| format!("{n} = {}", raw(v))).collect();
+                let fields: Vec<String> = left
+                    .iter()
+                    .map(|(n, v)| format!("{n} = {}", raw(v)))
+                    .collect();
                 return Err(reject(
                     ev,
                     &left[0].0,
@@ -1310,9 +1349,19 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
         Op::Truncate => {
             // Children first: they may reference the parent.
             for c in &plan.children {
-                out.push(Output::Change(change(ev, &c.plan.schema, Op::Truncate, Vec::new())));
+                out.push(Output::Change(change(
+                    ev,
+                    &c.plan.schema,
+                    Op::Truncate,
+                    Vec::new(),
+                )));
             }
-            out.push(Output::Change(change(ev, &plan.schema, Op::Truncate, Vec::new())));
+            out.push(Output::Change(change(
+                ev,
+                &plan.schema,
+                Op::Truncate,
+                Vec::new(),
+            )));
         }
         Op::Delete => {
             let Some(before) = &ev.before else {

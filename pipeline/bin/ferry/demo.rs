@@ -90,7 +90,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let pipeline = {
         let config = config.clone();
-        tokio::spawn(async move { crate::run_pipeline(&config, crate::Role::All, stop_rx, None).await })
+        tokio::spawn(
+            async move { crate::run_pipeline(&config, crate::Role::All, stop_rx, None).await },
+        )
     };
 
     // Traffic at a steady rate.

@@ -163,18 +163,20 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
                     return exit::PIPELINE;
                 }
             };
-            sink.dlq_replay(&f, dry_run, rate, transformer.as_deref()).await.map(|r| {
-                let verb = if dry_run { "would apply" } else { "applied" };
-                println!(
-                    "{verb} {}, superseded {}, failed again {}",
-                    r.applied, r.superseded, r.failed
-                );
-                if r.failed > 0 {
-                    exit::MISMATCH
-                } else {
-                    exit::OK
-                }
-            })
+            sink.dlq_replay(&f, dry_run, rate, transformer.as_deref())
+                .await
+                .map(|r| {
+                    let verb = if dry_run { "would apply" } else { "applied" };
+                    println!(
+                        "{verb} {}, superseded {}, failed again {}",
+                        r.applied, r.superseded, r.failed
+                    );
+                    if r.failed > 0 {
+                        exit::MISMATCH
+                    } else {
+                        exit::OK
+                    }
+                })
         }
         DlqCommand::Purge { selection, yes } => {
             let f = match filter(&selection) {

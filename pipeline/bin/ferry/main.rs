@@ -313,12 +313,15 @@ async fn check(path: &Path) -> u8 {
         use ferry_pipeline::prerequisite::Finding;
         match mapping::transformer(&config).await {
             Ok(_) => findings.push(Finding::pass("mapping", "fits the target schema")),
-            Err(mapping::Unusable::Findings(problems)) => {
-                findings.extend(problems.iter().map(|p| Finding::fail("mapping", p.to_string())))
-            }
-            Err(mapping::Unusable::Unreachable(e)) => {
-                findings.push(Finding::fail("mapping", format!("cannot read the target schema: {e}")))
-            }
+            Err(mapping::Unusable::Findings(problems)) => findings.extend(
+                problems
+                    .iter()
+                    .map(|p| Finding::fail("mapping", p.to_string())),
+            ),
+            Err(mapping::Unusable::Unreachable(e)) => findings.push(Finding::fail(
+                "mapping",
+                format!("cannot read the target schema: {e}"),
+            )),
         }
     }
     for f in &findings {

@@ -76,7 +76,10 @@ pub(crate) async fn transformer(config: &Config) -> Result<Option<Arc<Transforme
 
 fn load(path: &Path, command: &str) -> Result<Config, u8> {
     Config::load(path).map_err(|e| {
-        eprintln!("ferry {command}: invalid configuration {}: {e}", path.display());
+        eprintln!(
+            "ferry {command}: invalid configuration {}: {e}",
+            path.display()
+        );
         exit::CONFIG
     })
 }

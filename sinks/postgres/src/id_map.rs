@@ -37,12 +37,19 @@ pub async fn install(client: &impl GenericClient) -> Result<(), PipelineError> {
 
 /// The sequence of a bigint namespace.
 pub fn sequence_name(namespace: &str) -> String {
-    format!("public.{}", quote_ident(&format!("ferry_id_seq_{namespace}")))
+    format!(
+        "public.{}",
+        quote_ident(&format!("ferry_id_seq_{namespace}"))
+    )
 }
 
 /// Creates the sequence of a bigint namespace (DDL: outside the data
 /// transaction, under the sink's DDL lock).
-pub async fn ensure_sequence(client: &Client, namespace: &str, start: i64) -> Result<(), PipelineError> {
+pub async fn ensure_sequence(
+    client: &Client,
+    namespace: &str,
+    start: i64,
+) -> Result<(), PipelineError> {
     client
         .batch_execute(&format!(
             "CREATE SEQUENCE IF NOT EXISTS {} AS bigint START {start}",
@@ -87,10 +94,12 @@ impl Requests {
 
     /// Bigint namespaces and their first values.
     pub fn sequences(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.allocate.iter().filter_map(|(ns, (kind, _))| match kind {
-            IdKind::Bigint { start } => Some((ns.as_str(), *start)),
-            _ => None,
-        })
+        self.allocate
+            .iter()
+            .filter_map(|(ns, (kind, _))| match kind {
+                IdKind::Bigint { start } => Some((ns.as_str(), *start)),
+                _ => None,
+            })
     }
 }
 
@@ -119,7 +128,11 @@ impl Known {
             .allocate
             .iter()
             .map(|(ns, (_, ids))| (ns, ids.iter().collect::<Vec<_>>()))
-            .chain(req.require.iter().map(|(ns, ids)| (ns, ids.keys().collect())));
+            .chain(
+                req.require
+                    .iter()
+                    .map(|(ns, ids)| (ns, ids.keys().collect())),
+            );
         for (ns, ids) in all {
             if self.len + ids.len() > KNOWN_MAX {
                 self.ids.clear();
@@ -207,7 +220,9 @@ pub async fn allocate(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipeli
         let legacy: Vec<&str> = ids.iter().map(String::as_str).collect();
         let candidates: Vec<Option<String>> = ids.iter().map(|l| kind.candidate(l)).collect();
         let new_id = match kind {
-            IdKind::Bigint { .. } => format!("nextval('{}')::text", sequence_name(ns).replace('\'', "''")),
+            IdKind::Bigint { .. } => {
+                format!("nextval('{}')::text", sequence_name(ns).replace('\'', "''"))
+            }
             _ => "u.n".to_string(),
         };
         let sql = format!(

@@ -321,7 +321,8 @@ impl PostgresSink {
         self.known_ids = known;
         if let Ok(parked) = &result {
             self.dlq_tables.extend(parked_tables);
-            self.dlq_tables.extend(parked.iter().map(|p| p.table.clone()));
+            self.dlq_tables
+                .extend(parked.iter().map(|p| p.table.clone()));
         }
         result
     }
@@ -394,7 +395,8 @@ impl PostgresSink {
         self.tables = tables;
         self.settle(result.as_ref().err());
         if result.is_ok() {
-            self.dlq_tables.extend(batch.parked.iter().map(|p| p.table.clone()));
+            self.dlq_tables
+                .extend(batch.parked.iter().map(|p| p.table.clone()));
             self.known_ids.remember(&req);
         }
         result
@@ -554,10 +556,13 @@ async fn apply_tables(
 
 /// Whether a table has any row (TRUNCATE of an empty table is skipped).
 async fn has_rows(tx: &Transaction<'_>, id: &TableId) -> Result<bool, PipelineError> {
-    tx.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", id.quoted()), &[])
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| pg_err(&format!("read {id}"), e))
+    tx.query_one(
+        &format!("SELECT EXISTS (SELECT 1 FROM {})", id.quoted()),
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .map_err(|e| pg_err(&format!("read {id}"), e))
 }
 
 /// A target table checked by `ensure_tables`, unless a reconnect since
@@ -631,7 +636,10 @@ async fn apply_prunes(
         "t.{} >= u.keep::bigint",
         quote_ident(&schema.columns[link.position].name)
     ));
-    let aliases: Vec<String> = (0..k).map(|j| format!("p{j}")).chain(["keep".into()]).collect();
+    let aliases: Vec<String> = (0..k)
+        .map(|j| format!("p{j}"))
+        .chain(["keep".into()])
+        .collect();
     let placeholders: Vec<String> = (1..=k + 1).map(|i| format!("${i}::text[]")).collect();
     let sql = format!(
         "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
@@ -640,7 +648,10 @@ async fn apply_prunes(
         aliases.join(", "),
         conds.join(" AND ")
     );
-    let arrays: Vec<params::TextArray> = cols.into_iter().map(params::TextArrayBuilder::finish).collect();
+    let arrays: Vec<params::TextArray> = cols
+        .into_iter()
+        .map(params::TextArrayBuilder::finish)
+        .collect();
     execute(tx, statements, &sql, &arrays, &target.id).await?;
     Ok(())
 }
@@ -1217,7 +1228,8 @@ impl PostgresSink {
                     }
                 }
                 Some(Err(r)) => {
-                    let mut e = PipelineError::new(ErrorClass::Permanent, Stage::Transform, r.message);
+                    let mut e =
+                        PipelineError::new(ErrorClass::Permanent, Stage::Transform, r.message);
                     e.code = Some(r.rule);
                     refused = Some(e);
                 }

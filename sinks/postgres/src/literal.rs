@@ -82,8 +82,8 @@ fn write_array(out: &mut String, items: &[Value]) {
 
 #[cfg(test)]
 mod tests {
-    use ferry_pipeline::json::base64_into;
     use super::*;
+    use ferry_pipeline::json::base64_into;
     use ferry_pipeline::value::{Numeric, TemporalKind};
 
     fn t(v: Value) -> String {

@@ -289,7 +289,8 @@ async fn create_enum_type(client: &Client, c: &Column) -> Result<(), PipelineErr
 pub async fn mapping_catalog(
     client: &Client,
     ids: &[TableId],
-) -> Result<std::collections::HashMap<TableId, ferry_pipeline::transform::TargetTable>, PipelineError> {
+) -> Result<std::collections::HashMap<TableId, ferry_pipeline::transform::TargetTable>, PipelineError>
+{
     use ferry_pipeline::transform::{TargetColumn as MappedColumn, TargetTable as Mapped};
     let mut out = std::collections::HashMap::new();
     for id in ids {
