@@ -250,6 +250,10 @@ pub struct Batch {
     /// Mapped source rows changed by the batch (table, key as JSON): their
     /// records parked by the transform stage are superseded.
     pub source_keys: Vec<(TableId, String)>,
+    /// Mapped source tables emptied in the batch (a truncate, a snapshot
+    /// starting over): their records parked by the transform stage are
+    /// superseded.
+    pub emptied_sources: Vec<TableId>,
     /// The parked record of the last change pushed (its Kafka origin is
     /// attached when the message's offset arrives).
     last_parked: Option<usize>,

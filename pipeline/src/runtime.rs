@@ -194,6 +194,7 @@ pub fn spawn_apply<K: Sink>(
         pending_ack: None,
         last_commit_ts: None,
         mapped_counts: HashMap::new(),
+        awaiting_offset: false,
     };
     let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
     let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
@@ -501,6 +502,11 @@ struct ApplyLoop<K: Sink> {
     last_commit_ts: Option<i64>,
     /// Mapped source changes since the last hand-off, per table and op.
     mapped_counts: HashMap<TableId, [u64; crate::event::Op::ALL.len()]>,
+    /// Kafka worker: a change is in the batch whose message offset has not
+    /// arrived yet. The batch waits for it: handed off without it, the
+    /// batch would carry rows without their partition's progress (and the
+    /// fence that goes with it).
+    awaiting_offset: bool,
 }
 
 /// The writer stopped; its own error says why.
@@ -599,6 +605,9 @@ impl<K: Sink> ApplyLoop<K> {
         match t.apply(&ev) {
             None => self.batch.push(ev),
             Some(Ok(outputs)) => {
+                if ev.op == crate::event::Op::Truncate {
+                    self.batch.emptied_sources.push(ev.table.id.clone());
+                }
                 let key = crate::transform::source_key(&ev);
                 for o in outputs {
                     match o {
@@ -659,8 +668,9 @@ impl<K: Sink> ApplyLoop<K> {
         overdue: &mut bool,
         at_boundary: bool,
     ) -> Result<(), WriterGone> {
-        if self.batch.events >= self.opts.batch_size
-            || ((at_boundary || *overdue) && self.writer_idle())
+        if !self.awaiting_offset
+            && (self.batch.events >= self.opts.batch_size
+                || ((at_boundary || *overdue) && self.writer_idle()))
         {
             self.hand_off().await?;
             *deadline = None;
@@ -739,6 +749,7 @@ impl<K: Sink> ApplyLoop<K> {
                                     self.last_commit_ts = Some(ev.commit_ts_micros);
                                 }
                                 received = true;
+                                self.awaiting_offset = !self.skip_replays;
                                 self.transform(&t, ev)?;
                                 self.after_push(&mut deadline, &mut overdue, at_boundary)
                                     .await?;
@@ -758,6 +769,7 @@ impl<K: Sink> ApplyLoop<K> {
                             self.last_commit_ts = Some(ev.commit_ts_micros);
                         }
                         received = true;
+                        self.awaiting_offset = !self.skip_replays;
                         self.batch.push(ev);
                     }
                     BusMessage::Commit {
@@ -782,6 +794,7 @@ impl<K: Sink> ApplyLoop<K> {
                         // Kafka messages are not grouped in transactions:
                         // every message is a boundary.
                         at_boundary = true;
+                        self.awaiting_offset = false;
                         self.batch.consumed(&topic, partition, offset, position);
                     }
                     BusMessage::EnsureTable { table } => match self.mapped_targets(&table.id) {
@@ -812,6 +825,7 @@ impl<K: Sink> ApplyLoop<K> {
                                 for t in &targets {
                                     self.batch.snapshot_start(t);
                                 }
+                                self.batch.emptied_sources.push(table.id.clone());
                             }
                             None => {
                                 snapshotting.insert(table.id.clone(), Arc::clone(&table));
@@ -861,8 +875,9 @@ impl<K: Sink> ApplyLoop<K> {
                     }
                 }
             }
-            if self.batch.events >= self.opts.batch_size
-                || ((at_boundary || overdue) && self.writer_idle())
+            if !self.awaiting_offset
+                && (self.batch.events >= self.opts.batch_size
+                    || ((at_boundary || overdue) && self.writer_idle()))
             {
                 // Full, or the sink is free: ship what we have. An empty
                 // batch still carries the pending ack (released after

@@ -386,25 +386,6 @@ impl Transformer {
             .any(|p| p.schema.id == *table || p.children.iter().any(|c| c.plan.schema.id == *table))
     }
 
-    /// Whether `schema` is the shape of one of the mapping's target
-    /// tables (a record parked after the transform, e.g. a missing
-    /// reference): such a record is replayed as is, not mapped again, even
-    /// when a source table has the same name.
-    pub fn is_target_shape(&self, schema: &TableSchema) -> bool {
-        self.tables.values().any(|p| {
-            std::iter::once(&p.schema)
-                .chain(p.children.iter().map(|c| &c.plan.schema))
-                .any(|t| {
-                    t.id == schema.id
-                        && t.columns.len() == schema.columns.len()
-                        && t.columns
-                            .iter()
-                            .zip(&schema.columns)
-                            .all(|(a, b)| a.name == b.name)
-                })
-        })
-    }
-
     /// The target changes of `ev`, or why the record is refused. `None`
     /// when `ev`'s table is not mapped (it is mirrored as is).
     pub fn apply(&self, ev: &ChangeEvent) -> Option<Result<Vec<Output>, Rejected>> {
@@ -1224,6 +1205,9 @@ fn build_row(
                 }
                 match lookup(fields, p) {
                     Some(v) => v.into_owned(),
+                    // A delete's key comes from what the delete carries,
+                    // never from a default (it would name another row).
+                    None if keys_only => Value::Null,
                     None => c.default.clone().unwrap_or(Value::Null),
                 }
             }
@@ -1231,7 +1215,10 @@ fn build_row(
             From::ParentKey(k) => parent_key.get(*k).cloned().unwrap_or(Value::Null),
             From::Position => Value::Int(position),
             // A delete: a key column matched by name.
-            From::Field(name) if keys_only => match fields.iter().find(|(n, _)| n == name) {
+            From::Field(name) if keys_only => match fields
+                .iter()
+                .find(|(n, _)| n == name || (plan.snake_case && snake_case(n) == *name))
+            {
                 Some((_, v)) => v.clone(),
                 None => Value::Null,
             },
@@ -1413,6 +1400,19 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                 let old = build_row(plan, ev, record_of(&ev.table, before), &[], 0, true)?;
                 let old_key = key_of(&plan.schema, &old);
                 if old_key != key {
+                    // The row moves: what the source left unchanged (a
+                    // large value, a child array) is only in the old row,
+                    // which is deleted here.
+                    if row.iter().any(|d| matches!(d, Datum::UnchangedToast))
+                        || arrays.iter().any(Option::is_none)
+                    {
+                        return Err(reject(
+                            ev,
+                            "(key)",
+                            "unchanged_toast".into(),
+                            "the key changed and a large value the source left unchanged cannot be moved with it; use REPLICA IDENTITY FULL on the source table".into(),
+                        ));
+                    }
                     for c in &plan.children {
                         out.push(Output::Prune {
                             table: Arc::clone(&c.plan.schema),

@@ -113,6 +113,24 @@ pub async fn supersede(
     .map_err(|e| pg_err("supersede ferry_dlq", e))
 }
 
+/// Every parked record of a table is superseded: the table was emptied
+/// (a truncate, a snapshot starting over), and replaying any of them would
+/// bring back a row the source no longer has.
+pub async fn supersede_table(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    table: &TableId,
+) -> Result<u64, PipelineError> {
+    tx.execute(
+        "UPDATE public.ferry_dlq SET superseded_at = now()
+          WHERE pipeline = $1 AND table_schema = $2 AND table_name = $3
+            AND superseded_at IS NULL",
+        &[&pipeline, &table.schema, &table.name],
+    )
+    .await
+    .map_err(|e| pg_err("supersede ferry_dlq", e))
+}
+
 /// Tables with parked records that are not superseded.
 pub async fn tables_with_records(
     client: &impl GenericClient,

@@ -232,7 +232,7 @@ pub async fn allocate(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipeli
               WHERE NOT EXISTS (SELECT 1 FROM public.ferry_id_map m
                                  WHERE m.namespace = $1 AND m.legacy_id = u.l)
               ORDER BY u.l
-             ON CONFLICT DO NOTHING"
+             ON CONFLICT (namespace, legacy_id) DO NOTHING"
         );
         tx.execute(&sql, &[ns, &legacy, &candidates])
             .await

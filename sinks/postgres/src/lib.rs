@@ -137,6 +137,7 @@ impl PostgresSink {
                 .set(dlq::depth(&client, &self.pipeline).await?);
             self.statements.clear();
             self.tables.clear();
+            self.known_ids = Default::default();
             info!("connected to target");
             self.client = Some(client);
         }
@@ -281,6 +282,9 @@ impl PostgresSink {
                                 RowChange::Patch(_) | RowChange::Rekey { .. } => "update",
                                 _ => "upsert",
                             };
+                            // This record is the row's newest state: older
+                            // records of the row must not be replayed after it.
+                            dlq::supersede(&tx, &pipeline, &tb.schema.id, std::slice::from_ref(&record.key)).await?;
                             dlq::park(&tx, &pipeline, &tb.schema.id, op, &record).await?;
                             parked.push(ferry_pipeline::dlq::Parked {
                                 table: tb.schema.id.clone(),
@@ -528,12 +532,16 @@ async fn apply_tables(
     // references unless both go in the same statement. Empty tables are
     // left alone (a first snapshot into tables with foreign keys).
     let mut emptied = Vec::new();
+    let mut any_rows = false;
     for (tb, id) in batch.tables.iter().zip(target_ids) {
-        if (tb.truncate || tb.snapshot_start) && has_rows(tx, id).await? {
+        if tb.truncate || tb.snapshot_start {
+            any_rows |= has_rows(tx, id).await?;
             emptied.push(ensured(tables, id)?.id.quoted());
+            // Records parked for rows that are gone now must not come back.
+            dlq::supersede_table(tx, pipeline, &tb.schema.id).await?;
         }
     }
-    if emptied.len() > 1 {
+    if emptied.len() > 1 && any_rows {
         tx.batch_execute(&format!("TRUNCATE {}", emptied.join(", ")))
             .await
             .map_err(|e| pg_err("truncate tables", e))?;
@@ -676,6 +684,9 @@ async fn settle_dlq(
     for (table, keys) in by_table {
         dlq::supersede(tx, pipeline, table, &keys).await?;
     }
+    for table in &batch.emptied_sources {
+        dlq::supersede_table(tx, pipeline, table).await?;
+    }
     for p in &batch.parked {
         let op = ferry_pipeline::dlq::decode_event(&p.record.event)
             .map(|ev| match ev.op {
@@ -684,6 +695,9 @@ async fn settle_dlq(
                 _ => "upsert",
             })
             .unwrap_or("upsert");
+        // The newest state of the row: older records must not be replayed
+        // after it.
+        dlq::supersede(tx, pipeline, &p.table, std::slice::from_ref(&p.record.key)).await?;
         dlq::park(tx, pipeline, &p.table, op, &p.record).await?;
         if p.superseded {
             dlq::supersede(tx, pipeline, &p.table, std::slice::from_ref(&p.record.key)).await?;
@@ -1187,7 +1201,8 @@ impl PostgresSink {
                 .client()
                 .await?
                 .query_opt(
-                    "SELECT event, superseded_at IS NOT NULL FROM public.ferry_dlq WHERE id = $1",
+                    "SELECT event, superseded_at IS NOT NULL, stage, coalesce(error_code, '')
+                       FROM public.ferry_dlq WHERE id = $1",
                     &[&id],
                 )
                 .await
@@ -1212,7 +1227,14 @@ impl PostgresSink {
             // again: the fix may have been to the mapping.
             let mut batch = Batch::default();
             let mut refused = None;
-            let mapped = transformer.filter(|t| !t.is_target_shape(&ev.table));
+            // Refused by the mapping: the record is the source change. Any
+            // other record (a target constraint, a missing reference) is
+            // the mapped row itself.
+            let stage: String = row.get(2);
+            let code: String = row.get(3);
+            let is_source_change =
+                stage == Stage::Transform.as_str() && code != "missing_reference";
+            let mapped = transformer.filter(|_| is_source_change);
             match mapped.and_then(|t| t.apply(&ev)) {
                 None => batch.push(ev),
                 Some(Ok(outputs)) => {
@@ -1252,6 +1274,19 @@ impl PostgresSink {
                 }
                 let client = self.client().await?;
                 let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+                // Checked again under a lock: a newer change of the row may
+                // have landed (and superseded the record) since it was read;
+                // applying it now would move the row back.
+                let current = tx
+                    .query_opt(
+                        "SELECT superseded_at IS NULL FROM public.ferry_dlq WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| pg_err("read ferry_dlq", e))?;
+                if current.map(|r| r.get::<_, bool>(0)) != Some(true) {
+                    return Ok(false);
+                }
                 apply_tables(
                     &tx,
                     &mut statements,
@@ -1272,13 +1307,16 @@ impl PostgresSink {
                         .map_err(|e| pg_err("remove from ferry_dlq", e))?;
                     tx.commit().await.map_err(|e| pg_err("commit", e))?;
                 }
-                Ok::<(), PipelineError>(())
+                Ok::<bool, PipelineError>(true)
             }
             .await;
             self.statements = statements;
             self.tables = tables;
             match attempt {
-                Ok(()) => report.applied += 1,
+                Ok(true) => report.applied += 1,
+                // Superseded meanwhile: left to the next replay (which drops
+                // it) rather than applied over the newer change.
+                Ok(false) => report.superseded += 1,
                 Err(e) if e.class == ErrorClass::Permanent => {
                     report.failed += 1;
                     if !dry_run {
