@@ -1330,6 +1330,25 @@ fn change(template: &ChangeEvent, schema: &Arc<TableSchema>, op: Op, row: Row) -
     }
 }
 
+/// The delete of a parent row (`key_row` holds its key) and of all its
+/// children.
+fn delete_with_children(plan: &Plan, ev: &ChangeEvent, key_row: Row, out: &mut Vec<Output>) {
+    let key = key_of(&plan.schema, &key_row);
+    for c in &plan.children {
+        out.push(Output::Prune {
+            table: Arc::clone(&c.plan.schema),
+            parent_key: key.clone(),
+            keep_below: 0,
+        });
+    }
+    out.push(Output::Change(change(
+        ev,
+        &plan.schema,
+        Op::Delete,
+        key_row,
+    )));
+}
+
 fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
     let mut out = Vec::new();
     match ev.op {
@@ -1355,15 +1374,7 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                 return Ok(out);
             };
             let row = build_row(plan, ev, record_of(&ev.table, before), &[], 0, true)?;
-            let key = key_of(&plan.schema, &row);
-            for c in &plan.children {
-                out.push(Output::Prune {
-                    table: Arc::clone(&c.plan.schema),
-                    parent_key: key.clone(),
-                    keep_below: 0,
-                });
-            }
-            out.push(Output::Change(change(ev, &plan.schema, Op::Delete, row)));
+            delete_with_children(plan, ev, row, &mut out);
         }
         Op::Insert | Op::Read | Op::Update => {
             let Some(after) = &ev.after else {
@@ -1413,14 +1424,7 @@ fn apply_plan(plan: &Plan, ev: &ChangeEvent) -> Result<Vec<Output>, Rejected> {
                             "the key changed and a large value the source left unchanged cannot be moved with it; use REPLICA IDENTITY FULL on the source table".into(),
                         ));
                     }
-                    for c in &plan.children {
-                        out.push(Output::Prune {
-                            table: Arc::clone(&c.plan.schema),
-                            parent_key: old_key.clone(),
-                            keep_below: 0,
-                        });
-                    }
-                    out.push(Output::Change(change(ev, &plan.schema, Op::Delete, old)));
+                    delete_with_children(plan, ev, old, &mut out);
                 }
             }
             let op = ev.op;

@@ -592,14 +592,14 @@ async fn guarded<T>(
 }
 
 /// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
+pub(super) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // utime and stime: the 14th and 15th fields of the whole line.
     let rest = stat.rsplit_once(')')?.1;
@@ -609,7 +609,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// The JSON log lines of a ferry process.
-fn log_events(path: &Path) -> Vec<serde_json::Value> {
+pub(super) fn log_events(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -669,7 +669,7 @@ async fn wait_group(logs: &[PathBuf], partitions: usize, timeout: Duration) -> a
 }
 
 /// Waits until the target records a completed snapshot of every table.
-async fn wait_snapshots_recorded(dst: &Client) -> anyhow::Result<()> {
+pub(super) async fn wait_snapshots_recorded(dst: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n: i64 = dst

@@ -35,6 +35,7 @@ use anyhow::{bail, Context};
 use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
+use super::kafka::{cpu_seconds, log_events, tail, wait_snapshots_recorded};
 use super::{
     chrono_free_date, current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile,
     prepare_source, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
@@ -657,16 +658,6 @@ async fn backends_cpu(c: &Client, backend_type: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-/// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // utime and stime: the 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("    {l}"))
@@ -693,47 +684,6 @@ async fn guarded<T>(
                 }
             }
         }
-    }
-}
-
-/// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The JSON log lines of a ferry process.
-fn log_events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Waits until the target records a completed snapshot of every table.
-async fn wait_snapshots_recorded(dst: &Client) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM ferry_snapshot WHERE pipeline = 'bench'",
-                &[],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n >= TABLES.len() as i64 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the snapshots of the seed were not recorded in the target ({n} of {})",
-                TABLES.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1743,23 +1743,9 @@ fn read_generic(r: &mut AvroReader<'_>, depth: usize) -> Result<Value, EnvelopeE
 // ---------------------------------------------------------------------------
 // JSON
 
-/// A JSON string literal.
+/// A JSON string literal (the same writer as jsonb values').
 fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::json::write_json_string(out, s);
 }
 
 fn hex(bytes: &[u8]) -> String {
