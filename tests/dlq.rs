@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{ferry_cmd, Ferry, Pair};
+use crate::support::{ferry_cmd, wait_for, Ferry, Pair};
 
 const TABLE: &str = "public.payments";
 
@@ -21,22 +21,6 @@ async fn dlq_rows(pair: &Pair) -> Vec<(String, Option<String>, bool)> {
         .await
         .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
         .unwrap_or_default()
-}
-
-async fn wait_for<F, Fut>(what: &str, ferry: &Ferry, timeout: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; ferry's log:\n{}",
-            ferry.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,9 @@
 //! amount is parked with its rule while good rows land; a key-changing
 //! update moves the row. Runs on both buses (FERRY_TEST_BUS).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{Ferry, Pair};
+use crate::support::{wait_for, Ferry, Pair};
 
 const MAPPING: &str = r#"
 [id_maps.orders]
@@ -25,22 +25,6 @@ amount = { from = "amountText" }
 city = "meta.address.city"
 status = { from = "status", default = "new" }
 "#;
-
-async fn wait_until<F, Fut>(what: &str, ferry: &Ferry, timeout: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; ferry's log:\n{}",
-            ferry.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 type OrderRow = (
     String,
@@ -111,7 +95,7 @@ async fn postgres_source_through_a_mapping() {
     std::fs::write(&mapping, text).unwrap();
 
     let mut ferry = Ferry::spawn(&mapping);
-    wait_until("the snapshot", &ferry, Duration::from_secs(60), || async {
+    wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {
         rows(&dst).await.len() == 2
     })
     .await;
@@ -165,7 +149,7 @@ async fn postgres_source_through_a_mapping() {
     )
     .await
     .unwrap();
-    wait_until("the changes", &ferry, Duration::from_secs(60), || async {
+    wait_for("the changes", &ferry, Duration::from_secs(60), || async {
         let r = rows(&dst).await;
         r.len() == 3 && r.iter().any(|x| x.0 == "B-2")
     })

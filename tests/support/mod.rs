@@ -273,3 +273,21 @@ pub fn ferry_cmd(args: &[&str]) -> (i32, String) {
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Polls `probe` every 200 ms until it holds; after `timeout`, fails with
+/// `what` and ferry's log.
+pub async fn wait_for<F, Fut>(what: &str, ferry: &Ferry, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !probe().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; ferry's log:\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -106,6 +106,15 @@ impl PostgresSink {
         }
     }
 
+    /// The target table of each of the batch's tables, in batch order.
+    fn target_ids(&self, batch: &Batch) -> Vec<TableId> {
+        batch
+            .tables
+            .iter()
+            .map(|tb| self.target_id(&tb.schema.id))
+            .collect()
+    }
+
     async fn client(&mut self) -> Result<&mut Client, PipelineError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
@@ -197,11 +206,7 @@ impl PostgresSink {
         let tables = std::mem::take(&mut self.tables);
         let mut parked_tables = Vec::new();
         let recheck = self.maybe_committed;
-        let target_ids: Vec<TableId> = batch
-            .tables
-            .iter()
-            .map(|tb| self.target_id(&tb.schema.id))
-            .collect();
+        let target_ids = self.target_ids(batch);
         let self_dlq_tables = self.dlq_tables.clone();
         let known = std::mem::take(&mut self.known_ids);
         let result = async {
@@ -344,11 +349,7 @@ impl PostgresSink {
         let tables = std::mem::take(&mut self.tables);
         let recheck = self.maybe_committed;
         let dlq_tables = self.dlq_tables.clone();
-        let target_ids: Vec<TableId> = batch
-            .tables
-            .iter()
-            .map(|tb| self.target_id(&tb.schema.id))
-            .collect();
+        let target_ids = self.target_ids(batch);
         let req = id_map::requests(batch, &self.known_ids);
         let mut one_by_one = false;
         let result = loop {
@@ -1260,12 +1261,7 @@ impl PostgresSink {
             if refused.is_none() {
                 self.ensure_tables(&prepared.batch).await?;
             }
-            let target_ids: Vec<TableId> = prepared
-                .batch
-                .tables
-                .iter()
-                .map(|tb| self.target_id(&tb.schema.id))
-                .collect();
+            let target_ids = self.target_ids(&prepared.batch);
             let mut statements = std::mem::take(&mut self.statements);
             let tables = std::mem::take(&mut self.tables);
             let attempt = async {
