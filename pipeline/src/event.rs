@@ -130,7 +130,16 @@ pub struct Position {
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", format_lsn(self.commit_lsn), self.ordinal)
+        // No intermediate String: this runs for every change produced to
+        // Kafka (the position header).
+        let lsn = self.commit_lsn;
+        write!(
+            f,
+            "{:X}/{:X}#{}",
+            lsn >> 32,
+            lsn & 0xffff_ffff,
+            self.ordinal
+        )
     }
 }
 

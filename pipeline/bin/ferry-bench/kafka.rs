@@ -142,6 +142,20 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
 async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let runs = args.repeat.max(1);
+    if let Some(only) = &args.kafka_only {
+        let setup = match only.as_str() {
+            "embedded" => Setup::Embedded,
+            n => Setup::Kafka {
+                workers: n.parse()?,
+            },
+        };
+        for run in 0..runs {
+            eprintln!("run {} of {runs}: {}", run + 1, setup.name());
+            let o = bench_one(args, setup, run, tansu).await?;
+            println!("{}", serde_json::to_string(&o)?);
+        }
+        return Ok(());
+    }
     let mut all: Vec<Vec<KafkaOutcome>> = vec![Vec::new(); Setup::ALL.len()];
     for run in 0..runs {
         for (i, setup) in Setup::ALL.into_iter().enumerate() {

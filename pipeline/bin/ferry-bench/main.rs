@@ -68,6 +68,11 @@ struct Args {
     /// `--kafka-out`.
     #[arg(long)]
     kafka: bool,
+    /// With `--kafka`: run only this configuration (`embedded`, `1` or
+    /// `2` workers) and print its figures, without ratios or report; for
+    /// profiling one of them.
+    #[arg(long, value_parser = ["embedded", "1", "2"])]
+    kafka_only: Option<String>,
     /// Where the JSON report of `--kafka` goes.
     #[arg(long, default_value = "bench-results/kafka.json")]
     kafka_out: PathBuf,

@@ -100,10 +100,12 @@ fn main() -> ExitCode {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = runtime_threads(&cli.command) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -122,6 +124,28 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+/// Runtime worker threads for `command`, where Ferry knows better than
+/// one per core (tokio's default, or `TOKIO_WORKER_THREADS` when set).
+///
+/// A source on the Kafka bus is a chain of tasks (the replication
+/// stream's reader, the decoder, the encoder feeding librdkafka, the
+/// delivery tracker), each handing every change to the next. On two
+/// threads each hand-off wakes the other, parked thread: tens of thousands
+/// of context switches a second, a third of the source's CPU on a 2-core
+/// machine. On one thread a hand-off is a queue push; librdkafka's own
+/// threads do the network work beside it.
+fn runtime_threads(command: &Command) -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    match command {
+        Command::Run {
+            role: Role::Source, ..
+        } => Some(1),
+        _ => None,
+    }
 }
 
 /// Loads and validates the configuration, including the connection URLs

@@ -169,6 +169,8 @@ pub struct Encoder {
     /// the announcement.
     announced: HashSet<u64>,
     registry_ids: HashMap<u64, u32>,
+    /// The plan of the last event encoded.
+    last: Option<Arc<SchemaPlan>>,
 }
 
 impl Encoder {
@@ -180,6 +182,7 @@ impl Encoder {
             plans: HashMap::new(),
             announced: HashSet::new(),
             registry_ids: HashMap::new(),
+            last: None,
         }
     }
 
@@ -272,6 +275,23 @@ impl Encoder {
     }
 
     fn plan_for(&mut self, table: &Arc<TableSchema>) -> Result<Arc<SchemaPlan>, EnvelopeError> {
+        // Sources share one `Arc` between a table's events, and changes of
+        // one table come in runs: the last plan usually fits without
+        // hashing the table's name.
+        if let Some(p) = &self.last {
+            if Arc::ptr_eq(&p.table, table) {
+                return Ok(Arc::clone(p));
+            }
+        }
+        let plan = self.find_or_build_plan(table)?;
+        self.last = Some(Arc::clone(&plan));
+        Ok(plan)
+    }
+
+    fn find_or_build_plan(
+        &mut self,
+        table: &Arc<TableSchema>,
+    ) -> Result<Arc<SchemaPlan>, EnvelopeError> {
         if let Some(versions) = self.plans.get(&table.id) {
             // Newest first: a schema change makes the old version rare.
             if let Some(p) = versions

@@ -20,6 +20,7 @@
 //!   worker with a message (`auto.offset.reset=error`).
 
 pub mod envelope;
+pub mod outbox;
 pub mod producer;
 pub mod registry;
 pub mod schema_store;

@@ -3,23 +3,26 @@
 //! acknowledgements are released only once Kafka acknowledged every
 //! message before them.
 //!
-//! Two tasks: the *producer* encodes and enqueues messages (librdkafka
-//! batches and retries them; a full queue makes it wait, which makes the
-//! source wait: memory stays bounded however long the broker is away), and
-//! the *tracker* awaits deliveries in enqueue order and releases what each
-//! one makes durable: source acks, completed snapshots, resume tokens.
+//! Two tasks: the *forwarder* encodes and enqueues messages through the
+//! [`Outbox`] (librdkafka batches and retries them; a full queue makes it
+//! wait, which makes the source wait: memory stays bounded however long the
+//! broker is away), and the *tracker* releases, in order, what the
+//! outbox's delivered watermark makes durable: source acks, completed
+//! snapshots, resume tokens.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::envelope::{Encoder, NewSchema};
+use super::outbox::{Outbox, Outgoing};
 use super::{
     client_config, ensure_topics, kafka_err, partition_count, schema_store, source_checkpoint,
     Topics,
@@ -45,8 +48,17 @@ pub const HEADER_SNAPSHOT_START: &str = "ferry.snapshot-start";
 /// the embedded bus (for operators; the source's own record is in Kafka).
 pub const HEADER_SNAPSHOT_DONE: &str = "ferry.snapshot-done";
 
-/// Creates the idempotent producer Ferry's guarantees rest on.
+/// Creates an idempotent producer with [`producer_config`] that reports
+/// deliveries through futures (for occasional messages: the dead-letter
+/// mirror).
 pub fn create_producer(k: &KafkaConfig) -> Result<super::Producer, PipelineError> {
+    producer_config(k)
+        .create_with_context(super::LogContext)
+        .map_err(|e| kafka_err(Stage::Source, "create the Kafka producer", e))
+}
+
+/// The settings of the idempotent producer Ferry's guarantees rest on.
+pub fn producer_config(k: &KafkaConfig) -> rdkafka::config::ClientConfig {
     let kbytes = (k.max_in_flight_mb * 1024).min(i32::MAX as u64);
     client_config(k, &k.producer)
         .set("enable.idempotence", "true")
@@ -67,8 +79,7 @@ pub fn create_producer(k: &KafkaConfig) -> Result<super::Producer, PipelineError
         // (message.max.bytes / max.message.bytes) must allow them too.
         .set("message.max.bytes", "67108864")
         .set_default_linger()
-        .create_with_context(super::LogContext)
-        .map_err(|e| kafka_err(Stage::Source, "create the Kafka producer", e))
+        .clone()
 }
 
 trait LingerDefault {
@@ -94,15 +105,37 @@ enum Marker<'a> {
     SnapshotDone(&'a str),
 }
 
-/// What the tracker releases, in the order the producer enqueued it.
+/// What the tracker releases once every message enqueued before it is
+/// delivered (`upto`: the outbox's [`Outbox::sent`] count at the time).
 enum Pending {
-    Delivery {
-        fut: DeliveryFuture,
-        resume_token: Option<Arc<str>>,
+    Ack {
+        ack: SourceAck,
+        upto: u64,
     },
-    Ack(SourceAck),
-    Snapshot(TableId, SnapshotRecord),
-    Resume(Arc<str>),
+    Snapshot {
+        table: TableId,
+        record: SnapshotRecord,
+        upto: u64,
+    },
+    Resume {
+        token: Arc<str>,
+        upto: u64,
+    },
+    /// The forwarder is done: everything it sent must be delivered.
+    Drained {
+        upto: u64,
+    },
+}
+
+impl Pending {
+    fn upto(&self) -> u64 {
+        match self {
+            Pending::Ack { upto, .. }
+            | Pending::Snapshot { upto, .. }
+            | Pending::Resume { upto, .. }
+            | Pending::Drained { upto } => *upto,
+        }
+    }
 }
 
 /// Starts producing what arrives on `rx` to Kafka; acks go to `acks`.
@@ -114,13 +147,14 @@ pub fn spawn(
     acks: watch::Sender<SourceAck>,
     checkpoint: Checkpoint,
 ) -> Result<Spawned, PipelineError> {
-    let producer = Arc::new(create_producer(k)?);
+    let outbox = Arc::new(Outbox::new(&producer_config(k))?);
     let topics = Topics::new(&k.topic_prefix);
-    // Unbounded, but each entry is a few words and librdkafka's own queue
-    // bound stops the producer long before this matters.
+    // Unbounded, but there is one entry per source transaction (not per
+    // change), and librdkafka's own queue bound stops the forwarder long
+    // before this matters.
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let tracker = Tracker {
-        producer: Arc::clone(&producer),
+        outbox: Arc::clone(&outbox),
         checkpoint_topic: topics.checkpoints(),
         pipeline: pipeline.to_string(),
         acks,
@@ -130,7 +164,7 @@ pub fn spawn(
     };
     let fwd = Forwarder {
         k: k.clone(),
-        producer,
+        outbox,
         topics,
         encoder: Encoder::new(k.encoding.into(), pipeline),
         pending: pending_tx,
@@ -138,6 +172,7 @@ pub fn spawn(
         ensured: HashSet::new(),
         schemas: HashMap::new(),
         outs: HashMap::new(),
+        header_buf: String::new(),
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
     let mut fwd_task = tokio::spawn(fwd.run(rx));
@@ -161,7 +196,7 @@ pub fn spawn(
 
 struct Forwarder {
     k: KafkaConfig,
-    producer: Arc<super::Producer>,
+    outbox: Arc<Outbox>,
     topics: Topics,
     encoder: Encoder,
     pending: mpsc::UnboundedSender<Pending>,
@@ -175,6 +210,8 @@ struct Forwarder {
     /// a table): the topic and the events to count. One lookup per event
     /// instead of hashing the table's name several times.
     outs: HashMap<usize, TableOut>,
+    /// Reused for the position and xid headers' text.
+    header_buf: String,
 }
 
 struct TableOut {
@@ -194,21 +231,34 @@ impl Forwarder {
                 BusMessage::Change(ev) => self.change(ev, None).await?,
                 BusMessage::Commit { ack, .. } | BusMessage::Idle { ack } => {
                     self.flush_counts();
-                    self.pend(Pending::Ack(ack))?
+                    let upto = self.outbox.sent();
+                    self.pend(Pending::Ack { ack, upto })?
                 }
-                BusMessage::Resume { resume_token } => self.pend(Pending::Resume(resume_token))?,
+                BusMessage::Resume { resume_token } => {
+                    let upto = self.outbox.sent();
+                    self.pend(Pending::Resume {
+                        token: resume_token,
+                        upto,
+                    })?
+                }
                 BusMessage::SnapshotStart { table } => self.snapshot_start(table).await?,
                 BusMessage::SnapshotDone { table, rows, state } => {
                     self.flush_counts();
                     self.snapshot_done(&table, rows, &state).await?;
-                    self.pend(Pending::Snapshot(table, SnapshotRecord { rows, state }))?
+                    let upto = self.outbox.sent();
+                    self.pend(Pending::Snapshot {
+                        table,
+                        record: SnapshotRecord { rows, state },
+                        upto,
+                    })?
                 }
                 // Worker-side messages never come from a source.
                 BusMessage::Consumed { .. } | BusMessage::EnsureTable { .. } => {}
             }
         }
         self.flush_counts();
-        Ok(())
+        let upto = self.outbox.sent();
+        self.pend(Pending::Drained { upto })
     }
 
     /// Counted per event locally, published per transaction: a labelled
@@ -237,7 +287,7 @@ impl Forwarder {
         if !self.ensured.contains(&table.id) {
             let topic = self.topics.data(&table.id);
             ensure_topics(&self.k, std::slice::from_ref(&topic), false, Stage::Source).await?;
-            let n = partition_count(self.producer.client(), &topic, Stage::Source)?;
+            let n = partition_count(self.outbox.client(), &topic, Stage::Source)?;
             self.partitions.insert(table.id.clone(), n);
             self.ensured.insert(table.id.clone());
         }
@@ -339,16 +389,23 @@ impl Forwarder {
             None => value,
         };
         let key = self.encoder.key(&ev);
-        let position = ev.position.to_string();
-        let mut headers = OwnedHeaders::new().insert(Header {
+        // One header list per message (librdkafka takes it over); the
+        // texts are written into one reused buffer.
+        let buf = &mut self.header_buf;
+        buf.clear();
+        let _ = write!(buf, "{}", ev.position);
+        let position_end = buf.len();
+        if let Some(x) = ev.xid {
+            let _ = write!(buf, "{x}");
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
             key: HEADER_POSITION,
-            value: Some(position.as_bytes()),
+            value: Some(&buf.as_bytes()[..position_end]),
         });
-        let xid = ev.xid.map(|x| x.to_string());
-        if let Some(x) = &xid {
+        if ev.xid.is_some() {
             headers = headers.insert(Header {
                 key: HEADER_XID,
-                value: Some(x.as_bytes()),
+                value: Some(&buf.as_bytes()[position_end..]),
             });
         }
         match marker {
@@ -366,33 +423,26 @@ impl Forwarder {
             }
             None => {}
         }
-        let mut record = FutureRecord::to(&topic[..])
-            .key(&key)
-            .payload(&value)
-            .headers(headers);
-        if marker.is_some() || ev.op == Op::Truncate {
-            // Table-wide markers go to partition 0 (the only one when they
-            // truncate).
-            record = record.partition(0);
+        // Table-wide markers go to partition 0 (the only one when they
+        // truncate).
+        let partition = (marker.is_some() || ev.op == Op::Truncate).then_some(0);
+        let seq = self
+            .outbox
+            .send(Outgoing {
+                topic: &topic,
+                key: &key,
+                payload: &value,
+                headers: Some(headers),
+                partition,
+            })
+            .await?;
+        match ev.resume_token {
+            Some(token) => self.pend(Pending::Resume {
+                token,
+                upto: seq + 1,
+            }),
+            None => Ok(()),
         }
-        let fut = loop {
-            match self.producer.send_result(record) {
-                Ok(fut) => break fut,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: the broker is slow or away. Wait for
-                    // librdkafka to drain (the source waits meanwhile).
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err((e, _)) => {
-                    return Err(kafka_err(Stage::Source, &format!("produce to {topic}"), e))
-                }
-            }
-        };
-        self.pend(Pending::Delivery {
-            fut,
-            resume_token: ev.resume_token.clone(),
-        })
     }
 
     async fn publish_schema(&mut self, schema: &NewSchema) -> Result<(), PipelineError> {
@@ -408,15 +458,15 @@ impl Forwarder {
         }
         let topic = self.topics.schemas();
         ensure_topics(&self.k, std::slice::from_ref(&topic), true, Stage::Source).await?;
-        schema_store::publish(&self.producer, &topic, schema).await?;
+        schema_store::publish(&self.outbox, &topic, schema).await?;
         info!(table = %schema.subject_table, fingerprint = format!("{:016x}", schema.fingerprint), "published a writer schema");
         Ok(())
     }
 }
 
-/// Awaits deliveries in order and releases what they make durable.
+/// Releases, in order, what the delivered watermark makes durable.
 struct Tracker {
-    producer: Arc<super::Producer>,
+    outbox: Arc<Outbox>,
     checkpoint_topic: String,
     pipeline: String,
     acks: watch::Sender<SourceAck>,
@@ -430,80 +480,75 @@ impl Tracker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) -> Result<(), PipelineError> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut open = true;
         loop {
-            let p = tokio::select! {
-                p = rx.recv() => p,
+            // Wait for the newest entry, not the oldest: one wake-up then
+            // releases everything queued (a source transaction of a few
+            // rows each would otherwise wake this task per transaction,
+            // tens of thousands of times a second). The newest's messages
+            // are delivered soon after the oldest's: librdkafka sends them
+            // in the same requests.
+            let back = queue.back().map(Pending::upto);
+            tokio::select! {
+                p = rx.recv(), if open => match p {
+                    Some(p) => queue.push_back(p),
+                    None => open = false,
+                },
+                r = self.outbox.delivered(back.unwrap_or(0)), if back.is_some() => {
+                    r?;
+                    let reached = back.expect("guarded");
+                    while queue.front().is_some_and(|p| p.upto() <= reached) {
+                        let p = queue.pop_front().expect("checked");
+                        self.release(p).await?;
+                    }
+                }
                 _ = tick.tick() => {
                     if self.dirty && self.last_write.elapsed() >= Duration::from_secs(1) {
                         self.write().await?;
                     }
-                    continue;
                 }
-            };
-            let Some(p) = p else {
-                // The producer is done: everything it sent is durable now.
+            }
+            if !open && queue.is_empty() {
+                // The forwarder is done and everything it sent is durable.
                 if self.dirty {
                     self.write().await?;
                 }
                 return Ok(());
-            };
-            match p {
-                Pending::Delivery { fut, resume_token } => {
-                    match fut.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, m))) => {
-                            // Retried by librdkafka until it gave up: the
-                            // messages after it may be lost or reordered,
-                            // so the source starts over from its last
-                            // durable point.
-                            let what = match e.rdkafka_error_code() {
-                                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => format!(
-                                    "topic {} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the source stops",
-                                    rdkafka::Message::topic(&m)
-                                ),
-                                _ => "deliver to Kafka".to_string(),
-                            };
-                            return Err(kafka_err(Stage::Source, &what, e));
-                        }
-                        Err(_) => {
-                            return Err(PipelineError::fatal(
-                                Stage::Source,
-                                "the Kafka producer went away",
-                            ))
-                        }
-                    }
-                    if let Some(t) = resume_token {
-                        self.checkpoint.resume_token = Some(t.to_string());
-                        self.dirty = true;
-                    }
-                }
-                Pending::Ack(ack) => {
-                    self.acks.send_if_modified(|cur| {
-                        if ack > *cur {
-                            *cur = ack;
-                            true
-                        } else {
-                            false
-                        }
-                    });
-                }
-                Pending::Resume(t) => {
-                    self.checkpoint.resume_token = Some(t.to_string());
-                    self.dirty = true;
-                }
-                Pending::Snapshot(table, record) => {
-                    // Completed snapshots are written at once: the source
-                    // must not copy the table again after a restart.
-                    self.checkpoint.snapshots.insert(table, record);
-                    self.write().await?;
-                }
             }
         }
     }
 
+    async fn release(&mut self, p: Pending) -> Result<(), PipelineError> {
+        match p {
+            Pending::Ack { ack, .. } => {
+                self.acks.send_if_modified(|cur| {
+                    if ack > *cur {
+                        *cur = ack;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Pending::Resume { token, .. } => {
+                self.checkpoint.resume_token = Some(token.to_string());
+                self.dirty = true;
+            }
+            Pending::Snapshot { table, record, .. } => {
+                // Completed snapshots are written at once: the source must
+                // not copy the table again after a restart.
+                self.checkpoint.snapshots.insert(table, record);
+                self.write().await?;
+            }
+            Pending::Drained { .. } => {}
+        }
+        Ok(())
+    }
+
     async fn write(&mut self) -> Result<(), PipelineError> {
         source_checkpoint::store(
-            &self.producer,
+            &self.outbox,
             &self.checkpoint_topic,
             &self.pipeline,
             &self.checkpoint,

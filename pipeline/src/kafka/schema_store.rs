@@ -8,31 +8,30 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::envelope::NewSchema;
+use super::outbox::{Outbox, Outgoing};
 use super::{client_config, kafka_err};
 use crate::config::KafkaConfig;
 use crate::error::{PipelineError, Stage};
 
 /// Publishes `schema` and waits until Kafka has it.
 pub async fn publish(
-    producer: &super::Producer,
+    outbox: &Outbox,
     topic: &str,
     schema: &NewSchema,
 ) -> Result<(), PipelineError> {
     let key = format!("{:016x}", schema.fingerprint);
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(&key)
-                .payload(schema.avro_json.as_bytes()),
-            rdkafka::util::Timeout::Never,
-        )
+    outbox
+        .send_and_wait(Outgoing {
+            topic,
+            key: key.as_bytes(),
+            payload: schema.avro_json.as_bytes(),
+            headers: None,
+            partition: None,
+        })
         .await
-        .map_err(|(e, _)| kafka_err(Stage::Source, "publish a schema to Kafka", e))?;
-    Ok(())
 }
 
 /// Every schema in the topic, oldest first.

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::outbox::{Outbox, Outgoing};
 use super::{client_config, kafka_err};
 use crate::checkpoint::{Checkpoint, SnapshotRecord};
 use crate::config::KafkaConfig;
@@ -143,20 +143,21 @@ fn read_last(k: &KafkaConfig, topic: &str, pipeline: &str) -> Result<Checkpoint,
 
 /// Writes `c` as `pipeline`'s checkpoint and waits for Kafka's ack.
 pub async fn store(
-    producer: &super::Producer,
+    outbox: &Outbox,
     topic: &str,
     pipeline: &str,
     c: &Checkpoint,
 ) -> Result<(), PipelineError> {
     let value = encode(c);
-    producer
-        .send(
-            FutureRecord::to(topic).key(pipeline).payload(&value),
-            rdkafka::util::Timeout::Never,
-        )
+    outbox
+        .send_and_wait(Outgoing {
+            topic,
+            key: pipeline.as_bytes(),
+            payload: &value,
+            headers: None,
+            partition: None,
+        })
         .await
-        .map_err(|(e, _)| kafka_err(Stage::Source, "write the source checkpoint to Kafka", e))?;
-    Ok(())
 }
 
 #[cfg(test)]

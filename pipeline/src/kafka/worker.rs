@@ -53,7 +53,10 @@ pub enum Subscription {
     Prefix,
 }
 
-type Progress = Arc<Mutex<HashMap<(String, i32), PartitionProgress>>>;
+/// Per assigned partition: where the sink's progress is, and the last
+/// position applied from it. Keyed by the topic's shared name, so that the
+/// per-message lookup allocates nothing.
+type Progress = Arc<Mutex<HashMap<(Arc<str>, i32), PartitionProgress>>>;
 
 /// The consumer's callbacks: logs, and the rebalance that starts each
 /// assigned partition at the sink's progress.
@@ -129,11 +132,11 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                 for (topic, partition) in &parts {
                     let offset = match stored.get(&(topic.clone(), *partition)) {
                         Some(p) => {
-                            progress.insert((topic.clone(), *partition), *p);
+                            progress.insert((Arc::from(topic.as_str()), *partition), *p);
                             Offset::Offset(p.next_offset)
                         }
                         None => {
-                            progress.remove(&(topic.clone(), *partition));
+                            progress.remove(&(Arc::from(topic.as_str()), *partition));
                             Offset::Beginning
                         }
                     };
@@ -154,8 +157,8 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = ?parts, "partitions revoked");
                 let mut progress = self.progress.lock().expect("progress lock");
-                for p in &parts {
-                    progress.remove(p);
+                for (t, p) in &parts {
+                    progress.remove(&(Arc::from(t.as_str()), *p));
                 }
                 drop(progress);
                 let _ = if cooperative {
@@ -292,9 +295,9 @@ async fn run_once<K: Sink, S: BusOffsets>(
         opts,
         shutdown.clone(),
     );
-    let mut apply_task = apply.task;
+    let apply_task = apply.task;
     let _apply = apply.abort;
-    let mut reader = Reader {
+    let reader = Reader {
         k: k.clone(),
         pipeline: opts.pipeline.clone(),
         decoder: Decoder::new(),
@@ -302,16 +305,79 @@ async fn run_once<K: Sink, S: BusOffsets>(
         progress,
         topic_names: HashMap::new(),
     };
-    let mut shutdown_rx = shutdown.clone();
+    // The loop runs as a task of the runtime, beside the apply task: a
+    // message handed to the apply side then wakes a task on the same
+    // worker threads instead of crossing from the thread that called
+    // `block_on`.
+    let consume = tokio::spawn(consume(
+        consumer,
+        subscription.clone(),
+        reader,
+        apply_task,
+        shutdown,
+    ));
+    let _consume = crate::runtime::AbortOnDrop(vec![consume.abort_handle()]);
+    flatten(consume.await)
+}
+
+/// Feeds consumed messages to the apply side until shutdown (then lets the
+/// apply side commit what it has) or an error.
+///
+/// Per message only the consumer's future and the apply task's handle are
+/// polled: the timer, the shutdown signal and the topic check are set up
+/// once, not per message (a fresh timer per message was a tenth of the
+/// worker's CPU).
+async fn consume<S: BusOffsets>(
+    consumer: Arc<StreamConsumer<WorkerContext<S>>>,
+    subscription: Subscription,
+    mut reader: Reader,
+    mut apply_task: tokio::task::JoinHandle<Result<(), PipelineError>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let mut shutdown_rx = shutdown;
+    // (The `Ref` wait_for returns must not live in the select's output: it
+    // is not Send.)
+    let stop = async move {
+        let _ = shutdown_rx.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked = std::time::Instant::now();
     let mut check: Option<tokio::task::JoinHandle<Result<(), PipelineError>>> = None;
     loop {
         tokio::select! {
-            // (The `Ref` wait_for returns must not live in the select's
-            // output: it is not Send.)
-            _ = async { let _ = shutdown_rx.wait_for(|s| *s).await; } => break,
+            _ = &mut stop => break,
             res = &mut apply_task => return flatten(res),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tick.tick() => {
+                // The check runs beside the consume loop (its requests may
+                // wait behind a fetch at the broker): its verdict is read
+                // once it is in.
+                if check.as_ref().is_some_and(|h| h.is_finished()) {
+                    let h = check.take().expect("checked above");
+                    h.await.map_err(|e| {
+                        PipelineError::fatal(Stage::Decode, format!("topic check: {e}"))
+                    })??;
+                }
+                if check.is_none() && checked.elapsed() >= Duration::from_secs(5) {
+                    checked = std::time::Instant::now();
+                    let c = Arc::clone(&consumer);
+                    let names = match &subscription {
+                        Subscription::Topics(n) => n.clone(),
+                        Subscription::Prefix => Vec::new(),
+                    };
+                    let owned: Vec<((String, i32), PartitionProgress)> = reader
+                        .progress
+                        .lock()
+                        .expect("progress lock")
+                        .iter()
+                        .map(|((t, p), v)| ((t.to_string(), *p), *v))
+                        .collect();
+                    check = Some(tokio::task::spawn_blocking(move || {
+                        check_topics(&c, &names, &owned)
+                    }));
+                }
+            }
             msg = consumer.recv() => {
                 let m = match msg {
                     Ok(m) => m,
@@ -340,31 +406,6 @@ async fn run_once<K: Sink, S: BusOffsets>(
         {
             return Err(e);
         }
-        // The check runs beside the consume loop (its requests may wait
-        // behind a fetch at the broker): its verdict is read once it is in.
-        if check.as_ref().is_some_and(|h| h.is_finished()) {
-            let h = check.take().expect("checked above");
-            h.await
-                .map_err(|e| PipelineError::fatal(Stage::Decode, format!("topic check: {e}")))??;
-        }
-        if check.is_none() && checked.elapsed() >= Duration::from_secs(5) {
-            checked = std::time::Instant::now();
-            let c = Arc::clone(&consumer);
-            let names = match subscription {
-                Subscription::Topics(n) => n.clone(),
-                Subscription::Prefix => Vec::new(),
-            };
-            let owned: Vec<((String, i32), PartitionProgress)> = reader
-                .progress
-                .lock()
-                .expect("progress lock")
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            check = Some(tokio::task::spawn_blocking(move || {
-                check_topics(&c, &names, &owned)
-            }));
-        }
     }
     // Shutdown: let the apply side commit what it has, then stop.
     drop(reader);
@@ -383,9 +424,25 @@ fn dead_letter_mirror(
 ) -> Result<crate::dlq::OnParked, PipelineError> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
-    let producer = Arc::new(super::producer::create_producer(k)?);
+    // Created on the first parked record: most workers never park one, and
+    // an idle producer still costs a polling thread and broker connections.
+    let producer: std::sync::OnceLock<super::Producer> = std::sync::OnceLock::new();
+    let k = k.clone();
     let pipeline = pipeline.to_string();
     Ok(Arc::new(move |parked: &[crate::dlq::Parked]| {
+        if parked.is_empty() {
+            return;
+        }
+        let producer = match producer.get() {
+            Some(p) => p,
+            None => match super::producer::create_producer(&k) {
+                Ok(p) => producer.get_or_init(|| p),
+                Err(e) => {
+                    warn!(error = %e, "could not create the producer for the dead-letter topic (the records are in ferry_dlq)");
+                    return;
+                }
+            },
+        };
         for p in parked {
             let table = p.table.to_string();
             let position = p.record.position.map(|x| x.to_string()).unwrap_or_default();
@@ -581,7 +638,7 @@ impl Reader {
             // partition (positions only grow within one).
             let replay = ev.position.commit_lsn != 0 && {
                 let mut progress = self.progress.lock().expect("progress lock");
-                let key = (topic.to_string(), partition);
+                let key = (Arc::clone(&topic), partition);
                 let seen = progress.get(&key).and_then(|p| p.position);
                 if Some(ev.position) <= seen {
                     true
