@@ -184,9 +184,13 @@ impl ProducerContext for OutboxContext {
 
 /// One message to enqueue.
 pub struct Outgoing<'a> {
+    /// The topic.
     pub topic: &'a str,
+    /// The key bytes (they choose the partition).
     pub key: &'a [u8],
+    /// The value bytes.
     pub payload: &'a [u8],
+    /// Headers, if any.
     pub headers: Option<OwnedHeaders>,
     /// A fixed partition (table-wide markers); else by key.
     pub partition: Option<i32>,
@@ -266,9 +270,29 @@ impl Outbox {
         }
     }
 
+    /// How many messages, from the first, Kafka has acknowledged without a
+    /// gap (the watermark).
+    pub fn delivered_so_far(&self) -> u64 {
+        self.watermark.delivered.load(Ordering::SeqCst)
+    }
+
     /// Waits until Kafka acknowledged every message numbered below `upto`.
     pub async fn delivered(&self, upto: u64) -> Result<(), PipelineError> {
         self.watermark.wait(upto).await.map_err(|f| f.to_error())
+    }
+
+    /// Takes the next sequence number without producing, and reports a
+    /// delivery, as librdkafka would: for tests of what waits on the
+    /// watermark.
+    #[cfg(test)]
+    pub(crate) fn fake_send(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// See [`Outbox::fake_send`].
+    #[cfg(test)]
+    pub(crate) fn fake_delivery(&self, seq: u64) {
+        self.watermark.report(seq, Ok(()));
     }
 
     /// Enqueues `m` and waits until it and everything before it is

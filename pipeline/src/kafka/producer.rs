@@ -488,21 +488,20 @@ impl Tracker {
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let mut open = true;
         loop {
-            // Wait for the newest entry, not the oldest: one wake-up then
-            // releases everything queued (a source transaction of a few
-            // rows each would otherwise wake this task per transaction,
-            // tens of thousands of times a second). The newest's messages
-            // are delivered soon after the oldest's: librdkafka sends them
-            // in the same requests.
-            let back = queue.back().map(Pending::upto);
+            // Wait for the oldest entry, then release everything the
+            // watermark covers by then. Deliveries are reported a produce
+            // response at a time, so this wakes about once per response,
+            // not once per source transaction; waiting for the newest entry
+            // instead would never end while the source keeps sending.
+            let front = queue.front().map(Pending::upto);
             tokio::select! {
                 p = rx.recv(), if open => match p {
                     Some(p) => queue.push_back(p),
                     None => open = false,
                 },
-                r = self.outbox.delivered(back.unwrap_or(0)), if back.is_some() => {
+                r = self.outbox.delivered(front.unwrap_or(0)), if front.is_some() => {
                     r?;
-                    let reached = back.expect("guarded");
+                    let reached = self.outbox.delivered_so_far();
                     while queue.front().is_some_and(|p| p.upto() <= reached) {
                         let p = queue.pop_front().expect("checked");
                         self.release(p).await?;
@@ -562,5 +561,68 @@ impl Tracker {
         self.dirty = false;
         self.last_write = Instant::now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While the source keeps sending, acknowledgements are released as
+    /// deliveries catch up, not only once the traffic stops.
+    #[tokio::test]
+    async fn acks_advance_under_continuous_traffic() {
+        let mut config = rdkafka::config::ClientConfig::new();
+        // No broker is contacted: deliveries are reported by hand.
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        let outbox = Arc::new(Outbox::new(&config).unwrap());
+        let (acks_tx, acks_rx) = watch::channel(SourceAck(0));
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+        let tracker = Tracker {
+            outbox: Arc::clone(&outbox),
+            checkpoint_topic: "ferry._checkpoints".into(),
+            pipeline: "test".into(),
+            acks: acks_tx,
+            checkpoint: Checkpoint::default(),
+            dirty: false,
+            last_write: Instant::now(),
+        };
+        let task = tokio::spawn(tracker.run(pending_rx));
+        // Each round: 10 messages and a transaction end; deliveries lag
+        // 5 rounds behind the sends.
+        let mut sent = Vec::new();
+        for round in 1..=200u64 {
+            for _ in 0..10 {
+                sent.push(outbox.fake_send());
+            }
+            pending_tx
+                .send(Pending::Ack {
+                    ack: SourceAck(round),
+                    upto: outbox.sent(),
+                })
+                .unwrap();
+            if round > 5 {
+                let start = ((round - 6) * 10) as usize;
+                for &seq in &sent[start..start + 10] {
+                    outbox.fake_delivery(seq);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        // Still sending (nothing closed), deliveries 5 rounds behind: the
+        // acks released are those of the delivered rounds.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut rx = acks_rx.clone();
+            rx.wait_for(|a| a.0 == 195).await.unwrap();
+        })
+        .await
+        .expect("acks stalled while traffic continued");
+        assert_eq!(acks_rx.borrow().0, 195, "no ack beyond what is delivered");
+        for &seq in &sent[1950..] {
+            outbox.fake_delivery(seq);
+        }
+        drop(pending_tx);
+        task.await.unwrap().unwrap();
+        assert_eq!(acks_rx.borrow().0, 200);
     }
 }

@@ -283,7 +283,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
     });
     let dlq_topic = super::Topics::new(&k.topic_prefix).dlq();
     ensure_topics(k, std::slice::from_ref(&dlq_topic), false, Stage::Decode).await?;
-    let on_parked = dead_letter_mirror(k, &opts.pipeline, dlq_topic)?;
+    let on_parked = dead_letter_mirror(k, &opts.pipeline, dlq_topic);
     let apply = spawn_apply(
         bus_rx,
         sink,
@@ -417,11 +417,7 @@ async fn consume<S: BusOffsets>(
 /// the batch's transaction) stays the record of truth that `ferry dlq
 /// replay` works from; the topic is for the tooling around Kafka, so a
 /// failed send is logged, not retried for ever.
-fn dead_letter_mirror(
-    k: &KafkaConfig,
-    pipeline: &str,
-    topic: String,
-) -> Result<crate::dlq::OnParked, PipelineError> {
+fn dead_letter_mirror(k: &KafkaConfig, pipeline: &str, topic: String) -> crate::dlq::OnParked {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
     // Created on the first parked record: most workers never park one, and
@@ -429,7 +425,7 @@ fn dead_letter_mirror(
     let producer: std::sync::OnceLock<super::Producer> = std::sync::OnceLock::new();
     let k = k.clone();
     let pipeline = pipeline.to_string();
-    Ok(Arc::new(move |parked: &[crate::dlq::Parked]| {
+    Arc::new(move |parked: &[crate::dlq::Parked]| {
         if parked.is_empty() {
             return;
         }
@@ -493,7 +489,7 @@ fn dead_letter_mirror(
         }
         // Deliveries complete in the background (librdkafka's thread).
         producer.poll(Duration::ZERO);
-    }))
+    })
 }
 
 /// What librdkafka does not report by itself: a subscribed topic that is
