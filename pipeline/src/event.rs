@@ -132,20 +132,22 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No intermediate String: this runs for every change produced to
         // Kafka (the position header).
-        let lsn = self.commit_lsn;
-        write!(
-            f,
-            "{:X}/{:X}#{}",
-            lsn >> 32,
-            lsn & 0xffff_ffff,
-            self.ordinal
-        )
+        write!(f, "{}#{}", LsnText(self.commit_lsn), self.ordinal)
+    }
+}
+
+/// Displays a PostgreSQL LSN in `X/Y` notation.
+pub struct LsnText(pub u64);
+
+impl fmt::Display for LsnText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
     }
 }
 
 /// `X/Y` notation of a PostgreSQL LSN.
 pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+    LsnText(lsn).to_string()
 }
 
 /// Parses `X/Y` notation.

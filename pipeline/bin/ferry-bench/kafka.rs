@@ -296,7 +296,14 @@ async fn bench_one(
     let prefix = format!("bench-{}-{}", run + 1, setup.key().replace('_', "-"));
     std::fs::write(
         &config,
-        config_toml(&source, &target, setup, fleet.broker.as_ref(), &prefix),
+        config_toml(
+            &source,
+            &target,
+            setup,
+            fleet.broker.as_ref(),
+            &prefix,
+            args.kafka_linger_ms,
+        ),
     )?;
 
     // Workers first, and their group settled: the rebalances of joining
@@ -447,6 +454,7 @@ fn config_toml(
     setup: Setup,
     broker: Option<&Broker>,
     prefix: &str,
+    linger_ms: Option<u32>,
 ) -> String {
     let tables = TABLES
         .iter()
@@ -465,8 +473,11 @@ partitions = {PARTITIONS}
 group_id = "{prefix}"
 # librdkafka's defaults make a group join take ~20 s.
 consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-"#,
-                port = b.port
+{producer}"#,
+                port = b.port,
+                producer = linger_ms
+                    .map(|l| format!("producer = {{ \"linger.ms\" = \"{l}\" }}\n"))
+                    .unwrap_or_default(),
             ),
         ),
         _ => ("embedded", String::new()),

@@ -73,6 +73,10 @@ struct Args {
     /// profiling one of them.
     #[arg(long, value_parser = ["embedded", "1", "2"])]
     kafka_only: Option<String>,
+    /// With `--kafka`: the producer's `linger.ms` (Ferry's default when
+    /// not given), to measure the throughput/lag trade.
+    #[arg(long)]
+    kafka_linger_ms: Option<u32>,
     /// Where the JSON report of `--kafka` goes.
     #[arg(long, default_value = "bench-results/kafka.json")]
     kafka_out: PathBuf,

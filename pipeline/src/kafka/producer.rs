@@ -10,12 +10,10 @@
 //! outbox's delivered watermark makes durable: source acks, completed
 //! snapshots, resume tokens.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
-use std::fmt::Write as _;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, watch};
@@ -154,9 +152,10 @@ pub fn spawn(
 ) -> Result<Spawned, PipelineError> {
     let outbox = Arc::new(Outbox::new(&producer_config(k))?);
     let topics = Topics::new(&k.topic_prefix);
-    // Unbounded, but there is one entry per source transaction (not per
-    // change), and librdkafka's own queue bound stops the forwarder long
-    // before this matters.
+    // Unbounded, but the tracker takes entries off at once (it queues them
+    // itself, coalescing a MongoDB source's resume token per change), and
+    // librdkafka's own queue bound stops the forwarder long before this
+    // matters.
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let tracker = Tracker {
         outbox: Arc::clone(&outbox),
@@ -469,6 +468,22 @@ impl Forwarder {
     }
 }
 
+/// Queues `p` for release. A MongoDB source sends a resume token with every
+/// change: a token waiting behind another one replaces it (only the newest
+/// is kept once both are delivered), so the queue holds a few entries, not
+/// one per change. The front entry is never replaced: its bound must not
+/// move, or a source that keeps sending would never see it released.
+fn enqueue(queue: &mut VecDeque<Pending>, p: Pending) {
+    if matches!(p, Pending::Resume { .. })
+        && queue.len() >= 2
+        && matches!(queue.back(), Some(Pending::Resume { .. }))
+    {
+        *queue.back_mut().expect("len >= 2") = p;
+    } else {
+        queue.push_back(p);
+    }
+}
+
 /// Releases, in order, what the delivered watermark makes durable.
 struct Tracker {
     outbox: Arc<Outbox>,
@@ -496,7 +511,7 @@ impl Tracker {
             let front = queue.front().map(Pending::upto);
             tokio::select! {
                 p = rx.recv(), if open => match p {
-                    Some(p) => queue.push_back(p),
+                    Some(p) => enqueue(&mut queue, p),
                     None => open = false,
                 },
                 r = self.outbox.delivered(front.unwrap_or(0)), if front.is_some() => {
@@ -567,6 +582,37 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_tokens_coalesce_behind_the_front() {
+        let resume = |t: &str, upto| Pending::Resume {
+            token: Arc::from(t),
+            upto,
+        };
+        let mut q = VecDeque::new();
+        for (i, t) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            enqueue(&mut q, resume(t, i as u64 + 1));
+        }
+        let tokens: Vec<(String, u64)> = q
+            .iter()
+            .map(|p| match p {
+                Pending::Resume { token, upto } => (token.to_string(), *upto),
+                _ => unreachable!(),
+            })
+            .collect();
+        // The front keeps its bound; the newest token replaced the others.
+        assert_eq!(tokens, vec![("a".into(), 1), ("d".into(), 4)]);
+        // An ack is never merged away.
+        enqueue(
+            &mut q,
+            Pending::Ack {
+                ack: SourceAck(9),
+                upto: 5,
+            },
+        );
+        enqueue(&mut q, resume("e", 6));
+        assert_eq!(q.len(), 4);
+    }
 
     /// While the source keeps sending, acknowledgements are released as
     /// deliveries catch up, not only once the traffic stops.
