@@ -259,6 +259,20 @@ impl Ferry {
 impl Drop for Ferry {
     fn drop(&mut self) {
         self.kill9();
+        // A test that failed (e.g. in `wait_equal`, which has no handle on
+        // this process) still shows what ferry said: CI keeps only stdout.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(200).collect();
+            eprintln!(
+                "---- ferry's log ({}), last {} lines ----",
+                self.log.display(),
+                tail.len()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use pgwire_replication::{
 };
 use tokio::sync::watch;
 use tokio_postgres::Client;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::catalog::{self, SourceTable};
 use crate::pgoutput::{self, LogicalMessage, TupleColumn};
@@ -216,7 +216,8 @@ async fn handle_message(
     match msg {
         LogicalMessage::Relation(rel) => {
             let id = TableId::new(rel.namespace.clone(), rel.name.clone());
-            let stream_rel = relation_schema(catalog, tables, &id, &rel).await?;
+            let xid = tx.as_ref().map(|t| t.xid);
+            let stream_rel = relation_schema(catalog, tables, &id, &rel, xid).await?;
             relations.insert(rel.id, stream_rel);
             Ok(())
         }
@@ -340,6 +341,7 @@ async fn relation_schema(
     tables: &HashMap<TableId, SourceTable>,
     id: &TableId,
     rel: &pgoutput::Relation,
+    xid: Option<u32>,
 ) -> Result<StreamRelation, PipelineError> {
     let Some(configured) = tables.get(id) else {
         // Not ours: remember it with an empty key so that its rows are
@@ -370,21 +372,21 @@ async fn relation_schema(
             types: configured.types.clone(),
         });
     }
-    // The table changed since start (a column added or dropped): describe
-    // it again and take each column the stream names.
-    let fresh = catalog::describe(catalog, id).await?.ok_or_else(|| {
-        PipelineError::fatal(Stage::Source, format!("source table {id} disappeared"))
-    })?;
+    // The table changed since start (a column added, dropped or retyped):
+    // describe it again and take each column the stream names.
+    let fresh = describe_as_streamed(catalog, id, xid).await?;
     let mut columns = Vec::with_capacity(rel.columns.len());
     let mut types = Vec::with_capacity(rel.columns.len());
-    for rc in &rel.columns {
-        let pos = fresh.schema.columns.iter().position(|c| c.name == rc.name);
-        match pos {
-            Some(i) if fresh.schema.columns[i].type_oid == rc.type_oid => {
+    for (rc, known) in rel.columns.iter().zip(catalog_columns(&fresh, rel)) {
+        match known {
+            Some(i) => {
                 columns.push(fresh.schema.columns[i].clone());
                 types.push(fresh.types[i]);
             }
-            _ => {
+            None => {
+                // The catalog no longer (or not yet) shows the column as
+                // the stream does: its type as of this transaction, from
+                // the stream's own type OID and modifier.
                 let type_sql: String = catalog
                     .query_one(
                         "SELECT format_type($1, $2)",
@@ -441,6 +443,91 @@ async fn relation_schema(
     })
 }
 
+/// How long a changed relation waits for its transaction to become
+/// visible to the catalog connection (normally well under a millisecond).
+const CATALOG_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Describes `id` once the transaction `xid` that the stream is decoding
+/// is visible to the catalog connection.
+///
+/// The walsender may send a transaction before its commit is visible to
+/// other sessions (the commit record is flushed before the committing
+/// backend leaves the proc array), so a catalog read made on receipt can
+/// still show the table as it was before an `ALTER TABLE`. Taking types
+/// from that read mirrored a widened `numeric(12,4)` as the old
+/// `numeric(6,2)`, and the target rounded the new values. The catalog can
+/// also be ahead of the stream (a later `ALTER`, or a later statement of
+/// the same transaction): [`catalog_columns`] then takes from it only the
+/// columns that match the stream's description.
+async fn describe_as_streamed(
+    catalog: &Client,
+    id: &TableId,
+    xid: Option<u32>,
+) -> Result<SourceTable, PipelineError> {
+    if let Some(xid) = xid {
+        let deadline = tokio::time::Instant::now() + CATALOG_CATCH_UP;
+        let mut reads = 0u32;
+        while !committed_visibly(catalog, xid).await? {
+            reads += 1;
+            if tokio::time::Instant::now() >= deadline {
+                warn!(table = %id, xid, "the stream's transaction is still not visible to the catalog; typing changed columns from the stream");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if reads > 0 {
+            debug!(table = %id, xid, reads, "waited for the stream's transaction to become visible");
+        }
+    }
+    catalog::describe(catalog, id).await?.ok_or_else(|| {
+        PipelineError::fatal(Stage::Source, format!("source table {id} disappeared"))
+    })
+}
+
+/// Whether transaction `xid` (32 bits, as pgoutput sends it) is visible to
+/// a snapshot taken now. The epoch comes from the snapshot's `xmax`: one
+/// less when `xid` is above xmax's low 32 bits (it was assigned before the
+/// counter wrapped).
+async fn committed_visibly(catalog: &Client, xid: u32) -> Result<bool, PipelineError> {
+    catalog
+        .query_one(
+            "SELECT pg_visible_in_snapshot(
+                    ((((pg_snapshot_xmax(s)::text::bigint >> 32)
+                       - CASE WHEN $1::bigint > (pg_snapshot_xmax(s)::text::bigint & 4294967295)
+                              THEN 1 ELSE 0 END) << 32) | $1::bigint)::text::xid8,
+                    s)
+               FROM pg_current_snapshot() s",
+            &[&i64::from(xid)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| {
+            crate::pg_err(
+                Stage::Source,
+                "check the stream's transaction is visible",
+                e,
+            )
+        })
+}
+
+/// For each column of the stream's Relation message, the index of the
+/// catalog column with the same name, type OID and type modifier, if any.
+fn catalog_columns(fresh: &SourceTable, rel: &pgoutput::Relation) -> Vec<Option<usize>> {
+    rel.columns
+        .iter()
+        .map(|rc| {
+            fresh
+                .schema
+                .columns
+                .iter()
+                .zip(&fresh.typmods)
+                .position(|(c, m)| {
+                    c.name == rc.name && c.type_oid == rc.type_oid && *m == rc.type_modifier
+                })
+        })
+        .collect()
+}
+
 fn decode_tuple(rel: &StreamRelation, cols: &[TupleColumn]) -> Result<Row, PipelineError> {
     if cols.len() != rel.types.len() {
         return Err(PipelineError::fatal(
@@ -481,4 +568,108 @@ fn decode_tuple(rel: &StreamRelation, cols: &[TupleColumn]) -> Result<Row, Pipel
 /// How often the stream reports its confirmed position.
 pub fn status_interval(ms: u64) -> Duration {
     Duration::from_millis(ms.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_pipeline::event::Column;
+
+    const NUMERIC: u32 = 1700;
+    const TEXT: u32 = 25;
+
+    /// `numeric(p,s)`'s type modifier.
+    fn numeric_typmod(p: i32, s: i32) -> i32 {
+        ((p << 16) | s) + 4
+    }
+
+    fn catalog_table(cols: &[(&str, u32, i32, &str)]) -> SourceTable {
+        SourceTable {
+            oid: 1,
+            schema: Arc::new(TableSchema {
+                id: TableId::new("public", "items"),
+                columns: cols
+                    .iter()
+                    .map(|(name, oid, _, ty)| Column {
+                        name: name.to_string(),
+                        type_oid: *oid,
+                        type_sql: ty.to_string(),
+                        nullable: true,
+                        is_key: false,
+                        enum_labels: None,
+                        id_map: None,
+                    })
+                    .collect(),
+                primary_key: vec![0],
+                child: None,
+            }),
+            types: cols
+                .iter()
+                .map(|(_, oid, _, _)| PgType {
+                    oid: *oid,
+                    elem_oid: None,
+                })
+                .collect(),
+            typmods: cols.iter().map(|c| c.2).collect(),
+            replica_identity: 'd',
+            estimated_rows: 0,
+            pages: 0,
+            partitioned: false,
+            identity_differs_from_key: false,
+        }
+    }
+
+    fn relation(cols: &[(&str, u32, i32)]) -> pgoutput::Relation {
+        pgoutput::Relation {
+            id: 1,
+            namespace: "public".into(),
+            name: "items".into(),
+            replica_identity: b'd',
+            columns: cols
+                .iter()
+                .map(|(name, oid, m)| pgoutput::RelationColumn {
+                    is_key: false,
+                    name: name.to_string(),
+                    type_oid: *oid,
+                    type_modifier: *m,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_behind_the_stream_does_not_type_a_retyped_column() {
+        // The stream says price became numeric(12,4); the catalog, read
+        // before the ALTER's commit was visible, still says numeric(6,2).
+        let fresh = catalog_table(&[
+            ("id", 23, -1, "integer"),
+            ("price", NUMERIC, numeric_typmod(6, 2), "numeric(6,2)"),
+            ("note", TEXT, -1, "text"),
+        ]);
+        let rel = relation(&[
+            ("id", 23, -1),
+            ("price", NUMERIC, numeric_typmod(12, 4)),
+            ("note", TEXT, -1),
+        ]);
+        assert_eq!(catalog_columns(&fresh, &rel), vec![Some(0), None, Some(2)]);
+    }
+
+    #[test]
+    fn a_catalog_that_agrees_gives_every_column_by_name() {
+        // A column added after a dropped one: matched by name, not place.
+        let fresh = catalog_table(&[
+            ("id", 23, -1, "integer"),
+            ("tag", TEXT, -1, "text"),
+            ("price", NUMERIC, numeric_typmod(12, 4), "numeric(12,4)"),
+        ]);
+        let rel = relation(&[
+            ("id", 23, -1),
+            ("price", NUMERIC, numeric_typmod(12, 4)),
+            ("tag", TEXT, -1),
+        ]);
+        assert_eq!(
+            catalog_columns(&fresh, &rel),
+            vec![Some(0), Some(2), Some(1)]
+        );
+    }
 }

@@ -627,6 +627,7 @@ async fn apply_prunes(
         }
         cols[k].push(Some(&keep.to_string()));
     }
+    target.check_exact(tb)?;
     let cast = |name: &str| -> String { target.type_of(name).unwrap_or("text").to_string() };
     let mut conds: Vec<String> = link
         .parent_key

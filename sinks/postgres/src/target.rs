@@ -1,8 +1,11 @@
 //! Target tables: what the target database has, and creating or extending a
 //! table from the source's columns when the sink is allowed to.
 
-use ferry_pipeline::error::{PipelineError, Stage};
-use ferry_pipeline::event::{quote_ident, Column, TableId, TableSchema};
+use ferry_pipeline::batch::{RowChange, TableBatch};
+use ferry_pipeline::decimal::{self, DecimalTarget};
+use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
+use ferry_pipeline::event::{quote_ident, Column, Datum, TableId, TableSchema};
+use ferry_pipeline::value::{Numeric, Value};
 use tokio_postgres::Client;
 
 use crate::pg_err;
@@ -17,7 +20,9 @@ pub struct TargetColumn {
     /// explicit cast to `varchar(5)` or `numeric(4,1)` truncates or rounds
     /// silently; casting to the bare type and letting the column's
     /// assignment check the modifier makes a value that does not fit an
-    /// error instead.
+    /// error instead, except for extra fractional digits of a `numeric`,
+    /// which the assignment rounds too: [`TargetTable::check_exact`]
+    /// refuses those before writing.
     pub cast_sql: String,
 }
 
@@ -54,6 +59,70 @@ impl TargetTable {
         let unconstrained = t.type_sql == t.cast_sql;
         (unconstrained && t.cast_sql == source_base)
             || (t.type_sql == "text" && source_base == "character varying")
+    }
+}
+
+impl TargetTable {
+    /// Refuses a value that a `numeric(p,s)` target column would round.
+    ///
+    /// Values are cast to the bare type and the column's assignment checks
+    /// the modifier (see [`TargetColumn::cast_sql`]), but for `numeric`
+    /// that check rounds extra fractional digits away instead of failing.
+    /// A target column is widened to the source's type before a batch is
+    /// written, so a value can only have more digits than the target's
+    /// scale when the event misdescribes its column (a source read its
+    /// catalog before a type change was visible): then the change must be
+    /// parked, not written rounded. An amount that silently loses digits
+    /// is the one thing this pipeline must never do.
+    pub fn check_exact(&self, tb: &TableBatch) -> Result<(), PipelineError> {
+        let guarded: Vec<(usize, &TargetColumn, DecimalTarget)> = tb
+            .schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let t = self.column(&c.name)?;
+                if t.cast_sql != "numeric" || t.type_sql == t.cast_sql {
+                    return None;
+                }
+                let target = DecimalTarget::from_type_sql(&t.type_sql, true).ok()?;
+                Some((i, t, target))
+            })
+            .collect();
+        if guarded.is_empty() {
+            return Ok(());
+        }
+        for change in &tb.rows {
+            let row = match change {
+                RowChange::Upsert(row) | RowChange::Patch(row) | RowChange::Rekey { row, .. } => {
+                    row
+                }
+                RowChange::Delete(_) | RowChange::Vanished => continue,
+            };
+            for (i, column, target) in &guarded {
+                let Some(Datum::Value(v @ Value::Numeric(Numeric::Finite(d)))) = row.get(*i) else {
+                    continue;
+                };
+                // Only a value with more fractional digits than the scale
+                // can be rounded; the others fit or fail loudly (22003).
+                let scale = target.typmod.map_or(i32::MAX, |t| t.scale());
+                if i64::from(d.scale()) <= i64::from(scale) {
+                    continue;
+                }
+                if let Err(rejection) = decimal::normalize(v, target) {
+                    return Err(PipelineError::new(
+                        ErrorClass::Permanent,
+                        Stage::Sink,
+                        format!(
+                            "target column {}.{} is {}: {rejection}; PostgreSQL would round it, \
+                             so the change is not written",
+                            self.id, column.name, column.type_sql
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -370,6 +439,53 @@ mod tests {
             enum_labels: None,
             id_map: None,
         }
+    }
+
+    /// A batch with one inserted row per price, in a table whose source
+    /// schema claims `numeric(6,2)`.
+    fn batch_of_prices(prices: &[&str]) -> ferry_pipeline::batch::Batch {
+        use std::sync::Arc;
+        let mut id = col("id", "integer");
+        id.is_key = true;
+        let schema = Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            columns: vec![id, col("price", "numeric(6,2)")],
+            primary_key: vec![0],
+            child: None,
+        });
+        let mut batch = ferry_pipeline::batch::Batch::default();
+        for (i, p) in prices.iter().enumerate() {
+            let price = Value::Numeric(Numeric::Finite(p.parse().expect("decimal")));
+            let row = vec![Datum::Value(Value::Int(i as i64)), Datum::Value(price)];
+            batch.push(ferry_pipeline::event::ChangeEvent::snapshot_read(
+                Arc::clone(&schema),
+                row,
+            ));
+        }
+        batch
+    }
+
+    #[test]
+    fn a_value_the_target_would_round_is_refused() {
+        let t = table(&[
+            ("id", "integer", "integer"),
+            ("price", "numeric(6,2)", "numeric"),
+        ]);
+        // Trailing zeros beyond the scale lose nothing.
+        let fits = batch_of_prices(&["1.25", "1.2500", "-7", "0.10"]);
+        assert!(t.check_exact(&fits.tables[0]).is_ok());
+        // PostgreSQL would store 1.00: parked instead, naming the column.
+        let rounds = batch_of_prices(&["1.25", "1.0001"]);
+        let e = t.check_exact(&rounds.tables[0]).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent);
+        assert!(e.message.contains("public.t.price is numeric(6,2)"), "{e}");
+        assert!(e.message.contains("1.0001"), "{e}");
+        // An unconstrained target column holds every value.
+        let wide = table(&[
+            ("id", "integer", "integer"),
+            ("price", "numeric", "numeric"),
+        ]);
+        assert!(wide.check_exact(&rounds.tables[0]).is_ok());
     }
 
     #[test]
