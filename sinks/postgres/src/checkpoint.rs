@@ -11,7 +11,9 @@ use ferry_pipeline::error::Stage;
 use ferry_pipeline::checkpoint::{Checkpoint, SnapshotRecord};
 use ferry_pipeline::error::PipelineError;
 use ferry_pipeline::event::{Position, TableId};
-use tokio_postgres::{Client, GenericClient, Transaction};
+use futures_util::future::join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
 use crate::pg_err;
 
@@ -106,21 +108,26 @@ pub async fn load(
     })
 }
 
+const SAVE_POSITION: &str =
+    "INSERT INTO public.ferry_checkpoint (pipeline, commit_lsn, ordinal, resume_token)
+     VALUES ($1, ('0/0'::pg_lsn + $2::text::numeric), $3, $4)
+     ON CONFLICT (pipeline) DO UPDATE
+        SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,
+            resume_token = coalesce(EXCLUDED.resume_token, ferry_checkpoint.resume_token),
+            updated_at = now()";
+
 /// Records the applied position and resume token (inside the batch's
 /// transaction). A batch without a token keeps the stored one.
 pub async fn save_position(
     tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
     pipeline: &str,
     p: Position,
     resume_token: Option<&str>,
 ) -> Result<(), PipelineError> {
+    let stmt = crate::prepared(tx, statements, SAVE_POSITION, "write ferry_checkpoint").await?;
     tx.execute(
-        "INSERT INTO public.ferry_checkpoint (pipeline, commit_lsn, ordinal, resume_token)
-         VALUES ($1, ('0/0'::pg_lsn + $2::text::numeric), $3, $4)
-         ON CONFLICT (pipeline) DO UPDATE
-            SET commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,
-                resume_token = coalesce(EXCLUDED.resume_token, ferry_checkpoint.resume_token),
-                updated_at = now()",
+        &stmt,
         &[
             &pipeline,
             &p.commit_lsn.to_string(),
@@ -133,23 +140,7 @@ pub async fn save_position(
     Ok(())
 }
 
-/// Records a Kafka worker's progress (inside the batch's transaction),
-/// first thing in it: the row lock this takes serializes two workers that
-/// both believe they own a partition, and a batch whose first offset is
-/// below the stored next offset was already applied, by this worker before
-/// a crash or by another since a rebalance: it is refused with
-/// [`STALE_OFFSETS`] and nothing of it is written.
-pub async fn save_bus_offsets(
-    tx: &Transaction<'_>,
-    pipeline: &str,
-    bus: &BTreeMap<(Arc<str>, i32), ConsumedRange>,
-) -> Result<(), PipelineError> {
-    for ((topic, partition), r) in bus {
-        let lsn = r.position.map(|p| p.commit_lsn.to_string());
-        let ordinal = r.position.map(|p| p.ordinal as i64);
-        let applied = tx
-            .query_opt(
-                "INSERT INTO public.ferry_bus_offsets AS o
+const SAVE_BUS_OFFSET: &str = "INSERT INTO public.ferry_bus_offsets AS o
                      (pipeline, topic, partition, next_offset, commit_lsn, ordinal)
                  VALUES ($1, $2, $3, $4, ('0/0'::pg_lsn + $5::text::numeric), $6)
                  ON CONFLICT (pipeline, topic, partition) DO UPDATE
@@ -158,25 +149,71 @@ pub async fn save_bus_offsets(
                         ordinal = CASE WHEN EXCLUDED.commit_lsn IS NULL THEN o.ordinal ELSE EXCLUDED.ordinal END,
                         updated_at = now()
                   WHERE o.next_offset <= $7
-                 RETURNING 1",
-                &[
-                    &pipeline,
-                    &topic.as_ref(),
-                    partition,
-                    &r.next,
-                    &lsn,
-                    &ordinal,
-                    &r.first,
-                ],
-            )
-            .await
-            .map_err(|e| pg_err("write ferry_bus_offsets", e))?;
+                 RETURNING 1";
+
+/// One partition's progress, as [`save_bus_offsets`] writes it.
+struct OffsetRow<'a> {
+    topic: &'a str,
+    partition: i32,
+    next: i64,
+    commit_lsn: Option<String>,
+    ordinal: Option<i64>,
+    first: i64,
+}
+
+/// Records a Kafka worker's progress (inside the batch's transaction),
+/// first thing in it: the row lock this takes serializes two workers that
+/// both believe they own a partition, and a batch whose first offset is
+/// below the stored next offset was already applied, by this worker before
+/// a crash or by another since a rebalance: it is refused with
+/// [`STALE_OFFSETS`] and nothing of it is written.
+pub async fn save_bus_offsets(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    pipeline: &str,
+    bus: &BTreeMap<(Arc<str>, i32), ConsumedRange>,
+) -> Result<(), PipelineError> {
+    let stmt = crate::prepared(tx, statements, SAVE_BUS_OFFSET, "write ferry_bus_offsets").await?;
+    let rows: Vec<OffsetRow> = bus
+        .iter()
+        .map(|((topic, partition), r)| OffsetRow {
+            topic: topic.as_ref(),
+            partition: *partition,
+            next: r.next,
+            commit_lsn: r.position.map(|p| p.commit_lsn.to_string()),
+            ordinal: r.position.map(|p| p.ordinal as i64),
+            first: r.first,
+        })
+        .collect();
+    let params: Vec<[&(dyn ToSql + Sync); 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                &pipeline as &(dyn ToSql + Sync),
+                &r.topic,
+                &r.partition,
+                &r.next,
+                &r.commit_lsn,
+                &r.ordinal,
+                &r.first,
+            ]
+        })
+        .collect();
+    // One statement per partition, in the map's (sorted) order, so that
+    // two workers take the row locks in the same order; sent together
+    // (tokio-postgres pipelines futures polled together) rather than one
+    // round trip each: a worker of 3 tables with 2 partitions each made 6
+    // round trips (and 6 parses) before every batch. Should one fail, the
+    // later ones fail with it and the transaction is rolled back.
+    let results = join_all(params.iter().map(|p| tx.query_opt(&stmt, p))).await;
+    for (r, result) in rows.iter().zip(results) {
+        let applied = result.map_err(|e| pg_err("write ferry_bus_offsets", e))?;
         if applied.is_none() {
             return Err(PipelineError::fatal(
                 Stage::Sink,
                 format!(
-                    "offsets {}..{} of {topic}[{partition}] were already applied (another worker, or an earlier attempt)",
-                    r.first, r.next
+                    "offsets {}..{} of {}[{}] were already applied (another worker, or an earlier attempt)",
+                    r.first, r.next, r.topic, r.partition
                 ),
             )
             .with_code(STALE_OFFSETS));

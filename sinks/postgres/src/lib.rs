@@ -212,7 +212,7 @@ impl PostgresSink {
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-            if already_committed(&tx, &pipeline, batch, recheck).await? {
+            if already_committed(&tx, &mut statements, &pipeline, batch, recheck).await? {
                 return Ok(Vec::new());
             }
             let mut parked = Vec::new();
@@ -317,7 +317,7 @@ impl PostgresSink {
                 .collect();
             settle_dlq(&tx, &pipeline, batch, &dlq_now).await?;
             parked.extend(batch.parked.iter().cloned());
-            save_position(&tx, &pipeline, batch).await?;
+            save_position(&tx, &mut statements, &pipeline, batch).await?;
             let depth = dlq::depth(&tx, &pipeline).await?;
             tx.commit().await.map_err(|e| pg_err("commit", e))?;
             metrics().dlq_depth.set(depth);
@@ -356,7 +356,7 @@ impl PostgresSink {
             let attempt = async {
                 let client = self.client().await?;
                 let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
-                if already_committed(&tx, &pipeline, batch, recheck).await? {
+                if already_committed(&tx, &mut statements, &pipeline, batch, recheck).await? {
                     return Ok(());
                 }
                 apply_tables(
@@ -372,7 +372,7 @@ impl PostgresSink {
                 )
                 .await?;
                 settle_dlq(&tx, &pipeline, batch, &dlq_tables).await?;
-                save_position(&tx, &pipeline, batch).await?;
+                save_position(&tx, &mut statements, &pipeline, batch).await?;
                 let depth = match batch.parked.is_empty() {
                     true => None,
                     false => Some(dlq::depth(&tx, &pipeline).await?),
@@ -431,12 +431,13 @@ impl PostgresSink {
 /// nor for parked records (parked twice). `true` means: nothing to do.
 async fn already_committed(
     tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
     pipeline: &str,
     batch: &Batch,
     recheck: bool,
 ) -> Result<bool, PipelineError> {
     if !batch.bus.is_empty() {
-        checkpoint::save_bus_offsets(tx, pipeline, &batch.bus).await?;
+        checkpoint::save_bus_offsets(tx, statements, pipeline, &batch.bus).await?;
     } else if let (true, Some(p)) = (recheck, batch.last_position) {
         if checkpoint::load(tx, pipeline).await?.position >= Some(p) {
             tracing::info!(position = %p, "batch was already committed before the error");
@@ -451,6 +452,7 @@ async fn already_committed(
 /// progress is in `ferry_bus_offsets` only.
 async fn save_position(
     tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
     pipeline: &str,
     batch: &Batch,
 ) -> Result<(), PipelineError> {
@@ -458,6 +460,7 @@ async fn save_position(
     {
         checkpoint::save_position(
             tx,
+            statements,
             pipeline,
             batch.last_position.unwrap_or_default(),
             batch.last_resume_token.as_deref(),
@@ -968,6 +971,25 @@ async fn rekey(
         ));
     }
     Ok(())
+}
+
+/// `sql` prepared on this connection, once: `statements` is the sink's
+/// cache, emptied when the connection is replaced.
+pub(crate) async fn prepared(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    context: &str,
+) -> Result<Statement, PipelineError> {
+    if let Some(s) = statements.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = tx
+        .prepare(sql)
+        .await
+        .map_err(|e| pg_err(&format!("prepare to {context}"), e))?;
+    statements.insert(sql.to_string(), s.clone());
+    Ok(s)
 }
 
 async fn execute<P: ToSql + Sync>(
