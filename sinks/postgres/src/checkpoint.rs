@@ -125,7 +125,8 @@ pub async fn save_position(
     p: Position,
     resume_token: Option<&str>,
 ) -> Result<(), PipelineError> {
-    let stmt = crate::prepared(tx, statements, SAVE_POSITION, "write ferry_checkpoint").await?;
+    let stmt =
+        crate::prepared(tx, statements, SAVE_POSITION, &[], "write ferry_checkpoint").await?;
     tx.execute(
         &stmt,
         &[
@@ -173,7 +174,14 @@ pub async fn save_bus_offsets(
     pipeline: &str,
     bus: &BTreeMap<(Arc<str>, i32), ConsumedRange>,
 ) -> Result<(), PipelineError> {
-    let stmt = crate::prepared(tx, statements, SAVE_BUS_OFFSET, "write ferry_bus_offsets").await?;
+    let stmt = crate::prepared(
+        tx,
+        statements,
+        SAVE_BUS_OFFSET,
+        &[],
+        "write ferry_bus_offsets",
+    )
+    .await?;
     let rows: Vec<OffsetRow> = bus
         .iter()
         .map(|((topic, partition), r)| OffsetRow {

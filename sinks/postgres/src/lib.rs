@@ -974,18 +974,20 @@ async fn rekey(
 }
 
 /// `sql` prepared on this connection, once: `statements` is the sink's
-/// cache, emptied when the connection is replaced.
+/// cache, emptied when the connection is replaced. `types` pins the
+/// parameters' types (empty: the server infers them).
 pub(crate) async fn prepared(
     tx: &Transaction<'_>,
     statements: &mut HashMap<String, Statement>,
     sql: &str,
+    types: &[Type],
     context: &str,
 ) -> Result<Statement, PipelineError> {
     if let Some(s) = statements.get(sql) {
         return Ok(s.clone());
     }
     let s = tx
-        .prepare(sql)
+        .prepare_typed(sql, types)
         .await
         .map_err(|e| pg_err(&format!("prepare to {context}"), e))?;
     statements.insert(sql.to_string(), s.clone());
@@ -999,18 +1001,15 @@ async fn execute<P: ToSql + Sync>(
     cols: &[P],
     table: &TableId,
 ) -> Result<u64, PipelineError> {
-    let stmt = match statements.get(sql) {
-        Some(s) => s.clone(),
-        None => {
-            let types = vec![Type::TEXT_ARRAY; cols.len()];
-            let s = tx
-                .prepare_typed(sql, &types)
-                .await
-                .map_err(|e| pg_err(&format!("prepare statement for {table}"), e))?;
-            statements.insert(sql.to_string(), s.clone());
-            s
-        }
-    };
+    let types = vec![Type::TEXT_ARRAY; cols.len()];
+    let stmt = prepared(
+        tx,
+        statements,
+        sql,
+        &types,
+        &format!("apply batch to {table}"),
+    )
+    .await?;
     let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     tx.execute(&stmt, &params)
         .await
