@@ -21,6 +21,7 @@
 //! measured as in the default mode; the RSS is the sum over the ferry
 //! processes (their `VmHWM`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -115,6 +116,12 @@ struct KafkaOutcome {
     workers_cpu_secs: Option<f64>,
     /// CPU seconds of the broker during the timed backlog.
     broker_cpu_secs: Option<f64>,
+    /// CPU seconds of the source cluster's walsender during the timed
+    /// backlog (it starts with the source's second life).
+    walsender_cpu_secs: f64,
+    /// CPU seconds of the target cluster's client backends (the sink's
+    /// sessions) during the timed backlog.
+    target_backends_cpu_secs: f64,
     /// Seconds the workers took to join their group before the backlog
     /// (not timed).
     group_join_secs: Option<f64>,
@@ -174,13 +181,13 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| configuration | ferry processes | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, sum of processes, max of runs) | ferry CPU s (workers) | broker CPU s |"
+        "| configuration | ferry processes | changes | seconds | rows/s | lag p50 (ms) | lag p99 (ms) | peak RSS (MB, sum of processes, max of runs) | ferry CPU s (workers) | broker CPU s | walsender CPU s | target backends CPU s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &medians {
         let o = &m.outcome;
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.1}{} | {} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {:.1}{} | {} | {:.1} | {:.1} |",
             o.name,
             m.processes,
             o.changes,
@@ -194,6 +201,8 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
                 .map_or(String::new(), |s| format!(" ({s:.1})")),
             m.broker_cpu_secs
                 .map_or("-".to_string(), |s| format!("{s:.1}")),
+            m.walsender_cpu_secs,
+            m.target_backends_cpu_secs,
         );
     }
     let verdict = if kafka1_vs_embedded >= 0.7 {
@@ -264,6 +273,8 @@ fn median(runs: &[KafkaOutcome]) -> KafkaOutcome {
         ferry_cpu_secs: med(&|r| r.ferry_cpu_secs),
         workers_cpu_secs: (!workers.is_empty()).then(|| percentile(&workers, 0.5)),
         broker_cpu_secs: (!broker.is_empty()).then(|| percentile(&broker, 0.5)),
+        walsender_cpu_secs: med(&|r| r.walsender_cpu_secs),
+        target_backends_cpu_secs: med(&|r| r.target_backends_cpu_secs),
         group_join_secs: (!join.is_empty()).then(|| percentile(&join, 0.5)),
         revocations_in_window: runs.iter().map(|r| r.revocations_in_window).sum(),
         fingerprint_checks: runs.iter().map(|r| r.fingerprint_checks).sum(),
@@ -377,6 +388,9 @@ async fn bench_one(
     let cpu_before = fleet.ferry_cpu(None);
     let workers_before = fleet.ferry_cpu(Some("worker"));
     let broker_before = fleet.broker.as_ref().and_then(Broker::cpu_seconds);
+    // The sink's sessions are open (workers) or not yet (embedded); the
+    // walsender starts with the source below.
+    let target_before = backend_cpus(&dst, "client backend").await?;
 
     let started = Instant::now();
     let second_log = dir.path().join("source-2.log");
@@ -396,9 +410,12 @@ async fn bench_one(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let target_backends_cpu_secs =
+        backends_cpu_since(&dst, "client backend", &target_before).await?;
+    let walsender_cpu_secs = backends_cpu(&src, "walsender").await?;
     let revocations_in_window = revocations(&logs) - revoked_before;
     eprintln!(
-        "  backlog applied in {seconds:.1}s ({:.0} rows/s; ferry {ferry_cpu_secs:.1} CPU s (workers {}), broker {} CPU s, {checks} fingerprint checks, {revocations_in_window} revocations)",
+        "  backlog applied in {seconds:.1}s ({:.0} rows/s; CPU s: ferry {ferry_cpu_secs:.1} (workers {}), broker {}, walsender {walsender_cpu_secs:.1}, target backends {target_backends_cpu_secs:.1}; {checks} fingerprint checks, {revocations_in_window} revocations)",
         changes as f64 / seconds,
         workers_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
         broker_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
@@ -441,6 +458,8 @@ async fn bench_one(
         ferry_cpu_secs,
         workers_cpu_secs,
         broker_cpu_secs,
+        walsender_cpu_secs,
+        target_backends_cpu_secs,
         group_join_secs,
         revocations_in_window,
         fingerprint_checks: checks,
@@ -521,7 +540,18 @@ struct Proc {
 impl Fleet {
     fn spawn(&mut self, name: &str, config: &Path, role: &str, log: &Path) -> anyhow::Result<()> {
         let out = std::fs::File::create(log)?;
-        let child = Command::new(ferry_exe()?)
+        let nice = std::env::var("FERRY_BENCH_SOURCE_NICE")
+            .ok()
+            .filter(|_| role == "source");
+        let mut cmd = match &nice {
+            Some(n) => {
+                let mut c = Command::new("nice");
+                c.args(["-n", n]).arg(ferry_exe()?);
+                c
+            }
+            None => Command::new(ferry_exe()?),
+        };
+        let child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .args(["--role", role])
@@ -631,6 +661,44 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds (user + system) of the cluster's backends of one
+/// `backend_type`, the asking session left out.
+pub(super) async fn backends_cpu(c: &Client, backend_type: &str) -> anyhow::Result<f64> {
+    Ok(backend_cpus(c, backend_type).await?.values().sum())
+}
+
+/// CPU seconds (user + system) of each of the cluster's backends of one
+/// `backend_type`, by pid, the asking session left out.
+async fn backend_cpus(c: &Client, backend_type: &str) -> anyhow::Result<HashMap<i32, f64>> {
+    let rows = c
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND pid <> pg_backend_pid()",
+            &[&backend_type],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let pid: i32 = r.get(0);
+            Some((pid, cpu_seconds(pid as u32)?))
+        })
+        .collect())
+}
+
+/// CPU seconds the backends alive now used since `before` was taken (a
+/// backend that started since counts whole).
+async fn backends_cpu_since(
+    c: &Client,
+    backend_type: &str,
+    before: &HashMap<i32, f64>,
+) -> anyhow::Result<f64> {
+    Ok(backend_cpus(c, backend_type)
+        .await?
+        .iter()
+        .map(|(pid, now)| now - before.get(pid).copied().unwrap_or(0.0))
+        .sum())
 }
 
 /// The JSON log lines of a ferry process.

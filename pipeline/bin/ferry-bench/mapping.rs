@@ -35,7 +35,7 @@ use anyhow::{bail, Context};
 use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
-use super::kafka::{cpu_seconds, log_events, tail, wait_snapshots_recorded};
+use super::kafka::{backends_cpu, log_events, tail, wait_snapshots_recorded};
 use super::{
     chrono_free_date, current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile,
     prepare_source, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
@@ -641,21 +641,6 @@ async fn bench_one(
         log_errors,
         log_warnings,
     })
-}
-
-/// CPU seconds (user + system) of the cluster's backends of one
-/// `backend_type`, the asking session left out.
-async fn backends_cpu(c: &Client, backend_type: &str) -> anyhow::Result<f64> {
-    let rows = c
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND pid <> pg_backend_pid()",
-            &[&backend_type],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
-        .sum())
 }
 
 fn indent(text: &str) -> String {

@@ -54,7 +54,7 @@ enum LogFormatArg {
 }
 
 /// Which part of a pipeline a process runs.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Role {
     Source,
     Worker,
@@ -199,6 +199,7 @@ async fn run(path: &Path, role: Role) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    tracing::info!(?role, version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
     if let Some(addr) = config.metrics.listen {
         match ferry_pipeline::metrics::serve(addr) {
             Ok(bound) => tracing::info!(%bound, "serving /metrics"),

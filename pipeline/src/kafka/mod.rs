@@ -193,10 +193,32 @@ pub async fn ensure_topics(
     if names.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(k, &Default::default())
-            .create()
-            .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))?;
+    ensure_topics_with(&admin_client(k, stage)?, k, names, compact, stage).await
+}
+
+/// An admin client for [`ensure_topics_with`] (a librdkafka instance of its
+/// own, with its threads and broker connections: worth keeping for a
+/// process that ensures topics as it meets tables).
+pub fn admin_client(
+    k: &KafkaConfig,
+    stage: Stage,
+) -> Result<AdminClient<DefaultClientContext>, PipelineError> {
+    client_config(k, &Default::default())
+        .create()
+        .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))
+}
+
+/// [`ensure_topics`] through an existing admin client.
+pub async fn ensure_topics_with(
+    admin: &AdminClient<DefaultClientContext>,
+    k: &KafkaConfig,
+    names: &[String],
+    compact: bool,
+    stage: Stage,
+) -> Result<(), PipelineError> {
+    if names.is_empty() {
+        return Ok(());
+    }
     // Ferry's own compacted topics hold one small record per key: one
     // partition keeps them in one order.
     let partitions = if compact { 1 } else { k.partitions };

@@ -74,7 +74,19 @@ struct WatermarkState {
     /// `done[i]`: sequence number `delivered + i` was delivered (out of
     /// order: a later partition's ack came first).
     done: VecDeque<bool>,
+    /// Single messages waited for by themselves (a handful at most); the
+    /// callback wakes the waiters once one of them is delivered.
+    awaited: Vec<u64>,
     failure: Option<DeliveryFailure>,
+}
+
+/// Whether message `seq` was delivered: below the watermark `delivered`,
+/// or marked in `done` (which starts at it).
+fn is_delivered(done: &VecDeque<bool>, delivered: u64, seq: u64) -> bool {
+    match seq.checked_sub(delivered) {
+        None => true,
+        Some(i) => done.get(i as usize) == Some(&true),
+    }
 }
 
 impl Watermark {
@@ -111,14 +123,21 @@ impl Watermark {
             state.done.pop_front();
             advanced += 1;
         }
-        drop(state);
-        if advanced == 0 {
-            return;
-        }
         let now = base + advanced;
+        // Stored under the lock: `wait_one` reads both together.
         self.delivered.store(now, Ordering::SeqCst);
-        if now >= self.wanted.load(Ordering::SeqCst) {
+        let WatermarkState { done, awaited, .. } = &mut *state;
+        let before = awaited.len();
+        awaited.retain(|&a| !is_delivered(done, now, a));
+        let one_reached = awaited.len() < before;
+        drop(state);
+        let reached = advanced > 0 && now >= self.wanted.load(Ordering::SeqCst);
+        if reached {
             self.wanted.store(u64::MAX, Ordering::SeqCst);
+        }
+        if reached || one_reached {
+            // Every waiter checks again, and those still waiting register
+            // their targets again.
             self.notify.notify_waiters();
         }
     }
@@ -144,6 +163,32 @@ impl Watermark {
             }
             if self.delivered.load(Ordering::SeqCst) >= upto {
                 return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until message `seq` itself is delivered, not what was sent
+    /// before it.
+    async fn wait_one(&self, seq: u64) -> Result<(), DeliveryFailure> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(f) = self.failure() {
+                return Err(f);
+            }
+            {
+                // Checked and registered under the lock the callback marks
+                // deliveries under: none is missed in between.
+                let mut state = self.state.lock().expect("watermark lock");
+                let delivered = self.delivered.load(Ordering::SeqCst);
+                if is_delivered(&state.done, delivered, seq) {
+                    return Ok(());
+                }
+                if !state.awaited.contains(&seq) {
+                    state.awaited.push(seq);
+                }
             }
             notified.await;
         }
@@ -295,11 +340,13 @@ impl Outbox {
         self.watermark.report(seq, Ok(()));
     }
 
-    /// Enqueues `m` and waits until it and everything before it is
-    /// delivered.
+    /// Enqueues `m` and waits until Kafka acknowledged it. Only it: what
+    /// is in flight before it (a source's backlog of changes, on other
+    /// partitions) is not waited for; a writer schema is published before
+    /// its table's next change without draining the producer's queue.
     pub async fn send_and_wait(&self, m: Outgoing<'_>) -> Result<(), PipelineError> {
         let seq = self.send(m).await?;
-        self.delivered(seq + 1).await
+        self.watermark.wait_one(seq).await.map_err(|f| f.to_error())
     }
 }
 
@@ -358,6 +405,41 @@ mod tests {
         w.wait(1000).await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_message_is_waited_for_without_what_came_before() {
+        let w = Arc::new(Watermark::new());
+        // 0..=9 in flight; 7 and 3 are waited for by themselves.
+        let seven = tokio::spawn({
+            let w = Arc::clone(&w);
+            async move { w.wait_one(7).await }
+        });
+        let three = tokio::spawn({
+            let w = Arc::clone(&w);
+            async move { w.wait_one(3).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ok(&w, 7);
+        tokio::time::timeout(Duration::from_secs(5), seven)
+            .await
+            .expect("7 delivered: its waiter wakes though 0..7 are in flight")
+            .unwrap()
+            .unwrap();
+        assert!(!three.is_finished());
+        // 3 arrives as part of the watermark passing it.
+        for seq in [0, 1, 2, 3] {
+            ok(&w, seq);
+        }
+        tokio::time::timeout(Duration::from_secs(5), three)
+            .await
+            .expect("3 delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.delivered.load(Ordering::SeqCst), 4);
+        // Delivered before: at once, below and above the watermark.
+        w.wait_one(2).await.unwrap();
+        w.wait_one(7).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_failure_stops_the_watermark_for_every_waiter() {
         let w = Watermark::new();
@@ -376,5 +458,6 @@ mod tests {
         assert!(e.to_string().contains("does not exist any more"), "{e}");
         // Even a target below the failure is refused: the source stops.
         assert!(w.wait(1).await.is_err());
+        assert!(w.wait_one(2).await.is_err());
     }
 }

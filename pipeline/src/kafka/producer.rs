@@ -15,6 +15,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -22,8 +24,8 @@ use tracing::{info, warn};
 use super::envelope::{Encoder, NewSchema};
 use super::outbox::{Outbox, Outgoing};
 use super::{
-    client_config, ensure_topics, kafka_err, partition_count, schema_store, source_checkpoint,
-    Topics,
+    admin_client, client_config, ensure_topics_with, kafka_err, partition_count, schema_store,
+    source_checkpoint, Topics,
 };
 use crate::bus::BusReceiver;
 use crate::checkpoint::{Checkpoint, SnapshotRecord};
@@ -172,6 +174,7 @@ pub fn spawn(
         topics,
         encoder: Encoder::new(k.encoding.into(), pipeline),
         pending: pending_tx,
+        admin: None,
         partitions: HashMap::new(),
         ensured: HashSet::new(),
         schemas: HashMap::new(),
@@ -204,6 +207,10 @@ struct Forwarder {
     topics: Topics,
     encoder: Encoder,
     pending: mpsc::UnboundedSender<Pending>,
+    /// Made when the first table is met, then kept: a client per table
+    /// cost about 0.1 s each (threads, connection, metadata), with the
+    /// stream stopped.
+    admin: Option<AdminClient<DefaultClientContext>>,
     /// Partitions per data topic (known once the topic is ensured).
     partitions: HashMap<TableId, usize>,
     ensured: HashSet<TableId>,
@@ -290,7 +297,12 @@ impl Forwarder {
     async fn ensure(&mut self, table: &TableSchema) -> Result<usize, PipelineError> {
         if !self.ensured.contains(&table.id) {
             let topic = self.topics.data(&table.id);
-            ensure_topics(&self.k, std::slice::from_ref(&topic), false, Stage::Source).await?;
+            let admin = match &mut self.admin {
+                Some(a) => a,
+                slot => slot.insert(admin_client(&self.k, Stage::Source)?),
+            };
+            let names = std::slice::from_ref(&topic);
+            ensure_topics_with(admin, &self.k, names, false, Stage::Source).await?;
             let n = partition_count(self.outbox.client(), &topic, Stage::Source)?;
             self.partitions.insert(table.id.clone(), n);
             self.ensured.insert(table.id.clone());
@@ -460,8 +472,9 @@ impl Forwarder {
             self.encoder.set_registry_id(schema.fingerprint, id);
             return Ok(());
         }
+        // The topic was ensured at start (`run_source`); one deleted since
+        // fails the delivery, and the source stops.
         let topic = self.topics.schemas();
-        ensure_topics(&self.k, std::slice::from_ref(&topic), true, Stage::Source).await?;
         schema_store::publish(&self.outbox, &topic, schema).await?;
         info!(table = %schema.subject_table, fingerprint = format!("{:016x}", schema.fingerprint), "published a writer schema");
         Ok(())
