@@ -87,15 +87,17 @@ trait LingerDefault {
 }
 
 impl LingerDefault for rdkafka::config::ClientConfig {
-    /// 20 ms unless the user chose. Measured with `ferry-bench --kafka`
-    /// (docs/BENCHMARKS.md): against 5 ms, about 15% more throughput on
-    /// a backlog and 40% less broker CPU (fewer, larger produce requests),
-    /// for about 15 ms more median lag at a steady trickle. A migration
-    /// catching up matters more than 15 ms; `linger.ms` under
+    /// 50 ms unless the user chose. Measured with `ferry-bench --kafka
+    /// --kafka-linger-ms` (docs/BENCHMARKS.md): 20 ms gave about 15% more
+    /// throughput on a backlog than 5 ms and 40% less broker CPU (fewer,
+    /// larger produce requests); 50 ms about 8% more than 20 ms, with less
+    /// CPU in the source, the broker and the walsender; 100 ms no more.
+    /// The price is median lag at a steady trickle: about 60 ms instead of
+    /// 30. A migration catching up matters more; `linger.ms` under
     /// `[kafka.producer]` trades back.
     fn set_default_linger(&mut self) -> &mut Self {
         if self.get("linger.ms").is_none() {
-            self.set("linger.ms", "20");
+            self.set("linger.ms", "50");
         }
         self
     }
