@@ -7,11 +7,12 @@
 //! apply what came after". This is what makes multi-row statements possible
 //! without reordering any row's history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
 use crate::value::Value;
+use crate::FastHashMap as HashMap;
 
 /// The collapsed fate of one row in a batch.
 #[derive(Debug, Clone)]
@@ -84,15 +85,15 @@ impl TableBatch {
             snapshot_start: false,
             snapshot_done: None,
             rows: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             born: Vec::new(),
             last_touch: Vec::new(),
             touches: 0,
             origins: Vec::new(),
             last_index: None,
             prunes: Vec::new(),
-            prune_index: HashMap::new(),
-            child_max: HashMap::new(),
+            prune_index: HashMap::default(),
+            child_max: HashMap::default(),
         }
     }
 
@@ -395,7 +396,9 @@ impl Batch {
                 // A newer schema (column added) replaces the older one; rows
                 // already collected keep their own width and are padded by the
                 // sink.
-                if self.tables[i].schema != *schema {
+                // Usually the very same schema: the pointer check spares a
+                // comparison of every column per change.
+                if !Arc::ptr_eq(&self.tables[i].schema, schema) && self.tables[i].schema != *schema {
                     self.tables[i].schema = Arc::clone(schema);
                 }
                 i

@@ -24,3 +24,10 @@ pub mod source;
 pub mod telemetry;
 pub mod transform;
 pub mod value;
+
+/// For maps looked up once or more per change (batch keys, tables, topics,
+/// schemas): foldhash instead of SipHash, seeded per process. Their keys
+/// are table names, topic names and a batch's primary keys, whose number a
+/// batch bounds.
+pub(crate) type FastHashMap<K, V> =
+    std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -45,6 +45,7 @@ use crate::config::KafkaEncoding;
 use crate::decimal::MAX_PRECISION;
 use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
 use crate::value::{object_id_hex, Decimal, Numeric, TemporalKind, Value};
+use crate::FastHashMap;
 
 /// The custom attribute of the envelope record that holds the table's
 /// [`TableSchema`] as JSON, so that a reader needs nothing but the schema.
@@ -163,7 +164,7 @@ pub struct Encoder {
     encoding: Encoding,
     pipeline: String,
     /// Every schema version seen per table, newest last.
-    plans: HashMap<TableId, Vec<Arc<SchemaPlan>>>,
+    plans: FastHashMap<TableId, Vec<Arc<SchemaPlan>>>,
     /// Fingerprints already handed out as [`NewSchema`]; marked only once
     /// a message was encoded, so that a failed first encode does not lose
     /// the announcement.
@@ -179,7 +180,7 @@ impl Encoder {
         Self {
             encoding,
             pipeline: pipeline.to_owned(),
-            plans: HashMap::new(),
+            plans: FastHashMap::default(),
             announced: HashSet::new(),
             registry_ids: HashMap::new(),
             last: None,
@@ -328,7 +329,7 @@ impl Encoder {
 /// Turns Kafka values back into change events.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    by_fingerprint: HashMap<u64, Arc<SchemaPlan>>,
+    by_fingerprint: FastHashMap<u64, Arc<SchemaPlan>>,
     by_registry_id: HashMap<u32, u64>,
     /// JSON values carry their table schema; one plan per distinct schema
     /// text, so that events share one `Arc<TableSchema>`.

@@ -34,6 +34,7 @@ use crate::error::{PipelineError, Stage};
 use crate::event::{BusMessage, ChangeEvent, Op, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
 use crate::runtime::{AbortOnDrop, Spawned};
+use crate::FastHashMap;
 
 /// Header with the change's source position (`LSN#ordinal`).
 pub const HEADER_POSITION: &str = "ferry.position";
@@ -180,7 +181,7 @@ pub fn spawn(
         partitions: HashMap::new(),
         ensured: HashSet::new(),
         schemas: HashMap::new(),
-        outs: HashMap::new(),
+        outs: FastHashMap::default(),
         header_buf: String::new(),
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
@@ -222,7 +223,7 @@ struct Forwarder {
     /// Per schema (by its `Arc`, which sources share between the events of
     /// a table): the topic and the events to count. One lookup per event
     /// instead of hashing the table's name several times.
-    outs: HashMap<usize, TableOut>,
+    outs: FastHashMap<usize, TableOut>,
     /// Reused for the position and xid headers' text.
     header_buf: String,
 }

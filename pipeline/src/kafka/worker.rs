@@ -17,7 +17,6 @@
 //! grow, so the worker skips changes at or below the last position it
 //! applied from that partition: a row never moves back to an older state.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +42,7 @@ use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage}
 use crate::event::{BusMessage, SourceAck};
 use crate::runtime::{flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions};
 use crate::sink::Sink;
+use crate::FastHashMap;
 
 /// What a worker consumes.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ pub enum Subscription {
 /// Per assigned partition: where the sink's progress is, and the last
 /// position applied from it. Keyed by the topic's shared name, so that the
 /// per-message lookup allocates nothing.
-type Progress = Arc<Mutex<HashMap<(Arc<str>, i32), PartitionProgress>>>;
+type Progress = Arc<Mutex<FastHashMap<(Arc<str>, i32), PartitionProgress>>>;
 
 /// The consumer's callbacks: logs, and the rebalance that starts each
 /// assigned partition at the sink's progress.
@@ -304,7 +304,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
         decoder: Decoder::new(),
         bus: bus_tx,
         progress,
-        topic_names: HashMap::new(),
+        topic_names: FastHashMap::default(),
     };
     // The loop runs as a task of the runtime, beside the apply task: a
     // message handed to the apply side then wakes a task on the same
@@ -642,7 +642,7 @@ struct Reader {
     decoder: Decoder,
     bus: BusSender,
     progress: Progress,
-    topic_names: HashMap<String, Arc<str>>,
+    topic_names: FastHashMap<String, Arc<str>>,
 }
 
 impl Reader {
