@@ -398,7 +398,8 @@ impl Batch {
                 // sink.
                 // Usually the very same schema: the pointer check spares a
                 // comparison of every column per change.
-                if !Arc::ptr_eq(&self.tables[i].schema, schema) && self.tables[i].schema != *schema {
+                if !Arc::ptr_eq(&self.tables[i].schema, schema) && self.tables[i].schema != *schema
+                {
                     self.tables[i].schema = Arc::clone(schema);
                 }
                 i

@@ -29,5 +29,4 @@ pub mod value;
 /// schemas): foldhash instead of SipHash, seeded per process. Their keys
 /// are table names, topic names and a batch's primary keys, whose number a
 /// batch bounds.
-pub(crate) type FastHashMap<K, V> =
-    std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
