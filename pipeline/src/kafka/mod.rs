@@ -288,8 +288,19 @@ pub async fn run_source<S: crate::source::Source>(
     let mut backoff = crate::error::retry_backoff(opts.max_retry_delay);
     let checkpoint = loop {
         let attempt = async {
-            ensure_topics(k, &own, true, Stage::Source).await?;
-            source_checkpoint::load(k, &opts.pipeline).await
+            // Both at once: each costs a librdkafka client's start (about
+            // 0.1 s), and on a restart the topics are there already. On a
+            // first start the read may fail for want of the topic; it is
+            // read again once the topic exists.
+            let (ensured, loaded) = tokio::join!(
+                ensure_topics(k, &own, true, Stage::Source),
+                source_checkpoint::load(k, &opts.pipeline)
+            );
+            ensured?;
+            match loaded {
+                Ok(c) => Ok(c),
+                Err(_) => source_checkpoint::load(k, &opts.pipeline).await,
+            }
         };
         match attempt.await {
             Ok(c) => break c,
