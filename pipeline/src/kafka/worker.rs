@@ -392,6 +392,12 @@ async fn consume<S: BusOffsets>(
                 // watch, the apply task, the timer) polled once per message
                 // were a tenth of the worker's CPU.
                 for _ in 0..BURST {
+                    // A rebalance callback (run inside the poll) that
+                    // failed ends the burst; the check below stops the
+                    // worker.
+                    if consumer.context().failure.lock().expect("failure lock").is_some() {
+                        break;
+                    }
                     let Some(Some(msg)) = messages.next().now_or_never() else {
                         break;
                     };
