@@ -475,10 +475,11 @@ impl<K: Sink> Writer<K> {
     }
 }
 
-/// Bus messages the apply loop takes off its channel, at most, between two
-/// turns of its select (about half a millisecond of work: shutdown, the
-/// writer's failure and the linger deadline are seen that soon).
-const BURST: usize = 256;
+/// Messages a receive loop (the apply loop's channel, the Kafka worker's
+/// consumer) takes that are already there, at most, between two turns of
+/// its select: about half a millisecond of work, so shutdown, a failure
+/// and the linger deadline are still seen that soon.
+pub(crate) const BURST: usize = 256;
 
 /// Folds bus messages into batches and hands them to the [`Writer`].
 ///

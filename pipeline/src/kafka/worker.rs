@@ -40,7 +40,9 @@ use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
 use crate::config::KafkaConfig;
 use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
 use crate::event::{BusMessage, SourceAck};
-use crate::runtime::{flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions};
+use crate::runtime::{
+    flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, BURST,
+};
 use crate::sink::Sink;
 use crate::FastHashMap;
 
@@ -422,11 +424,6 @@ async fn consume<S: BusOffsets>(
     drop(reader);
     flatten(apply_task.await)
 }
-
-/// Messages handled in one go, at most, once one arrived (about a
-/// millisecond of work; the shutdown signal and the apply task's failure
-/// are seen between bursts).
-const BURST: usize = 256;
 
 /// A received message, `None` for an error librdkafka retries by itself
 /// (or a pattern that matches no topic yet), `Err` for one that stops the
