@@ -1,6 +1,7 @@
 //! The Kafka bus under failure: the source and the workers as separate
 //! processes, killed with -9 while traffic flows; two workers rebalancing
-//! partitions between them; a broker that loses everything.
+//! partitions between them; a broker that goes away and comes back; a
+//! broker that loses everything.
 //!
 //! These always run on a broker of their own (whatever `FERRY_TEST_BUS`
 //! says). Each ends with a row-by-row comparison of source and target, and
@@ -279,6 +280,76 @@ async fn broker_that_lost_everything_stops_the_pipeline() {
             || log.contains("OutOfOrderSequence"),
         "no clear message:\n{log}"
     );
+}
+
+/// The broker goes away for five seconds while traffic flows, then comes
+/// back with everything it had: the source's deliveries wait and are
+/// retried (the slot keeps what Kafka has not acknowledged), the worker
+/// loses its connections and its group coordinator and resumes, and the
+/// target ends equal, with nothing applied twice.
+///
+/// The broker is librdkafka's mock cluster (a Kafka-protocol broker run by
+/// this test process, listening on a port of 127.0.0.1): `broker_down`
+/// closes its connections and refuses new ones, `broker_up` accepts them
+/// again, its log, offsets and groups intact. tansu can restart only empty
+/// (memory storage) or without its consumer groups settling (SQLite, see
+/// [`durable_broker_restart_loses_nothing`]). The mock implements no
+/// CreateTopics, so the test creates the topics Ferry would: Ferry finds
+/// them in the metadata and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_and_back_loses_nothing() {
+    let mut pair = Pair::start("kbdown").await;
+    // Whatever the bus, this test's broker is the mock.
+    pair.kafka = None;
+    setup(&pair).await;
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
+    let bootstrap = mock.bootstrap_servers();
+    let port: u16 = bootstrap
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("mock bootstrap {bootstrap:?}"));
+    let prefix = format!("{}_mock", pair.db);
+    for (topic, partitions) in [
+        (format!("{prefix}.public.accounts"), 2),
+        (format!("{prefix}._schemas"), 1),
+        (format!("{prefix}._checkpoints"), 1),
+        (format!("{prefix}._dlq"), 2),
+    ] {
+        mock.create_topic(&topic, partitions, 1)
+            .unwrap_or_else(|e| panic!("create {topic} on the mock: {e}"));
+    }
+    let path = pair.config(&[TABLE], "batch_size = 500", "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = crate::support::kafka::with_kafka_bus(&text, port, &prefix, 2);
+    std::fs::write(&path, text).unwrap();
+
+    let mut source = spawn(&path, "source");
+    let mut worker = spawn(&path, "worker");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.broker_down(1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    alive(&mut source, "source while the broker is down");
+    alive(&mut worker, "worker while the broker is down");
+    // The outage was real: what the traffic wrote meanwhile cannot have
+    // reached the target.
+    assert!(
+        pair.compare(&[TABLE]).await.is_err(),
+        "the target kept up while the broker was down"
+    );
+    mock.broker_up(1).expect("broker up");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "traffic made {committed} transactions");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(120)).await;
+    assert_never_backwards(&pair).await;
+    alive(&mut source, "source");
+    alive(&mut worker, "worker");
 }
 
 /// A durable broker (SQLite storage) stopped for a few seconds while

@@ -203,8 +203,12 @@ pub fn admin_client(
     k: &KafkaConfig,
     stage: Stage,
 ) -> Result<AdminClient<DefaultClientContext>, PipelineError> {
-    client_config(k, &Default::default())
-        .create()
+    let mut c = client_config(k, &Default::default());
+    // Its metadata lookups must never create a topic (with the broker's
+    // defaults) on a broker with `auto.create.topics.enable`: librdkafka
+    // allows that by default for this (producer-type) handle.
+    c.set("allow.auto.create.topics", "false");
+    c.create()
         .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))
 }
 
@@ -219,10 +223,18 @@ pub async fn ensure_topics_with(
     if names.is_empty() {
         return Ok(());
     }
+    // Only what is missing is created: a principal without the CREATE
+    // permission (ACLs) can run on topics made for it beforehand, where
+    // CreateTopics on an existing topic answers "not authorized" rather
+    // than "already exists".
+    let missing = blocking(|| missing_topics(admin.inner(), names, stage))?;
+    if missing.is_empty() {
+        return Ok(());
+    }
     // Ferry's own compacted topics hold one small record per key: one
     // partition keeps them in one order.
     let partitions = if compact { 1 } else { k.partitions };
-    let topics: Vec<NewTopic<'_>> = names
+    let topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|n| {
             let t = NewTopic::new(n, partitions, TopicReplication::Fixed(k.replication_factor));
@@ -249,6 +261,42 @@ pub async fn ensure_topics_with(
         }
     }
     Ok(())
+}
+
+/// Those of `names` the broker's metadata does not know. Any other error
+/// on a topic (not authorized, for one) is returned as it is.
+fn missing_topics<'a>(
+    client: &rdkafka::client::Client<impl rdkafka::client::ClientContext>,
+    names: &'a [String],
+    stage: Stage,
+) -> Result<Vec<&'a String>, PipelineError> {
+    let mut missing = Vec::new();
+    for name in names {
+        let md = client
+            .fetch_metadata(Some(name), Duration::from_secs(10))
+            .map_err(|e| kafka_err(stage, &format!("read metadata of topic {name}"), e))?;
+        let topic = md.topics().iter().find(|t| t.name() == name);
+        match topic.map(|t| t.error().map(RDKafkaErrorCode::from)) {
+            None | Some(Some(RDKafkaErrorCode::UnknownTopicOrPartition)) => missing.push(name),
+            // A topic another process is creating exists already.
+            Some(None | Some(RDKafkaErrorCode::LeaderNotAvailable)) => {}
+            Some(Some(code)) => {
+                let e = KafkaError::MetadataFetch(code);
+                return Err(kafka_err(stage, &format!("topic {name}"), e));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Runs a blocking librdkafka call (a metadata request waits for the
+/// broker) without stalling the other tasks of a multi-threaded runtime.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Partitions of `topic`, from the broker's metadata.

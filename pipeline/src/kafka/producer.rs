@@ -24,8 +24,8 @@ use tracing::{info, warn};
 use super::envelope::{Encoder, NewSchema};
 use super::outbox::{Outbox, Outgoing};
 use super::{
-    admin_client, client_config, ensure_topics_with, kafka_err, partition_count, schema_store,
-    source_checkpoint, Topics,
+    admin_client, blocking, client_config, ensure_topics_with, kafka_err, partition_count,
+    schema_store, source_checkpoint, Topics,
 };
 use crate::bus::BusReceiver;
 use crate::checkpoint::{Checkpoint, SnapshotRecord};
@@ -306,7 +306,7 @@ impl Forwarder {
             };
             let names = std::slice::from_ref(&topic);
             ensure_topics_with(admin, &self.k, names, false, Stage::Source).await?;
-            let n = partition_count(self.outbox.client(), &topic, Stage::Source)?;
+            let n = blocking(|| partition_count(self.outbox.client(), &topic, Stage::Source))?;
             self.partitions.insert(table.id.clone(), n);
             self.ensured.insert(table.id.clone());
         }
