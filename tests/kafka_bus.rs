@@ -1,7 +1,7 @@
 //! The Kafka bus under failure: the source and the workers as separate
 //! processes, killed with -9 while traffic flows; two workers rebalancing
 //! partitions between them; a broker that goes away and comes back; a
-//! broker that loses everything.
+//! topic that vanishes; a broker that loses everything.
 //!
 //! These always run on a broker of their own (whatever `FERRY_TEST_BUS`
 //! says). Each ends with a row-by-row comparison of source and target, and
@@ -282,36 +282,32 @@ async fn broker_that_lost_everything_stops_the_pipeline() {
     );
 }
 
-/// The broker goes away for five seconds while traffic flows, then comes
-/// back with everything it had: the source's deliveries wait and are
-/// retried (the slot keeps what Kafka has not acknowledged), the worker
-/// loses its connections and its group coordinator and resumes, and the
-/// target ends equal, with nothing applied twice.
-///
-/// The broker is librdkafka's mock cluster (a Kafka-protocol broker run by
-/// this test process, listening on a port of 127.0.0.1): `broker_down`
-/// closes its connections and refuses new ones, `broker_up` accepts them
-/// again, its log, offsets and groups intact. tansu can restart only empty
-/// (memory storage) or without its consumer groups settling (SQLite, see
-/// [`durable_broker_restart_loses_nothing`]). The mock implements no
-/// CreateTopics, so the test creates the topics Ferry would: Ferry finds
-/// them in the metadata and creates nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_and_back_loses_nothing() {
-    let mut pair = Pair::start("kbdown").await;
-    // Whatever the bus, this test's broker is the mock.
-    pair.kafka = None;
-    setup(&pair).await;
-    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
+/// librdkafka's mock cluster: a Kafka-protocol broker that this test
+/// process runs on a port of 127.0.0.1, with its log, offsets and groups in
+/// memory. Unlike tansu it can be taken down and brought back with its data
+/// (`broker_down` closes every connection and refuses new ones), and a
+/// topic can be made to vanish from its metadata. It implements no
+/// CreateTopics: [`mock_cluster`] creates the topics Ferry would, and
+/// Ferry, finding them in the metadata, creates nothing.
+type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// The data topic of [`TABLE`] under `prefix`.
+fn data_topic(prefix: &str) -> String {
+    format!("{prefix}.public.accounts")
+}
+
+/// A one-broker mock cluster holding Ferry's topics for `prefix` (the data
+/// topic with 2 partitions), and its port.
+fn mock_cluster(prefix: &str) -> (Mock, u16) {
+    let mock = Mock::new(1).expect("librdkafka mock cluster");
     let bootstrap = mock.bootstrap_servers();
-    let port: u16 = bootstrap
+    let port = bootstrap
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("mock bootstrap {bootstrap:?}"));
-    let prefix = format!("{}_mock", pair.db);
     for (topic, partitions) in [
-        (format!("{prefix}.public.accounts"), 2),
+        (data_topic(prefix), 2),
         (format!("{prefix}._schemas"), 1),
         (format!("{prefix}._checkpoints"), 1),
         (format!("{prefix}._dlq"), 2),
@@ -319,13 +315,44 @@ async fn broker_down_and_back_loses_nothing() {
         mock.create_topic(&topic, partitions, 1)
             .unwrap_or_else(|e| panic!("create {topic} on the mock: {e}"));
     }
-    let path = pair.config(&[TABLE], "batch_size = 500", "");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = crate::support::kafka::with_kafka_bus(&text, port, &prefix, 2);
-    std::fs::write(&path, text).unwrap();
+    (mock, port)
+}
 
-    let mut source = spawn(&path, "source");
-    let mut worker = spawn(&path, "worker");
+/// A pair without a broker of its own (the test brings a mock), whatever
+/// the bus, with [`setup`] done.
+async fn pair_for_mock(prefix: &str) -> Pair {
+    let mut pair = Pair::start(prefix).await;
+    pair.kafka = None;
+    setup(&pair).await;
+    pair
+}
+
+/// Writes the pair's config for a Kafka bus on the mock at `port` (2
+/// partitions, topic prefix `prefix`) to `path`, or to a new file.
+fn mock_config(pair: &Pair, port: u16, prefix: &str, path: Option<&Path>) -> PathBuf {
+    let fresh = pair.config(&[TABLE], "batch_size = 500", "");
+    let text = std::fs::read_to_string(&fresh).unwrap();
+    let text = crate::support::kafka::with_kafka_bus(&text, port, prefix, 2);
+    let path = path.map_or(fresh, Path::to_path_buf);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The broker goes away for five seconds while traffic flows, then comes
+/// back with everything it had: the source's deliveries wait and are
+/// retried (the slot keeps what Kafka has not acknowledged), the worker
+/// loses its connections and its group coordinator and resumes, and the
+/// target ends equal, with nothing applied twice. On the mock (see
+/// [`Mock`]): tansu restarts either empty (memory storage) or without its
+/// consumer groups settling (SQLite, [`durable_broker_restart_loses_nothing`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_and_back_loses_nothing() {
+    let pair = pair_for_mock("kbdown").await;
+    let prefix = format!("{}_mock", pair.db);
+    let (mock, port) = mock_cluster(&prefix);
+    let cfg = mock_config(&pair, port, &prefix, None);
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
     wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -350,6 +377,66 @@ async fn broker_down_and_back_loses_nothing() {
     assert_never_backwards(&pair).await;
     alive(&mut source, "source");
     alive(&mut worker, "worker");
+}
+
+/// Waits for `f` to exit and asserts it stopped on its own error (exit 3)
+/// with a log that says `says`.
+fn assert_stops_saying(f: &mut Ferry, what: &str, says: &str) {
+    let status = tokio::task::block_in_place(|| f.wait_exit(Duration::from_secs(60)));
+    let log = f.log_text();
+    let status = status.unwrap_or_else(|| panic!("{what} kept running:\n{log}"));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "{what} did not stop on its own error ({status}):\n{log}"
+    );
+    assert!(log.contains(says), "{what}: no {says:?} in its log:\n{log}");
+}
+
+/// The data topic disappears from the broker (deleted): the worker stops
+/// with a message that says so, rather than waiting for a topic that
+/// never comes back or starting over on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_topic_stops_the_worker() {
+    let pair = pair_for_mock("kbgone").await;
+    let prefix = format!("{}_mock", pair.db);
+    let (mock, port) = mock_cluster(&prefix);
+    let cfg = mock_config(&pair, port, &prefix, None);
+    let _source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    wait_equal(&pair, &[&_source, &worker], Duration::from_secs(90)).await;
+    mock.topic_error(
+        &data_topic(&prefix),
+        rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    )
+    .expect("topic error on the mock");
+    assert_stops_saying(&mut worker, "worker", "does not exist any more");
+}
+
+/// The broker comes back empty (it lost its data) with the same topics:
+/// the offsets the target's progress resumes from are past the end of the
+/// new logs. A restarted worker stops with a message saying so; it never
+/// jumps to whatever the topics hold now. The target keeps what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_data_stops_the_worker() {
+    let pair = pair_for_mock("kblost2").await;
+    let prefix = format!("{}_mock", pair.db);
+    let (mock, port) = mock_cluster(&prefix);
+    let cfg = mock_config(&pair, port, &prefix, None);
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    worker.kill9();
+    source.kill9();
+    drop(mock);
+
+    let (_empty, port) = mock_cluster(&prefix);
+    mock_config(&pair, port, &prefix, Some(&cfg));
+    let mut worker = spawn(&cfg, "worker");
+    assert_stops_saying(&mut worker, "worker", "no longer in Kafka");
+    pair.compare(&[TABLE])
+        .await
+        .unwrap_or_else(|e| panic!("the target changed: {e}"));
 }
 
 /// A durable broker (SQLite storage) stopped for a few seconds while

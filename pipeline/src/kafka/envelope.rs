@@ -197,10 +197,20 @@ impl Encoder {
     /// (the new key of a key-changing update), else `before`; a table
     /// without key, and a TRUNCATE, give `{}`.
     pub fn key(&self, ev: &ChangeEvent) -> Vec<u8> {
+        let mut out = String::new();
+        self.key_into(ev, &mut out);
+        out.into_bytes()
+    }
+
+    /// [`Encoder::key`] into `out` (cleared first): a producer reuses one
+    /// buffer, as librdkafka copies the key.
+    pub fn key_into(&self, ev: &ChangeEvent, out: &mut String) {
+        out.clear();
         let Some(row) = ev.after.as_ref().or(ev.before.as_ref()) else {
-            return b"{}".to_vec();
+            out.push_str("{}");
+            return;
         };
-        let mut out = String::from("{");
+        out.push('{');
         let mut first = true;
         for &i in &ev.table.primary_key {
             let Some(col) = ev.table.columns.get(i) else {
@@ -210,7 +220,7 @@ impl Encoder {
                 out.push(',');
             }
             first = false;
-            json_string(&mut out, &col.name);
+            json_string(out, &col.name);
             out.push(':');
             let value = match row.get(i) {
                 Some(Datum::Value(v)) => Some(v),
@@ -222,10 +232,9 @@ impl Encoder {
                 },
                 None => None,
             };
-            key_value(&mut out, value, 0);
+            key_value(out, value, 0);
         }
         out.push('}');
-        out.into_bytes()
     }
 
     /// Encodes the value.
@@ -240,14 +249,31 @@ impl Encoder {
         &mut self,
         ev: &ChangeEvent,
     ) -> Result<(Vec<u8>, Option<NewSchema>), EnvelopeError> {
+        let mut buf = Vec::new();
+        let new = self.encode_into(ev, &mut buf)?;
+        Ok((buf, new))
+    }
+
+    /// [`Encoder::encode`] into `out` (cleared first): a producer reuses
+    /// one buffer, as librdkafka copies the value.
+    pub fn encode_into(
+        &mut self,
+        ev: &ChangeEvent,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<NewSchema>, EnvelopeError> {
         let plan = self.plan_for(&ev.table)?;
         let now_ms = crate::runtime::now_micros().div_euclid(1000);
         match self.encoding {
-            Encoding::Json => Ok((encode_json(&plan, ev, &self.pipeline, now_ms)?, None)),
+            Encoding::Json => {
+                *out = encode_json(&plan, ev, &self.pipeline, now_ms)?;
+                Ok(None)
+            }
             Encoding::Avro => {
                 let mut w = AvroWriter {
-                    buf: Vec::with_capacity(96 + 24 * plan.columns.len()),
+                    buf: std::mem::take(out),
                 };
+                w.buf.clear();
+                w.buf.reserve(96 + 24 * plan.columns.len());
                 match self.registry_ids.get(&plan.fingerprint) {
                     Some(id) => {
                         w.buf.push(CONFLUENT_MAGIC);
@@ -264,7 +290,8 @@ impl Encoder {
                     subject_table: plan.table.id.clone(),
                     avro_json: plan.avro_json.clone(),
                 });
-                Ok((w.buf, new))
+                *out = w.buf;
+                Ok(new)
             }
         }
     }

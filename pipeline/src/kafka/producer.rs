@@ -183,6 +183,8 @@ pub fn spawn(
         schemas: HashMap::new(),
         outs: FastHashMap::default(),
         header_buf: String::new(),
+        value_buf: Vec::new(),
+        key_buf: String::new(),
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
     let mut fwd_task = tokio::spawn(fwd.run(rx));
@@ -226,6 +228,9 @@ struct Forwarder {
     outs: FastHashMap<usize, TableOut>,
     /// Reused for the position and xid headers' text.
     header_buf: String,
+    /// Reused for each message's value and key (librdkafka copies them).
+    value_buf: Vec<u8>,
+    key_buf: String,
 }
 
 struct TableOut {
@@ -380,34 +385,27 @@ impl Forwarder {
                 ),
             ));
         }
-        let (value, new_schema) = self.encoder.encode(&ev).map_err(|e| {
+        let encode_err = |e| {
             PipelineError::fatal(
                 Stage::Source,
                 format!("encode a change of {}: {e}", ev.table.id),
             )
-        })?;
-        let value = match new_schema {
-            Some(schema) => {
-                self.publish_schema(&schema).await?;
-                if self.k.schema_registry_url.is_some() {
-                    // Now that the registry gave the schema an id, frame
-                    // the message the Confluent way.
-                    self.encoder
-                        .encode(&ev)
-                        .map_err(|e| {
-                            PipelineError::fatal(
-                                Stage::Source,
-                                format!("encode a change of {}: {e}", ev.table.id),
-                            )
-                        })?
-                        .0
-                } else {
-                    value
-                }
-            }
-            None => value,
         };
-        let key = self.encoder.key(&ev);
+        let new_schema = self
+            .encoder
+            .encode_into(&ev, &mut self.value_buf)
+            .map_err(encode_err)?;
+        if let Some(schema) = new_schema {
+            self.publish_schema(&schema).await?;
+            if self.k.schema_registry_url.is_some() {
+                // Now that the registry gave the schema an id, frame the
+                // message the Confluent way.
+                self.encoder
+                    .encode_into(&ev, &mut self.value_buf)
+                    .map_err(encode_err)?;
+            }
+        }
+        self.encoder.key_into(&ev, &mut self.key_buf);
         // One header list per message (librdkafka takes it over); the
         // texts are written into one reused buffer.
         let buf = &mut self.header_buf;
@@ -449,8 +447,8 @@ impl Forwarder {
             .outbox
             .send(Outgoing {
                 topic: &topic,
-                key: &key,
-                payload: &value,
+                key: self.key_buf.as_bytes(),
+                payload: &self.value_buf,
                 headers: Some(headers),
                 partition,
             })
