@@ -439,6 +439,86 @@ async fn a_broker_that_lost_its_data_stops_the_worker() {
         .unwrap_or_else(|e| panic!("the target changed: {e}"));
 }
 
+/// The broker comes back empty, and the source, restarted first, fills the
+/// topics anew (it finds no checkpoint in Kafka: it copies every table
+/// again) until they are longer than the target's progress. Offsets alone
+/// would let a worker resume mid-log and miss the start of that copy; the
+/// worker reads again the record it applied last, finds another one at its
+/// offset, and stops. It applies nothing from the new log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_made_anew_stops_the_worker() {
+    let pair = pair_for_mock("kbanew").await;
+    let prefix = format!("{}_mock", pair.db);
+    let (mock, port) = mock_cluster(&prefix);
+    let cfg = mock_config(&pair, port, &prefix, None);
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    worker.kill9();
+    source.kill9();
+    let ends = |mock: &Mock| -> Vec<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("consumer for watermarks");
+        (0..2)
+            .map(|p| {
+                c.fetch_watermarks(&data_topic(&prefix), p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    };
+    let before = tokio::task::block_in_place(|| ends(&mock));
+    drop(mock);
+
+    let (empty, port) = mock_cluster(&prefix);
+    mock_config(&pair, port, &prefix, Some(&cfg));
+    let source = spawn(&cfg, "source");
+    // The copy alone makes a log as long as the old one (the same rows);
+    // an update of every row after it makes it longer.
+    let grown_to = |goal: Vec<i64>, strictly: bool| {
+        let (empty, source) = (&empty, &source);
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let now = tokio::task::block_in_place(|| ends(empty));
+                if now
+                    .iter()
+                    .zip(&goal)
+                    .all(|(n, g)| if strictly { n > g } else { n >= g })
+                {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the new log did not grow to {goal:?} ({now:?}):\n{}",
+                    source.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    grown_to(before.clone(), false).await;
+    pair.src()
+        .await
+        .batch_execute("UPDATE accounts SET version = version + 1")
+        .await
+        .unwrap();
+    grown_to(before, true).await;
+    let mut worker = spawn(&cfg, "worker");
+    assert_stops_saying(&mut worker, "worker", "made anew");
+    let moved: i64 = pair
+        .dst()
+        .await
+        .query_one("SELECT count(*) FROM accounts WHERE version > 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 0, "the worker applied changes from the new log");
+}
+
 /// A durable broker (SQLite storage) stopped for a few seconds while
 /// traffic flows, then started again: the source waits (its deliveries are
 /// retried, the slot keeps what is not acknowledged), the worker

@@ -222,6 +222,9 @@ pub struct ConsumedRange {
     /// Source position of the last change applied from the partition (the
     /// worker skips re-produced changes at or below it).
     pub position: Option<Position>,
+    /// Timestamp of the record at `next - 1` (see
+    /// [`crate::checkpoint::PartitionProgress::last_timestamp`]).
+    pub last_timestamp: Option<i64>,
 }
 
 /// A batch under construction, and then applied as a whole.
@@ -332,6 +335,7 @@ impl Batch {
         partition: i32,
         offset: i64,
         position: Option<Position>,
+        timestamp: Option<i64>,
     ) {
         let r = self
             .bus
@@ -340,8 +344,10 @@ impl Batch {
                 first: offset,
                 next: offset,
                 position: None,
+                last_timestamp: None,
             });
         r.next = offset + 1;
+        r.last_timestamp = timestamp;
         if position.is_some() {
             r.position = position;
         }

@@ -46,6 +46,12 @@ pub struct PartitionProgress {
     pub next_offset: i64,
     /// The source position of the last change applied from the partition.
     pub position: Option<Position>,
+    /// The timestamp of the record at `next_offset - 1`, when known. A
+    /// resuming worker reads that record again and compares: a log made
+    /// anew since (a broker that lost its data, a topic deleted and
+    /// recreated) holds other records at the same offsets, and resuming
+    /// there would skip the start of it.
+    pub last_timestamp: Option<i64>,
 }
 
 /// Where Kafka workers keep their progress: in the sink, written in the

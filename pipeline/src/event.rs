@@ -276,6 +276,10 @@ pub enum BusMessage {
         offset: i64,
         /// The change's source position, when it had one.
         position: Option<Position>,
+        /// The Kafka record's timestamp (ms), when it has one: with the
+        /// offset, what tells this record from another log's record at
+        /// the same offset.
+        timestamp: Option<i64>,
     },
     /// Kafka bus, worker side: a table's snapshot started on a multi-
     /// partition topic. The sink makes sure the table exists but does not

@@ -814,12 +814,14 @@ impl<K: Sink> ApplyLoop<K> {
                         partition,
                         offset,
                         position,
+                        timestamp,
                     } => {
                         // Kafka messages are not grouped in transactions:
                         // every message is a boundary.
                         at_boundary = true;
                         self.awaiting_offset = false;
-                        self.batch.consumed(&topic, partition, offset, position);
+                        self.batch
+                            .consumed(&topic, partition, offset, position, timestamp);
                     }
                     BusMessage::EnsureTable { table } => match self.mapped_targets(&table.id) {
                         Some(targets) => {

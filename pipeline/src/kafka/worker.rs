@@ -17,6 +17,7 @@
 //! grow, so the worker skips changes at or below the last position it
 //! applied from that partition: a row never moves back to an older state.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,12 +62,74 @@ pub enum Subscription {
 /// per-message lookup allocates nothing.
 type Progress = Arc<Mutex<FastHashMap<(Arc<str>, i32), PartitionProgress>>>;
 
+/// Per partition: the offset and timestamp of the record a check expects.
+type Expected = FastHashMap<(Arc<str>, i32), (i64, i64)>;
+
+/// Partitions assigned one record before the sink's progress, to read
+/// again the record the target applied last: a log made anew since (a
+/// broker that lost its data, a topic deleted and recreated, refilled by a
+/// restarted source) has other records at those offsets, and resuming at
+/// the stored offset would silently skip the start of it. Offsets alone
+/// cannot tell (the new log may have grown past them).
+#[derive(Default)]
+struct ResumeChecks {
+    /// Whether any check is outstanding: read per message, without a lock.
+    pending: AtomicBool,
+    expected: Mutex<Expected>,
+}
+
+impl ResumeChecks {
+    fn set(&self, f: impl FnOnce(&mut Expected)) {
+        let mut expected = self.expected.lock().expect("resume checks lock");
+        f(&mut expected);
+        self.pending.store(!expected.is_empty(), Ordering::Release);
+    }
+
+    /// Whether `offset` of `topic[partition]` is the record a check waits
+    /// for, and the same record the target applied (then it is not applied
+    /// again); an error when another record stands at its offset.
+    fn verify(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+    ) -> Result<bool, PipelineError> {
+        let mut expected = self.expected.lock().expect("resume checks lock");
+        let Some((at, ts)) = expected.remove(&(Arc::clone(topic), partition)) else {
+            return Ok(false);
+        };
+        self.pending.store(!expected.is_empty(), Ordering::Release);
+        if offset != at {
+            // The record is gone (compaction): nothing to compare, and the
+            // offsets carry on past it.
+            return Ok(false);
+        }
+        if timestamp == Some(ts) {
+            return Ok(true);
+        }
+        Err(PipelineError::fatal(
+            Stage::Decode,
+            format!(
+                "{topic}[{partition}]: the record at offset {at} is not the one the target applied last (timestamp {} instead of {ts}): the topic's log was made anew since (a broker that lost its data, or the topic deleted and recreated); resuming after it would skip the start of the new log. Nothing was skipped, the worker stops. Re-snapshot the pipeline (new topic prefix and empty target)",
+                timestamp.map_or_else(|| "none".to_string(), |t| t.to_string())
+            ),
+        )
+        .with_code(LOG_REPLACED))
+    }
+}
+
+/// The error code of a partition whose log is not the one the target's
+/// progress refers to.
+const LOG_REPLACED: &str = "ferry-log-replaced";
+
 /// The consumer's callbacks: logs, and the rebalance that starts each
 /// assigned partition at the sink's progress.
 struct WorkerContext<S: BusOffsets> {
     store: tokio::sync::Mutex<S>,
     runtime: tokio::runtime::Handle,
     progress: Progress,
+    checks: Arc<ResumeChecks>,
     /// Why the last assignment could not be honoured; the consume loop
     /// stops with it.
     failure: Mutex<Option<PipelineError>>,
@@ -132,20 +195,40 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                     }
                 };
                 let mut progress = self.progress.lock().expect("progress lock");
+                let mut checks = Vec::new();
                 for (topic, partition) in &parts {
+                    let key = (Arc::from(topic.as_str()), *partition);
                     let offset = match stored.get(&(topic.clone(), *partition)) {
                         Some(p) => {
-                            progress.insert((Arc::from(topic.as_str()), *partition), *p);
-                            Offset::Offset(p.next_offset)
+                            progress.insert(key.clone(), *p);
+                            match p.last_timestamp {
+                                Some(ts) if p.next_offset > 0 => {
+                                    checks.push((key, Some((p.next_offset - 1, ts))));
+                                    Offset::Offset(p.next_offset - 1)
+                                }
+                                _ => {
+                                    checks.push((key, None));
+                                    Offset::Offset(p.next_offset)
+                                }
+                            }
                         }
                         None => {
-                            progress.remove(&(Arc::from(topic.as_str()), *partition));
+                            progress.remove(&key);
+                            checks.push((key, None));
                             Offset::Beginning
                         }
                     };
                     let _ = tpl.set_partition_offset(topic, *partition, offset);
                 }
                 drop(progress);
+                self.checks.set(|expected| {
+                    for (key, check) in checks {
+                        match check {
+                            Some(c) => expected.insert(key, c),
+                            None => expected.remove(&key),
+                        };
+                    }
+                });
                 info!(partitions = ?parts, "partitions assigned; starting at the sink's progress");
                 let res = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -164,6 +247,11 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                     progress.remove(&(Arc::from(t.as_str()), *p));
                 }
                 drop(progress);
+                self.checks.set(|expected| {
+                    for (t, p) in &parts {
+                        expected.remove(&(Arc::from(t.as_str()), *p));
+                    }
+                });
                 let _ = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -222,10 +310,12 @@ async fn run_once<K: Sink, S: BusOffsets>(
         ensure_topics(k, names, false, Stage::Decode).await?;
     }
     let progress: Progress = Arc::default();
+    let checks: Arc<ResumeChecks> = Arc::default();
     let context = WorkerContext {
         store: tokio::sync::Mutex::new(store),
         runtime: tokio::runtime::Handle::current(),
         progress: Arc::clone(&progress),
+        checks: Arc::clone(&checks),
         failure: Mutex::new(None),
     };
     let mut cfg = client_config(k, &Default::default());
@@ -306,6 +396,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
         decoder: Decoder::new(),
         bus: bus_tx,
         progress,
+        checks,
         topic_names: FastHashMap::default(),
     };
     // The loop runs as a task of the runtime, beside the apply task: a
@@ -645,6 +736,7 @@ struct Reader {
     decoder: Decoder,
     bus: BusSender,
     progress: Progress,
+    checks: Arc<ResumeChecks>,
     topic_names: FastHashMap<String, Arc<str>>,
 }
 
@@ -665,6 +757,14 @@ impl Reader {
             }
         };
         let (partition, offset) = (m.partition(), m.offset());
+        let timestamp = m.timestamp().to_millis();
+        if self.checks.pending.load(Ordering::Acquire)
+            && self.checks.verify(&topic, partition, offset, timestamp)?
+        {
+            // The record the target applied last, read again to check the
+            // log: not applied twice.
+            return Ok(());
+        }
         let mut position = None;
         if let Some(payload) = m.payload() {
             let ev = self.decode(payload, &topic, partition, offset).await?;
@@ -683,6 +783,7 @@ impl Reader {
                         .or_insert(PartitionProgress {
                             next_offset: offset,
                             position: Some(ev.position),
+                            last_timestamp: None,
                         });
                     false
                 }
@@ -726,6 +827,7 @@ impl Reader {
             partition,
             offset,
             position,
+            timestamp,
         })
         .await
     }
@@ -794,5 +896,31 @@ mod tests {
     fn prefix_pattern_escapes() {
         assert_eq!(regex_escape("ferry"), "ferry");
         assert_eq!(regex_escape("a.b-c"), "a\\.b-c");
+    }
+
+    #[test]
+    fn a_resume_check_passes_skips_or_stops() {
+        let checks = ResumeChecks::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        let other: Arc<str> = Arc::from("ferry.public.u");
+        checks.set(|e| {
+            e.insert((Arc::clone(&t), 0), (41, 1_700));
+            e.insert((Arc::clone(&t), 1), (9, 1_800));
+            e.insert((Arc::clone(&t), 2), (5, 1_900));
+        });
+        assert!(checks.pending.load(Ordering::Acquire));
+        // No check on this partition: applied as usual.
+        assert!(!checks.verify(&other, 0, 0, Some(1)).unwrap());
+        // The record applied last, as recorded: not applied again, and the
+        // check is done.
+        assert!(checks.verify(&t, 0, 41, Some(1_700)).unwrap());
+        assert!(!checks.verify(&t, 0, 42, Some(1_701)).unwrap());
+        // Compacted away: nothing to compare, the next record is applied.
+        assert!(!checks.verify(&t, 1, 12, Some(1)).unwrap());
+        // Another record at that offset: the log was made anew.
+        let e = checks.verify(&t, 2, 5, Some(2_000)).unwrap_err();
+        assert_eq!(e.code.as_deref(), Some(LOG_REPLACED));
+        assert!(e.to_string().contains("made anew"), "{e}");
+        assert!(!checks.pending.load(Ordering::Acquire));
     }
 }

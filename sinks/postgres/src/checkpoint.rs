@@ -46,7 +46,8 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
                  ordinal     bigint,
                  updated_at  timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, topic, partition)
-             );",
+             );
+             ALTER TABLE public.ferry_bus_offsets ADD COLUMN IF NOT EXISTS last_record_ts bigint;",
         )
         .await
         .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))
@@ -142,10 +143,11 @@ pub async fn save_position(
 }
 
 const SAVE_BUS_OFFSET: &str = "INSERT INTO public.ferry_bus_offsets AS o
-                     (pipeline, topic, partition, next_offset, commit_lsn, ordinal)
-                 VALUES ($1, $2, $3, $4, ('0/0'::pg_lsn + $5::text::numeric), $6)
+                     (pipeline, topic, partition, next_offset, commit_lsn, ordinal, last_record_ts)
+                 VALUES ($1, $2, $3, $4, ('0/0'::pg_lsn + $5::text::numeric), $6, $8)
                  ON CONFLICT (pipeline, topic, partition) DO UPDATE
                     SET next_offset = EXCLUDED.next_offset,
+                        last_record_ts = EXCLUDED.last_record_ts,
                         commit_lsn = coalesce(EXCLUDED.commit_lsn, o.commit_lsn),
                         ordinal = CASE WHEN EXCLUDED.commit_lsn IS NULL THEN o.ordinal ELSE EXCLUDED.ordinal END,
                         updated_at = now()
@@ -160,6 +162,7 @@ struct OffsetRow<'a> {
     commit_lsn: Option<String>,
     ordinal: Option<i64>,
     first: i64,
+    last_ts: Option<i64>,
 }
 
 /// Records a Kafka worker's progress (inside the batch's transaction),
@@ -191,9 +194,10 @@ pub async fn save_bus_offsets(
             commit_lsn: r.position.map(|p| p.commit_lsn.to_string()),
             ordinal: r.position.map(|p| p.ordinal as i64),
             first: r.first,
+            last_ts: r.last_timestamp,
         })
         .collect();
-    let params: Vec<[&(dyn ToSql + Sync); 7]> = rows
+    let params: Vec<[&(dyn ToSql + Sync); 8]> = rows
         .iter()
         .map(|r| {
             [
@@ -204,6 +208,7 @@ pub async fn save_bus_offsets(
                 &r.commit_lsn,
                 &r.ordinal,
                 &r.first,
+                &r.last_ts,
             ]
         })
         .collect();
@@ -240,7 +245,8 @@ pub async fn load_bus_offsets(
     let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
     let rows = client
         .query(
-            "SELECT o.topic, o.partition, o.next_offset, (o.commit_lsn - '0/0'::pg_lsn)::text, o.ordinal
+            "SELECT o.topic, o.partition, o.next_offset, (o.commit_lsn - '0/0'::pg_lsn)::text, o.ordinal,
+                    o.last_record_ts
                FROM public.ferry_bus_offsets o
                JOIN unnest($2::text[], $3::int[]) AS w(topic, partition)
                  ON w.topic = o.topic AND w.partition = o.partition
@@ -265,6 +271,7 @@ pub async fn load_bus_offsets(
             PartitionProgress {
                 next_offset: r.get(2),
                 position,
+                last_timestamp: r.get(5),
             },
         );
     }
