@@ -248,7 +248,10 @@ async fn workers_rebalance_under_traffic() {
 /// Ignored in the suite: about one run in five, librdkafka 2.12 itself
 /// crashes (SIGSEGV in `rd_kafka_metadata_update_op`, an open librdkafka
 /// bug: confluentinc/librdkafka#5280) on what the emptied tansu answers,
-/// before Ferry's own check stops it. Run with `--ignored`.
+/// before Ferry's own check stops it. Run with `--ignored`. The same
+/// failure runs in the suite on the mock cluster
+/// ([`a_broker_that_lost_its_data_stops_the_worker`],
+/// [`a_log_made_anew_stops_the_worker`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "librdkafka 2.12 can crash on an emptied tansu (confluentinc/librdkafka#5280)"]
 async fn broker_that_lost_everything_stops_the_pipeline() {
@@ -529,7 +532,9 @@ async fn a_log_made_anew_stops_the_worker() {
 /// queued message sets delivered), but the consumer group never settles:
 /// FindCoordinator keeps failing, the session times out and the group
 /// rebalances every ~6 s, so the worker applies nothing (and loses
-/// nothing: its progress stays in the sink). Debug with
+/// nothing: its progress stays in the sink). A broker that goes away and
+/// comes back with its data runs in the suite on the mock cluster
+/// ([`broker_down_and_back_loses_nothing`]). Debug with
 /// FERRY_TEST_KAFKA_DEBUG=cgrp,fetch FERRY_TEST_RUST_LOG=info,librdkafka=debug
 /// FERRY_TEST_KEEP_LOGS=/tmp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
