@@ -341,6 +341,35 @@ fn mock_config(pair: &Pair, port: u16, prefix: &str, path: Option<&Path>) -> Pat
     path
 }
 
+/// A pipeline on a mock broker: a source and a worker (separate
+/// processes) started and caught up with the seed.
+struct OnMock {
+    pair: Pair,
+    prefix: String,
+    mock: Mock,
+    cfg: PathBuf,
+    source: Ferry,
+    worker: Ferry,
+}
+
+async fn start_on_mock(name: &str) -> OnMock {
+    let pair = pair_for_mock(name).await;
+    let prefix = format!("{}_mock", pair.db);
+    let (mock, port) = mock_cluster(&prefix);
+    let cfg = mock_config(&pair, port, &prefix, None);
+    let source = spawn(&cfg, "source");
+    let worker = spawn(&cfg, "worker");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    OnMock {
+        pair,
+        prefix,
+        mock,
+        cfg,
+        source,
+        worker,
+    }
+}
+
 /// The broker goes away for five seconds while traffic flows, then comes
 /// back with everything it had: the source's deliveries wait and are
 /// retried (the slot keeps what Kafka has not acknowledged), the worker
@@ -350,13 +379,13 @@ fn mock_config(pair: &Pair, port: u16, prefix: &str, path: Option<&Path>) -> Pat
 /// consumer groups settling (SQLite, [`durable_broker_restart_loses_nothing`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_and_back_loses_nothing() {
-    let pair = pair_for_mock("kbdown").await;
-    let prefix = format!("{}_mock", pair.db);
-    let (mock, port) = mock_cluster(&prefix);
-    let cfg = mock_config(&pair, port, &prefix, None);
-    let mut source = spawn(&cfg, "source");
-    let mut worker = spawn(&cfg, "worker");
-    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    let OnMock {
+        pair,
+        mock,
+        mut source,
+        mut worker,
+        ..
+    } = start_on_mock("kbdown").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
@@ -401,13 +430,14 @@ fn assert_stops_saying(f: &mut Ferry, what: &str, says: &str) {
 /// never comes back or starting over on a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_topic_stops_the_worker() {
-    let pair = pair_for_mock("kbgone").await;
-    let prefix = format!("{}_mock", pair.db);
-    let (mock, port) = mock_cluster(&prefix);
-    let cfg = mock_config(&pair, port, &prefix, None);
-    let _source = spawn(&cfg, "source");
-    let mut worker = spawn(&cfg, "worker");
-    wait_equal(&pair, &[&_source, &worker], Duration::from_secs(90)).await;
+    let OnMock {
+        pair: _pair,
+        prefix,
+        mock,
+        source: _source,
+        mut worker,
+        ..
+    } = start_on_mock("kbgone").await;
     mock.topic_error(
         &data_topic(&prefix),
         rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
@@ -422,13 +452,14 @@ async fn a_vanished_topic_stops_the_worker() {
 /// jumps to whatever the topics hold now. The target keeps what it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_data_stops_the_worker() {
-    let pair = pair_for_mock("kblost2").await;
-    let prefix = format!("{}_mock", pair.db);
-    let (mock, port) = mock_cluster(&prefix);
-    let cfg = mock_config(&pair, port, &prefix, None);
-    let mut source = spawn(&cfg, "source");
-    let mut worker = spawn(&cfg, "worker");
-    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    let OnMock {
+        pair,
+        prefix,
+        mock,
+        cfg,
+        mut source,
+        mut worker,
+    } = start_on_mock("kblost2").await;
     worker.kill9();
     source.kill9();
     drop(mock);
@@ -450,13 +481,14 @@ async fn a_broker_that_lost_its_data_stops_the_worker() {
 /// offset, and stops. It applies nothing from the new log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_made_anew_stops_the_worker() {
-    let pair = pair_for_mock("kbanew").await;
-    let prefix = format!("{}_mock", pair.db);
-    let (mock, port) = mock_cluster(&prefix);
-    let cfg = mock_config(&pair, port, &prefix, None);
-    let mut source = spawn(&cfg, "source");
-    let mut worker = spawn(&cfg, "worker");
-    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
+    let OnMock {
+        pair,
+        prefix,
+        mock,
+        cfg,
+        mut source,
+        mut worker,
+    } = start_on_mock("kbanew").await;
     worker.kill9();
     source.kill9();
     let ends = |mock: &Mock| -> Vec<i64> {
