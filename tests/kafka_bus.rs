@@ -370,6 +370,15 @@ async fn start_on_mock(name: &str) -> OnMock {
     }
 }
 
+/// [`start_on_mock`], then both processes killed with -9: the target holds
+/// the seed and its progress, the mock the log it came from.
+async fn caught_up_then_killed(name: &str) -> (Pair, String, Mock, PathBuf) {
+    let mut m = start_on_mock(name).await;
+    m.worker.kill9();
+    m.source.kill9();
+    (m.pair, m.prefix, m.mock, m.cfg)
+}
+
 /// The broker goes away for five seconds while traffic flows, then comes
 /// back with everything it had: the source's deliveries wait and are
 /// retried (the slot keeps what Kafka has not acknowledged), the worker
@@ -452,16 +461,7 @@ async fn a_vanished_topic_stops_the_worker() {
 /// jumps to whatever the topics hold now. The target keeps what it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_data_stops_the_worker() {
-    let OnMock {
-        pair,
-        prefix,
-        mock,
-        cfg,
-        mut source,
-        mut worker,
-    } = start_on_mock("kblost2").await;
-    worker.kill9();
-    source.kill9();
+    let (pair, prefix, mock, cfg) = caught_up_then_killed("kblost2").await;
     drop(mock);
 
     let (_empty, port) = mock_cluster(&prefix);
@@ -481,16 +481,7 @@ async fn a_broker_that_lost_its_data_stops_the_worker() {
 /// offset, and stops. It applies nothing from the new log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_made_anew_stops_the_worker() {
-    let OnMock {
-        pair,
-        prefix,
-        mock,
-        cfg,
-        mut source,
-        mut worker,
-    } = start_on_mock("kbanew").await;
-    worker.kill9();
-    source.kill9();
+    let (pair, prefix, mock, cfg) = caught_up_then_killed("kbanew").await;
     let ends = |mock: &Mock| -> Vec<i64> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let c: BaseConsumer = rdkafka::ClientConfig::new()

@@ -314,6 +314,7 @@ async fn bench_one(
             fleet.broker.as_ref(),
             &prefix,
             args.kafka_linger_ms,
+            args.kafka_compression.as_deref(),
         ),
     )?;
 
@@ -467,6 +468,22 @@ async fn bench_one(
     })
 }
 
+/// `producer = { … }` for the options given, or nothing (Ferry's defaults).
+fn producer_toml(linger_ms: Option<u32>, compression: Option<&str>) -> String {
+    let mut props = Vec::new();
+    if let Some(l) = linger_ms {
+        props.push(format!("\"linger.ms\" = \"{l}\""));
+    }
+    if let Some(c) = compression {
+        props.push(format!("\"compression.type\" = \"{c}\""));
+    }
+    if props.is_empty() {
+        String::new()
+    } else {
+        format!("producer = {{ {} }}\n", props.join(", "))
+    }
+}
+
 fn config_toml(
     source: &LocalCluster,
     target: &LocalCluster,
@@ -474,6 +491,7 @@ fn config_toml(
     broker: Option<&Broker>,
     prefix: &str,
     linger_ms: Option<u32>,
+    compression: Option<&str>,
 ) -> String {
     let tables = TABLES
         .iter()
@@ -494,9 +512,7 @@ group_id = "{prefix}"
 consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 {producer}"#,
                 port = b.port,
-                producer = linger_ms
-                    .map(|l| format!("producer = {{ \"linger.ms\" = \"{l}\" }}\n"))
-                    .unwrap_or_default(),
+                producer = producer_toml(linger_ms, compression),
             ),
         ),
         _ => ("embedded", String::new()),

@@ -77,6 +77,10 @@ struct Args {
     /// not given), to measure the throughput/lag trade.
     #[arg(long)]
     kafka_linger_ms: Option<u32>,
+    /// With `--kafka`: the producer's `compression.type` (Ferry's default,
+    /// lz4, when not given; `none` to compare).
+    #[arg(long, value_parser = ["none", "lz4", "snappy", "gzip"])]
+    kafka_compression: Option<String>,
     /// Where the JSON report of `--kafka` goes.
     #[arg(long, default_value = "bench-results/kafka.json")]
     kafka_out: PathBuf,
