@@ -7,9 +7,11 @@
 pub mod batch;
 pub mod bus;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod decimal;
 pub mod dlq;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod id_map;

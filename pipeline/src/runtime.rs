@@ -16,8 +16,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::batch::Batch;
 use crate::bus::{self, BusReceiver};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::clock::now_micros;
 use crate::error::{retry_backoff, Disposition, PipelineError, Stage};
-use crate::event::{BusMessage, Position, SourceAck, TableId, TableSchema};
+use crate::event::{BusMessage, PartitionOffset, Position, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext};
@@ -136,7 +137,7 @@ pub struct Spawned {
 
 /// Called after each batch commit with the next offset of every partition
 /// the batch consumed (the Kafka worker commits them to the group).
-pub type AfterCommit = Arc<dyn Fn(&[(Arc<str>, i32, i64)]) + Send + Sync>;
+pub type AfterCommit = Arc<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
 /// How the apply side recognizes replays.
 pub enum ApplyMode {
@@ -304,7 +305,7 @@ pub async fn wait_retry(
 struct Summary {
     events: usize,
     /// Next offset per consumed partition (Kafka bus).
-    bus_offsets: Vec<(Arc<str>, i32, i64)>,
+    bus_offsets: Vec<PartitionOffset>,
     counts: Vec<(TableId, crate::event::Op, u64)>,
     last_position: Option<Position>,
     /// Records the transform stage parked (mirrored once durable).
@@ -563,7 +564,11 @@ impl<K: Sink> ApplyLoop<K> {
             bus_offsets: batch
                 .bus
                 .iter()
-                .map(|((t, p), r)| (Arc::clone(t), *p, r.next))
+                .map(|((topic, partition), r)| PartitionOffset {
+                    topic: Arc::clone(topic),
+                    partition: *partition,
+                    offset: r.next,
+                })
                 .collect(),
             counts,
             last_position: batch.last_position,
@@ -916,14 +921,6 @@ impl<K: Sink> ApplyLoop<K> {
             }
         }
     }
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

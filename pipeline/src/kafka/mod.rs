@@ -19,7 +19,6 @@
 //! - Never a silent skip: offsets out of range and vanished topics stop the
 //!   worker with a message (`auto.offset.reset=error`).
 
-pub mod envelope;
 pub mod outbox;
 pub mod producer;
 pub mod registry;
@@ -330,7 +329,7 @@ pub async fn run_source<S: crate::source::Source>(
 ) -> Result<(), PipelineError> {
     let topics = Topics::new(&k.topic_prefix);
     let mut own = vec![topics.checkpoints()];
-    if k.schema_registry_url.is_none() && k.encoding == crate::config::KafkaEncoding::Avro {
+    if k.schema_registry_url.is_none() && k.encoding == crate::envelope::Encoding::Avro {
         own.push(topics.schemas());
     }
     let mut backoff = crate::error::retry_backoff(opts.max_retry_delay);

@@ -41,7 +41,6 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::config::KafkaEncoding;
 use crate::decimal::MAX_PRECISION;
 use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
 use crate::value::{object_id_hex, Decimal, Numeric, TemporalKind, Value};
@@ -80,22 +79,18 @@ const MARKER_PREFIX: &str = "ferry_table_";
 /// Branches of the `ferry.Value` union.
 const GENERIC_BRANCHES: i64 = 13;
 
-/// Which value encoding the bus uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which value encoding the bus uses (`[kafka] encoding` in the config,
+/// which names these variants in lowercase).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
-    /// Avro binary, in single-object encoding or the Confluent wire format.
+    /// Avro binary: Confluent wire format with a schema registry when
+    /// `schema_registry_url` is set, else Avro single-object encoding whose
+    /// schemas live in the compacted `<prefix>._schemas` topic.
+    #[default]
     Avro,
     /// Self-describing JSON (schema + payload), for debugging.
     Json,
-}
-
-impl From<KafkaEncoding> for Encoding {
-    fn from(e: KafkaEncoding) -> Self {
-        match e {
-            KafkaEncoding::Avro => Encoding::Avro,
-            KafkaEncoding::Json => Encoding::Json,
-        }
-    }
 }
 
 /// How a value names its writer schema.
@@ -262,7 +257,7 @@ impl Encoder {
         out: &mut Vec<u8>,
     ) -> Result<Option<NewSchema>, EnvelopeError> {
         let plan = self.plan_for(&ev.table)?;
-        let now_ms = crate::runtime::now_micros().div_euclid(1000);
+        let now_ms = crate::clock::now_micros().div_euclid(1000);
         match self.encoding {
             Encoding::Json => {
                 *out = encode_json(&plan, ev, &self.pipeline, now_ms)?;
