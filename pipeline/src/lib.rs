@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod bus;
+pub mod channel;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod error;
 pub mod event;
 pub mod id_map;
 pub mod json;
-pub mod kafka;
 pub mod mapping;
 pub mod metrics;
 pub mod prerequisite;

@@ -264,7 +264,7 @@ impl MongoSource {
         db: &Database,
         name: &str,
         shapes: &mut Shapes,
-        bus: &ferry_pipeline::bus::BusSender,
+        bus: &ferry_pipeline::channel::BusSender,
     ) -> Result<u64, PipelineError> {
         let schema = &shapes.schema(name);
         let coll = db.collection::<Document>(name);

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 
 use super::producer::{HEADER_SNAPSHOT_DONE, HEADER_SNAPSHOT_START};
 use super::{client_config, ensure_topics, kafka_err, registry, schema_store};
-use crate::bus::{self, BusSender};
+use crate::channel::{self, BusSender};
 use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
 use crate::config::KafkaConfig;
 use crate::envelope::{Decoder, EnvelopeError, SchemaRef};
@@ -360,7 +360,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
     }
     .map_err(|e| kafka_err(Stage::Decode, "subscribe", e))?;
 
-    let (bus_tx, bus_rx) = bus::embedded(opts.bus_capacity);
+    let (bus_tx, bus_rx) = channel::bounded(opts.bus_capacity);
     let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
     let committer = Arc::clone(&consumer);
     let after_commit: AfterCommit = Arc::new(move |offsets| {

@@ -362,7 +362,7 @@ pub async fn run_source<S: crate::source::Source>(
         resume_token = checkpoint.resume_token.is_some(),
         "loaded the source checkpoint from Kafka"
     );
-    let (bus_tx, bus_rx) = crate::bus::embedded(opts.bus_capacity);
+    let (bus_tx, bus_rx) = crate::channel::bounded(opts.bus_capacity);
     let (ack_tx, ack_rx) = tokio::sync::watch::channel(crate::event::SourceAck(0));
     let downstream = producer::spawn(k, &opts.pipeline, bus_rx, ack_tx, checkpoint.clone())?;
     crate::runtime::drive_source(

@@ -26,7 +26,7 @@ use super::{
     admin_client, blocking, client_config, ensure_topics_with, kafka_err, partition_count,
     schema_store, source_checkpoint, Topics,
 };
-use crate::bus::BusReceiver;
+use crate::channel::BusReceiver;
 use crate::checkpoint::{Checkpoint, SnapshotRecord};
 use crate::config::KafkaConfig;
 use crate::envelope::{Encoder, NewSchema};
