@@ -1,5 +1,5 @@
 //! The buses that carry a source's changes to the sink, side by side:
-//! [`embedded`] (in-process, the default) and [`kafka`] (cargo feature `kafka`).
+//! `embedded` (in-process, the default) and `kafka` (cargo feature `kafka`).
 //!
 //! A bus is the stretch between a [`crate::source::Source`] and a
 //! [`crate::sink::Sink`]. Both buses start from the same bounded

@@ -6,11 +6,11 @@ use super::*;
 /// Turns Kafka values back into change events.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    pub(super) by_fingerprint: FastHashMap<u64, Arc<SchemaPlan>>,
-    pub(super) by_registry_id: HashMap<u32, u64>,
+    by_fingerprint: FastHashMap<u64, Arc<SchemaPlan>>,
+    by_registry_id: HashMap<u32, u64>,
     /// JSON values carry their table schema; one plan per distinct schema
     /// text, so that events share one `Arc<TableSchema>`.
-    pub(super) json_plans: HashMap<String, Arc<SchemaPlan>>,
+    json_plans: HashMap<String, Arc<SchemaPlan>>,
 }
 
 /// Bounds the JSON plan cache against a topic full of distinct schemas.

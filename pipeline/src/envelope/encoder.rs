@@ -7,17 +7,17 @@ use super::*;
 /// Turns change events into Kafka keys and values.
 #[derive(Debug)]
 pub struct Encoder {
-    pub(super) encoding: Encoding,
-    pub(super) pipeline: String,
+    encoding: Encoding,
+    pipeline: String,
     /// Every schema version seen per table, newest last.
-    pub(super) plans: FastHashMap<TableId, Vec<Arc<SchemaPlan>>>,
+    plans: FastHashMap<TableId, Vec<Arc<SchemaPlan>>>,
     /// Fingerprints already handed out as [`NewSchema`]; marked only once
     /// a message was encoded, so that a failed first encode does not lose
     /// the announcement.
-    pub(super) announced: HashSet<u64>,
-    pub(super) registry_ids: HashMap<u64, u32>,
+    announced: HashSet<u64>,
+    registry_ids: HashMap<u64, u32>,
     /// The plan of the last event encoded.
-    pub(super) last: Option<Arc<SchemaPlan>>,
+    last: Option<Arc<SchemaPlan>>,
 }
 
 impl Encoder {

@@ -1,6 +1,5 @@
 //! The Kafka bus: sources produce each change to a topic per source table,
-//! keyed by primary key; workers consume those topics in a consumer group
-//! and apply them to the sink.
+//! keyed by primary key; workers consume them in a group into the sink.
 //!
 //! Guarantees, and where they come from:
 //! - Per-row order: one key always lands on one partition (librdkafka's
