@@ -1,7 +1,14 @@
 //! Reading an Avro datum back: every length and count is checked against
 //! the bytes left, and nesting is bounded, before anything is allocated.
 
-use super::*;
+use std::sync::Arc;
+
+use super::avro_write::op_from_code;
+use super::decimal::decimal_from_avro;
+use super::schema::{AvroType, SchemaPlan, TEMPORAL_KINDS};
+use super::{invalid, EnvelopeError, GENERIC_BRANCHES, MAX_DEPTH};
+use crate::event::{ChangeEvent, Datum, Position, Row};
+use crate::value::{Numeric, Value};
 
 /// Reads Avro binary from a slice. Every length and count is checked
 /// against the bytes left before anything is allocated.

@@ -1,7 +1,11 @@
 //! Writing the Avro datum of an envelope: the Debezium-shaped record, each
 //! value in its column's natural branch or as a `ferry.Value`.
 
-use super::*;
+use super::decimal::decimal_to_avro;
+use super::schema::{temporal_index, AvroType, SchemaPlan};
+use super::{invalid, unencodable, EnvelopeError, MAX_DEPTH};
+use crate::event::{ChangeEvent, Datum, Op, Row};
+use crate::value::{Numeric, Value};
 
 pub(super) fn op_code(op: Op) -> &'static str {
     match op {

@@ -2,7 +2,12 @@
 //! (Rabin) fingerprint, computed here rather than by apache-avro (whose
 //! canonical form keeps logical-type attributes; see the module above).
 
-use super::*;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde_json::Value as Json;
+
+use super::{invalid, EnvelopeError};
 
 pub(super) const PRIMITIVES: [&str; 8] = [
     "null", "boolean", "int", "long", "float", "double", "bytes", "string",

@@ -1,7 +1,10 @@
 //! Decimal ↔ Avro decimal bytes (two's complement, big-endian), by hand on
 //! the digit string: exact at any size, no bignum, no `f64`.
 
-use super::*;
+use std::fmt::Write as _;
+
+use super::{invalid, EnvelopeError};
+use crate::value::Decimal;
 
 /// Decimal digits (ASCII, no sign) → minimal big-endian magnitude (empty
 /// for zero). Works on base-2^32 limbs fed nine digits at a time.

@@ -1,7 +1,18 @@
 //! The decoder: values back into change events, in either encoding, from
 //! the writer schemas added to it (schema topic or registry).
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::avro_read::read_envelope;
+use super::canonical::canonical_form;
+use super::json::read_json_payload;
+use super::schema::SchemaPlan;
+use super::{invalid, EnvelopeError, SchemaRef, CONFLUENT_MAGIC, MARKER_PREFIX, TABLE_ATTRIBUTE};
+use crate::event::{ChangeEvent, TableSchema};
+use crate::FastHashMap;
 
 /// Turns Kafka values back into change events.
 #[derive(Debug, Default)]

@@ -2,7 +2,18 @@
 //! It keeps one schema plan per table shape and reports a new Avro schema
 //! once, for the producer to publish before the first message using it.
 
-use super::*;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::avro_write::{write_envelope, AvroWriter};
+use super::json::{encode_json, json_string, key_value};
+use super::schema::SchemaPlan;
+use super::{
+    unencodable, Encoding, EnvelopeError, NewSchema, CONFLUENT_MAGIC, SINGLE_OBJECT_MARKER,
+};
+use crate::event::{ChangeEvent, Datum, TableId, TableSchema};
+use crate::FastHashMap;
 
 /// Turns change events into Kafka keys and values.
 #[derive(Debug)]

@@ -2,7 +2,17 @@
 //! and the self-describing `{"schema", "payload"}` value, for debugging
 //! and for the dead-letter queue.
 
-use super::*;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::avro_read::mark_unchanged;
+use super::avro_write::{check_row_len, op_code, op_from_code};
+use super::schema::{temporal_index, SchemaPlan, TEMPORAL_KINDS};
+use super::{invalid, unencodable, EnvelopeError, MAX_DEPTH, MAX_JSON_DEPTH};
+use crate::event::{ChangeEvent, Datum, Op, Position, Row};
+use crate::value::{object_id_hex, Value};
 
 /// A JSON string literal (the same writer as jsonb values').
 pub(super) fn json_string(out: &mut String, s: &str) {

@@ -1,4 +1,4 @@
-//! The envelope codec: a [`ChangeEvent`] as key and value bytes, and back,
+//! The envelope codec: a change event as key and value bytes, and back,
 //! losslessly; the Kafka bus's wire format and the dead-letter record's.
 //!
 //! Owns Ferry's wire format (described for users in `schemas/README.md`),
@@ -6,7 +6,8 @@
 //! - the key: a JSON object of the key columns' exact text;
 //! - the Avro value: a Debezium-shaped envelope (`before`, `after`, `op`,
 //!   `source`, `ts_ms`) whose writer schema is generated from the event's
-//!   [`TableSchema`] and carries it whole in the `ferry.table` attribute,
+//!   [`TableSchema`](crate::event::TableSchema) and carries it whole in
+//!   the `ferry.table` attribute,
 //!   framed as Avro single-object encoding or, once a schema registry gave
 //!   the schema an id, as the Confluent wire format;
 //! - the JSON value: `{"schema", "payload"}` with tagged values, for
@@ -14,8 +15,8 @@
 //!
 //! Pure and I/O-free so that it can be fuzzed (the one outside input is
 //! the clock, for `ts_ms`): publishing schemas and talking to a registry
-//! belong to the Kafka bus's producer and worker. It depends on the event
-//! model only, never on config or the runtime.
+//! belong to the Kafka bus's producer and worker. It depends on events and
+//! values alone (and the clock), never on config or the runtime.
 //!
 //! Files, by job: [`Encoder`] and [`Decoder`] (`encoder.rs`, `decoder.rs`)
 //! drive the rest; `schema.rs` generates a table's Avro schema and the plan
@@ -45,19 +46,13 @@
 //! for a uuid), so its fingerprints differ from the Java and Python
 //! libraries' for exactly the schemas Ferry writes.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt::{self, Write as _};
-use std::sync::Arc;
+use std::fmt;
 
-use serde_json::Value as Json;
-
-use crate::decimal::MAX_PRECISION;
-use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
-use crate::value::{object_id_hex, Decimal, Numeric, TemporalKind, Value};
-use crate::FastHashMap;
+use crate::event::TableId;
 
 /// The custom attribute of the envelope record that holds the table's
-/// [`TableSchema`] as JSON, so that a reader needs nothing but the schema.
+/// [`TableSchema`](crate::event::TableSchema) as JSON, so that a reader
+/// needs nothing but the schema.
 pub const TABLE_ATTRIBUTE: &str = "ferry.table";
 
 /// Deepest nesting of arrays and documents inside one value in the Avro
@@ -81,7 +76,8 @@ const CONFLUENT_MAGIC: u8 = 0;
 /// so without it two table schemas with the same Avro shape (`varchar(10)`
 /// and `varchar(20)`, a column that became NOT NULL, a renamed column
 /// whose sanitized name is unchanged) would share a fingerprint, and a
-/// reader could rebuild the wrong [`TableSchema`]. A `null` field with a
+/// reader could rebuild the wrong
+/// [`TableSchema`](crate::event::TableSchema). A `null` field with a
 /// `null` default costs no byte per message and keeps consecutive schema
 /// versions compatible for a registry in every direction.
 const MARKER_PREFIX: &str = "ferry_table_";
@@ -160,6 +156,9 @@ fn unencodable(msg: impl Into<String>) -> EnvelopeError {
     EnvelopeError::Unencodable(msg.into())
 }
 
+// Each file's helpers are `pub(super)`: visible to its siblings, which
+// import them by name; outside this folder only the re-exports below and
+// the items above are seen.
 mod avro_read;
 mod avro_write;
 mod canonical;
@@ -173,12 +172,3 @@ mod tests;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
-
-// The files of this folder share their helpers through the module: each
-// one's items are `pub(super)` and visible to the others from here.
-use avro_read::*;
-use avro_write::*;
-use canonical::*;
-use decimal::*;
-use json::*;
-use schema::*;

@@ -1,7 +1,18 @@
 //! The Avro schema of a table's envelope, and the plan that writes and
 //! reads it: each column's natural Avro type from its SQL type.
 
-use super::*;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::canonical::{canonical_form, rabin_fingerprint};
+use super::{invalid, EnvelopeError, MARKER_PREFIX, TABLE_ATTRIBUTE};
+use crate::decimal::MAX_PRECISION;
+use crate::event::{TableId, TableSchema};
+use crate::value::TemporalKind;
 
 /// Everything needed to write and read one table schema's envelope.
 #[derive(Debug)]

@@ -1,8 +1,16 @@
 //! The envelope codec's tests: round trips in both encodings, bounds on
 //! hostile input, and apache-avro as the oracle for the binary format.
 
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::canonical::*;
+use super::decimal::*;
+use super::schema::*;
 use super::*;
-use crate::event::Column;
+use crate::event::{ChangeEvent, Column, Datum, Op, Position, Row, TableId, TableSchema};
+use crate::value::{Decimal, Numeric, TemporalKind, Value};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
