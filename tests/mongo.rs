@@ -588,7 +588,7 @@ async fn mongo_resume_after_kill9() {
         // On Kafka the source keeps its checkpoint in Kafka.
         crate::support::kafka::Bus::Kafka => {
             let cfg = ferry_pipeline::config::Config::load(&config).expect("config");
-            ferry_pipeline::kafka::source_checkpoint::load(cfg.kafka.as_ref().unwrap(), "test")
+            ferry_pipeline::bus::kafka::source_checkpoint::load(cfg.kafka.as_ref().unwrap(), "test")
                 .await
                 .expect("the source checkpoint in Kafka")
                 .resume_token

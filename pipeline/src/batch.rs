@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, Datum, Op, Position, Row, TableId, TableSchema};
+use crate::dlq::Parked;
+use crate::event::{ChangeEvent, Datum, Op, Origin, Position, Row, TableId, TableSchema};
 use crate::value::Value;
 use crate::FastHashMap as HashMap;
 
@@ -67,14 +68,6 @@ pub struct TableBatch {
     prune_index: HashMap<String, usize>,
     /// Child tables: per parent key, the highest position in the batch.
     child_max: HashMap<String, i64>,
-}
-
-/// Where a row's change came from on the Kafka bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
 }
 
 impl TableBatch {
@@ -168,7 +161,7 @@ fn parent_string(row: &Row, parent_key: &[usize]) -> String {
             _ => Value::Null,
         })
         .collect();
-    crate::dlq::key_json(&values)
+    key_json(&values)
 }
 
 /// Fills `new`'s unchanged-TOAST columns from `old`'s values.
@@ -247,7 +240,7 @@ pub struct Batch {
     last_table: Option<usize>,
     /// Records refused before the sink (the transform stage), parked in
     /// the dead-letter queue in the batch's transaction.
-    pub parked: Vec<crate::dlq::Parked>,
+    pub parked: Vec<Parked>,
     /// Mapped source tables whose snapshot finished: (table, rows, state),
     /// recorded in the batch's transaction like `TableBatch::snapshot_done`.
     pub snapshot_marks: Vec<(TableId, u64, serde_json::Value)>,
@@ -279,7 +272,7 @@ impl Batch {
 
     /// Parks a record refused before the sink; it counts as an event of
     /// the batch (its position and resume token advance with it).
-    pub fn park(&mut self, ev: &ChangeEvent, parked: crate::dlq::Parked) {
+    pub fn park(&mut self, ev: &ChangeEvent, parked: Parked) {
         self.events += 1;
         if ev.position.commit_lsn != 0 {
             self.last_position = Some(ev.position);
@@ -558,6 +551,69 @@ pub fn key_values(schema: &TableSchema, row: &Row) -> Vec<Value> {
             _ => Value::Null,
         })
         .collect()
+}
+
+/// The change a batch's row change stands for: the event that, applied
+/// alone, has the same effect.
+pub fn event_for(schema: &Arc<TableSchema>, change: &RowChange) -> Option<ChangeEvent> {
+    let key_row = |key: &[Value]| -> Vec<Datum> {
+        let mut row = vec![Datum::Value(Value::Null); schema.columns.len()];
+        for (v, &i) in key.iter().zip(&schema.primary_key) {
+            row[i] = Datum::Value(v.clone());
+        }
+        row
+    };
+    let (op, before, after) = match change {
+        RowChange::Upsert(row) => (Op::Insert, None, Some(row.clone())),
+        RowChange::Patch(row) => (Op::Update, None, Some(row.clone())),
+        RowChange::Delete(key) => (Op::Delete, Some(key_row(key)), None),
+        RowChange::Rekey { old_key, row } => {
+            (Op::Update, Some(key_row(old_key)), Some(row.clone()))
+        }
+        RowChange::Vanished => return None,
+    };
+    let mut ev = ChangeEvent::snapshot_read(Arc::clone(schema), Vec::new());
+    ev.op = op;
+    ev.before = before;
+    ev.after = after;
+    Some(ev)
+}
+
+/// The key of `change` as JSON text.
+pub fn key_text(schema: &TableSchema, change: &RowChange) -> Option<String> {
+    let values: Vec<Value> = match change {
+        RowChange::Upsert(row) | RowChange::Patch(row) | RowChange::Rekey { row, .. } => {
+            key_values(schema, row)
+        }
+        RowChange::Delete(key) => key.clone(),
+        RowChange::Vanished => return None,
+    };
+    Some(key_json(&values))
+}
+
+/// Key values as JSON text: exact (numbers and decimals as their digits),
+/// one spelling per key.
+pub fn key_json(values: &[Value]) -> String {
+    let parts: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| serde_json::Value::String(value_text(v)))
+        .collect();
+    serde_json::Value::Array(parts).to_string()
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Numeric(n) => n.to_string(),
+        Value::Text(s) | Value::Json(s) => s.clone(),
+        Value::Uuid(u) => u.to_string(),
+        Value::Temporal(_, s) => s.clone(),
+        Value::ObjectId(id) => crate::value::object_id_hex(id),
+        other => format!("{other:?}"),
+    }
 }
 
 /// A map key for a row's primary key, unambiguous across values: each

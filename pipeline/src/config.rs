@@ -11,7 +11,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::Encoding;
 use crate::event::TableId;
+
+// Defined with the other errors, below both this module and the mapping
+// this module loads; re-exported where configuration is read.
+pub use crate::error::ConfigError;
 
 /// A value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -120,19 +125,6 @@ pub enum BusKind {
     Kafka,
 }
 
-/// How events are encoded on Kafka.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KafkaEncoding {
-    /// Avro: Confluent wire format with a schema registry when
-    /// `schema_registry_url` is set, else Avro single-object encoding whose
-    /// schemas live in the compacted `<prefix>._schemas` topic.
-    #[default]
-    Avro,
-    /// Self-describing JSON (schema + payload), for debugging.
-    Json,
-}
-
 /// `[kafka]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,8 +142,9 @@ pub struct KafkaConfig {
     pub partitions: i32,
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// How events are encoded on Kafka (the envelope's encodings).
     #[serde(default)]
-    pub encoding: KafkaEncoding,
+    pub encoding: Encoding,
     /// Confluent Schema Registry (`http://host:8081`); Avro only.
     #[serde(default)]
     pub schema_registry_url: Option<String>,
@@ -400,7 +393,7 @@ fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
                 "expected http://host:port (https is not supported yet)",
             ));
         }
-        if k.encoding != KafkaEncoding::Avro {
+        if k.encoding != Encoding::Avro {
             return Err(cfg_err(
                 "kafka.schema_registry_url",
                 "a schema registry holds Avro schemas; set kafka.encoding = \"avro\"",
@@ -430,14 +423,6 @@ fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// A configuration problem, naming the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
 }
 
 fn cfg_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -11,14 +11,20 @@
 //! transaction as the later change, and a replay never applies a superseded
 //! record (it would move the row back to an older state). See
 //! docs/operations.md.
+//!
+//! This module sits *below* [`crate::batch`]: a [`crate::batch::Batch`]
+//! carries the records the transform stage parked, so that they are
+//! written in the batch's transaction; it therefore holds only what a
+//! parked record is and its codec (the envelope's JSON form). What turns a
+//! batch's row change back into a change or a key
+//! ([`crate::batch::event_for`], [`crate::batch::key_text`]) lives with the
+//! rows, in `batch`; the runtime and the sinks decide when to park.
 
 use std::sync::Arc;
 
-use crate::batch::RowChange;
+use crate::envelope::{Decoder, Encoder, Encoding};
 use crate::error::{PipelineError, Stage};
-use crate::event::{ChangeEvent, Datum, Op, Position, TableSchema};
-use crate::kafka::envelope::{Decoder, Encoder, Encoding};
-use crate::value::Value;
+use crate::event::{ChangeEvent, Origin, Position};
 
 /// One parked record.
 #[derive(Debug, Clone)]
@@ -32,7 +38,7 @@ pub struct DeadLetter {
     /// The source position of the batch the change was applied in.
     pub position: Option<Position>,
     /// On the Kafka bus: the message the row's change came from.
-    pub origin: Option<crate::batch::Origin>,
+    pub origin: Option<Origin>,
 }
 
 /// A record parked by a sink, with its table (what the Kafka bus mirrors
@@ -70,69 +76,6 @@ impl RecordError {
     }
 }
 
-/// The change a batch's row change stands for: the event that, applied
-/// alone, has the same effect.
-pub fn event_for(schema: &Arc<TableSchema>, change: &RowChange) -> Option<ChangeEvent> {
-    let key_row = |key: &[Value]| -> Vec<Datum> {
-        let mut row = vec![Datum::Value(Value::Null); schema.columns.len()];
-        for (v, &i) in key.iter().zip(&schema.primary_key) {
-            row[i] = Datum::Value(v.clone());
-        }
-        row
-    };
-    let (op, before, after) = match change {
-        RowChange::Upsert(row) => (Op::Insert, None, Some(row.clone())),
-        RowChange::Patch(row) => (Op::Update, None, Some(row.clone())),
-        RowChange::Delete(key) => (Op::Delete, Some(key_row(key)), None),
-        RowChange::Rekey { old_key, row } => {
-            (Op::Update, Some(key_row(old_key)), Some(row.clone()))
-        }
-        RowChange::Vanished => return None,
-    };
-    let mut ev = ChangeEvent::snapshot_read(Arc::clone(schema), Vec::new());
-    ev.op = op;
-    ev.before = before;
-    ev.after = after;
-    Some(ev)
-}
-
-/// The key of `change` as JSON text.
-pub fn key_text(schema: &TableSchema, change: &RowChange) -> Option<String> {
-    let values: Vec<Value> = match change {
-        RowChange::Upsert(row) | RowChange::Patch(row) | RowChange::Rekey { row, .. } => {
-            crate::batch::key_values(schema, row)
-        }
-        RowChange::Delete(key) => key.clone(),
-        RowChange::Vanished => return None,
-    };
-    Some(key_json(&values))
-}
-
-/// Key values as JSON text: exact (numbers and decimals as their digits),
-/// one spelling per key.
-pub fn key_json(values: &[Value]) -> String {
-    let parts: Vec<serde_json::Value> = values
-        .iter()
-        .map(|v| serde_json::Value::String(value_text(v)))
-        .collect();
-    serde_json::Value::Array(parts).to_string()
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Numeric(n) => n.to_string(),
-        Value::Text(s) | Value::Json(s) => s.clone(),
-        Value::Uuid(u) => u.to_string(),
-        Value::Temporal(_, s) => s.clone(),
-        Value::ObjectId(id) => crate::value::object_id_hex(id),
-        other => format!("{other:?}"),
-    }
-}
-
 /// The replayable form of a change (self-describing JSON, exact).
 pub fn encode_event(ev: &ChangeEvent, pipeline: &str) -> Result<Vec<u8>, PipelineError> {
     Encoder::new(Encoding::Json, pipeline)
@@ -151,7 +94,9 @@ pub fn decode_event(bytes: &[u8]) -> Result<ChangeEvent, PipelineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Column, TableId};
+    use crate::batch::{event_for, key_text, RowChange};
+    use crate::event::{Column, Datum, TableId, TableSchema};
+    use crate::value::Value;
 
     fn schema() -> Arc<TableSchema> {
         let col = |name: &str, ty: &str, key: bool| Column {

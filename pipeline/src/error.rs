@@ -4,6 +4,9 @@
 //! SQLSTATE class, I/O by kind) into an [`ErrorClass`]; [`disposition`] maps
 //! the class to what the runtime does. Unknown errors are transient: they
 //! are retried with backoff, never dropped.
+//!
+//! [`ConfigError`] is here too, below the config and mapping modules that
+//! both report it.
 
 use std::fmt;
 use std::time::Duration;
@@ -181,6 +184,16 @@ pub fn retry_backoff(max_delay: Duration) -> backon::ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// A configuration problem, naming the key: of the config file
+/// ([`crate::config`]) or the mapping file ([`crate::mapping`]), both
+/// validated before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -217,7 +217,7 @@ impl ChangeEvent {
             after: Some(row),
             position: Position::default(),
             xid: None,
-            commit_ts_micros: crate::runtime::now_micros(),
+            commit_ts_micros: crate::clock::now_micros(),
             resume_token: None,
         }
     }
@@ -228,6 +228,24 @@ impl ChangeEvent {
 /// slot's `confirmed_flush_lsn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct SourceAck(pub u64);
+
+/// Where a row's change came from on the Kafka bus: the message's offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A partition's *next* offset on the Kafka bus: the first message not yet
+/// applied, which is what a consumer group commits (one past the last
+/// [`Origin`] of the partition a batch applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
 
 /// What travels on the bus, in source order.
 #[derive(Debug, Clone)]

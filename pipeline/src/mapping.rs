@@ -13,8 +13,8 @@ use std::path::Path;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::config::ConfigError;
 use crate::decimal::RoundingMode;
+use crate::error::ConfigError;
 use crate::event::TableId;
 use crate::id_map::{IdKind, OnMissing};
 

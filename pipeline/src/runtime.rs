@@ -1,4 +1,6 @@
 //! The runtime: runs a source into the bus and the apply loop out of it.
+//! These are the parts both buses share; each bus wires them in
+//! [`crate::bus`] (the embedded one in [`crate::bus::embedded::run`]).
 //!
 //! The apply loop owns the at-least-once → exactly-once-in-effect step: it
 //! skips changes at or before the sink's durable checkpoint, folds the rest
@@ -11,13 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::batch::Batch;
-use crate::bus::{self, BusReceiver};
+use crate::channel::{BusReceiver, BusSender};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::clock::now_micros;
 use crate::error::{retry_backoff, Disposition, PipelineError, Stage};
-use crate::event::{BusMessage, Position, SourceAck, TableId, TableSchema};
+use crate::event::{BusMessage, PartitionOffset, Position, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext};
@@ -48,41 +51,12 @@ impl From<&crate::config::PipelineConfig> for RuntimeOptions {
     }
 }
 
-/// Runs `source` into `sink` on the embedded bus until `shutdown` turns
-/// true (returns `Ok`) or an error that cannot be retried (returns it).
-pub async fn run<S: Source, K: Sink>(
-    source: S,
-    mut sink: K,
-    opts: RuntimeOptions,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), PipelineError> {
-    let checkpoint = load_checkpoint(&mut sink, &opts, shutdown.clone()).await?;
-    info!(
-        position = %checkpoint.position.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
-        snapshots_done = checkpoint.snapshots.len(),
-        "loaded checkpoint"
-    );
-    let (bus_tx, bus_rx) = bus::embedded(opts.bus_capacity);
-    let (ack_tx, ack_rx) = watch::channel(SourceAck(0));
-    let apply = spawn_apply(
-        bus_rx,
-        sink,
-        ack_tx,
-        ApplyMode::Embedded {
-            seen_up_to: checkpoint.position,
-        },
-        &opts,
-        shutdown.clone(),
-    );
-    drive_source(source, bus_tx, ack_rx, checkpoint, apply, &opts, shutdown).await
-}
-
 /// Runs `source` until it stops, with `downstream` consuming what it sends
 /// (the apply side on the embedded bus, the Kafka producer otherwise) and
 /// releasing acks on `acks`. Returns the first error of either side.
 pub async fn drive_source<S: Source>(
     source: S,
-    bus: bus::BusSender,
+    bus: BusSender,
     acks: watch::Receiver<SourceAck>,
     checkpoint: Checkpoint,
     downstream: Spawned,
@@ -136,7 +110,7 @@ pub struct Spawned {
 
 /// Called after each batch commit with the next offset of every partition
 /// the batch consumed (the Kafka worker commits them to the group).
-pub type AfterCommit = Arc<dyn Fn(&[(Arc<str>, i32, i64)]) + Send + Sync>;
+pub type AfterCommit = Arc<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
 /// How the apply side recognizes replays.
 pub enum ApplyMode {
@@ -304,7 +278,7 @@ pub async fn wait_retry(
 struct Summary {
     events: usize,
     /// Next offset per consumed partition (Kafka bus).
-    bus_offsets: Vec<(Arc<str>, i32, i64)>,
+    bus_offsets: Vec<PartitionOffset>,
     counts: Vec<(TableId, crate::event::Op, u64)>,
     last_position: Option<Position>,
     /// Records the transform stage parked (mirrored once durable).
@@ -563,7 +537,11 @@ impl<K: Sink> ApplyLoop<K> {
             bus_offsets: batch
                 .bus
                 .iter()
-                .map(|((t, p), r)| (Arc::clone(t), *p, r.next))
+                .map(|((topic, partition), r)| PartitionOffset {
+                    topic: Arc::clone(topic),
+                    partition: *partition,
+                    offset: r.next,
+                })
                 .collect(),
             counts,
             last_position: batch.last_position,
@@ -918,14 +896,6 @@ impl<K: Sink> ApplyLoop<K> {
     }
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     //! The runtime against an in-memory source and sink: what is skipped,
@@ -935,6 +905,7 @@ mod tests {
 
     use super::*;
     use crate::batch::RowChange;
+    use crate::bus::embedded::run;
     use crate::event::{ChangeEvent, Column, Datum, Op};
     use crate::value::Value;
 

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
-use crate::bus::BusSender;
+use crate::channel::BusSender;
 use crate::checkpoint::Checkpoint;
 use crate::error::PipelineError;
 use crate::event::SourceAck;

@@ -409,7 +409,7 @@ pub fn source_key(ev: &ChangeEvent) -> String {
             _ => v,
         })
         .collect();
-    crate::dlq::key_json(&values)
+    crate::batch::key_json(&values)
 }
 
 fn compile_plan(

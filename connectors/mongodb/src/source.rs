@@ -264,7 +264,7 @@ impl MongoSource {
         db: &Database,
         name: &str,
         shapes: &mut Shapes,
-        bus: &ferry_pipeline::bus::BusSender,
+        bus: &ferry_pipeline::channel::BusSender,
     ) -> Result<u64, PipelineError> {
         let schema = &shapes.schema(name);
         let coll = db.collection::<Document>(name);
@@ -319,7 +319,7 @@ impl MongoSource {
             .wall_time
             .map(|t| t.timestamp_millis() * 1000)
             .or(ev.cluster_time.map(|t| i64::from(t.time) * 1_000_000))
-            .unwrap_or_else(ferry_pipeline::runtime::now_micros);
+            .unwrap_or_else(ferry_pipeline::clock::now_micros);
         let op = match &ev.operation_type {
             OperationType::Insert => Op::Insert,
             OperationType::Update | OperationType::Replace => Op::Update,

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use ferry_pipeline::bus::BusSender;
+use ferry_pipeline::channel::BusSender;
 use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{quote_ident, BusMessage, ChangeEvent, Datum};
 use ferry_pipeline::metrics::metrics;

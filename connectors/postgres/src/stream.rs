@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_pipeline::bus::BusSender;
+use ferry_pipeline::channel::BusSender;
 use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::event::{
     BusMessage, ChangeEvent, Datum, Op, Position, Row, SourceAck, TableId, TableSchema,

@@ -11,10 +11,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_mongodb_source::MongoSource;
+use ferry_pipeline::bus::embedded;
+#[cfg(feature = "kafka")]
+use ferry_pipeline::bus::kafka::{self, worker::Subscription};
 use ferry_pipeline::config::{BusKind, Config, SinkConfig, SourceConfig};
 use ferry_pipeline::event::TableId;
-use ferry_pipeline::kafka::{self, worker::Subscription};
-use ferry_pipeline::runtime::{self, RuntimeOptions};
+use ferry_pipeline::runtime::RuntimeOptions;
 use ferry_pipeline::telemetry::{self, LogFormat};
 use ferry_postgres_sink::PostgresSink;
 use ferry_postgres_source::PostgresSource;
@@ -199,6 +201,10 @@ async fn run(path: &Path, role: Role) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(why) = bus_unavailable(&config) {
+        eprintln!("invalid configuration {}: {why}", path.display());
+        return exit::CONFIG;
+    }
     tracing::info!(?role, version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
     if let Some(addr) = config.metrics.listen {
         match ferry_pipeline::metrics::serve(addr) {
@@ -249,45 +255,15 @@ pub(crate) async fn run_pipeline(
     let mut opts = RuntimeOptions::from(&config.pipeline);
     opts.transformer = transformer;
     let SinkConfig::Postgres(dst) = &config.sink;
+    #[cfg(feature = "kafka")]
     if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
-        let source = async {
-            match &config.source {
-                SourceConfig::Postgres(src) => {
-                    let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
-                    kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
-                }
-                SourceConfig::Mongodb(src) => {
-                    let source = MongoSource::new(src.clone(), opts.max_retry_delay);
-                    kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
-                }
-            }
-        };
-        let subscription = match &config.source {
-            SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
-            other => {
-                let topics = kafka::Topics::new(&k.topic_prefix);
-                Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
-            }
-        };
-        let name = config.pipeline.name.clone();
-        let worker = kafka::worker::run(
-            k,
-            subscription,
-            || {
-                (
-                    PostgresSink::new(dst.clone(), name.clone()),
-                    PostgresSink::new(dst.clone(), name.clone()),
-                )
-            },
-            opts.clone(),
-            shutdown.clone(),
-        );
-        return match role {
-            Role::Source => source.await,
-            Role::Worker => worker.await,
-            // Both in one process: the first error stops both.
-            Role::All => tokio::try_join!(source, worker).map(|_| ()),
-        };
+        return run_on_kafka(config, k, role, &opts, shutdown).await;
+    }
+    if let Some(why) = bus_unavailable(config) {
+        return Err(ferry_pipeline::error::PipelineError::fatal(
+            ferry_pipeline::error::Stage::Source,
+            why,
+        ));
     }
     if role != Role::All {
         return Err(ferry_pipeline::error::PipelineError::fatal(
@@ -299,12 +275,73 @@ pub(crate) async fn run_pipeline(
     match &config.source {
         SourceConfig::Postgres(src) => {
             let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
-            runtime::run(source, sink, opts, shutdown).await
+            embedded::run(source, sink, opts, shutdown).await
         }
         SourceConfig::Mongodb(src) => {
             let source = MongoSource::new(src.clone(), opts.max_retry_delay);
-            runtime::run(source, sink, opts, shutdown).await
+            embedded::run(source, sink, opts, shutdown).await
         }
+    }
+}
+
+/// Why the configured bus cannot run in this build: `bus = "kafka"` in a
+/// `ferry` built without the `kafka` feature, refused at start rather than
+/// quietly run on another bus.
+fn bus_unavailable(config: &Config) -> Option<&'static str> {
+    (config.pipeline.bus == BusKind::Kafka && !cfg!(feature = "kafka")).then_some(
+        "pipeline.bus = \"kafka\", but this ferry was built without the Kafka bus \
+         (cargo feature `kafka`, on by default): rebuild with it, or use bus = \"embedded\"",
+    )
+}
+
+/// The Kafka bus: the source producing to Kafka, a worker consuming into
+/// the sink, or both in one process (`role`).
+#[cfg(feature = "kafka")]
+async fn run_on_kafka(
+    config: &Config,
+    k: &ferry_pipeline::config::KafkaConfig,
+    role: Role,
+    opts: &RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ferry_pipeline::error::PipelineError> {
+    let SinkConfig::Postgres(dst) = &config.sink;
+    let source = async {
+        match &config.source {
+            SourceConfig::Postgres(src) => {
+                let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
+                kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+            }
+            SourceConfig::Mongodb(src) => {
+                let source = MongoSource::new(src.clone(), opts.max_retry_delay);
+                kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+            }
+        }
+    };
+    let subscription = match &config.source {
+        SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
+        other => {
+            let topics = kafka::Topics::new(&k.topic_prefix);
+            Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
+        }
+    };
+    let name = config.pipeline.name.clone();
+    let worker = kafka::worker::run(
+        k,
+        subscription,
+        || {
+            (
+                PostgresSink::new(dst.clone(), name.clone()),
+                PostgresSink::new(dst.clone(), name.clone()),
+            )
+        },
+        opts.clone(),
+        shutdown.clone(),
+    );
+    match role {
+        Role::Source => source.await,
+        Role::Worker => worker.await,
+        // Both in one process: the first error stops both.
+        Role::All => tokio::try_join!(source, worker).map(|_| ()),
     }
 }
 

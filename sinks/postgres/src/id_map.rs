@@ -195,7 +195,7 @@ pub fn requests(batch: &Batch, known: &Known) -> Requests {
                             .or_default()
                             .entry(legacy.clone())
                             .or_insert_with(|| {
-                                let key = ferry_pipeline::dlq::key_json(
+                                let key = ferry_pipeline::batch::key_json(
                                     &ferry_pipeline::batch::key_values(&tb.schema, row),
                                 );
                                 format!(

@@ -248,10 +248,10 @@ impl PostgresSink {
                 let mut landed = Vec::new();
                 for i in tb.rows_by_last_touch() {
                     let change = &tb.rows[i];
-                    let Some(ev) = ferry_pipeline::dlq::event_for(&tb.schema, change) else {
+                    let Some(ev) = ferry_pipeline::batch::event_for(&tb.schema, change) else {
                         continue;
                     };
-                    let key = ferry_pipeline::dlq::key_text(&tb.schema, change).unwrap_or_default();
+                    let key = ferry_pipeline::batch::key_text(&tb.schema, change).unwrap_or_default();
                     let mut one = Batch::default();
                     one.push(ev.clone());
                     let one = params::prepare(one);
@@ -558,7 +558,7 @@ async fn apply_tables(
             let keys: Vec<String> = tb
                 .rows
                 .iter()
-                .filter_map(|r| ferry_pipeline::dlq::key_text(&tb.schema, r))
+                .filter_map(|r| ferry_pipeline::batch::key_text(&tb.schema, r))
                 .collect();
             dlq::supersede(tx, pipeline, &tb.schema.id, &keys).await?;
         }

@@ -33,12 +33,12 @@ use rdkafka::Offset;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::envelope::{Decoder, EnvelopeError, SchemaRef};
 use super::producer::{HEADER_SNAPSHOT_DONE, HEADER_SNAPSHOT_START};
 use super::{client_config, ensure_topics, kafka_err, registry, schema_store};
-use crate::bus::{self, BusSender};
+use crate::channel::{self, BusSender};
 use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
 use crate::config::KafkaConfig;
+use crate::envelope::{Decoder, EnvelopeError, SchemaRef};
 use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
 use crate::event::{BusMessage, SourceAck};
 use crate::runtime::{
@@ -360,13 +360,13 @@ async fn run_once<K: Sink, S: BusOffsets>(
     }
     .map_err(|e| kafka_err(Stage::Decode, "subscribe", e))?;
 
-    let (bus_tx, bus_rx) = bus::embedded(opts.bus_capacity);
+    let (bus_tx, bus_rx) = channel::bounded(opts.bus_capacity);
     let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
     let committer = Arc::clone(&consumer);
     let after_commit: AfterCommit = Arc::new(move |offsets| {
         let mut tpl = TopicPartitionList::new();
-        for (t, p, next) in offsets {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
+        for o in offsets {
+            let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset));
         }
         // For lag tooling only (the sink holds the truth): a failure, e.g.
         // for a partition just revoked, is harmless.

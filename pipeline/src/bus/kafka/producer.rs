@@ -21,15 +21,15 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::envelope::{Encoder, NewSchema};
 use super::outbox::{Outbox, Outgoing};
 use super::{
     admin_client, blocking, client_config, ensure_topics_with, kafka_err, partition_count,
     schema_store, source_checkpoint, Topics,
 };
-use crate::bus::BusReceiver;
+use crate::channel::BusReceiver;
 use crate::checkpoint::{Checkpoint, SnapshotRecord};
 use crate::config::KafkaConfig;
+use crate::envelope::{Encoder, NewSchema};
 use crate::error::{PipelineError, Stage};
 use crate::event::{BusMessage, ChangeEvent, Op, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
@@ -183,7 +183,7 @@ pub fn spawn(
         k: k.clone(),
         outbox,
         topics,
-        encoder: Encoder::new(k.encoding.into(), pipeline),
+        encoder: Encoder::new(k.encoding, pipeline),
         pending: pending_tx,
         admin: None,
         partitions: HashMap::new(),

@@ -10,10 +10,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::envelope::NewSchema;
 use super::outbox::{Outbox, Outgoing};
 use super::{client_config, kafka_err};
 use crate::config::KafkaConfig;
+use crate::envelope::NewSchema;
 use crate::error::{PipelineError, Stage};
 
 /// Publishes `schema` and waits until Kafka has it.

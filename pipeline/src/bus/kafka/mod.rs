@@ -1,6 +1,5 @@
 //! The Kafka bus: sources produce each change to a topic per source table,
-//! keyed by primary key; workers consume those topics in a consumer group
-//! and apply them to the sink.
+//! keyed by primary key; workers consume them in a group into the sink.
 //!
 //! Guarantees, and where they come from:
 //! - Per-row order: one key always lands on one partition (librdkafka's
@@ -19,7 +18,6 @@
 //! - Never a silent skip: offsets out of range and vanished topics stop the
 //!   worker with a message (`auto.offset.reset=error`).
 
-pub mod envelope;
 pub mod outbox;
 pub mod producer;
 pub mod registry;
@@ -330,7 +328,7 @@ pub async fn run_source<S: crate::source::Source>(
 ) -> Result<(), PipelineError> {
     let topics = Topics::new(&k.topic_prefix);
     let mut own = vec![topics.checkpoints()];
-    if k.schema_registry_url.is_none() && k.encoding == crate::config::KafkaEncoding::Avro {
+    if k.schema_registry_url.is_none() && k.encoding == crate::envelope::Encoding::Avro {
         own.push(topics.schemas());
     }
     let mut backoff = crate::error::retry_backoff(opts.max_retry_delay);
@@ -363,7 +361,7 @@ pub async fn run_source<S: crate::source::Source>(
         resume_token = checkpoint.resume_token.is_some(),
         "loaded the source checkpoint from Kafka"
     );
-    let (bus_tx, bus_rx) = crate::bus::embedded(opts.bus_capacity);
+    let (bus_tx, bus_rx) = crate::channel::bounded(opts.bus_capacity);
     let (ack_tx, ack_rx) = tokio::sync::watch::channel(crate::event::SourceAck(0));
     let downstream = producer::spawn(k, &opts.pipeline, bus_rx, ack_tx, checkpoint.clone())?;
     crate::runtime::drive_source(

@@ -1,8 +1,11 @@
-//! The embedded bus: a bounded in-process channel between the source and the
-//! apply loop, with the same ordering and acknowledgement guarantees as the
-//! Kafka bus: messages arrive in source order, a full channel makes the
-//! source wait (memory stays bounded under any backlog), and positions flow
-//! back only after the sink committed.
+//! The bounded in-process channel a source writes into; both buses read it
+//! (the embedded bus's apply loop, the Kafka bus's producer and worker).
+//!
+//! Messages arrive in the order they were sent, and a full channel makes
+//! the sender wait, so memory stays bounded under any backlog. It sits
+//! below [`crate::source`], whose context hands the source a
+//! [`BusSender`]; the buses themselves ([`crate::bus`]) sit above the
+//! runtime.
 
 use tokio::sync::mpsc;
 
@@ -15,13 +18,13 @@ pub struct BusSender {
     tx: mpsc::Sender<BusMessage>,
 }
 
-/// The receiving half, held by the apply loop.
+/// The receiving half, held by the apply loop (or the Kafka producer).
 pub struct BusReceiver {
     rx: mpsc::Receiver<BusMessage>,
 }
 
-/// A bus that holds at most `capacity` messages.
-pub fn embedded(capacity: usize) -> (BusSender, BusReceiver) {
+/// A channel that holds at most `capacity` messages (at least one).
+pub fn bounded(capacity: usize) -> (BusSender, BusReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (BusSender { tx }, BusReceiver { rx })
 }
