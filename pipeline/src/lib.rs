@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod bus;
+pub mod calendar;
 pub mod checkpoint;
 pub mod config;
 pub mod decimal;
