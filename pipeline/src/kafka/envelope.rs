@@ -403,8 +403,8 @@ impl Decoder {
             .filter_map(|f| f.get("name").and_then(Json::as_str))
             .find(|n| n.starts_with(MARKER_PREFIX))
             .ok_or_else(|| invalid("the schema has no ferry_table_* field"))?;
-        let (plan, pcf) = SchemaPlan::build(Arc::new(table), Some(marker))?;
-        if canonical_form(&json)? != pcf {
+        let (plan, canonical) = SchemaPlan::build(Arc::new(table), Some(marker))?;
+        if canonical_form(&json)? != canonical {
             return Err(invalid(format!(
                 "the schema of {} is not the envelope this Ferry version writes for its {TABLE_ATTRIBUTE}",
                 plan.table.id
@@ -798,16 +798,16 @@ impl SchemaPlan {
         let avro_json = avro_schema(&table.id, &table_json, &columns, &marker);
         let parsed: Json = serde_json::from_str(&avro_json)
             .map_err(|e| invalid(format!("generated schema of {}: {e}", table.id)))?;
-        let pcf = canonical_form(&parsed)?;
+        let canonical = canonical_form(&parsed)?;
         let plan = SchemaPlan {
-            fingerprint: rabin_fingerprint(pcf.as_bytes()),
+            fingerprint: rabin_fingerprint(canonical.as_bytes()),
             table,
             table_json,
             columns,
             field_index,
             avro_json,
         };
-        Ok((plan, pcf))
+        Ok((plan, canonical))
     }
 }
 
@@ -873,7 +873,7 @@ const PRIMITIVES: [&str; 8] = [
 /// (never panics) on JSON that is not a schema.
 fn canonical_form(schema: &Json) -> Result<String, EnvelopeError> {
     let mut out = String::new();
-    pcf(schema, "", &mut HashSet::new(), &mut out, 0)?;
+    write_canonical_form(schema, "", &mut HashSet::new(), &mut out, 0)?;
     Ok(out)
 }
 
@@ -885,7 +885,10 @@ fn full_name(name: &str, namespace: &str) -> String {
     }
 }
 
-fn pcf(
+/// Appends the Parsing Canonical Form of `schema` (names resolved in
+/// namespace `ns`; `defined` holds the named types already written) to
+/// `out`.
+fn write_canonical_form(
     schema: &Json,
     ns: &str,
     defined: &mut HashSet<String>,
@@ -912,7 +915,7 @@ fn pcf(
                 if i > 0 {
                     out.push(',');
                 }
-                pcf(b, ns, defined, out, depth + 1)?;
+                write_canonical_form(b, ns, defined, out, depth + 1)?;
             }
             out.push(']');
         }
@@ -959,7 +962,7 @@ fn pcf(
                                 }
                                 let fname = f.get("name").and_then(Json::as_str).ok_or_else(bad)?;
                                 let _ = write!(out, r#"{{"name":"{fname}","type":"#);
-                                pcf(
+                                write_canonical_form(
                                     f.get("type").ok_or_else(bad)?,
                                     inner_ns,
                                     defined,
@@ -975,12 +978,18 @@ fn pcf(
                 }
                 "array" => {
                     out.push_str(r#"{"type":"array","items":"#);
-                    pcf(m.get("items").ok_or_else(bad)?, ns, defined, out, depth + 1)?;
+                    write_canonical_form(
+                        m.get("items").ok_or_else(bad)?,
+                        ns,
+                        defined,
+                        out,
+                        depth + 1,
+                    )?;
                     out.push('}');
                 }
                 "map" => {
                     out.push_str(r#"{"type":"map","values":"#);
-                    pcf(
+                    write_canonical_form(
                         m.get("values").ok_or_else(bad)?,
                         ns,
                         defined,
@@ -991,10 +1000,10 @@ fn pcf(
                 }
                 // A primitive with attributes (logical types, connect.name)
                 // or a reference written as an object.
-                _ => pcf(&Json::String(t.clone()), ns, defined, out, depth + 1)?,
+                _ => write_canonical_form(&Json::String(t.clone()), ns, defined, out, depth + 1)?,
             },
             nested @ (Json::Object(_) | Json::Array(_)) => {
-                pcf(nested, ns, defined, out, depth + 1)?
+                write_canonical_form(nested, ns, defined, out, depth + 1)?
             }
             _ => return Err(bad()),
         },
@@ -1814,9 +1823,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Shortest text that reads back to the same f64; PostgreSQL's spellings
-/// for the specials.
-fn float_text(f: f64) -> String {
+/// Shortest text that reads back to the same f64, in Rust's `{:?}`
+/// notation: always a `.` or an exponent (`1.0`, `1e300`, `5e-324`), so
+/// the text reads as a float; PostgreSQL's spellings for the specials.
+/// Unlike [`crate::json::float_text`] (`1`, plain up to 1e17) this is wire
+/// format: it is in encoded keys and tagged values, so it never changes.
+fn float_envelope_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".to_owned()
     } else if f.is_infinite() {
@@ -1873,7 +1885,7 @@ fn key_value(out: &mut String, v: Option<&Value>, depth: usize) {
         }
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Int(i)) => i.to_string(),
-        Some(Value::Float(f)) => float_text(*f),
+        Some(Value::Float(f)) => float_envelope_text(*f),
         Some(Value::Numeric(n)) => n.to_string(),
         Some(Value::Text(s) | Value::Json(s) | Value::Temporal(_, s)) => {
             json_string(out, s);
@@ -2000,7 +2012,7 @@ fn json_value(out: &mut String, v: &Value, depth: usize) -> Result<(), EnvelopeE
         Value::Float(f) if f.is_nan() && f.to_bits() != f64::NAN.to_bits() => {
             tagged(out, "float_bits", &format!("{:016x}", f.to_bits()));
         }
-        Value::Float(f) => tagged(out, "float", &float_text(*f)),
+        Value::Float(f) => tagged(out, "float", &float_envelope_text(*f)),
         Value::Numeric(n) => tagged(out, "numeric", &n.to_string()),
         Value::Json(s) => tagged(out, "json", s),
         Value::Uuid(u) => tagged(out, "uuid", &u.to_string()),
@@ -2556,29 +2568,29 @@ mod tests {
                 col("tags", "text[]", false),
             ],
         );
-        let (plan, pcf) = SchemaPlan::build(t, None).unwrap();
+        let (plan, canonical) = SchemaPlan::build(t, None).unwrap();
         let schema = apache_avro::Schema::parse_str(&plan.avro_json).unwrap();
-        assert_eq!(schema.canonical_form(), pcf);
+        assert_eq!(schema.canonical_form(), canonical);
         let theirs = schema.fingerprint::<apache_avro::rabin::Rabin>();
         assert_eq!(theirs.bytes, plan.fingerprint.to_le_bytes());
     }
 
     #[test]
     fn canonical_form_follows_the_specification() {
-        let pcf = |s: &str| canonical_form(&serde_json::from_str(s).unwrap()).unwrap();
-        assert_eq!(pcf(r#"{"type":"int"}"#), r#""int""#);
+        let canonical = |s: &str| canonical_form(&serde_json::from_str(s).unwrap()).unwrap();
+        assert_eq!(canonical(r#"{"type":"int"}"#), r#""int""#);
         // Logical types and their attributes are stripped (apache-avro 0.21
         // keeps precision and scale here).
         assert_eq!(
-            pcf(r#"{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}"#),
+            canonical(r#"{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}"#),
             r#""bytes""#
         );
         assert_eq!(
-            pcf(r#"{"type":"string","logicalType":"uuid"}"#),
+            canonical(r#"{"type":"string","logicalType":"uuid"}"#),
             r#""string""#
         );
         assert_eq!(
-            pcf(
+            canonical(
                 r#"{"namespace":"a.b","name":"R","type":"record","doc":"x","fields":[
                 {"name":"f","type":{"type":"fixed","name":"F","size":"016"},"default":"x"},
                 {"name":"g","type":"F"},
