@@ -14,8 +14,12 @@
 //! refused later if PostgreSQL cannot hold it). jiff 1.0's civil dates stop
 //! at years -9999..=9999, and time 0.3 at ±9999 (±999 999 with its
 //! `large-dates` feature, and its current release needs Rust 1.88, above
-//! Ferry's 1.85). These two functions are exact over the whole range below,
-//! cost two dozen integer operations, and add no dependency to the build.
+//! Ferry's 1.85). These two functions are exact over the whole range below
+//! and add no dependency to the 2-core debug build. Measured once against
+//! jiff 1.0.3 (a throwaway program, not kept): the two agree on every day
+//! jiff can name, and jiff's conversion is faster by a few nanoseconds,
+//! which is noise next to formatting the timestamp text around it; it
+//! returns nothing for 9999-12-31 and later, which Ferry must write.
 //!
 //! Domain: [`civil_from_days`] is exact for every `days` up to
 //! `i64::MAX - 719_468` (every day of an i64 of milliseconds, or of
