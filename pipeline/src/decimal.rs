@@ -500,7 +500,12 @@ fn limit_text(ps: PrecisionScale) -> String {
 /// of the special values. Rust's `Display` for `f64` prints the shortest
 /// digits that parse back to the same bits, in plain (never exponent)
 /// notation; this is the only place a float is touched, and only as text.
-fn float_text(f: f64) -> String {
+///
+/// Plain digits always (`1e300` is 301 digits), unlike
+/// [`crate::json::float_text`], which switches to an exponent outside
+/// everyday magnitudes: a rejection record shows the value digit for digit,
+/// the way a decimal column would have to hold it.
+fn float_plain_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".to_string()
     } else if f.is_infinite() {
@@ -521,7 +526,7 @@ fn raw_text(v: &Value) -> String {
         Value::Null => "NULL".to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) => float_text(*f),
+        Value::Float(f) => float_plain_text(*f),
         Value::Numeric(n) => n.to_string(),
         Value::Text(s) | Value::Json(s) | Value::Temporal(_, s) => s.clone(),
         Value::Uuid(u) => u.to_string(),

@@ -124,6 +124,11 @@ pub fn base64_into(out: &mut String, bytes: &[u8]) {
 /// would pad to hundreds of digits (`1e300` as `1000…000`), still exact
 /// but bulky, so switch to scientific (`1e300`, `5e-324`), which float8in
 /// accepts too. Specials use PostgreSQL's spellings, not Rust's `inf`.
+///
+/// Ferry's text of a float wherever it becomes SQL, JSON or a text column.
+/// Two other spellings exist on purpose: `decimal::float_plain_text` (plain
+/// digits always, for rejection records) and the Kafka envelope's
+/// `float_envelope_text` (`{:?}` notation, frozen as wire format).
 pub fn float_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".to_owned()

@@ -6,7 +6,7 @@
 //!
 //! Modules depend one way, from the bottom up (`tests/module_graph.rs`
 //! fails on a cycle):
-//! - leaves: `value`, `clock`, `error`, `metrics`, `telemetry`, then
+//! - leaves: `value`, `calendar`, `clock`, `error`, `metrics`, `telemetry`, then
 //!   `decimal`, `id_map`, `json` on values;
 //! - the event model: `event`, then on it `envelope` (the codec),
 //!   `channel` (the bounded channel a source writes into), `checkpoint`,
@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod bus;
+pub mod calendar;
 pub mod channel;
 pub mod checkpoint;
 pub mod clock;

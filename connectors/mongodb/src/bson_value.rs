@@ -19,6 +19,7 @@ use std::fmt;
 
 use bson::spec::BinarySubtype;
 use bson::{Binary, Bson, Decimal128, Document};
+use ferry_pipeline::calendar::civil_from_days;
 use ferry_pipeline::value::{Numeric, TemporalKind, Value};
 
 /// Milliseconds since the Unix epoch of PostgreSQL's lowest timestamptz,
@@ -229,9 +230,9 @@ pub fn decimal128_to_numeric(d: Decimal128) -> Result<Numeric, BsonError> {
 /// before 1 AD as `0001-…+00 BC` (year 0 is 1 BC).
 ///
 /// The calendar is the proleptic Gregorian one (BSON's and PostgreSQL's),
-/// computed here instead of with chrono because chrono stops at year
-/// ±262000 or so while a DateTime can name any millisecond of ±292 million
-/// years. A value outside PostgreSQL's range
+/// computed by [`ferry_pipeline::calendar`] instead of with chrono because
+/// chrono stops at year ±262000 or so while a DateTime can name any
+/// millisecond of ±292 million years. A value outside PostgreSQL's range
 /// ([`PG_TIMESTAMPTZ_MIN_MILLIS`]..[`PG_TIMESTAMPTZ_END_MILLIS`]) is
 /// [`BsonErrorKind::DateTimeOutOfRange`], never clamped.
 pub fn timestamptz_text(millis: i64) -> Result<String, BsonError> {
@@ -258,28 +259,6 @@ pub fn timestamptz_text(millis: i64) -> Result<String, BsonError> {
     text.push_str("+00");
     text.push_str(era);
     Ok(text)
-}
-
-/// (year, month, day) of the proleptic Gregorian date `days` days after
-/// 1970-01-01; year 0 is 1 BC.
-///
-/// Howard Hinnant's `civil_from_days`
-/// (<https://howardhinnant.github.io/date_algorithms.html>): shift to
-/// eras of 400 years starting on March 1st, so that the leap day is the
-/// last day of a year. In i64 it is exact for every day an i64 of
-/// milliseconds can name.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in small ranges (see above), so the casts cannot truncate.
-    (year, month as u32, day as u32)
 }
 
 #[cfg(test)]

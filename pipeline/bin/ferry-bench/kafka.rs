@@ -32,8 +32,8 @@ use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
 use super::{
-    chrono_free_date, current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile,
-    prepare_source, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
+    current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile, prepare_source,
+    utc_date_today, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
     FerryProcess, Outcome,
 };
 
@@ -234,7 +234,7 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
     }
     let report = serde_json::json!({
         "machine": machine(),
-        "date": chrono_free_date(),
+        "date": utc_date_today(),
         "broker": "tansu (memory storage), same machine",
         "args": {
             "changes": args.changes, "rows_per_txn": args.rows_per_txn, "accounts": args.accounts,

@@ -179,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let report = serde_json::json!({
         "machine": machine(),
-        "date": chrono_free_date(),
+        "date": utc_date_today(),
         "args": {
             "changes": args.changes, "rows_per_txn": args.rows_per_txn, "accounts": args.accounts,
             "steady_rate": args.steady_rate, "steady_secs": args.steady_secs,
@@ -633,21 +633,12 @@ fn machine() -> String {
     format!("{cpus} cpus, {model}, MemTotal {mem} kB")
 }
 
-/// UTC date from the system clock (days since epoch → civil date).
-fn chrono_free_date() -> String {
+/// Today's date in UTC from the system clock, `YYYY-MM-DD` (the report's
+/// date).
+fn utc_date_today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let days = secs.div_euclid(86_400);
-    // Howard Hinnant's days_from_civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+    let (y, m, d) = ferry_pipeline::calendar::civil_from_days(secs.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
 }

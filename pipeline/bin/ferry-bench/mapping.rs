@@ -37,8 +37,8 @@ use tokio_postgres::Client;
 
 use super::kafka::{backends_cpu, log_events, tail, wait_snapshots_recorded};
 use super::{
-    chrono_free_date, current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile,
-    prepare_source, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
+    current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile, prepare_source,
+    utc_date_today, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
     FerryProcess, Outcome,
 };
 
@@ -334,7 +334,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     }
     let report = serde_json::json!({
         "machine": machine(),
-        "date": chrono_free_date(),
+        "date": utc_date_today(),
         "bus": "embedded",
         "args": {
             "changes": args.changes, "rows_per_txn": args.rows_per_txn, "accounts": args.accounts,

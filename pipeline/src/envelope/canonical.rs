@@ -19,7 +19,7 @@ pub(super) const PRIMITIVES: [&str; 8] = [
 /// (never panics) on JSON that is not a schema.
 pub(super) fn canonical_form(schema: &Json) -> Result<String, EnvelopeError> {
     let mut out = String::new();
-    pcf(schema, "", &mut HashSet::new(), &mut out, 0)?;
+    write_canonical_form(schema, "", &mut HashSet::new(), &mut out, 0)?;
     Ok(out)
 }
 
@@ -31,7 +31,10 @@ pub(super) fn full_name(name: &str, namespace: &str) -> String {
     }
 }
 
-pub(super) fn pcf(
+/// Appends the Parsing Canonical Form of `schema` (names resolved in
+/// namespace `ns`; `defined` holds the named types already written) to
+/// `out`.
+pub(super) fn write_canonical_form(
     schema: &Json,
     ns: &str,
     defined: &mut HashSet<String>,
@@ -58,7 +61,7 @@ pub(super) fn pcf(
                 if i > 0 {
                     out.push(',');
                 }
-                pcf(b, ns, defined, out, depth + 1)?;
+                write_canonical_form(b, ns, defined, out, depth + 1)?;
             }
             out.push(']');
         }
@@ -105,7 +108,7 @@ pub(super) fn pcf(
                                 }
                                 let fname = f.get("name").and_then(Json::as_str).ok_or_else(bad)?;
                                 let _ = write!(out, r#"{{"name":"{fname}","type":"#);
-                                pcf(
+                                write_canonical_form(
                                     f.get("type").ok_or_else(bad)?,
                                     inner_ns,
                                     defined,
@@ -121,12 +124,12 @@ pub(super) fn pcf(
                 }
                 "array" => {
                     out.push_str(r#"{"type":"array","items":"#);
-                    pcf(m.get("items").ok_or_else(bad)?, ns, defined, out, depth + 1)?;
+                    write_canonical_form(m.get("items").ok_or_else(bad)?, ns, defined, out, depth + 1)?;
                     out.push('}');
                 }
                 "map" => {
                     out.push_str(r#"{"type":"map","values":"#);
-                    pcf(
+                    write_canonical_form(
                         m.get("values").ok_or_else(bad)?,
                         ns,
                         defined,
@@ -137,10 +140,10 @@ pub(super) fn pcf(
                 }
                 // A primitive with attributes (logical types, connect.name)
                 // or a reference written as an object.
-                _ => pcf(&Json::String(t.clone()), ns, defined, out, depth + 1)?,
+                _ => write_canonical_form(&Json::String(t.clone()), ns, defined, out, depth + 1)?,
             },
             nested @ (Json::Object(_) | Json::Array(_)) => {
-                pcf(nested, ns, defined, out, depth + 1)?
+                write_canonical_form(nested, ns, defined, out, depth + 1)?
             }
             _ => return Err(bad()),
         },

@@ -64,8 +64,8 @@ impl Decoder {
             .filter_map(|f| f.get("name").and_then(Json::as_str))
             .find(|n| n.starts_with(MARKER_PREFIX))
             .ok_or_else(|| invalid("the schema has no ferry_table_* field"))?;
-        let (plan, pcf) = SchemaPlan::build(Arc::new(table), Some(marker))?;
-        if canonical_form(&json)? != pcf {
+        let (plan, canonical) = SchemaPlan::build(Arc::new(table), Some(marker))?;
+        if canonical_form(&json)? != canonical {
             return Err(invalid(format!(
                 "the schema of {} is not the envelope this Ferry version writes for its {TABLE_ATTRIBUTE}",
                 plan.table.id

@@ -37,9 +37,12 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Shortest text that reads back to the same f64; PostgreSQL's spellings
-/// for the specials.
-pub(super) fn float_text(f: f64) -> String {
+/// Shortest text that reads back to the same f64, in Rust's `{:?}`
+/// notation: always a `.` or an exponent (`1.0`, `1e300`, `5e-324`), so
+/// the text reads as a float; PostgreSQL's spellings for the specials.
+/// Unlike [`crate::json::float_text`] (`1`, plain up to 1e17) this is wire
+/// format: it is in encoded keys and tagged values, so it never changes.
+pub(super) fn float_envelope_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".to_owned()
     } else if f.is_infinite() {
@@ -96,7 +99,7 @@ pub(super) fn key_value(out: &mut String, v: Option<&Value>, depth: usize) {
         }
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Int(i)) => i.to_string(),
-        Some(Value::Float(f)) => float_text(*f),
+        Some(Value::Float(f)) => float_envelope_text(*f),
         Some(Value::Numeric(n)) => n.to_string(),
         Some(Value::Text(s) | Value::Json(s) | Value::Temporal(_, s)) => {
             json_string(out, s);
@@ -223,7 +226,7 @@ pub(super) fn json_value(out: &mut String, v: &Value, depth: usize) -> Result<()
         Value::Float(f) if f.is_nan() && f.to_bits() != f64::NAN.to_bits() => {
             tagged(out, "float_bits", &format!("{:016x}", f.to_bits()));
         }
-        Value::Float(f) => tagged(out, "float", &float_text(*f)),
+        Value::Float(f) => tagged(out, "float", &float_envelope_text(*f)),
         Value::Numeric(n) => tagged(out, "numeric", &n.to_string()),
         Value::Json(s) => tagged(out, "json", s),
         Value::Uuid(u) => tagged(out, "uuid", &u.to_string()),

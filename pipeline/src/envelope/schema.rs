@@ -314,16 +314,16 @@ impl SchemaPlan {
         let avro_json = avro_schema(&table.id, &table_json, &columns, &marker);
         let parsed: Json = serde_json::from_str(&avro_json)
             .map_err(|e| invalid(format!("generated schema of {}: {e}", table.id)))?;
-        let pcf = canonical_form(&parsed)?;
+        let canonical = canonical_form(&parsed)?;
         let plan = SchemaPlan {
-            fingerprint: rabin_fingerprint(pcf.as_bytes()),
+            fingerprint: rabin_fingerprint(canonical.as_bytes()),
             table,
             table_json,
             columns,
             field_index,
             avro_json,
         };
-        Ok((plan, pcf))
+        Ok((plan, canonical))
     }
 }
 

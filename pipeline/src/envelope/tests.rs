@@ -355,29 +355,29 @@ fn rabin_and_canonical_form_match_apache_avro_without_logical_types() {
             col("tags", "text[]", false),
         ],
     );
-    let (plan, pcf) = SchemaPlan::build(t, None).unwrap();
+    let (plan, canonical) = SchemaPlan::build(t, None).unwrap();
     let schema = apache_avro::Schema::parse_str(&plan.avro_json).unwrap();
-    assert_eq!(schema.canonical_form(), pcf);
+    assert_eq!(schema.canonical_form(), canonical);
     let theirs = schema.fingerprint::<apache_avro::rabin::Rabin>();
     assert_eq!(theirs.bytes, plan.fingerprint.to_le_bytes());
 }
 
 #[test]
 fn canonical_form_follows_the_specification() {
-    let pcf = |s: &str| canonical_form(&serde_json::from_str(s).unwrap()).unwrap();
-    assert_eq!(pcf(r#"{"type":"int"}"#), r#""int""#);
+    let canonical = |s: &str| canonical_form(&serde_json::from_str(s).unwrap()).unwrap();
+    assert_eq!(canonical(r#"{"type":"int"}"#), r#""int""#);
     // Logical types and their attributes are stripped (apache-avro 0.21
     // keeps precision and scale here).
     assert_eq!(
-        pcf(r#"{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}"#),
+        canonical(r#"{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}"#),
         r#""bytes""#
     );
     assert_eq!(
-        pcf(r#"{"type":"string","logicalType":"uuid"}"#),
+        canonical(r#"{"type":"string","logicalType":"uuid"}"#),
         r#""string""#
     );
     assert_eq!(
-        pcf(
+        canonical(
             r#"{"namespace":"a.b","name":"R","type":"record","doc":"x","fields":[
                 {"name":"f","type":{"type":"fixed","name":"F","size":"016"},"default":"x"},
                 {"name":"g","type":"F"},

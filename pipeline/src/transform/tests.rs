@@ -2,9 +2,12 @@
 //! hand-made target catalog, then applied to MongoDB-shaped (`_id` +
 //! `document`) and PostgreSQL-shaped (plain columns) source changes.
 
+use super::coerce::{base_type, epoch_millis_text, raw};
 use super::*;
-use crate::event::Position;
-use crate::id_map::IdKind;
+use crate::calendar::civil_from_days;
+use crate::event::{Column, Datum, Op, Position, Row};
+use crate::id_map::{IdKind, IdRef, OnMissing};
+use crate::value::TemporalKind;
 
 // ---------------------------------------------------------------------------
 // Building blocks

@@ -5,6 +5,7 @@
 use super::*;
 use bson::oid::ObjectId;
 use bson::{doc, DateTime, JavaScriptCodeWithScope, Regex, Timestamp};
+use ferry_pipeline::calendar::days_from_civil;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -180,18 +181,6 @@ fn decimal128_non_canonical_coefficient_is_zero() {
 
 // ---- DateTime ----
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (year 0 = 1 BC):
-/// Hinnant's `days_from_civil`, the inverse of `civil_from_days`.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Reads timestamptz text back to milliseconds, strictly in the shape
 /// PostgreSQL prints: `YYYY[Y…]-MM-DD HH:MM:SS[.f{1,3}]+00[ BC]`.
 fn parse_back(text: &str) -> i64 {
@@ -220,7 +209,7 @@ fn parse_back(text: &str) -> i64 {
         panic!("time {time}")
     };
     assert!(hh < 24 && mi < 60 && ss < 60, "{text}");
-    let (m, d): (i64, i64) = (m.parse().unwrap(), d.parse().unwrap());
+    let (m, d): (u32, u32) = (m.parse().unwrap(), d.parse().unwrap());
     assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{text}");
     days_from_civil(year, m, d) * MILLIS_PER_DAY + ((hh * 60 + mi) * 60 + ss) * 1000 + ms
 }
@@ -310,7 +299,7 @@ fn civil_from_days_inverts_days_from_civil_at_the_extremes() {
         0,
     ] {
         let (y, m, d) = civil_from_days(days);
-        assert_eq!(days_from_civil(y, m.into(), d.into()), days);
+        assert_eq!(days_from_civil(y, m, d), days);
     }
 }
 
@@ -635,7 +624,7 @@ proptest! {
         let days = millis.div_euclid(MILLIS_PER_DAY);
         let (y, m, d) = civil_from_days(days);
         prop_assert!((1..=12).contains(&m) && (1..=31).contains(&d));
-        prop_assert_eq!(days_from_civil(y, m.into(), d.into()), days);
+        prop_assert_eq!(days_from_civil(y, m, d), days);
     }
 
     #[test]
