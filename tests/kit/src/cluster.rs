@@ -11,7 +11,10 @@
 //!
 //! Each [`LocalCluster`] lives in its own temporary directory (data
 //! directory, Unix socket directory and server log), so any number of
-//! clusters can be started concurrently from parallel tests.
+//! clusters can be started concurrently from parallel tests. Every process
+//! started here runs from that directory with its core-file limit at 0
+//! (`ulimit -c 0` before `exec`), so a crashing server or tool leaves no
+//! core dump in the caller's working directory (the checkout, for tests).
 //!
 //! The settings favour speed over durability (`fsync=off`,
 //! `full_page_writes=off`): that is fine because tests only ever kill the

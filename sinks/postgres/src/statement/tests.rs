@@ -1,6 +1,5 @@
-//! The exact SQL of the apply path's statements, one test per kind of
-//! change: upserts, deletes, patches (TOAST-untouched updates), rekeys,
-//! prunes, composite keys, quoted identifiers and id-mapped columns.
+//! The exact SQL of every apply statement: upserts, deletes, patches, rekeys,
+//! prunes, with composite keys, quoted identifiers and id-mapped columns.
 
 use ferry_pipeline::event::{ChildLink, Column, Datum, TableId, TableSchema};
 use ferry_pipeline::id_map::{IdKind, IdRef, OnMissing};
