@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 
 use crate::support::mongo::mongo_config_text;
 use crate::support::{ferry_bin, ferry_cmd, unique_db, Ferry, Pair};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_postgres_source::workload;
+use ferry_testkit::workload;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferry_mongodb_source::bson_value::document_to_row;
 use ferry_pipeline::value::Value;
 use ferry_postgres_sink::literal::to_pg_text;
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 

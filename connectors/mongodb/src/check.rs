@@ -5,19 +5,6 @@ use ferry_pipeline::config::MongoSourceConfig;
 use ferry_pipeline::prerequisite::Finding;
 use mongodb::Client;
 
-/// Whether a MongoDB URL parses as the driver reads it (hosts, ports,
-/// options); no connection is made for `mongodb://` URLs. The error never
-/// repeats the URL (it holds secrets).
-pub async fn check_url(url: &str) -> Result<(), String> {
-    mongodb::options::ClientOptions::parse(url)
-        .await
-        .map(|_| ())
-        .map_err(|e| match *e.kind {
-            mongodb::error::ErrorKind::InvalidArgument { ref message, .. } => message.clone(),
-            _ => "not a valid MongoDB connection string".to_string(),
-        })
-}
-
 /// Checks the source: reachable, a replica set (change streams need one),
 /// a change stream can be opened, and the configured collections exist.
 pub async fn source_findings(cfg: &MongoSourceConfig) -> Vec<Finding> {

@@ -1,13 +1,9 @@
-//! Ferry's MongoDB source.
-//!
-//! [`bson_value`] turns BSON documents (as a change stream or a collection
-//! scan delivers them) into rows of exact [`ferry_pipeline::value::Value`]s,
-//! with no I/O. [`source`] tails a database's change stream with a gap-free
-//! snapshot handoff and a durable resume token. [`check`] holds the
-//! prerequisite checks of `ferry check`.
+//! Ferry's MongoDB source: change streams with a gap-free snapshot handoff and
+//! a durable resume token ([`source`]), and the pure BSON → value codec ([`bson_value`]).
 
 pub mod bson_value;
 pub mod check;
+pub mod config;
 pub mod shape;
 pub mod source;
 

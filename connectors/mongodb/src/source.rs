@@ -392,8 +392,7 @@ impl MongoSource {
     /// when none are configured, any (a collection created after the start
     /// streams from its creation, so it needs no copy).
     fn mirrors(&self, wanted: &HashSet<String>, collection: &str) -> bool {
-        wanted.contains(collection)
-            || (self.cfg.collections.is_empty() && !collection.starts_with("system."))
+        crate::config::mirrors(&self.cfg.collections, wanted, collection)
     }
 
     fn collection_gone(&self, what: &str) -> Result<(), PipelineError> {

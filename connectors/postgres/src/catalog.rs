@@ -9,7 +9,7 @@ use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{Column, TableId, TableSchema};
 use tokio_postgres::Client;
 
-use crate::pg_err;
+use crate::connect::pg_err;
 use crate::text::PgType;
 
 /// A table as the source describes it, with what decoding needs.

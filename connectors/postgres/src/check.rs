@@ -5,7 +5,9 @@ use ferry_pipeline::config::PostgresSourceConfig;
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::prerequisite::Finding;
 
-use crate::{catalog, connect, database_of, slot};
+use crate::config::database_of;
+use crate::connect::connect;
+use crate::{catalog, slot};
 
 /// Checks the source: reachable, `wal_level = logical`, replication
 /// privilege, free slots, every table present with a key, publication and

@@ -6,7 +6,7 @@ use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{parse_lsn, TableId};
 use tokio_postgres::Client;
 
-use crate::pg_err;
+use crate::connect::pg_err;
 
 /// A slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]

@@ -25,8 +25,8 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog::SourceTable;
+use crate::connect::{connect, pg_err};
 use crate::text::{decode_value, split_copy_text_row};
-use crate::{connect, pg_err};
 
 /// Which transactions a snapshot saw: PostgreSQL's `pg_current_snapshot()`
 /// plus the WAL position read right after it was taken.

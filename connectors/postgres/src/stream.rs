@@ -2,6 +2,13 @@
 //! order; acknowledgements from the runtime become the slot's confirmed
 //! position; keepalives of an idle stream advance it too, so the slot never
 //! pins WAL.
+//!
+//! Replication runs on `pgwire-replication` (a maintained pgwire client for
+//! `START_REPLICATION … LOGICAL` that answers keepalives itself, keeps
+//! sending status updates while the consumer is slow, and reports the
+//! acknowledged LSN we hand it); decoding pgoutput into rows is ours
+//! ([`crate::pgoutput`]), as that crate deliberately stops at the transport.
+//! tokio-postgres 0.7 has no replication mode.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -393,7 +400,7 @@ async fn relation_schema(
                         &[&rc.type_oid, &rc.type_modifier],
                     )
                     .await
-                    .map_err(|e| crate::pg_err(Stage::Source, "format_type", e))?
+                    .map_err(|e| crate::connect::pg_err(Stage::Source, "format_type", e))?
                     .get(0);
                 columns.push(ferry_pipeline::event::Column {
                     name: rc.name.clone(),
@@ -502,7 +509,7 @@ async fn committed_visibly(catalog: &Client, xid: u32) -> Result<bool, PipelineE
         .await
         .map(|r| r.get(0))
         .map_err(|e| {
-            crate::pg_err(
+            crate::connect::pg_err(
                 Stage::Source,
                 "check the stream's transaction is visible",
                 e,

@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
 use super::{

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
-use ferry_postgres_source::workload;
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::workload;
 use tokio_postgres::Client;
 
 #[derive(Parser)]

@@ -32,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
 use super::kafka::{backends_cpu, log_events, tail, wait_snapshots_recorded};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bson::{doc, Document};
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use futures_util::StreamExt;
 use mongodb::options::FullDocumentType;
 

@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 use ferry_postgres_sink::params::TextArrayBuilder;
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
-use ferry_postgres_source::workload;
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::workload;
 use futures_util::SinkExt;
 use tokio_postgres::types::{ToSql, Type};
 

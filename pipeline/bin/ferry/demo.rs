@@ -11,8 +11,8 @@ use ferry_pipeline::config::{
 };
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::metrics::metrics;
-use ferry_postgres_source::cluster::{ClusterOptions, LocalCluster};
-use ferry_postgres_source::workload;
+use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
+use ferry_testkit::workload;
 use tokio::sync::watch;
 
 use crate::exit;
@@ -182,7 +182,7 @@ async fn quiet_compare(
     let s = ferry_postgres_source::connect(source).await?;
     let t = ferry_postgres_source::connect(target).await?;
     for (a, b) in pairs {
-        let p = ferry_postgres_source::parity::compare(&s, &t, a, b).await;
+        let p = crate::parity::compare(&s, &t, a, b).await;
         match p {
             Ok(p) if p.is_equal() => {}
             // The target table may not exist yet while the snapshot runs.

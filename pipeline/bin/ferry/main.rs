@@ -5,6 +5,7 @@
 mod demo;
 mod dlq;
 mod mapping;
+mod parity;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,7 +160,7 @@ async fn load(path: &Path) -> Result<Config, u8> {
     })?;
     let source = match &config.source {
         SourceConfig::Postgres(s) => ferry_postgres_source::check_url(s.url.expose()),
-        SourceConfig::Mongodb(s) => ferry_mongodb_source::check::check_url(s.url.expose()).await,
+        SourceConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose()).await,
     };
     let SinkConfig::Postgres(dst) = &config.sink;
     let sink = ferry_postgres_source::check_url(dst.url.expose());
@@ -452,7 +453,7 @@ pub(crate) async fn compare_all(
     let target = ferry_postgres_source::connect(target_url).await?;
     let mut all_equal = true;
     for (s, t) in pairs {
-        let p = ferry_postgres_source::parity::compare(&source, &target, s, t).await?;
+        let p = parity::compare(&source, &target, s, t).await?;
         if p.is_equal() {
             println!("[equal] {s}: {} rows", p.source_rows);
         } else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use ferry_pipeline::config::{Config, SinkConfig};
 use ferry_pipeline::transform::{Finding, Transformer};
+use ferry_postgres_sink::id_map::IdPair;
 use ferry_postgres_sink::PostgresSink;
 
 use crate::exit;
@@ -136,7 +137,7 @@ pub(crate) async fn run_idmap(args: IdmapArgs) -> u8 {
             exit::MISMATCH
         }
         Ok(pairs) => {
-            for (legacy, new) in pairs {
+            for IdPair { legacy, new } in pairs {
                 if legacy == id {
                     println!("{namespace} legacy {legacy} → new {new}");
                 } else {

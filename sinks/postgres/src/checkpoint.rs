@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
-use crate::pg_err;
+use crate::error::pg_err;
 
 /// Creates the bookkeeping tables if they are missing.
 pub async fn install(client: &Client) -> Result<(), PipelineError> {
@@ -126,8 +126,14 @@ pub async fn save_position(
     p: Position,
     resume_token: Option<&str>,
 ) -> Result<(), PipelineError> {
-    let stmt =
-        crate::prepared(tx, statements, SAVE_POSITION, &[], "write ferry_checkpoint").await?;
+    let stmt = crate::statement_cache::prepared(
+        tx,
+        statements,
+        SAVE_POSITION,
+        &[],
+        "write ferry_checkpoint",
+    )
+    .await?;
     tx.execute(
         &stmt,
         &[
@@ -177,7 +183,7 @@ pub async fn save_bus_offsets(
     pipeline: &str,
     bus: &BTreeMap<(Arc<str>, i32), ConsumedRange>,
 ) -> Result<(), PipelineError> {
-    let stmt = crate::prepared(
+    let stmt = crate::statement_cache::prepared(
         tx,
         statements,
         SAVE_BUS_OFFSET,

@@ -1,5 +1,6 @@
 //! The dead-letter queue on the embedded bus: `ferry_dlq` in the target,
-//! written in the same transaction as the records of the batch that landed.
+//! written in the same transaction as the records of the batch that landed,
+//! and its administration (list, show, purge, replay).
 //!
 //! A record leaves the queue when a replay applies it (or finds it
 //! superseded by a later change of the same row); a replay that fails again
@@ -7,12 +8,18 @@
 
 use std::collections::HashSet;
 
+use ferry_pipeline::batch::Batch;
 use ferry_pipeline::dlq::DeadLetter;
-use ferry_pipeline::error::PipelineError;
+use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::event::TableId;
+use ferry_pipeline::metrics::metrics;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Transaction};
 
-use crate::pg_err;
+use crate::apply::apply_tables;
+use crate::error::pg_err;
+use crate::sink::PostgresSink;
+use crate::{id_map, params};
 
 /// Creates `ferry_dlq` if it is missing.
 pub async fn install(client: &impl GenericClient) -> Result<(), PipelineError> {
@@ -210,6 +217,300 @@ impl Filter {
             && self.since.is_none()
             && self.until.is_none()
             && self.id.is_none()
+    }
+}
+
+/// Parked records of one table and error class.
+#[derive(Debug, Clone)]
+pub struct DlqGroup {
+    pub table: TableId,
+    pub error_class: String,
+    pub records: i64,
+    pub superseded: i64,
+    pub oldest: String,
+    pub newest: String,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Applied and removed from the queue (with `--dry-run`: would be).
+    pub applied: u64,
+    /// Removed without applying: a later change of the row landed since.
+    pub superseded: u64,
+    /// Failed again: kept, with one more attempt and the new error.
+    pub failed: u64,
+}
+
+/// The administration of the queue (`ferry dlq list|show|purge|replay`).
+impl PostgresSink {
+    /// Records by table and error class.
+    pub async fn dlq_list(&mut self, filter: &Filter) -> Result<Vec<DlqGroup>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let sql = format!(
+            "SELECT table_schema, table_name, error_class, count(*),
+                    count(superseded_at), min(first_failed_at)::text, max(last_failed_at)::text
+               FROM public.ferry_dlq WHERE {cond}
+              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        );
+        let client = self.client().await?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+        args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let rows = client
+            .query(&sql, &args)
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| DlqGroup {
+                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                error_class: r.get(2),
+                records: r.get(3),
+                superseded: r.get(4),
+                oldest: r.get(5),
+                newest: r.get(6),
+            })
+            .collect())
+    }
+
+    /// One record as JSON: its fields and the parked change.
+    pub async fn dlq_show(&mut self, id: i64) -> Result<Option<serde_json::Value>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, table_schema, table_name, row_key, op, event, error_class, error_code,
+                        error_message, stage, attempts, first_failed_at::text, last_failed_at::text,
+                        commit_lsn::text, ordinal, superseded_at::text,
+                        bus_topic, bus_partition, bus_offset
+                   FROM public.ferry_dlq WHERE pipeline = $1 AND id = $2",
+                &[&pipeline, &id],
+            )
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?;
+        Ok(row.map(|r| {
+            let event: String = r.get(5);
+            serde_json::json!({
+                "id": r.get::<_, i64>(0),
+                "table": format!("{}.{}", r.get::<_, String>(1), r.get::<_, String>(2)),
+                "key": r.get::<_, String>(3),
+                "op": r.get::<_, String>(4),
+                "error_class": r.get::<_, String>(6),
+                "error_code": r.get::<_, Option<String>>(7),
+                "error_message": r.get::<_, String>(8),
+                "stage": r.get::<_, String>(9),
+                "attempts": r.get::<_, i32>(10),
+                "first_failed_at": r.get::<_, String>(11),
+                "last_failed_at": r.get::<_, String>(12),
+                "source_position": r.get::<_, Option<String>>(13).map(|l| format!("{l}#{}", r.get::<_, Option<i64>>(14).unwrap_or(0))),
+                "superseded_at": r.get::<_, Option<String>>(15),
+                "bus_topic": r.get::<_, Option<String>>(16),
+                "bus_partition": r.get::<_, Option<i32>>(17),
+                "bus_offset": r.get::<_, Option<i64>>(18),
+                "event": serde_json::from_str::<serde_json::Value>(&event).unwrap_or(serde_json::Value::String(event)),
+            })
+        }))
+    }
+
+    /// Removes the records `filter` selects; returns how many.
+    pub async fn dlq_purge(&mut self, filter: &Filter) -> Result<u64, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let client = self.client().await?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+        args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        let n = client
+            .execute(&format!("DELETE FROM public.ferry_dlq WHERE {cond}"), &args)
+            .await
+            .map_err(|e| pg_err("purge ferry_dlq", e))?;
+        let depth = depth(client, &pipeline).await?;
+        metrics().dlq_depth.set(depth);
+        Ok(n)
+    }
+
+    /// Re-applies the records `filter` selects, oldest first, each in its
+    /// own transaction (so an interrupted replay loses nothing and repeats
+    /// nothing): an applied record leaves the queue in the same transaction;
+    /// a superseded one leaves without being applied; one that fails again
+    /// stays with one more attempt and the new error. With `dry_run`, every
+    /// record is applied and rolled back. `rate` caps records per second.
+    pub async fn dlq_replay(
+        &mut self,
+        filter: &Filter,
+        dry_run: bool,
+        rate: Option<f64>,
+        transformer: Option<&ferry_pipeline::transform::Transformer>,
+    ) -> Result<ReplayReport, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let ids: Vec<i64> = {
+            let client = self.client().await?;
+            let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+            args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+            client
+                .query(
+                    &format!("SELECT id FROM public.ferry_dlq WHERE {cond} ORDER BY id"),
+                    &args,
+                )
+                .await
+                .map_err(|e| pg_err("read ferry_dlq", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let pause = rate
+            .filter(|r| *r > 0.0)
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+        let mut report = ReplayReport::default();
+        for id in ids {
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
+            let row = self
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT event, superseded_at IS NOT NULL, stage, coalesce(error_code, '')
+                       FROM public.ferry_dlq WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| pg_err("read ferry_dlq", e))?;
+            // Gone meanwhile (another replay or a purge).
+            let Some(row) = row else { continue };
+            let superseded: bool = row.get(1);
+            if superseded {
+                if !dry_run {
+                    self.client()
+                        .await?
+                        .execute("DELETE FROM public.ferry_dlq WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| pg_err("remove from ferry_dlq", e))?;
+                }
+                report.superseded += 1;
+                continue;
+            }
+            let event: String = row.get(0);
+            let ev = ferry_pipeline::dlq::decode_event(event.as_bytes())?;
+            // A mapped table's change goes through the current mapping
+            // again: the fix may have been to the mapping.
+            let mut batch = Batch::default();
+            let mut refused = None;
+            // Refused by the mapping: the record is the source change. Any
+            // other record (a target constraint, a missing reference) is
+            // the mapped row itself.
+            let stage: String = row.get(2);
+            let code: String = row.get(3);
+            let is_source_change =
+                stage == Stage::Transform.as_str() && code != "missing_reference";
+            let mapped = transformer.filter(|_| is_source_change);
+            match mapped.and_then(|t| t.apply(&ev)) {
+                None => batch.push(ev),
+                Some(Ok(outputs)) => {
+                    for o in outputs {
+                        match o {
+                            ferry_pipeline::transform::Output::Change(c) => batch.push(c),
+                            ferry_pipeline::transform::Output::Prune {
+                                table,
+                                parent_key,
+                                keep_below,
+                            } => batch.prune(&table, parent_key, keep_below),
+                        }
+                    }
+                }
+                Some(Err(r)) => {
+                    let mut e =
+                        PipelineError::new(ErrorClass::Permanent, Stage::Transform, r.message);
+                    e.code = Some(r.rule);
+                    refused = Some(e);
+                }
+            }
+            let prepared = params::prepare(batch);
+            if refused.is_none() {
+                self.ensure_tables(&prepared.batch).await?;
+            }
+            let target_ids = self.target_ids(&prepared.batch);
+            let mut statements = std::mem::take(&mut self.statements);
+            let tables = std::mem::take(&mut self.tables);
+            let attempt = async {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
+                let client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+                // Checked again under a lock: a newer change of the row may
+                // have landed (and superseded the record) since it was read;
+                // applying it now would move the row back.
+                let current = tx
+                    .query_opt(
+                        "SELECT superseded_at IS NULL FROM public.ferry_dlq WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| pg_err("read ferry_dlq", e))?;
+                if current.map(|r| r.get::<_, bool>(0)) != Some(true) {
+                    return Ok(false);
+                }
+                apply_tables(
+                    &tx,
+                    &mut statements,
+                    &tables,
+                    &prepared,
+                    &target_ids,
+                    &pipeline,
+                    false,
+                    &Default::default(),
+                    &id_map::requests(&prepared.batch, &Default::default()),
+                )
+                .await?;
+                if dry_run {
+                    tx.rollback().await.map_err(|e| pg_err("rollback", e))?;
+                } else {
+                    tx.execute("DELETE FROM public.ferry_dlq WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| pg_err("remove from ferry_dlq", e))?;
+                    tx.commit().await.map_err(|e| pg_err("commit", e))?;
+                }
+                Ok::<bool, PipelineError>(true)
+            }
+            .await;
+            self.statements = statements;
+            self.tables = tables;
+            match attempt {
+                Ok(true) => report.applied += 1,
+                // Superseded meanwhile: left to the next replay (which drops
+                // it) rather than applied over the newer change.
+                Ok(false) => report.superseded += 1,
+                Err(e) if e.class == ErrorClass::Permanent => {
+                    report.failed += 1;
+                    if !dry_run {
+                        let err = ferry_pipeline::dlq::RecordError::of(&e);
+                        self.client()
+                            .await?
+                            .execute(
+                                "UPDATE public.ferry_dlq
+                                    SET attempts = attempts + 1, last_failed_at = now(),
+                                        error_class = $2, error_code = $3, error_message = $4, stage = $5
+                                  WHERE id = $1",
+                                &[&id, &err.class, &err.code, &err.message, &err.stage],
+                            )
+                            .await
+                            .map_err(|e| pg_err("update ferry_dlq", e))?;
+                    }
+                }
+                Err(e) => {
+                    if e.disposition() == ferry_pipeline::error::Disposition::Retry {
+                        self.client = None;
+                        self.statements.clear();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let depth = depth(self.client().await?, &pipeline).await?;
+        metrics().dlq_depth.set(depth);
+        Ok(report)
     }
 }
 

@@ -17,7 +17,7 @@ use ferry_pipeline::id_map::{IdKind, IdRef, OnMissing};
 use ferry_pipeline::value::Value;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use crate::pg_err;
+use crate::error::pg_err;
 
 pub async fn install(client: &impl GenericClient) -> Result<(), PipelineError> {
     client
@@ -281,12 +281,19 @@ pub async fn require(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipelin
     Ok(())
 }
 
+/// One mapping of a namespace: a legacy id and the new id it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPair {
+    pub legacy: String,
+    pub new: String,
+}
+
 /// Both ways: the new id of a legacy id, and the legacy id of a new id.
 pub async fn lookup(
     client: &impl GenericClient,
     namespace: &str,
     id: &str,
-) -> Result<Vec<(String, String)>, PipelineError> {
+) -> Result<Vec<IdPair>, PipelineError> {
     Ok(client
         .query(
             "SELECT legacy_id, new_id FROM public.ferry_id_map
@@ -296,6 +303,9 @@ pub async fn lookup(
         .await
         .map_err(|e| pg_err("read ferry_id_map", e))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| IdPair {
+            legacy: r.get(0),
+            new: r.get(1),
+        })
         .collect())
 }

@@ -8,7 +8,7 @@ use ferry_pipeline::event::{quote_ident, Column, Datum, TableId, TableSchema};
 use ferry_pipeline::value::{Numeric, Value};
 use tokio_postgres::Client;
 
-use crate::pg_err;
+use crate::error::pg_err;
 
 /// One target column.
 #[derive(Debug, Clone)]

@@ -1,4 +1,10 @@
-//! Row-by-row comparison of a source table and its mirror.
+//! Row-by-row comparison of a source table and its mirror: the core of
+//! `ferry parity` and `ferry demo`'s check.
+//!
+//! It lives with the binary's verification commands, not in the source
+//! connector; the e2e tests compile this same file into their support
+//! module (`#[path]` in tests/support/mod.rs), so they check with the very
+//! code the command runs, and no production crate exports it for them.
 //!
 //! Both sides are read with `COPY (SELECT cols ORDER BY key) TO STDOUT`
 //! under the same session settings, so equal values have equal text and the
@@ -10,29 +16,29 @@ use ferry_pipeline::event::{quote_ident, TableId};
 use futures_util::{pin_mut, StreamExt};
 use tokio_postgres::Client;
 
-use crate::snapshot::SESSION_SETTINGS;
-use crate::{catalog, pg_err};
+use ferry_postgres_source::snapshot::SESSION_SETTINGS;
+use ferry_postgres_source::{catalog, pg_err};
 
 /// The result of comparing one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableParity {
-    pub table: TableId,
-    pub source_rows: u64,
-    pub target_rows: u64,
+pub(crate) struct TableParity {
+    pub(crate) table: TableId,
+    pub(crate) source_rows: u64,
+    pub(crate) target_rows: u64,
     /// Rows that differ or exist on one side only.
-    pub mismatches: u64,
+    pub(crate) mismatches: u64,
     /// The first few differing lines, `-` source / `+` target.
-    pub examples: Vec<String>,
+    pub(crate) examples: Vec<String>,
 }
 
 impl TableParity {
-    pub fn is_equal(&self) -> bool {
+    pub(crate) fn is_equal(&self) -> bool {
         self.mismatches == 0 && self.source_rows == self.target_rows
     }
 }
 
 /// Compares `source_table` in `source` with `target_table` in `target`.
-pub async fn compare(
+pub(crate) async fn compare(
     source: &Client,
     target: &Client,
     source_table: &TableId,

@@ -11,7 +11,10 @@
 //!
 //! Each [`LocalCluster`] lives in its own temporary directory (data
 //! directory, Unix socket directory and server log), so any number of
-//! clusters can be started concurrently from parallel tests.
+//! clusters can be started concurrently from parallel tests. Every process
+//! started here runs from that directory with its core-file limit at 0
+//! (`ulimit -c 0` before `exec`), so a crashing server or tool leaves no
+//! core dump in the caller's working directory (the checkout, for tests).
 //!
 //! The settings favour speed over durability (`fsync=off`,
 //! `full_page_writes=off`): that is fine because tests only ever kill the
@@ -26,6 +29,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use ferry_pipeline::event::quote_ident;
 use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
@@ -119,8 +123,11 @@ impl LocalCluster {
         std::fs::create_dir(&sock_dir)
             .with_context(|| format!("creating {}", sock_dir.display()))?;
         if matches!(run_as, RunAs::Postgres { .. }) {
-            let mut chown = tokio::process::Command::new("chown");
-            chown.arg("-R").arg("postgres:postgres").arg(dir.path());
+            let mut args = vec!["-R".into(), "postgres:postgres".into()];
+            args.push(dir.path().into());
+            let (program, args) = without_core_dumps("chown", args);
+            let mut chown = tokio::process::Command::new(program);
+            chown.args(args).current_dir(dir.path());
             run(chown, "chown -R postgres:postgres").await?;
         }
 
@@ -415,13 +422,17 @@ impl LocalCluster {
 
     /// The program and arguments to run `program args` as the user that
     /// owns the cluster.
+    /// The program runs with no core-file limit (see [`without_core_dumps`]):
+    /// the wrapper sits inside `runuser`, right above the server tool, so
+    /// that no PAM session in between can raise the limit again.
     fn argv(
         &self,
         program: &Path,
         args: impl IntoIterator<Item = OsString>,
     ) -> (PathBuf, Vec<OsString>) {
+        let (program, args) = without_core_dumps(program, args);
         match self.run_as {
-            RunAs::CurrentUser => (program.to_path_buf(), args.into_iter().collect()),
+            RunAs::CurrentUser => (program, args),
             RunAs::Postgres { runuser } => {
                 let mut all: Vec<OsString> =
                     vec!["-u".into(), "postgres".into(), "--".into(), program.into()];
@@ -564,8 +575,7 @@ fn find_run_as() -> Result<RunAs, String> {
     if !is_root() {
         return Ok(RunAs::CurrentUser);
     }
-    let postgres_user = std::process::Command::new("id")
-        .args(["-u", "postgres"])
+    let postgres_user = helper_command("id", &["-u", "postgres"], &temp_root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -607,8 +617,7 @@ fn find_run_as() -> Result<RunAs, String> {
 /// Whether the effective user is root, from `id -u` (falling back to
 /// `$USER` if `id` cannot be run).
 fn is_root() -> bool {
-    match std::process::Command::new("id")
-        .arg("-u")
+    match helper_command("id", &["-u"], &temp_root())
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -664,9 +673,35 @@ fn quote_conf(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Quotes an SQL identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// `program args` through `sh`, with the core-file size limit set to 0
+/// first, so that neither the tool nor anything it starts (`pg_ctl` starts
+/// `postgres`, which inherits the limit) can leave a core dump behind. The
+/// workspace forbids `unsafe`, which rules out `Command::pre_exec` with
+/// `setrlimit`; `ulimit -c` in a shell that then `exec`s the program does
+/// the same without it.
+fn without_core_dumps(
+    program: impl Into<OsString>,
+    args: impl IntoIterator<Item = OsString>,
+) -> (PathBuf, Vec<OsString>) {
+    let mut all: Vec<OsString> = vec![
+        "-c".into(),
+        "ulimit -c 0; exec \"$@\"".into(),
+        "sh".into(),
+        program.into(),
+    ];
+    all.extend(args);
+    (PathBuf::from("/bin/sh"), all)
+}
+
+/// A command for `program args` with no core dumps
+/// ([`without_core_dumps`]), run from `dir`: a crash of a helper then
+/// leaves nothing in the caller's working directory (the checkout, for the
+/// tests).
+fn helper_command(program: &str, args: &[&str], dir: &Path) -> std::process::Command {
+    let (sh, argv) = without_core_dumps(program, args.iter().map(OsString::from));
+    let mut cmd = std::process::Command::new(sh);
+    cmd.args(argv).current_dir(dir);
+    cmd
 }
 
 /// Runs `cmd` to completion with no stdin and captured output, failing with

@@ -1,0 +1,258 @@
+//! The PostgreSQL source: prepares publication and slot, copies what needs
+//! copying (the gap-free snapshot), then streams the slot, reconnecting with
+//! backoff after transient errors; a heartbeat keeps an idle slot moving.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_pipeline::config::{PostgresSourceConfig, SnapshotMode};
+use ferry_pipeline::error::{retry_backoff, Disposition, PipelineError, Stage};
+use ferry_pipeline::event::TableId;
+use ferry_pipeline::runtime::{wait_retry, AbortOnDrop};
+use ferry_pipeline::source::{Source, SourceContext};
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::config::{database_of, replication_config};
+use crate::connect::{connect, pg_err};
+use crate::snapshot::{self, Horizon};
+use crate::{catalog, slot, stream};
+
+/// The PostgreSQL source.
+pub struct PostgresSource {
+    cfg: PostgresSourceConfig,
+    tables: Vec<TableId>,
+    max_retry_delay: Duration,
+}
+
+impl PostgresSource {
+    /// `cfg` must have passed `Config::validate`.
+    pub fn new(cfg: PostgresSourceConfig, max_retry_delay: Duration) -> Self {
+        let tables = cfg
+            .tables
+            .iter()
+            .filter_map(|t| TableId::parse(t))
+            .collect();
+        Self {
+            cfg,
+            tables,
+            max_retry_delay,
+        }
+    }
+
+    /// Prepares publication and slot, copies what needs copying, and returns
+    /// the per-table horizons for the stream.
+    async fn prepare(
+        &self,
+        ctx: &SourceContext,
+        client: &Client,
+    ) -> Result<
+        (
+            HashMap<TableId, catalog::SourceTable>,
+            HashMap<TableId, Horizon>,
+        ),
+        PipelineError,
+    > {
+        let level: String = client
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(|e| pg_err(Stage::Source, "read wal_level", e))?
+            .get(0);
+        if level != "logical" {
+            // Before creating anything: the publication and slot would be
+            // of no use.
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                format!(
+                    "the source has wal_level = {level}; set wal_level = logical and restart it"
+                ),
+            ));
+        }
+        let described = catalog::describe_all(client, &self.tables).await?;
+        let publication_is_new = slot::publication_tables(client, &self.cfg.publication)
+            .await?
+            .is_none();
+        let partitioned: Vec<TableId> = described
+            .iter()
+            .filter(|t| t.partitioned)
+            .map(|t| t.schema.id.clone())
+            .collect();
+        slot::ensure_publication(
+            client,
+            &self.cfg.publication,
+            &self.tables,
+            &partitioned,
+            self.cfg.create_publication,
+        )
+        .await?;
+        let database = database_of(self.cfg.url.expose()).unwrap_or_default();
+        let has_progress =
+            ctx.checkpoint.position.is_some() || !ctx.checkpoint.snapshots.is_empty();
+        match slot::slot_info(client, &self.cfg.slot).await? {
+            Some(info) => {
+                if let Some(why) = slot::slot_refusal(&self.cfg.slot, &info, &database) {
+                    return Err(PipelineError::fatal(Stage::Source, why));
+                }
+                // A slot made before its publication cannot be streamed:
+                // pgoutput looks the publication up as of each decoded
+                // transaction and fails with "publication does not exist"
+                // on every change made in between (found by the e2e test
+                // tests/snapshot.rs, pre-existing slot). Nothing is copied
+                // yet and the initial snapshot copies every table, so
+                // recreating the slot after the publication, as on a first
+                // start, loses nothing; creating it waits for transactions
+                // still open from before the publication.
+                if publication_is_new && !has_progress && self.cfg.snapshot == SnapshotMode::Initial
+                {
+                    warn!(slot = %self.cfg.slot, publication = %self.cfg.publication,
+                        "replication slot predates the publication; recreating it before the initial snapshot");
+                    slot::drop_slot(client, &self.cfg.slot).await?;
+                    let lsn = slot::create_slot(client, &self.cfg.slot).await?;
+                    info!(slot = %self.cfg.slot, consistent_point = %ferry_pipeline::event::format_lsn(lsn), "created replication slot");
+                }
+            }
+            None => {
+                if has_progress {
+                    return Err(PipelineError::fatal(
+                        Stage::Source,
+                        format!(
+                            "replication slot {} is gone but the target holds this pipeline's checkpoint: \
+                             changes since then are lost. To copy everything again, delete the pipeline's \
+                             rows from ferry_checkpoint and ferry_snapshot in the target",
+                            self.cfg.slot
+                        ),
+                    ));
+                }
+                let lsn = slot::create_slot(client, &self.cfg.slot).await?;
+                info!(slot = %self.cfg.slot, consistent_point = %ferry_pipeline::event::format_lsn(lsn), "created replication slot");
+            }
+        }
+        let mut horizons: HashMap<TableId, Horizon> = HashMap::new();
+        for (id, rec) in &ctx.checkpoint.snapshots {
+            // Without its horizon the stream could apply transactions the
+            // copy already holds: refuse rather than guess.
+            let h = serde_json::from_value::<Horizon>(rec.state.clone()).map_err(|e| {
+                PipelineError::fatal(
+                    Stage::Source,
+                    format!("ferry_snapshot holds an unreadable state for {id}: {e}"),
+                )
+            })?;
+            horizons.insert(id.clone(), h);
+        }
+        if self.cfg.snapshot == SnapshotMode::Initial {
+            let todo: Vec<catalog::SourceTable> = described
+                .iter()
+                .filter(|t| !ctx.checkpoint.snapshots.contains_key(&t.schema.id))
+                .cloned()
+                .collect();
+            if !todo.is_empty() {
+                info!(tables = todo.len(), "initial snapshot starting");
+                let done = snapshot::copy_tables(
+                    self.cfg.url.expose(),
+                    &todo,
+                    &ctx.bus,
+                    self.cfg.snapshot_parallelism,
+                    self.cfg.snapshot_chunk_pages,
+                )
+                .await?;
+                for (t, (_, h)) in todo.iter().zip(done) {
+                    horizons.insert(t.schema.id.clone(), h);
+                }
+            }
+        }
+        let tables = described
+            .into_iter()
+            .map(|t| (t.schema.id.clone(), t))
+            .collect();
+        Ok((tables, horizons))
+    }
+}
+
+impl Source for PostgresSource {
+    async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
+        let mut backoff = retry_backoff(self.max_retry_delay);
+        let mut prepared: Option<(
+            HashMap<TableId, catalog::SourceTable>,
+            HashMap<TableId, Horizon>,
+        )> = None;
+        // Stopped with the source, even when the source is aborted.
+        let _heartbeat = (self.cfg.heartbeat_secs > 0).then(|| {
+            AbortOnDrop(vec![tokio::spawn(heartbeat(
+                self.cfg.url.expose().to_string(),
+                Duration::from_secs(self.cfg.heartbeat_secs),
+                ctx.shutdown.clone(),
+            ))
+            .abort_handle()])
+        });
+        loop {
+            if *ctx.shutdown.borrow() {
+                return Ok(());
+            }
+            let attempt = async {
+                let client = connect(self.cfg.url.expose()).await?;
+                if prepared.is_none() {
+                    prepared = Some(self.prepare(&ctx, &client).await?);
+                }
+                let (tables, horizons) = prepared.as_ref().expect("prepared above");
+                let start = slot::slot_info(&client, &self.cfg.slot)
+                    .await?
+                    .and_then(|s| s.confirmed_flush_lsn)
+                    .unwrap_or(0);
+                let repl = replication_config(&self.cfg, start)?;
+                stream::StreamSession {
+                    repl,
+                    catalog: &client,
+                    tables,
+                    horizons,
+                    bus: &ctx.bus,
+                    acks: &mut ctx.acks,
+                    shutdown: &mut ctx.shutdown,
+                }
+                .run()
+                .await
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if e.disposition() == Disposition::Retry => {
+                    if wait_retry(&e, &mut backoff, ctx.shutdown.clone())
+                        .await
+                        .is_err()
+                    {
+                        // Asked to stop while waiting.
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Emits a non-transactional logical message now and then, so that a slot
+/// whose tables are idle still sees WAL of its own database and its
+/// confirmed position advances (Debezium's heartbeat.action.query).
+async fn heartbeat(url: String, every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect(&url).await.ok();
+        }
+        if let Some(c) = &client {
+            if let Err(e) = c
+                .execute(
+                    "SELECT pg_logical_emit_message(false, 'ferry_heartbeat', '')",
+                    &[],
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Prerequisites of `ferry check` on the target: reachable, and every table
+//! present or creatable.
+
+use ferry_pipeline::config::PostgresSinkConfig;
+use ferry_pipeline::event::TableId;
+use ferry_pipeline::prerequisite::Finding;
+use tokio_postgres::NoTls;
+
+use crate::config;
+use crate::error::pg_err;
+use crate::target;
+
+/// Checks the target for `ferry check`: reachable, and every table present
+/// (or creatable).
+pub async fn target_findings(
+    cfg: &PostgresSinkConfig,
+    tables: &[TableId],
+) -> Vec<ferry_pipeline::prerequisite::Finding> {
+    let client = match tokio_postgres::connect(cfg.url.expose(), NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client
+        }
+        Err(e) => {
+            return vec![Finding::fail(
+                "target reachable",
+                pg_err("connect to target", e).to_string(),
+            )]
+        }
+    };
+    let mut out = vec![Finding::pass("target reachable", "connected")];
+    for id in tables {
+        let target = config::target_id(cfg, id);
+        let subject = format!("target table {target}");
+        match target::describe(&client, &target).await {
+            Ok(Some(_)) => out.push(Finding::pass(subject, "exists")),
+            Ok(None) if cfg.create_tables => out.push(Finding::pass(subject, "will be created")),
+            Ok(None) => out.push(Finding::fail(
+                subject,
+                "does not exist; create it or set sink.create_tables = true",
+            )),
+            Err(e) => out.push(Finding::fail(subject, e.to_string())),
+        }
+    }
+    out
+}

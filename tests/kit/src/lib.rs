@@ -1,0 +1,7 @@
+//! Ferry's test kit: throwaway local PostgreSQL clusters ([`cluster`]) and a
+//! payments workload ([`workload`]) for the e2e tests, `ferry demo` and `ferry-bench`.
+
+pub mod cluster;
+pub mod workload;
+
+pub use cluster::{ClusterOptions, LocalCluster};
