@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Ferry, Pair};
+use crate::support::{ConfigBuilder, Ferry, Pair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_stream() {
@@ -14,7 +14,7 @@ async fn snapshot_then_stream() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.items"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&["public.items"], Duration::from_secs(60))
         .await;
@@ -48,7 +48,7 @@ async fn key_change_keeps_untouched_toast() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.docs"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.docs"]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&["public.docs"], Duration::from_secs(60))
         .await;
@@ -87,7 +87,7 @@ async fn metrics_endpoint() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.m"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.m"]).build();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(&config, text).unwrap();

@@ -3,18 +3,19 @@
 //! a parity check never passes on an error).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 
 use crate::support::mongo::mongo_config_text;
-use crate::support::{ferry_bin, ferry_cmd, unique_db, Ferry, Pair};
+use crate::support::{ferry_cmd, ferry_command, unique_db, ConfigBuilder, Ferry, Pair};
 
 /// Runs `ferry <args>` with `set` added to and `unset` removed from the
 /// environment; returns (exit code, stdout+stderr).
 fn ferry_env(args: &[&str], set: &[(&str, &str)], unset: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(ferry_bin());
+    let dir = tempfile::tempdir().expect("temp dir for ferry");
+    let mut cmd = ferry_command(dir.path());
     cmd.args(args).stdin(Stdio::null());
     for (k, v) in set {
         cmd.env(k, v);
@@ -176,7 +177,7 @@ fn ferry_env_within(args: &[&str], set: &[(&str, &str)], timeout: Duration) -> (
     let log = dir.path().join("out.log");
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(ferry_bin());
+    let mut cmd = ferry_command(dir.path());
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     for (k, v) in set {
         cmd.env(k, v);
@@ -267,7 +268,7 @@ async fn check_passes_on_a_good_setup() {
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
         .await
         .unwrap();
-    let config = pair.config(&["public.items"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
     let (code, out) = cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     for line in [
@@ -314,7 +315,7 @@ async fn check_fails_when_wal_level_is_not_logical() {
     src.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
         .await
         .unwrap();
-    let config = pair.config(&["public.items"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
     let (code, out) = cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -336,7 +337,7 @@ async fn parity_exit_codes() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.items"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
     let config = config.to_str().unwrap();
     let mut ferry = Ferry::spawn(Path::new(config));
     pair.wait_equal(&["public.items"], Duration::from_secs(40))
@@ -375,7 +376,9 @@ async fn parity_exit_codes() {
     assert_eq!(code, 0, "{out}");
 
     // A table the target lacks cannot be verified.
-    let both = pair.config(&["public.items", "public.unmirrored"], "", "");
+    let both = ConfigBuilder::new(&pair)
+        .tables(&["public.items", "public.unmirrored"])
+        .build();
     let (code, out) = cmd(&["parity", "--config", both.to_str().unwrap()]);
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("NOT VERIFIED"), "{out}");

@@ -13,7 +13,7 @@ use ferry_testkit::workload;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
-use crate::support::{Ferry, Pair};
+use crate::support::{ConfigBuilder, Ferry, Pair};
 
 /// Accounts seeded for the kill test: enough that its snapshot takes a
 /// moment, so that a kill can land in the middle of it.
@@ -240,7 +240,7 @@ async fn kill9_at_random_moments() {
     workload::seed(&src, CRASH_ACCOUNTS)
         .await
         .expect("seed the workload");
-    let config = pair.config(&workload::TABLES, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&workload::TABLES).build();
     let traffic = Traffic::start(
         pair.source.url(&pair.db),
         CRASH_ACCOUNTS,
@@ -366,7 +366,7 @@ async fn source_and_target_restart_mid_stream() {
     workload::seed(&src, accounts).await.expect("seed");
     drop(src);
     let tables = workload::TABLES;
-    let config = pair.config(&tables, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&tables).build();
     let mut ferry = Ferry::spawn(&config);
     wait_equal(&pair, &tables, Duration::from_secs(60), &ferry, &[]).await;
 
@@ -442,7 +442,7 @@ async fn idle_slot_advances() {
     .await
     .unwrap();
     let tables = ["public.items"];
-    let with_heartbeat = pair.config(&tables, "", "");
+    let with_heartbeat = ConfigBuilder::new(&pair).tables(&tables).build();
     let text = std::fs::read_to_string(&with_heartbeat).expect("read config");
     assert!(
         text.contains("heartbeat_secs = 1"),

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{ferry_cmd, wait_for, Ferry, Pair};
+use crate::support::{ferry_cmd, wait_for, ConfigBuilder, Ferry, Pair};
 
 const TABLE: &str = "public.payments";
 
@@ -48,7 +48,7 @@ async fn poison_records_are_parked_then_replayed() {
         )
         .await
         .unwrap();
-    let config = pair.config(&[TABLE], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&[TABLE]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&[TABLE], Duration::from_secs(60)).await;
 
@@ -229,7 +229,7 @@ async fn target_outage_is_retried_not_dead_lettered() {
     )
     .await
     .unwrap();
-    let config = pair.config(&[TABLE], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&[TABLE]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&[TABLE], Duration::from_secs(60)).await;
     pair.target.stop().await.expect("stop the target");
@@ -281,7 +281,7 @@ async fn replay_killed_and_resumed_drains_the_queue() {
         )
         .await
         .unwrap();
-    let config = pair.config(&[TABLE], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&[TABLE]).build();
     let mut ferry = Ferry::spawn(&config);
     src.batch_execute(
         "INSERT INTO payments SELECT g, CASE WHEN g % 2 = 0 THEN -g ELSE g END, 'x', 1 FROM generate_series(1, 80) g;",
@@ -300,19 +300,57 @@ async fn replay_killed_and_resumed_drains_the_queue() {
         .await
         .unwrap();
     let cfg = config.to_str().unwrap();
-    let mut replay = std::process::Command::new(crate::support::ferry_bin())
+    // 20 records a second: the 40 take about 2 s, long enough to see the
+    // replay under way and kill it there.
+    let mut replay = crate::support::ferry_command(config.parent().unwrap())
         .args(["dlq", "replay", "--config", cfg, "--rate", "20"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn ferry dlq replay");
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Under way: some records left the queue, not all of them.
+    wait_for(
+        "the replay to be under way",
+        &ferry,
+        Duration::from_secs(30),
+        || async {
+            let n = dlq_rows(&pair).await.len();
+            0 < n && n < 40
+        },
+    )
+    .await;
+    let still_running = replay.try_wait().expect("try_wait").is_none();
     let _ = replay.kill();
-    let _ = replay.wait();
+    let status = replay.wait().expect("wait for the killed replay");
+    assert!(
+        still_running,
+        "the replay had finished ({status}) before the kill"
+    );
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the replay ended by {status}, not the kill"
+        );
+    }
     let left = dlq_rows(&pair).await.len();
     assert!(
         0 < left && left < 40,
         "the kill did not land mid-replay: {left} left"
+    );
+    // Each record left the queue in the transaction that applied it: the
+    // target holds exactly the ones that left (the odd ids were never
+    // parked).
+    let replayed: i64 = dst
+        .query_one("SELECT count(*) FROM payments WHERE id % 2 = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        replayed,
+        40 - left as i64,
+        "{left} records left in the queue, {replayed} in the target"
     );
     let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg]);
     assert_eq!(code, 0, "{out}");

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
 use crate::support::kafka::KafkaBroker;
-use crate::support::{Ferry, Pair};
+use crate::support::{wait_for, ConfigBuilder, Ferry, Pair};
 
 const TABLE: &str = "public.accounts";
 const ROWS: i64 = 3_000;
@@ -38,12 +38,11 @@ async fn pair_with_broker(prefix: &str) -> Pair {
 
 /// The pair's config with `partitions` partitions per data topic.
 fn config(pair: &Pair, partitions: i32) -> PathBuf {
-    let path = pair.config(&[TABLE], "batch_size = 500", "");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("partitions = 1"), "{text}");
-    let text = text.replace("partitions = 1", &format!("partitions = {partitions}"));
-    std::fs::write(&path, text).unwrap();
-    path
+    ConfigBuilder::new(pair)
+        .tables(&[TABLE])
+        .batch_size(500)
+        .partitions(partitions)
+        .build()
 }
 
 /// Source table with a version per row, and on the target an audit of
@@ -202,42 +201,188 @@ async fn kill9_of_worker_and_source_loses_nothing() {
     alive(&mut worker, "worker");
 }
 
-/// Two workers on two partitions: a second worker joins while traffic
-/// flows (the partitions are split), the first leaves (killed -9; the
-/// second takes everything), and comes back.
+/// A copy of `cfg` for the worker called `name`: its sink connects with
+/// `application_name = <name>`, which [`audit_offsets`] records with each
+/// write of a partition's progress. Same pipeline, group and topics.
+fn worker_config(pair: &Pair, cfg: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let url = format!("url = \"{}\"", pair.target.url(&pair.db));
+    assert_eq!(text.matches(&url).count(), 1, "one sink url in:\n{text}");
+    let named = format!(
+        "url = \"{}?application_name={name}\"",
+        pair.target.url(&pair.db)
+    );
+    let path = cfg.with_file_name(format!("{name}.toml"));
+    std::fs::write(&path, text.replacen(&url, &named, 1)).unwrap();
+    path
+}
+
+/// On the target, every write of a worker's progress in
+/// `ferry_bus_offsets` (a partition's next offset, committed with the
+/// batch it covers), with the `application_name` of the worker that wrote
+/// it: which worker applied which partition, and when (`seq`). Created
+/// once Ferry has created `ferry_bus_offsets`.
+async fn audit_offsets(pair: &Pair) {
+    pair.dst()
+        .await
+        .batch_execute(
+            "CREATE TABLE offset_writes (seq bigserial PRIMARY KEY, app text NOT NULL,
+                 partition int NOT NULL, old_next bigint, new_next bigint NOT NULL);
+             CREATE FUNCTION audit_offsets() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO offset_writes (app, partition, old_next, new_next)
+               VALUES (current_setting('application_name'), NEW.partition,
+                       CASE WHEN TG_OP = 'UPDATE' THEN OLD.next_offset END, NEW.next_offset);
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON ferry_bus_offsets FOR EACH ROW
+               WHEN (NEW.topic LIKE '%.public.accounts') EXECUTE FUNCTION audit_offsets();",
+        )
+        .await
+        .unwrap();
+}
+
+/// The partitions whose progress worker `app` wrote after `seq`.
+async fn applied_by(pair: &Pair, app: &str, after: i64) -> Vec<i32> {
+    pair.dst()
+        .await
+        .query(
+            "SELECT DISTINCT partition FROM offset_writes WHERE app = $1 AND seq > $2 ORDER BY 1",
+            &[&app, &after],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The last `seq` of [`audit_offsets`] (0 before any write).
+async fn last_write(pair: &Pair) -> i64 {
+    pair.dst()
+        .await
+        .query_one("SELECT coalesce(max(seq), 0) FROM offset_writes", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether `newcomer` and `incumbent` split the partitions: since the
+/// newcomer's first write, each applied a partition the other did not.
+async fn split(pair: &Pair, newcomer: &str, incumbent: &str) -> bool {
+    let first: Option<i64> = pair
+        .dst()
+        .await
+        .query_one(
+            "SELECT min(seq) FROM offset_writes WHERE app = $1",
+            &[&newcomer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let Some(first) = first else { return false };
+    let new = applied_by(pair, newcomer, first - 1).await;
+    let old = applied_by(pair, incumbent, first).await;
+    new.iter().any(|p| !old.contains(p)) && old.iter().any(|p| !new.contains(p))
+}
+
+/// Every write of a partition's progress moved it forward: no range of
+/// offsets was applied twice, by one worker or two.
+async fn assert_offsets_only_forward(pair: &Pair) {
+    let rows = pair
+        .dst()
+        .await
+        .query(
+            "SELECT app, partition, old_next, new_next FROM offset_writes
+              WHERE new_next <= old_next ORDER BY seq LIMIT 10",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, i32, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert!(
+        seen.is_empty(),
+        "progress written again or backwards (worker, partition, old, new): {seen:?}"
+    );
+}
+
+/// Two workers on two partitions, while traffic flows: a second worker
+/// joins and takes one partition (each then applies one of them), the
+/// first leaves (killed -9: the second applies both), and comes back (the
+/// partitions split again). Each step waits for what the target shows:
+/// the workers' progress rows in `ferry_bus_offsets`, audited with the
+/// name of the worker that wrote them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_rebalance_under_traffic() {
     let pair = pair_with_broker("kbrebal").await;
     setup(&pair).await;
     let cfg = config(&pair, 2);
     let mut source = spawn(&cfg, "source");
-    let mut a = spawn(&cfg, "worker");
-    pair.wait_equal(&[TABLE], Duration::from_secs(90)).await;
+    let mut a = spawn(&worker_config(&pair, &cfg, "first"), "worker");
+    wait_equal(&pair, &[&source, &a], Duration::from_secs(90)).await;
+    audit_offsets(&pair).await;
+    let both = || vec![0, 1];
+    let wait = Duration::from_secs(60);
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(pair.source.url(&pair.db), Arc::clone(&stop));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut b = spawn(&cfg, "worker");
-    // The join and the split take a few seconds with 6 s sessions.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    alive(&mut a, "worker a");
-    alive(&mut b, "worker b");
-    a.kill9();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    alive(&mut b, "worker b");
-    let mut a = spawn(&cfg, "worker");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::SeqCst);
-    load.await.unwrap();
-    pair.wait_equal(&[TABLE], Duration::from_secs(120)).await;
-    assert_never_backwards(&pair).await;
-    let both = format!("{}\n{}", a.log_text(), b.log_text());
+    wait_for(
+        "the first worker applying both partitions",
+        &a,
+        wait,
+        || async { applied_by(&pair, "first", 0).await == both() },
+    )
+    .await;
+
+    let mut b = spawn(&worker_config(&pair, &cfg, "second"), "worker");
+    wait_for("the second worker taking a partition", &b, wait, || async {
+        split(&pair, "second", "first").await
+    })
+    .await;
     assert!(
-        both.contains("partitions assigned"),
-        "no assignment logged:\n{both}"
+        b.log_text().contains("partitions assigned"),
+        "the second worker applied without an assignment logged:\n{}",
+        b.log_text()
     );
-    alive(&mut a, "worker a");
-    alive(&mut b, "worker b");
+    assert!(
+        a.log_text().contains("partitions revoked"),
+        "the first worker gave up a partition without a revocation logged:\n{}",
+        a.log_text()
+    );
+    alive(&mut a, "first worker");
+    alive(&mut b, "second worker");
+
+    a.kill9();
+    let killed_at = last_write(&pair).await;
+    wait_for(
+        "the second worker applying both partitions",
+        &b,
+        wait,
+        || async { applied_by(&pair, "second", killed_at).await == both() },
+    )
+    .await;
+    alive(&mut b, "second worker");
+
+    let mut a = spawn(&worker_config(&pair, &cfg, "first_again"), "worker");
+    wait_for(
+        "the first worker back with a partition",
+        &a,
+        wait,
+        || async { split(&pair, "first_again", "second").await },
+    )
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    let committed = load.await.unwrap();
+    assert!(committed > 50, "traffic made {committed} transactions");
+    wait_equal(&pair, &[&source, &a, &b], Duration::from_secs(120)).await;
+    assert_never_backwards(&pair).await;
+    assert_offsets_only_forward(&pair).await;
+    alive(&mut a, "first worker, back");
+    alive(&mut b, "second worker");
     alive(&mut source, "source");
 }
 
@@ -333,7 +478,10 @@ async fn pair_for_mock(prefix: &str) -> Pair {
 /// Writes the pair's config for a Kafka bus on the mock at `port` (2
 /// partitions, topic prefix `prefix`) to `path`, or to a new file.
 fn mock_config(pair: &Pair, port: u16, prefix: &str, path: Option<&Path>) -> PathBuf {
-    let fresh = pair.config(&[TABLE], "batch_size = 500", "");
+    let fresh = ConfigBuilder::new(pair)
+        .tables(&[TABLE])
+        .batch_size(500)
+        .build();
     let text = std::fs::read_to_string(&fresh).unwrap();
     let text = crate::support::kafka::with_kafka_bus(&text, port, prefix, 2);
     let path = path.map_or(fresh, Path::to_path_buf);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Ferry, Pair};
+use crate::support::{ConfigBuilder, Ferry, Pair};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -20,7 +20,7 @@ async fn partitioned_table_streams_under_its_own_name() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.events"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.events"]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&["public.events"], WAIT).await;
     src.batch_execute(
@@ -61,7 +61,7 @@ async fn generated_columns_and_unique_values_changing_hands() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.people"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.people"]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&["public.people"], WAIT).await;
     // In one transaction (so one batch): row 2 is touched first, then 1
@@ -98,7 +98,7 @@ async fn columns_widened_added_and_dropped_while_streaming() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.items"], "", "");
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&["public.items"], WAIT).await;
     // Widened: values that the old target columns would truncate or round.

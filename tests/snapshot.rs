@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{ferry_cmd, Ferry, Pair};
+use crate::support::{ferry_cmd, ConfigBuilder, Ferry, Pair};
 
 /// Waits until the ferry log contains `needle`; panics (with the log) if
 /// ferry exits first or `timeout` passes.
@@ -132,7 +132,10 @@ async fn snapshot_of_100k_rows_under_concurrent_writes() {
     }
 
     let tables = ["public.big"];
-    let config = pair.config(&tables, "", "snapshot_chunk_pages = 64");
+    let config = ConfigBuilder::new(&pair)
+        .tables(&tables)
+        .snapshot_chunk_pages(64)
+        .build();
     let mut ferry = Ferry::spawn(&config);
     let (exported, copied) = tokio::task::block_in_place(|| {
         wait_log(&mut ferry, "snapshot exported", Duration::from_secs(30));
@@ -234,7 +237,7 @@ async fn pre_existing_slot_applies_every_change_exactly_once() {
     .unwrap();
 
     let tables = ["public.acct"];
-    let config = pair.config(&tables, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&tables).build();
     let mut ferry = Ferry::spawn(&config);
     // Ferry has to wait for the open transaction before it can stream:
     // commit it once ferry is under way.
@@ -300,7 +303,7 @@ async fn transaction_open_across_the_snapshot_is_applied_once() {
     .unwrap();
 
     let tables = ["public.acct"];
-    let config = pair.config(&tables, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&tables).build();
     let mut ferry = Ferry::spawn(&config);
     tokio::task::block_in_place(|| {
         wait_log(&mut ferry, "snapshot exported", Duration::from_secs(30))
@@ -353,7 +356,9 @@ async fn table_without_primary_key_is_refused() {
     )
     .await
     .unwrap();
-    let config = pair.config(&["public.keyed", "public.nokey"], "", "");
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.keyed", "public.nokey"])
+        .build();
 
     let (code, out) = ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "ferry check must fail:\n{out}");

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::support::{wait_for, Ferry, Pair};
+use crate::support::{wait_for, ConfigBuilder, Ferry, Pair};
 
 const MAPPING: &str = r#"
 [id_maps.orders]
@@ -84,15 +84,12 @@ async fn postgres_source_through_a_mapping() {
     )
     .await
     .unwrap();
-    let mapping = pair.config(&["public.legacy_orders"], "", "");
+    let mapping = ConfigBuilder::new(&pair)
+        .tables(&["public.legacy_orders"])
+        .mappings("mappings.toml")
+        .build();
     let dir = mapping.parent().unwrap().to_path_buf();
     std::fs::write(dir.join("mappings.toml"), MAPPING).unwrap();
-    let text = std::fs::read_to_string(&mapping).unwrap().replacen(
-        "[pipeline]\n",
-        "[pipeline]\nmappings = \"mappings.toml\"\n",
-        1,
-    );
-    std::fs::write(&mapping, text).unwrap();
 
     let mut ferry = Ferry::spawn(&mapping);
     wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Ferry, Pair};
+use crate::support::{ConfigBuilder, Ferry, Pair};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -210,7 +210,7 @@ async fn every_type_survives_snapshot_stream_and_truncate() {
     src.batch_execute(&typed_rows(0)).await.unwrap();
     src.batch_execute(&odd_rows(0)).await.unwrap();
     let tables = ["public.typed", "public.Odd Table"];
-    let config = pair.config(&tables, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&tables).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&tables, WAIT).await;
 
@@ -301,7 +301,7 @@ async fn toast_kept(identity: &str) {
     .unwrap();
     assert_toasted(&src, "docs").await;
     let tables = ["public.docs"];
-    let config = pair.config(&tables, "", "");
+    let config = ConfigBuilder::new(&pair).tables(&tables).build();
     let mut ferry = Ferry::spawn(&config);
     pair.wait_equal(&tables, WAIT).await;
 

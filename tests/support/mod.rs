@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod kafka;
 pub mod mongo;
 // `ferry parity`'s comparison, the same file the binary compiles (see its
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use ferry_pipeline::event::TableId;
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 
+pub use config::ConfigBuilder;
 use kafka::{Bus, KafkaBroker};
 
 /// A source and a target cluster with one fresh database each, and on the
@@ -89,51 +91,6 @@ impl Pair {
         self.target.connect(&self.db).await.expect("connect target")
     }
 
-    /// Writes a config for `tables` and returns its path. `source_extra` is
-    /// appended verbatim to `[source]` (more keys for `[pipeline]` go in
-    /// `pipeline_extra`). On the Kafka bus the config also has
-    /// `bus = "kafka"` (unless `pipeline_extra` names a bus) and a `[kafka]`
-    /// section for [`Self::kafka`] whose topic prefix is the database and
-    /// the pipeline's name: every config of one pipeline finds its topics.
-    pub fn config(&self, tables: &[&str], pipeline_extra: &str, source_extra: &str) -> PathBuf {
-        let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
-        let text = format!(
-            r#"
-[pipeline]
-name = "test"
-batch_linger_ms = 10
-max_retry_delay_secs = 2
-{pipeline_extra}
-
-[source]
-kind = "postgres"
-url = "{src}"
-tables = [{tables}]
-status_interval_ms = 200
-heartbeat_secs = 1
-{source_extra}
-
-[sink]
-kind = "postgres"
-url = "{dst}"
-"#,
-            src = self.source.url(&self.db),
-            dst = self.target.url(&self.db),
-            tables = tables.join(", "),
-        );
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let text = match &self.kafka {
-            Some(k) => {
-                let prefix = format!("{}_{}", self.db, kafka::pipeline_name(&text));
-                kafka::with_kafka_bus(&text, k.port, &prefix, 1)
-            }
-            None => text,
-        };
-        let path = self.dir.path().join(format!("ferry-{n}.toml"));
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-
     /// Waits until every table is equal on both sides, or panics with the
     /// last difference after `timeout`.
     pub async fn wait_equal(&self, tables: &[&str], timeout: Duration) {
@@ -178,6 +135,17 @@ pub fn ferry_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// `ferry` as a child of a test, with `dir` (a temp dir of the test) as its
+/// working directory: with the kernel's default `core_pattern` (`core`) a
+/// crash writes its core file to the working directory, which must never
+/// be the checkout. (Not `ulimit -c 0`: a core in the temp dir can still
+/// be kept for debugging, and the command line stays plain.)
+pub fn ferry_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.current_dir(dir);
+    cmd
+}
+
 /// A running `ferry run` child; killed with SIGKILL on drop.
 pub struct Ferry {
     pub child: Child,
@@ -213,7 +181,13 @@ impl Ferry {
         } else {
             Command::new(ferry_bin())
         };
+        // The config's folder is the test's temp dir: a core dump of ferry
+        // (or of gdb) lands there, not in the checkout (see
+        // [`ferry_command`]). Relative paths in a config are resolved
+        // against the config's folder, never the working directory.
+        let dir = config.parent().expect("a config inside a folder");
         let child = cmd
+            .current_dir(dir)
             .args(["run", "--config"])
             .arg(config)
             .args(extra)
@@ -282,7 +256,10 @@ impl Drop for Ferry {
 
 /// Runs `ferry <args>` to completion; returns (exit code, stdout+stderr).
 pub fn ferry_cmd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(ferry_bin())
+    // Its own working directory (see [`ferry_command`]); the arguments
+    // name absolute paths.
+    let dir = tempfile::tempdir().expect("temp dir for ferry");
+    let out = ferry_command(dir.path())
         .args(args)
         .stdin(Stdio::null())
         .output()

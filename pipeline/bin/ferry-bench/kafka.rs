@@ -22,7 +22,6 @@
 //! processes (their `VmHWM`).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use anyhow::{bail, Context};
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
+use super::completion::{check_no_resnapshot, fingerprint, guarded, wait_fingerprint, Watched};
 use super::{
     current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile, prepare_source,
     utc_date_today, wait_confirmed, wait_rows, wait_slot_inactive, write_backlog, Args,
@@ -41,11 +41,6 @@ use super::{
 const PARTITIONS: usize = 2;
 /// The pipeline's tables (each a data topic on Kafka).
 const TABLES: [&str; 3] = ["public.accounts", "public.transfers", "public.probe"];
-/// How often the full fingerprint is compared at most.
-const FINGERPRINT_EVERY: Duration = Duration::from_millis(200);
-/// How often the cheap precondition (last transfer id, marker row) is
-/// polled.
-const GATE_EVERY: Duration = Duration::from_millis(50);
 
 /// What is compared between source and target: per table the row count and
 /// sums over the columns the backlog changes (every update adds to a
@@ -370,7 +365,7 @@ async fn bench_one(
     wait_slot_inactive(&src, "ferry").await?;
 
     let (changes, _end_lsn) = write_backlog(&src, args).await?;
-    let expected = fingerprint(&src).await?;
+    let expected = fingerprint(&src, FINGERPRINT_SQL).await?;
     let expected_last: Option<i64> = src
         .query_one("SELECT max(id) FROM transfers", &[])
         .await?
@@ -396,7 +391,13 @@ async fn bench_one(
     let started = Instant::now();
     let second_log = dir.path().join("source-2.log");
     fleet.spawn("source", &config, source_role, &second_log)?;
-    let wait = wait_fingerprint(&dst, &expected, expected_last, Duration::from_secs(1800));
+    let wait = wait_fingerprint(
+        &dst,
+        FINGERPRINT_SQL,
+        &expected,
+        || gate(&dst, expected_last),
+        Duration::from_secs(1800),
+    );
     let (done, checks) = guarded(&mut fleet, wait).await?;
     let seconds = done.duration_since(started).as_secs_f64();
     let ferry_cpu_secs = fleet.ferry_cpu(None) - cpu_before;
@@ -421,7 +422,7 @@ async fn bench_one(
         workers_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
         broker_cpu_secs.map_or("-".into(), |s| format!("{s:.1}")),
     );
-    check_no_resnapshot(&second_log)?;
+    check_no_resnapshot(&second_log, "source", TABLES.len())?;
 
     let lags = guarded(&mut fleet, measure_lag(&source, &target, args)).await?;
     let peak_rss_mb = fleet.peak_rss_mb();
@@ -600,6 +601,23 @@ impl Fleet {
             .collect()
     }
 
+    /// CPU seconds of the ferry processes (of one role, or all).
+    fn ferry_cpu(&self, role: Option<&str>) -> f64 {
+        self.procs
+            .iter()
+            .filter(|p| role.is_none_or(|r| p.role == r))
+            .filter_map(|p| cpu_seconds(p.process.0.id()))
+            .sum()
+    }
+
+    /// The sum of the ferry processes' peak RSS.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let each: Option<Vec<f64>> = self.procs.iter().map(|p| p.process.peak_rss_mb()).collect();
+        each.map(|v| v.iter().sum())
+    }
+}
+
+impl Watched for Fleet {
     /// An error naming the first process that exited, with its log.
     fn check(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
@@ -629,36 +647,6 @@ impl Fleet {
             s.push_str(&format!("--- broker:\n{}\n", tail(&b.log, 15)));
         }
         s
-    }
-
-    /// CPU seconds of the ferry processes (of one role, or all).
-    fn ferry_cpu(&self, role: Option<&str>) -> f64 {
-        self.procs
-            .iter()
-            .filter(|p| role.is_none_or(|r| p.role == r))
-            .filter_map(|p| cpu_seconds(p.process.0.id()))
-            .sum()
-    }
-
-    /// The sum of the ferry processes' peak RSS.
-    fn peak_rss_mb(&self) -> Option<f64> {
-        let each: Option<Vec<f64>> = self.procs.iter().map(|p| p.process.peak_rss_mb()).collect();
-        each.map(|v| v.iter().sum())
-    }
-}
-
-/// Awaits `fut` while checking every 250 ms that the fleet's processes are
-/// alive; an error carries the tails of their logs.
-async fn guarded<T>(
-    fleet: &mut Fleet,
-    fut: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            r = &mut fut => return r.map_err(|e| e.context(fleet.tails())),
-            _ = tokio::time::sleep(Duration::from_millis(250)) => fleet.check()?,
-        }
     }
 }
 
@@ -802,58 +790,12 @@ pub(super) async fn wait_snapshots_recorded(dst: &Client) -> anyhow::Result<()> 
     }
 }
 
-/// The second life of the source must resume, not copy the tables again
-/// (that would be timed too).
-fn check_no_resnapshot(log: &Path) -> anyhow::Result<()> {
-    let loaded = log_events(log).into_iter().find(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("loaded") && m.contains("checkpoint"))
-    });
-    match loaded.as_ref().and_then(|e| e["snapshots_done"].as_u64()) {
-        Some(n) if n as usize >= TABLES.len() => Ok(()),
-        other => bail!(
-            "the restarted source found {other:?} completed snapshots (expected {}): it copied tables again inside the timed window",
-            TABLES.len()
-        ),
-    }
-}
-
-async fn fingerprint(c: &Client) -> anyhow::Result<String> {
-    Ok(c.query_one(FINGERPRINT_SQL, &[]).await?.get(0))
-}
-
-/// Waits until the target's fingerprint equals `expected`; returns when it
-/// was seen and how many full comparisons it took.
-async fn wait_fingerprint(
-    dst: &Client,
-    expected: &str,
-    last_transfer: Option<i64>,
-    timeout: Duration,
-) -> anyhow::Result<(Instant, usize)> {
-    let deadline = Instant::now() + timeout;
-    let mut checks = 0;
-    let mut last_check: Option<Instant> = None;
-    let mut seen = String::new();
-    loop {
-        let gate = match dst.query_one(GATE_SQL, &[]).await {
-            Ok(r) => r.get::<_, Option<i64>>(0) == last_transfer && r.get::<_, bool>(1),
-            Err(_) => false,
-        };
-        if gate && last_check.is_none_or(|t| t.elapsed() >= FINGERPRINT_EVERY) {
-            last_check = Some(Instant::now());
-            checks += 1;
-            if let Ok(f) = fingerprint(dst).await {
-                if f == expected {
-                    return Ok((Instant::now(), checks));
-                }
-                seen = f;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the target did not match the source in {timeout:?}:\n  source {expected}\n  target {seen}");
-        }
-        tokio::time::sleep(GATE_EVERY).await;
+/// The gate of [`wait_fingerprint`]: the backlog's last transfer (`None`:
+/// no transfer) and the marker row are in the target.
+async fn gate(dst: &Client, last_transfer: Option<i64>) -> bool {
+    match dst.query_one(GATE_SQL, &[]).await {
+        Ok(r) => r.get::<_, Option<i64>>(0) == last_transfer && r.get::<_, bool>(1),
+        Err(_) => false,
     }
 }
 

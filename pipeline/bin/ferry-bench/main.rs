@@ -15,6 +15,7 @@
 //! Run `cargo build --release --bins && target/release/ferry-bench`; it
 //! prints a Markdown table and writes JSON to `--out`.
 
+mod completion;
 mod kafka;
 mod mapping;
 mod mongo;

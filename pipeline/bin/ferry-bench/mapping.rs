@@ -26,7 +26,6 @@
 //! resolve to an `accounts_v2` row.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use anyhow::{bail, Context};
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
+use super::completion::{check_no_resnapshot, fingerprint, guarded, wait_fingerprint, Watched};
 use super::kafka::{backends_cpu, log_events, tail, wait_snapshots_recorded};
 use super::{
     current_lsn, ferry_exe, machine, measure_lag, median_outcome, percentile, prepare_source,
@@ -44,10 +44,6 @@ use super::{
 
 /// The pipeline's source tables.
 const TABLES: [&str; 3] = ["public.accounts", "public.transfers", "public.probe"];
-/// How often the full fingerprint is compared at most.
-const FINGERPRINT_EVERY: Duration = Duration::from_millis(200);
-/// How often the cheap gate is polled.
-const GATE_EVERY: Duration = Duration::from_millis(50);
 
 /// The mapping file of the mapped runs (written beside the configuration).
 const MAPPINGS_TOML: &str = r#"# ferry-bench --mapping: the foundation workload into tables designed
@@ -488,19 +484,21 @@ async fn bench_one(
     let mut first = spawn_ferry(&config, &first_log)?;
     let lsn0 = current_lsn(&src).await?;
     guarded(
-        &mut first,
-        &first_log,
+        &mut Watch(&mut first, &first_log),
         wait_rows(&dst, mode.accounts_target(), args.accounts),
     )
     .await?;
     let seed_snapshot_secs = t0.elapsed().as_secs_f64();
     guarded(
-        &mut first,
-        &first_log,
+        &mut Watch(&mut first, &first_log),
         wait_confirmed(&src, "ferry", lsn0, Duration::from_secs(300)),
     )
     .await?;
-    guarded(&mut first, &first_log, wait_snapshots_recorded(&dst)).await?;
+    guarded(
+        &mut Watch(&mut first, &first_log),
+        wait_snapshots_recorded(&dst),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.stop();
     drop(first);
@@ -517,8 +515,14 @@ async fn bench_one(
     let started = Instant::now();
     let second_log = dir.path().join("ferry-2.log");
     let mut ferry = spawn_ferry(&config, &second_log)?;
-    let wait = wait_fingerprint(&dst, mode, &expected, &last, Duration::from_secs(1800));
-    let (done, checks) = guarded(&mut ferry, &second_log, wait).await?;
+    let wait = wait_fingerprint(
+        &dst,
+        mode.target_fingerprint(),
+        &expected,
+        || gate(&dst, mode, &last),
+        Duration::from_secs(1800),
+    );
+    let (done, checks) = guarded(&mut Watch(&mut ferry, &second_log), wait).await?;
     let seconds = done.duration_since(started).as_secs_f64();
     let ferry_cpu_secs = ferry.cpu_seconds().unwrap_or(f64::NAN);
     let target_backends_cpu_secs = backends_cpu(&dst, "client backend").await?;
@@ -527,9 +531,13 @@ async fn bench_one(
         "  backlog applied in {seconds:.1}s ({:.0} rows/s; CPU s: ferry {ferry_cpu_secs:.1}, target backends {target_backends_cpu_secs:.1}, walsender {walsender_cpu_secs:.1}; {checks} fingerprint checks; seed snapshot {seed_snapshot_secs:.1}s)",
         changes as f64 / seconds,
     );
-    check_no_resnapshot(&second_log)?;
+    check_no_resnapshot(&second_log, "ferry", TABLES.len())?;
 
-    let lags = guarded(&mut ferry, &second_log, measure_lag(&source, &target, args)).await?;
+    let lags = guarded(
+        &mut Watch(&mut ferry, &second_log),
+        measure_lag(&source, &target, args),
+    )
+    .await?;
     let peak_rss_mb = ferry.peak_rss_mb();
     let lag_max_ms = lags.iter().copied().fold(f64::NAN, f64::max);
     eprintln!(
@@ -547,8 +555,14 @@ async fn bench_one(
         .await?
         .get(0);
     let last = last.context("no transfer")?.to_string();
-    let wait = wait_fingerprint(&dst, mode, &expected, &last, Duration::from_secs(120));
-    guarded(&mut ferry, &second_log, wait)
+    let wait = wait_fingerprint(
+        &dst,
+        mode.target_fingerprint(),
+        &expected,
+        || gate(&dst, mode, &last),
+        Duration::from_secs(120),
+    );
+    guarded(&mut Watch(&mut ferry, &second_log), wait)
         .await
         .context("the target does not match the source after the steady load")?;
     let dlq_rows: Option<i64> = dst
@@ -650,81 +664,28 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-/// Awaits `fut` while checking every 250 ms that ferry is alive; an error
-/// carries the tail of its log.
-async fn guarded<T>(
-    ferry: &mut FerryProcess,
-    log: &Path,
-    fut: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::pin!(fut);
-    loop {
-        tokio::select! {
-            r = &mut fut => {
-                return r.map_err(|e| e.context(format!("ferry's log (last lines):\n{}", tail(log, 30))))
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                if let Ok(Some(status)) = ferry.0.try_wait() {
-                    bail!("ferry exited with {status}:\n{}", tail(log, 30));
-                }
-            }
+/// The one ferry process of a run, and its log, as [`guarded`] watches
+/// them.
+struct Watch<'a>(&'a mut FerryProcess, &'a Path);
+
+impl Watched for Watch<'_> {
+    fn check(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.0 .0.try_wait() {
+            bail!("ferry exited with {status}:\n{}", tail(self.1, 30));
         }
+        Ok(())
+    }
+
+    fn tails(&self) -> String {
+        format!("ferry's log (last lines):\n{}", tail(self.1, 30))
     }
 }
 
-/// The restarted ferry must resume, not copy the tables again (that would
-/// be timed too).
-fn check_no_resnapshot(log: &Path) -> anyhow::Result<()> {
-    let loaded = log_events(log).into_iter().find(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("loaded") && m.contains("checkpoint"))
-    });
-    match loaded.as_ref().and_then(|e| e["snapshots_done"].as_u64()) {
-        Some(n) if n as usize >= TABLES.len() => Ok(()),
-        other => bail!(
-            "the restarted ferry found {other:?} completed snapshots (expected {}): it copied tables again inside the timed window",
-            TABLES.len()
-        ),
-    }
-}
-
-async fn fingerprint(c: &Client, sql: &str) -> anyhow::Result<String> {
-    Ok(c.query_one(sql, &[]).await?.get(0))
-}
-
-/// Waits until the target's fingerprint equals `expected`, polling the
-/// gate first; returns when it was seen and how many full comparisons it
-/// took.
-async fn wait_fingerprint(
-    dst: &Client,
-    mode: Mode,
-    expected: &str,
-    last_transfer: &str,
-    timeout: Duration,
-) -> anyhow::Result<(Instant, usize)> {
-    let deadline = Instant::now() + timeout;
-    let mut checks = 0;
-    let mut last_check: Option<Instant> = None;
-    let mut seen = String::new();
-    loop {
-        let gate = match dst.query_one(mode.gate(), &[&last_transfer]).await {
-            Ok(r) => r.get::<_, Option<bool>>(0).unwrap_or(false),
-            Err(_) => false,
-        };
-        if gate && last_check.is_none_or(|t| t.elapsed() >= FINGERPRINT_EVERY) {
-            last_check = Some(Instant::now());
-            checks += 1;
-            if let Ok(f) = fingerprint(dst, mode.target_fingerprint()).await {
-                if f == expected {
-                    return Ok((Instant::now(), checks));
-                }
-                seen = f;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the target did not match the source in {timeout:?}:\n  source {expected}\n  target {seen}");
-        }
-        tokio::time::sleep(GATE_EVERY).await;
+/// The gate of [`wait_fingerprint`]: the backlog's last transfer and the
+/// marker row are in the target.
+async fn gate(dst: &Client, mode: Mode, last_transfer: &str) -> bool {
+    match dst.query_one(mode.gate(), &[&last_transfer]).await {
+        Ok(r) => r.get::<_, Option<bool>>(0).unwrap_or(false),
+        Err(_) => false,
     }
 }
