@@ -124,7 +124,13 @@ pub(super) fn write_canonical_form(
                 }
                 "array" => {
                     out.push_str(r#"{"type":"array","items":"#);
-                    write_canonical_form(m.get("items").ok_or_else(bad)?, ns, defined, out, depth + 1)?;
+                    write_canonical_form(
+                        m.get("items").ok_or_else(bad)?,
+                        ns,
+                        defined,
+                        out,
+                        depth + 1,
+                    )?;
                     out.push('}');
                 }
                 "map" => {
