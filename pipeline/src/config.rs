@@ -294,6 +294,20 @@ pub struct PostgresSourceConfig {
     /// How often the confirmed position is reported to the server.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// libpq's `sslmode` (`disable`, `allow`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`); overrides the URL's. Default: the URL's,
+    /// else `prefer` (TLS when the server offers it), as libpq.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// PEM file of trusted CA certificates, or `system`.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM), for `cert` authentication.
+    #[serde(default)]
+    pub sslcert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub sslkey: Option<String>,
 }
 
 fn default_publication() -> String {
@@ -349,6 +363,20 @@ pub struct PostgresSinkConfig {
     /// schema of the same name.
     #[serde(default)]
     pub schema: Option<String>,
+    /// libpq's `sslmode` (`disable`, `allow`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`); overrides the URL's. Default: the URL's,
+    /// else `prefer` (TLS when the server offers it), as libpq.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// PEM file of trusted CA certificates, or `system`.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
+    /// Client certificate (PEM), for `cert` authentication.
+    #[serde(default)]
+    pub sslcert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub sslkey: Option<String>,
 }
 
 /// `[metrics]`
@@ -488,6 +516,7 @@ impl Config {
         match &self.source {
             SourceConfig::Postgres(s) => {
                 check_pg_url("source.url", s.url.expose())?;
+                check_sslmode("source.sslmode", s.sslmode.as_deref())?;
                 if s.tables.is_empty() {
                     return Err(cfg_err("source.tables", "name at least one table"));
                 }
@@ -576,6 +605,7 @@ impl Config {
         match &self.sink {
             SinkConfig::Postgres(s) => {
                 check_pg_url("sink.url", s.url.expose())?;
+                check_sslmode("sink.sslmode", s.sslmode.as_deref())?;
                 if let Some(schema) = &s.schema {
                     if schema.is_empty() {
                         return Err(cfg_err("sink.schema", "must not be empty"));
@@ -603,6 +633,22 @@ fn is_identifier(s: &str) -> bool {
         && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// libpq's `sslmode` values (the URL's own are checked where the URL is
+/// read, by the PostgreSQL connectors).
+fn check_sslmode(key: &str, mode: Option<&str>) -> Result<(), ConfigError> {
+    match mode {
+        None | Some("disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full") => {
+            Ok(())
+        }
+        Some(other) => Err(cfg_err(
+            key,
+            format!(
+                "{other:?} is not an sslmode (disable, allow, prefer, require, verify-ca, verify-full)"
+            ),
+        )),
+    }
 }
 
 fn check_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {

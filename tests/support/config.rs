@@ -22,6 +22,8 @@ pub struct ConfigBuilder<'a> {
     mappings: Option<String>,
     pipeline: Vec<String>,
     source: Vec<String>,
+    sink: Vec<String>,
+    source_url: Option<String>,
     partitions: Option<i32>,
 }
 
@@ -33,6 +35,8 @@ impl<'a> ConfigBuilder<'a> {
             mappings: None,
             pipeline: Vec::new(),
             source: Vec::new(),
+            sink: Vec::new(),
+            source_url: None,
             partitions: None,
         }
     }
@@ -72,6 +76,19 @@ impl<'a> ConfigBuilder<'a> {
         self
     }
 
+    /// A line of TOML appended verbatim to `[sink]`.
+    pub fn extra_sink(mut self, line: &str) -> Self {
+        self.sink.push(line.to_owned());
+        self
+    }
+
+    /// `source.url` instead of the source cluster's own URL for the pair's
+    /// database.
+    pub fn source_url(mut self, url: &str) -> Self {
+        self.source_url = Some(url.to_owned());
+        self
+    }
+
     /// Partitions per data topic on the Kafka bus (1 unless set). Panics in
     /// [`Self::build`] when the pair has no broker: the option would
     /// silently mean nothing.
@@ -106,8 +123,13 @@ heartbeat_secs = 1
 [sink]
 kind = "postgres"
 url = "{dst}"
+{sink_extra}
 "#,
-            src = self.pair.source.url(&self.pair.db),
+            src = self
+                .source_url
+                .clone()
+                .unwrap_or_else(|| self.pair.source.url(&self.pair.db)),
+            sink_extra = self.sink.join("\n"),
             dst = self.pair.target.url(&self.pair.db),
             tables = tables.join(", "),
             pipeline_extra = self.pipeline.join("\n"),

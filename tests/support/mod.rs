@@ -64,9 +64,15 @@ impl Pair {
     /// Starts both clusters (and the broker on the Kafka bus) and creates
     /// the test's database on each cluster.
     pub async fn start(prefix: &str) -> Pair {
+        Self::start_with(prefix, ClusterOptions::default(), ClusterOptions::default()).await
+    }
+
+    /// [`Pair::start`] with clusters of the given options (TLS, password
+    /// methods: [`ferry_testkit::Security`]).
+    pub async fn start_with(prefix: &str, source: ClusterOptions, target: ClusterOptions) -> Pair {
         let (source, target, kafka) = tokio::join!(
-            LocalCluster::start(ClusterOptions::default()),
-            LocalCluster::start(ClusterOptions::default()),
+            LocalCluster::start(source),
+            LocalCluster::start(target),
             start_kafka_for_bus()
         );
         let source = source.expect("start source PostgreSQL (see TEST-SERVICES in the README)");

@@ -104,6 +104,22 @@ pub struct SslKeys {
 }
 
 impl SslKeys {
+    /// The keys as a configuration section names them (`sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`).
+    pub fn new(
+        sslmode: Option<&str>,
+        sslrootcert: Option<&str>,
+        sslcert: Option<&str>,
+        sslkey: Option<&str>,
+    ) -> Self {
+        Self {
+            sslmode: sslmode.map(str::to_string),
+            sslrootcert: sslrootcert.map(str::to_string),
+            sslcert: sslcert.map(str::to_string),
+            sslkey: sslkey.map(str::to_string),
+        }
+    }
+
     /// Keys given outside the string (configuration keys) win over the
     /// string's own.
     pub fn overridden_by(mut self, other: &SslKeys) -> SslKeys {

@@ -10,4 +10,4 @@ pub mod conninfo;
 pub mod tls;
 
 pub use connect::{pg_error, PgConnInfo};
-pub use conninfo::{ConnInfoError, SslKeys, SslMode, TlsOptions, Verification};
+pub use conninfo::{ConnInfoError, Defaults, SslKeys, SslMode, TlsOptions, Verification};

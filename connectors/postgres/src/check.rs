@@ -5,8 +5,8 @@ use ferry_pipeline::config::PostgresSourceConfig;
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::prerequisite::Finding;
 
-use crate::config::database_of;
-use crate::connect::connect;
+use crate::config::conn_info;
+use crate::connect::connect_to;
 use crate::{catalog, slot};
 
 /// Checks the source: reachable, `wal_level = logical`, replication
@@ -15,7 +15,14 @@ use crate::{catalog, slot};
 /// cannot be reached at all.
 pub async fn source_findings(cfg: &PostgresSourceConfig) -> Vec<Finding> {
     let mut out = Vec::new();
-    let client = match connect(cfg.url.expose()).await {
+    let conn = match conn_info(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::fail("source reachable", e));
+            return out;
+        }
+    };
+    let client = match connect_to(&conn).await {
         Ok(c) => {
             out.push(Finding::pass("source reachable", "connected"));
             c
@@ -25,6 +32,18 @@ pub async fn source_findings(cfg: &PostgresSourceConfig) -> Vec<Finding> {
             return out;
         }
     };
+    // The replication session is opened exactly as `ferry run` opens it:
+    // pg_hba.conf has separate `replication` lines, and a password method
+    // or TLS rule that only they carry would otherwise pass here and stop
+    // the run after its snapshot.
+    let probed = match crate::config::replication_config(cfg, 0) {
+        Ok(repl) => crate::stream::probe(repl).await,
+        Err(e) => Err(e),
+    };
+    out.push(match probed {
+        Ok(()) => Finding::pass("replication connection", "authenticated (IDENTIFY_SYSTEM)"),
+        Err(e) => Finding::fail("replication connection", e.to_string()),
+    });
     match client.query_one("SHOW wal_level", &[]).await {
         Ok(r) => {
             let level: String = r.get(0);
@@ -132,7 +151,7 @@ pub async fn source_findings(cfg: &PostgresSourceConfig) -> Vec<Finding> {
         Err(e) => out.push(Finding::fail(subject, e.to_string())),
     }
     let subject = format!("slot {}", cfg.slot);
-    let database = database_of(cfg.url.expose()).unwrap_or_default();
+    let database = conn.database().unwrap_or_default();
     match slot::slot_info(&client, &cfg.slot).await {
         Ok(None) => out.push(Finding::pass(subject, "will be created (pgoutput)")),
         Ok(Some(info)) => match slot::slot_refusal(&cfg.slot, &info, &database) {

@@ -7,60 +7,45 @@
 
 use std::time::Duration;
 
+use ferry_pgconn::{PgConnInfo, SslKeys};
 use ferry_pipeline::config::PostgresSourceConfig;
 use ferry_pipeline::error::{PipelineError, Stage};
 use pgwire_replication::{Lsn, ReplicationConfig};
 
 use crate::stream;
 
-/// The replication connection's settings from the source URL.
+/// The source connection: `source.url` with the `source.ssl*` keys over
+/// the URL's own (libpq's rules, ferry-pgconn). The error names the key,
+/// never the URL (it holds secrets).
+pub fn conn_info(cfg: &PostgresSourceConfig) -> Result<PgConnInfo, String> {
+    let keys = SslKeys::new(
+        cfg.sslmode.as_deref(),
+        cfg.sslrootcert.as_deref(),
+        cfg.sslcert.as_deref(),
+        cfg.sslkey.as_deref(),
+    );
+    PgConnInfo::parse_with(cfg.url.expose(), &keys, &ferry_pgconn::Defaults::from_env())
+        .map_err(|e| format!("source.url: {e}"))
+}
+
+/// [`conn_info`] for the source's own use: a bad string stops the pipeline.
+pub fn source_conn(cfg: &PostgresSourceConfig) -> Result<PgConnInfo, PipelineError> {
+    conn_info(cfg).map_err(|e| PipelineError::fatal(Stage::Source, e))
+}
+
+/// The replication connection's settings: the same server, credentials and
+/// TLS rules as the query sessions.
 pub fn replication_config(
     cfg: &PostgresSourceConfig,
     start: u64,
 ) -> Result<ReplicationConfig, PipelineError> {
-    let pg: tokio_postgres::Config = cfg
-        .url
-        .expose()
-        .parse()
+    let repl = source_conn(cfg)?
+        .replication(&cfg.slot, &cfg.publication)
         .map_err(|e| PipelineError::fatal(Stage::Source, format!("source.url: {e}")))?;
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_string(),
-    };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let user = pg.get_user().unwrap_or("postgres").to_string();
-    let password = pg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let db = pg.get_dbname().unwrap_or(&user).to_string();
-    Ok(ReplicationConfig::new(
-        host,
-        user,
-        password,
-        db,
-        cfg.slot.clone(),
-        cfg.publication.clone(),
-    )
-    .with_port(port)
-    .with_start_lsn(Lsn(start))
-    .with_status_interval(stream::status_interval(cfg.status_interval_ms))
-    .with_wakeup_interval(Duration::from_secs(1))
-    .with_options(stream::REPLICATION_OPTIONS)
-    .with_application_name("ferry"))
-}
-
-/// Whether a PostgreSQL URL parses (host, port, options); no connection is
-/// made. The error says what is wrong, never the URL (it holds secrets).
-pub fn check_url(url: &str) -> Result<(), String> {
-    url.parse::<tokio_postgres::Config>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// The database the source URL names.
-pub fn database_of(url: &str) -> Option<String> {
-    let pg: tokio_postgres::Config = url.parse().ok()?;
-    pg.get_dbname().or(pg.get_user()).map(str::to_string)
+    Ok(repl
+        .with_start_lsn(Lsn(start))
+        .with_status_interval(stream::status_interval(cfg.status_interval_ms))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_options(stream::REPLICATION_OPTIONS)
+        .with_application_name("ferry"))
 }

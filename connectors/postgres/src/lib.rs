@@ -12,6 +12,6 @@ pub mod source;
 pub mod stream;
 pub mod text;
 
-pub use config::{check_url, database_of, replication_config};
-pub use connect::{connect, pg_err};
+pub use config::{conn_info, replication_config};
+pub use connect::{connect, connect_to, pg_err};
 pub use source::PostgresSource;

@@ -25,7 +25,9 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog::SourceTable;
-use crate::connect::{connect, pg_err};
+use ferry_pgconn::PgConnInfo;
+
+use crate::connect::{connect_to, pg_err};
 use crate::text::{decode_value, split_copy_text_row};
 
 /// Which transactions a snapshot saw: PostgreSQL's `pg_current_snapshot()`
@@ -96,13 +98,13 @@ pub const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET TimeZone = 'UTC'; \
 /// Copies `tables` into the bus, one exported snapshot for all of them.
 /// Returns each table's row count and the horizon to store.
 pub async fn copy_tables(
-    url: &str,
+    conn: &PgConnInfo,
     tables: &[SourceTable],
     bus: &BusSender,
     parallelism: usize,
     chunk_pages: u32,
 ) -> Result<Vec<(u64, Horizon)>, PipelineError> {
-    let coordinator = connect(url).await?;
+    let coordinator = connect_to(conn).await?;
     coordinator
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -145,7 +147,7 @@ pub async fn copy_tables(
         let copied = std::sync::atomic::AtomicU64::new(0);
         let chunks: Vec<_> = ranges
             .into_iter()
-            .map(|(from, to)| copy_chunk(url, &snapshot_id, t, from, to, bus, &copied))
+            .map(|(from, to)| copy_chunk(conn, &snapshot_id, t, from, to, bus, &copied))
             .collect();
         let work = futures_util::stream::iter(chunks)
             .buffer_unordered(parallelism.max(1))
@@ -186,7 +188,7 @@ pub async fn copy_tables(
 }
 
 async fn copy_chunk(
-    url: &str,
+    conn: &PgConnInfo,
     snapshot_id: &str,
     t: &SourceTable,
     from_page: u64,
@@ -194,7 +196,7 @@ async fn copy_chunk(
     bus: &BusSender,
     copied: &std::sync::atomic::AtomicU64,
 ) -> Result<(), PipelineError> {
-    let client: Client = connect(url).await?;
+    let client: Client = connect_to(conn).await?;
     client
         .batch_execute(&format!(
             "{SESSION_SETTINGS}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \

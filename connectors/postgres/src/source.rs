@@ -13,8 +13,10 @@ use ferry_pipeline::source::{Source, SourceContext};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use crate::config::{database_of, replication_config};
-use crate::connect::{connect, pg_err};
+use ferry_pgconn::PgConnInfo;
+
+use crate::config::{replication_config, source_conn};
+use crate::connect::{connect_to, pg_err};
 use crate::snapshot::{self, Horizon};
 use crate::{catalog, slot, stream};
 
@@ -46,6 +48,7 @@ impl PostgresSource {
         &self,
         ctx: &SourceContext,
         client: &Client,
+        conn: &PgConnInfo,
     ) -> Result<
         (
             HashMap<TableId, catalog::SourceTable>,
@@ -68,6 +71,10 @@ impl PostgresSource {
                 ),
             ));
         }
+        // Proven before a publication or slot exists: a replication session
+        // that cannot open (its own pg_hba.conf line, MD5, TLS rules) must
+        // not leave a slot behind that holds WAL on the source.
+        stream::probe(replication_config(&self.cfg, 0)?).await?;
         let described = catalog::describe_all(client, &self.tables).await?;
         let publication_is_new = slot::publication_tables(client, &self.cfg.publication)
             .await?
@@ -85,7 +92,7 @@ impl PostgresSource {
             self.cfg.create_publication,
         )
         .await?;
-        let database = database_of(self.cfg.url.expose()).unwrap_or_default();
+        let database = conn.database().unwrap_or_default();
         let has_progress =
             ctx.checkpoint.position.is_some() || !ctx.checkpoint.snapshots.is_empty();
         match slot::slot_info(client, &self.cfg.slot).await? {
@@ -148,7 +155,7 @@ impl PostgresSource {
             if !todo.is_empty() {
                 info!(tables = todo.len(), "initial snapshot starting");
                 let done = snapshot::copy_tables(
-                    self.cfg.url.expose(),
+                    conn,
                     &todo,
                     &ctx.bus,
                     self.cfg.snapshot_parallelism,
@@ -170,6 +177,7 @@ impl PostgresSource {
 
 impl Source for PostgresSource {
     async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
+        let conn = source_conn(&self.cfg)?;
         let mut backoff = retry_backoff(self.max_retry_delay);
         let mut prepared: Option<(
             HashMap<TableId, catalog::SourceTable>,
@@ -178,7 +186,7 @@ impl Source for PostgresSource {
         // Stopped with the source, even when the source is aborted.
         let _heartbeat = (self.cfg.heartbeat_secs > 0).then(|| {
             AbortOnDrop(vec![tokio::spawn(heartbeat(
-                self.cfg.url.expose().to_string(),
+                conn.clone(),
                 Duration::from_secs(self.cfg.heartbeat_secs),
                 ctx.shutdown.clone(),
             ))
@@ -189,9 +197,9 @@ impl Source for PostgresSource {
                 return Ok(());
             }
             let attempt = async {
-                let client = connect(self.cfg.url.expose()).await?;
+                let client = connect_to(&conn).await?;
                 if prepared.is_none() {
-                    prepared = Some(self.prepare(&ctx, &client).await?);
+                    prepared = Some(self.prepare(&ctx, &client, &conn).await?);
                 }
                 let (tables, horizons) = prepared.as_ref().expect("prepared above");
                 let start = slot::slot_info(&client, &self.cfg.slot)
@@ -232,7 +240,11 @@ impl Source for PostgresSource {
 /// Emits a non-transactional logical message now and then, so that a slot
 /// whose tables are idle still sees WAL of its own database and its
 /// confirmed position advances (Debezium's heartbeat.action.query).
-async fn heartbeat(url: String, every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn heartbeat(
+    conn: PgConnInfo,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut client: Option<Client> = None;
     loop {
         tokio::select! {
@@ -240,7 +252,7 @@ async fn heartbeat(url: String, every: Duration, mut shutdown: tokio::sync::watc
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = connect(&url).await.ok();
+            client = connect_to(&conn).await.ok();
         }
         if let Some(c) = &client {
             if let Err(e) = c

@@ -58,6 +58,8 @@ pub fn wire_err(context: &str, e: PgWireError) -> PipelineError {
             (class, code)
         }
         PgWireError::MessageTooLarge { .. } => (ErrorClass::Fatal, None),
+        // A certificate, a CA or a server without TLS: waiting fixes none.
+        PgWireError::Tls(_) => (ErrorClass::Fatal, None),
         _ => (ErrorClass::Transient, None),
     };
     let mut err = PipelineError::new(class, Stage::Source, format!("{context}: {text}"));
@@ -92,6 +94,25 @@ pub struct StreamSession<'a> {
     pub shutdown: &'a mut watch::Receiver<bool>,
 }
 
+/// Opens a replication session exactly as the stream does (same server,
+/// credentials and TLS), authenticates, runs IDENTIFY_SYSTEM and closes it.
+/// `ferry check` runs it, and the source runs it before it creates a slot,
+/// so a replication connection that cannot open (MD5 not offered, a
+/// `hostssl` rule, a `replication` line missing in pg_hba.conf) is found
+/// before anything is left behind on the server.
+pub async fn probe(repl: ReplicationConfig) -> Result<(), PipelineError> {
+    let context = format!(
+        "open a replication connection to {}:{}",
+        repl.host, repl.port
+    );
+    let mut client = ReplicationClient::connect_gated(repl)
+        .await
+        .map_err(|e| wire_err(&context, e))?;
+    let identified = client.identify_system().await;
+    client.stop();
+    identified.map(|_| ()).map_err(|e| wire_err(&context, e))
+}
+
 impl StreamSession<'_> {
     /// Streams until shutdown (`Ok`) or an error.
     pub async fn run(self) -> Result<(), PipelineError> {
@@ -104,9 +125,10 @@ impl StreamSession<'_> {
             acks,
             shutdown,
         } = self;
+        let context = format!("connect for replication to {}:{}", repl.host, repl.port);
         let mut client = ReplicationClient::connect(repl)
             .await
-            .map_err(|e| wire_err("connect for replication", e))?;
+            .map_err(|e| wire_err(&context, e))?;
         client
             .wait_started()
             .await

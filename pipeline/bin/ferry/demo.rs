@@ -76,11 +76,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             snapshot_parallelism: 2,
             heartbeat_secs: 10,
             status_interval_ms: 1000,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }),
         sink: SinkConfig::Postgres(PostgresSinkConfig {
             url: Secret::new(target.url("app")),
             create_tables: true,
             schema: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }),
         metrics: MetricsConfig::default(),
         kafka: None,
@@ -157,7 +165,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         }
     }
     println!("row-by-row comparison of source and target:");
-    let printed_equal = crate::compare_all(&source.url("app"), &target.url("app"), &pairs).await?;
+    let parse =
+        |url: String| ferry_pgconn::PgConnInfo::parse(&url).map_err(|e| anyhow::anyhow!("{e}"));
+    let printed_equal = crate::compare_all(
+        &parse(source.url("app"))?,
+        &parse(target.url("app"))?,
+        &pairs,
+    )
+    .await?;
     let _ = stop_tx.send(true);
     match pipeline.await {
         Ok(Err(e)) => anyhow::bail!("pipeline stopped: {e}"),

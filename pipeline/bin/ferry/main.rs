@@ -158,15 +158,18 @@ async fn load(path: &Path) -> Result<Config, u8> {
         eprintln!("invalid configuration {}: {e}", path.display());
         exit::CONFIG
     })?;
+    // Each error names its key (`source.url: …`), never the URL.
     let source = match &config.source {
-        SourceConfig::Postgres(s) => ferry_postgres_source::check_url(s.url.expose()),
-        SourceConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose()).await,
+        SourceConfig::Postgres(s) => ferry_postgres_source::conn_info(s).map(|_| ()),
+        SourceConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose())
+            .await
+            .map_err(|why| format!("source.url: {why}")),
     };
     let SinkConfig::Postgres(dst) = &config.sink;
-    let sink = ferry_postgres_source::check_url(dst.url.expose());
-    for (key, result) in [("source.url", source), ("sink.url", sink)] {
+    let sink = ferry_postgres_sink::config::conn_info(dst).map(|_| ());
+    for result in [source, sink] {
         if let Err(why) = result {
-            eprintln!("invalid configuration {}: {key}: {why}", path.display());
+            eprintln!("invalid configuration {}: {why}", path.display());
             return Err(exit::CONFIG);
         }
     }
@@ -428,7 +431,16 @@ async fn parity(path: &Path) -> u8 {
             (t, target)
         })
         .collect();
-    match compare_all(src.url.expose(), dst.url.expose(), &pairs).await {
+    let conns = ferry_postgres_source::conn_info(src)
+        .and_then(|s| ferry_postgres_sink::config::conn_info(dst).map(|t| (s, t)));
+    let (source_conn, target_conn) = match conns {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry parity: NOT VERIFIED: {e}");
+            return exit::UNVERIFIED;
+        }
+    };
+    match compare_all(&source_conn, &target_conn, &pairs).await {
         Ok(all_equal) => {
             if all_equal {
                 exit::OK
@@ -445,12 +457,13 @@ async fn parity(path: &Path) -> u8 {
 
 /// Prints one line per table; `Ok(true)` only when every table is equal.
 pub(crate) async fn compare_all(
-    source_url: &str,
-    target_url: &str,
+    source: &ferry_pgconn::PgConnInfo,
+    target: &ferry_pgconn::PgConnInfo,
     pairs: &[(TableId, TableId)],
 ) -> Result<bool, ferry_pipeline::error::PipelineError> {
-    let source = ferry_postgres_source::connect(source_url).await?;
-    let target = ferry_postgres_source::connect(target_url).await?;
+    use ferry_pipeline::error::Stage;
+    let source = source.connect(Stage::Source, "source").await?;
+    let target = target.connect(Stage::Sink, "target").await?;
     let mut all_equal = true;
     for (s, t) in pairs {
         let p = parity::compare(&source, &target, s, t).await?;

@@ -2,12 +2,11 @@
 //! present or creatable.
 
 use ferry_pipeline::config::PostgresSinkConfig;
+use ferry_pipeline::error::Stage;
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::prerequisite::Finding;
-use tokio_postgres::NoTls;
 
 use crate::config;
-use crate::error::pg_err;
 use crate::target;
 
 /// Checks the target for `ferry check`: reachable, and every table present
@@ -16,17 +15,13 @@ pub async fn target_findings(
     cfg: &PostgresSinkConfig,
     tables: &[TableId],
 ) -> Vec<ferry_pipeline::prerequisite::Finding> {
-    let client = match tokio_postgres::connect(cfg.url.expose(), NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            client
-        }
-        Err(e) => {
-            return vec![Finding::fail(
-                "target reachable",
-                pg_err("connect to target", e).to_string(),
-            )]
-        }
+    let connected = match config::target_conn(cfg) {
+        Ok(info) => info.connect(Stage::Sink, "target").await,
+        Err(e) => Err(e),
+    };
+    let client = match connected {
+        Ok(client) => client,
+        Err(e) => return vec![Finding::fail("target reachable", e.to_string())],
     };
     let mut out = vec![Finding::pass("target reachable", "connected")];
     for id in tables {

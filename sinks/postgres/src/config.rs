@@ -1,13 +1,33 @@
-//! What the `[sink]` section becomes for this sink, with no I/O: which
-//! target table a source table is written to.
+//! What the `[sink]` section becomes for this sink, with no I/O: the
+//! connection (URL plus `sink.ssl*` keys, read with libpq's rules by
+//! ferry-pgconn) and which target table a source table is written to.
 //!
 //! The TOML schema itself stays in `ferry_pipeline::config` (one
 //! `deny_unknown_fields` tree, so a bad key is refused with its full name);
-//! the connection is made from `sink.url` as it stands (tokio-postgres reads
-//! its own options from it), so there is no connection config to derive.
+//! this module only derives from the validated section.
 
+use ferry_pgconn::{PgConnInfo, SslKeys};
 use ferry_pipeline::config::PostgresSinkConfig;
+use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::TableId;
+
+/// The target connection: `sink.url` with the `sink.ssl*` keys over the
+/// URL's own. The error names the key and never the URL.
+pub fn conn_info(cfg: &PostgresSinkConfig) -> Result<PgConnInfo, String> {
+    let keys = SslKeys::new(
+        cfg.sslmode.as_deref(),
+        cfg.sslrootcert.as_deref(),
+        cfg.sslcert.as_deref(),
+        cfg.sslkey.as_deref(),
+    );
+    PgConnInfo::parse_with(cfg.url.expose(), &keys, &ferry_pgconn::Defaults::from_env())
+        .map_err(|e| format!("sink.url: {e}"))
+}
+
+/// [`conn_info`] for the sink's own use: a bad string stops the pipeline.
+pub(crate) fn target_conn(cfg: &PostgresSinkConfig) -> Result<PgConnInfo, PipelineError> {
+    conn_info(cfg).map_err(|e| PipelineError::fatal(Stage::Sink, e))
+}
 
 /// The target table a source table is written to: the same name, in
 /// `sink.schema` when one is set, else in the source's own schema.
@@ -28,6 +48,10 @@ mod tests {
             url: ferry_pipeline::config::Secret::new("postgres://x@h/db"),
             create_tables: true,
             schema: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         };
         let src = TableId::new("app", "orders");
         assert_eq!(target_id(&cfg, &src), src);

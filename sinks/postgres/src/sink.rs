@@ -19,7 +19,7 @@ use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::metrics::metrics;
 use ferry_pipeline::sink::Sink;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use crate::apply::{
@@ -105,14 +105,9 @@ impl PostgresSink {
             self.client = None;
         }
         if self.client.is_none() {
-            let (client, conn) = tokio_postgres::connect(self.cfg.url.expose(), NoTls)
-                .await
-                .map_err(|e| pg_err("connect to target", e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    warn!(error = %e, "target connection closed");
-                }
-            });
+            let client = config::target_conn(&self.cfg)?
+                .connect(Stage::Sink, "target")
+                .await?;
             // Several workers may start at once on an empty target, and
             // concurrent CREATE … IF NOT EXISTS race in the catalogs (23505
             // on pg_type): Ferry's DDL runs under one advisory lock.

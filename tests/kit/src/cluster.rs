@@ -33,6 +33,8 @@ use ferry_pipeline::event::quote_ident;
 use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
+use crate::security::{self, AuthMethod, Security, TestPki};
+
 /// How many times [`LocalCluster::start`] tries a fresh port when the server
 /// cannot bind the one it picked (only when no fixed port was requested).
 const PORT_ATTEMPTS: usize = 3;
@@ -72,6 +74,9 @@ pub struct ClusterOptions {
     /// when written. They override the built-in settings (except the port,
     /// which always comes from [`ClusterOptions::port`]).
     pub extra_settings: Vec<(String, String)>,
+    /// TLS and password authentication for TCP clients (test certificates
+    /// are generated); `None`: plaintext, `trust`.
+    pub security: Option<Security>,
 }
 
 /// A running (or stopped) private PostgreSQL server in a temporary
@@ -87,6 +92,8 @@ pub struct LocalCluster {
     log_file: PathBuf,
     bins: &'static Binaries,
     run_as: &'static RunAs,
+    security: Option<Security>,
+    pki: Option<TestPki>,
     /// Owns the whole directory; removed after [`Drop`] stopped the server.
     dir: TempDir,
 }
@@ -138,6 +145,8 @@ impl LocalCluster {
             log_file: dir.path().join("server.log"),
             bins,
             run_as,
+            security: opts.security.clone(),
+            pki: None,
             dir,
         };
 
@@ -158,6 +167,9 @@ impl LocalCluster {
         );
         run(initdb, "initdb").await?;
         cluster.append_config(&config)?;
+        if let Some(security) = &opts.security {
+            cluster.secure(security).await?;
+        }
 
         let mut attempt = 1;
         loop {
@@ -180,6 +192,16 @@ impl LocalCluster {
                 Err(StartError::PortInUse(err) | StartError::Other(err)) => return Err(err),
             }
         }
+        if cluster.security.is_some() {
+            let client = cluster.connect("postgres").await?;
+            client
+                .batch_execute(&format!(
+                    "ALTER ROLE postgres PASSWORD '{}'",
+                    security::PASSWORD
+                ))
+                .await
+                .context("setting the postgres password")?;
+        }
         tracing::debug!(
             port = cluster.port,
             dir = %cluster.dir.path().display(),
@@ -194,16 +216,46 @@ impl LocalCluster {
     }
 
     /// A connection URL for database `db`:
-    /// `postgres://postgres@127.0.0.1:PORT/db`.
+    /// `postgres://postgres@127.0.0.1:PORT/db`. On a secured cluster it
+    /// carries the password, and with TLS dials `localhost` (the name in
+    /// the server's certificate) with `sslmode=verify-full` against the
+    /// test CA (and the client certificate for `cert` authentication).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        let (Some(security), Some(pki)) = (&self.security, &self.pki) else {
+            return format!("postgres://postgres@127.0.0.1:{}/{db}", self.port);
+        };
+        let mut url = format!(
+            "postgres://postgres:{}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            security::PASSWORD,
+            self.port,
+            pki.ca_cert.display()
+        );
+        if security.auth == AuthMethod::Cert {
+            url.push_str(&format!(
+                "&sslcert={}&sslkey={}",
+                pki.client_cert.display(),
+                pki.client_key.display()
+            ));
+        }
+        url
     }
 
-    /// Connects to database `db` as `postgres` over TCP and spawns the
-    /// connection task on the current Tokio runtime.
+    /// The test certificates of a secured cluster.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
+    }
+
+    /// Connects to database `db` as `postgres` (over TCP; through the
+    /// trusted unix socket on a secured cluster) and spawns the connection
+    /// task on the current Tokio runtime.
     pub async fn connect(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
+        let mut config = tokio_postgres::Config::new();
+        if self.security.is_some() {
+            config.host_path(&self.sock_dir);
+        } else {
+            config.host("127.0.0.1");
+        }
+        let (client, connection) = config
             .port(self.port)
             .user("postgres")
             .dbname(db)
@@ -380,6 +432,50 @@ impl LocalCluster {
 
     fn pid_file(&self) -> PathBuf {
         self.data_dir.join("postmaster.pid")
+    }
+
+    /// Test certificates, `ssl = on`, the password method and pg_hba.conf
+    /// for `security`, written before the first start.
+    async fn secure(&mut self, security: &Security) -> anyhow::Result<()> {
+        let pki_dir = self.dir.path().join("pki");
+        std::fs::create_dir(&pki_dir).context("creating the pki directory")?;
+        let pki = TestPki::generate(&pki_dir)?;
+        let encryption = match security.auth {
+            AuthMethod::Md5 => "md5",
+            _ => "scram-sha-256",
+        };
+        let path = |p: &Path| p.to_str().map(str::to_owned).context("non-UTF-8 path");
+        let settings = render_settings(&[
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), path(&pki.server_cert)?),
+            ("ssl_key_file".into(), path(&pki.server_key)?),
+            ("ssl_ca_file".into(), path(&pki.ca_cert)?),
+            ("password_encryption".into(), encryption.into()),
+        ])?;
+        // Only the extra lines: the base settings are in the file already.
+        let extra: String = settings
+            .lines()
+            .skip(BASE_SETTINGS.len())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        self.append_config(&extra)?;
+        let hba = self.data_dir.join("pg_hba.conf");
+        std::fs::write(&hba, security::hba(security))
+            .with_context(|| format!("writing {}", hba.display()))?;
+        if matches!(self.run_as, RunAs::Postgres { .. }) {
+            let args = vec![
+                "-R".into(),
+                "postgres:postgres".into(),
+                pki_dir.clone().into_os_string(),
+                hba.into_os_string(),
+            ];
+            let (program, args) = without_core_dumps("chown", args);
+            let mut chown = tokio::process::Command::new(program);
+            chown.args(args).current_dir(self.dir.path());
+            run(chown, "chown the cluster's certificates").await?;
+        }
+        self.pki = Some(pki);
+        Ok(())
     }
 
     /// Appends the rendered settings to `postgresql.conf`.
@@ -739,6 +835,7 @@ mod tests {
         let mut cluster = LocalCluster::start(ClusterOptions {
             port: None,
             extra_settings: vec![("max_locks_per_transaction".into(), "128".into())],
+            security: None,
         })
         .await
         .expect("start a local cluster");
