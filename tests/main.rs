@@ -14,6 +14,7 @@ mod dlq;
 mod kafka;
 mod kafka_bus;
 mod mongo;
+mod operator;
 mod pg_security;
 mod schema;
 mod snapshot;

@@ -106,6 +106,9 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
 }
 
 /// An error with its class, stage and an operator hint.
+/// The code of [`PipelineError::stopped`].
+pub const STOPPED: &str = "ferry-stopped";
+
 #[derive(Debug, thiserror::Error)]
 pub struct PipelineError {
     pub class: ErrorClass,
@@ -140,6 +143,18 @@ impl PipelineError {
     pub fn fatal(stage: Stage, message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Fatal, stage, message)
     }
+    /// The pipeline was asked to stop while this stage waited to retry: a
+    /// clean stop (nothing half-applied: the retried work never committed),
+    /// which the caller reports as success, not as the error it retried.
+    pub fn stopped(stage: Stage) -> Self {
+        Self::new(ErrorClass::Transient, stage, "stopped while retrying").with_code(STOPPED)
+    }
+
+    /// Whether this is [`PipelineError::stopped`].
+    pub fn is_stop(&self) -> bool {
+        self.code.as_deref() == Some(STOPPED)
+    }
+
     pub fn transient(stage: Stage, message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, stage, message)
     }

@@ -270,7 +270,7 @@ pub async fn wait_retry(
     }
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
-        _ = shutdown.wait_for(|s| *s) => Err(PipelineError::transient(e.stage, "stopped while retrying")),
+        _ = shutdown.wait_for(|s| *s) => Err(PipelineError::stopped(e.stage)),
     }
 }
 

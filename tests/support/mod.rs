@@ -218,6 +218,16 @@ impl Ferry {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (through `kill`: the workspace forbids `unsafe`): the clean
+    /// stop an orchestrator asks for.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     /// The exit status if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")

@@ -4,6 +4,9 @@
 
 use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{parse_lsn, TableId};
+use std::time::Duration;
+
+use ferry_pgconn::PgConnInfo;
 use tokio_postgres::Client;
 
 use crate::connect::pg_err;
@@ -191,3 +194,68 @@ pub async fn ensure_publication(
         }
     }
 }
+
+/// How long the source waits for a slot that another session holds: the
+/// server's `wal_sender_timeout` (after which it ends a session whose
+/// client is gone) plus a margin; 60 s plus the margin when it cannot be
+/// read.
+pub async fn in_use_grace(conn: &PgConnInfo) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(10);
+    let timeout = async {
+        let client = crate::connect::connect_to(conn).await.ok()?;
+        let ms: String = client
+            .query_one(
+                "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        ms.parse::<u64>().ok().map(Duration::from_millis)
+    }
+    .await;
+    timeout.unwrap_or(Duration::from_secs(60)) + MARGIN
+}
+
+/// The error for a slot held by another session for longer than
+/// [`in_use_grace`]: who holds it, and what to do.
+pub async fn in_use_error(conn: &PgConnInfo, slot: &str) -> PipelineError {
+    let holder = async {
+        let client = crate::connect::connect_to(conn).await.ok()?;
+        let row = client
+            .query_opt(
+                "SELECT s.active_pid, a.client_addr::text, a.application_name, \
+                        a.backend_start::text \
+                 FROM pg_replication_slots s \
+                 LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid \
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ok()??;
+        let pid: Option<i32> = row.get(0);
+        let addr: Option<String> = row.get(1);
+        let app: Option<String> = row.get(2);
+        let since: Option<String> = row.get(3);
+        Some(format!(
+            "pid {}, client {}, application {:?}, since {}",
+            pid.map_or("?".into(), |p| p.to_string()),
+            addr.unwrap_or_else(|| "local".into()),
+            app.unwrap_or_default(),
+            since.unwrap_or_else(|| "?".into())
+        ))
+    }
+    .await;
+    PipelineError::fatal(
+        Stage::Source,
+        format!(
+            "replication slot {slot:?} is in use by another session ({}): another Ferry \
+             (or another consumer) is streaming this slot. Stop it, or give this pipeline its \
+             own source.slot",
+            holder.unwrap_or_else(|| "holder unknown".into())
+        ),
+    )
+    .with_code(SLOT_IN_USE_CODE)
+}
+
+const SLOT_IN_USE_CODE: &str = "55006";

@@ -20,6 +20,9 @@ use crate::connect::{connect_to, pg_err};
 use crate::snapshot::{self, Horizon};
 use crate::{catalog, slot, stream};
 
+/// SQLSTATE object_in_use: "replication slot … is active for PID …".
+const SLOT_IN_USE: &str = "55006";
+
 /// The PostgreSQL source.
 pub struct PostgresSource {
     cfg: PostgresSourceConfig,
@@ -179,6 +182,7 @@ impl Source for PostgresSource {
     async fn run(self, mut ctx: SourceContext) -> Result<(), PipelineError> {
         let conn = source_conn(&self.cfg)?;
         let mut backoff = retry_backoff(self.max_retry_delay);
+        let mut slot_busy_since: Option<std::time::Instant> = None;
         let mut prepared: Option<(
             HashMap<TableId, catalog::SourceTable>,
             HashMap<TableId, Horizon>,
@@ -222,7 +226,25 @@ impl Source for PostgresSource {
             .await;
             match attempt {
                 Ok(()) => return Ok(()),
+                // 55006: the slot is active for another walsender. Briefly
+                // normal after a crash (the old session has not noticed its
+                // client is gone); for longer than the server's own
+                // wal_sender_timeout it is a second Ferry on this slot.
+                Err(e) if e.code.as_deref() == Some(SLOT_IN_USE) => {
+                    let since = *slot_busy_since.get_or_insert_with(std::time::Instant::now);
+                    let grace = slot::in_use_grace(&conn).await;
+                    if since.elapsed() > grace {
+                        return Err(slot::in_use_error(&conn, &self.cfg.slot).await);
+                    }
+                    if wait_retry(&e, &mut backoff, ctx.shutdown.clone())
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.disposition() == Disposition::Retry => {
+                    slot_busy_since = None;
                     if wait_retry(&e, &mut backoff, ctx.shutdown.clone())
                         .await
                         .is_err()

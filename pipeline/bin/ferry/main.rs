@@ -241,6 +241,11 @@ async fn run(path: &Path, role: Role) -> u8 {
     };
     match run_pipeline(&config, role, shutdown_signal(), transformer).await {
         Ok(()) => exit::OK,
+        // SIGTERM while a stage waited to retry: a clean stop.
+        Err(e) if e.is_stop() => {
+            tracing::info!(stage = e.stage.as_str(), "stopped while retrying");
+            exit::OK
+        }
         Err(e) => {
             tracing::error!(error = %e, "pipeline stopped");
             eprintln!("ferry: {e}");

@@ -1,0 +1,81 @@
+//! Operator mistakes and orchestration, met plainly: a second Ferry on a
+//! slot that is in use, and SIGTERM while the pipeline retries.
+
+use std::time::Duration;
+
+use ferry_testkit::ClusterOptions;
+
+use crate::support::{wait_for, ConfigBuilder, Ferry, Pair};
+
+/// A second `ferry run` of the same pipeline finds the slot active for the
+/// first one: it stops with who holds the slot (after the server's own
+/// `wal_sender_timeout`, the time a crashed predecessor's session may
+/// linger), instead of retrying for ever; the first keeps streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_ferry_on_a_slot_in_use_stops_clearly() {
+    let source = ClusterOptions {
+        extra_settings: vec![("wal_sender_timeout".into(), "3s".into())],
+        ..ClusterOptions::default()
+    };
+    let pair = Pair::start_with("slot_busy", source, ClusterOptions::default()).await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
+    let mut first = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+    let mut second = Ferry::spawn(&config);
+    let status = second
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the second ferry kept retrying: {}", second.log_text()));
+    assert_eq!(status.code(), Some(3), "{}", second.log_text());
+    let log = second.log_text();
+    assert!(log.contains("is in use by another session"), "{log}");
+    assert!(log.contains("source.slot"), "{log}");
+    src.batch_execute("INSERT INTO items VALUES (1000, 'after')")
+        .await
+        .unwrap();
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+    assert!(first.exited().is_none(), "{}", first.log_text());
+}
+
+/// SIGTERM while the target is down and the sink retries: a clean stop,
+/// exit 0, promptly; the next run catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_retrying_exits_0() {
+    let mut pair = Pair::start("sigterm").await;
+    let src = pair.src().await;
+    src.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text);")
+        .await
+        .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+    pair.target.stop().await.unwrap();
+    src.batch_execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    wait_for(
+        "the sink retrying",
+        &ferry,
+        Duration::from_secs(60),
+        || async { ferry.log_text().contains("retrying") },
+    )
+    .await;
+    ferry.terminate();
+    let status = ferry
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no exit 20 s after SIGTERM: {}", ferry.log_text()));
+    assert_eq!(status.code(), Some(0), "{}", ferry.log_text());
+    pair.target.start_again().await.unwrap();
+    let _again = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+}
