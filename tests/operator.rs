@@ -79,3 +79,60 @@ async fn sigterm_while_retrying_exits_0() {
     pair.wait_equal(&["public.items"], Duration::from_secs(60))
         .await;
 }
+
+/// A target table dropped, or emptied, by hand while Ferry was stopped:
+/// the next start refuses (it would re-create it empty and stream on,
+/// short of every row copied before) and names `--recopy`, which copies
+/// it again while the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_target_table_is_refused_then_recopied() {
+    let pair = Pair::start("lost_table").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 129) g;",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+    ferry.kill9();
+    for (mistake, says) in [
+        ("DROP TABLE public.items", "does not exist"),
+        (
+            "TRUNCATE public.items",
+            "is empty while the source has rows",
+        ),
+    ] {
+        let dst = pair.dst().await;
+        if mistake.starts_with("TRUNCATE") {
+            // Put the table back first (as a recopy would) to empty it.
+            let mut again = Ferry::spawn_with(&config, &["--recopy", "public.items"]);
+            pair.wait_equal(&["public.items"], Duration::from_secs(60))
+                .await;
+            again.kill9();
+        }
+        dst.batch_execute(mistake).await.unwrap();
+        src.batch_execute("INSERT INTO items VALUES (1000 + (SELECT count(*) FROM items), 'x')")
+            .await
+            .unwrap();
+        let mut refused = Ferry::spawn(&config);
+        let status = refused
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "ferry streamed on after `{mistake}`: {}",
+                    refused.log_text()
+                )
+            });
+        assert_eq!(status.code(), Some(3), "{}", refused.log_text());
+        let log = refused.log_text();
+        assert!(log.contains(says), "{log}");
+        assert!(log.contains("--recopy public.items"), "{log}");
+    }
+    let _recopied = Ferry::spawn_with(&config, &["--recopy", "public.items"]);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+}

@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod mapping;
 mod parity;
+mod recopy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,6 +76,11 @@ enum Command {
         /// both in this process.
         #[arg(long, value_enum, default_value_t = Role::All)]
         role: Role,
+        /// Copy this source table again (`schema.table`; repeatable): its
+        /// target table is emptied and its snapshot forgotten, then copied
+        /// while the stream goes on. For a table dropped or emptied by hand.
+        #[arg(long, value_name = "TABLE")]
+        recopy: Vec<String>,
     },
     /// Check the configuration and the databases' prerequisites.
     Check {
@@ -117,7 +123,11 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Run { config, role } => run(&config, role).await,
+            Command::Run {
+                config,
+                role,
+                recopy,
+            } => run(&config, role, &recopy).await,
             Command::Check { config } => check(&config).await,
             Command::Parity { config } => parity(&config).await,
             Command::Demo(args) => demo::run(args).await,
@@ -200,7 +210,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn run(path: &Path, role: Role) -> u8 {
+async fn run(path: &Path, role: Role, recopy: &[String]) -> u8 {
     let config = match load(path).await {
         Ok(c) => c,
         Err(code) => return code,
@@ -217,6 +227,11 @@ async fn run(path: &Path, role: Role) -> u8 {
                 eprintln!("metrics.listen: {e}");
                 return exit::CONFIG;
             }
+        }
+    }
+    if role != Role::Source {
+        if let Err(code) = recopy::guard(&config, recopy).await {
+            return code;
         }
     }
     // The mapping is compiled against the live target before anything

@@ -39,3 +39,110 @@ pub async fn target_findings(
     }
     out
 }
+
+/// How a mirrored table went missing behind the pipeline's back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The target table does not exist.
+    Dropped,
+    /// The target table holds no row.
+    Emptied,
+}
+
+/// A table whose snapshot the target's checkpoint records but which the
+/// target no longer has (or holds nothing of): streaming on would
+/// re-create it empty, or keep it empty, and leave it short of every row
+/// copied before.
+#[derive(Debug, Clone)]
+pub struct LostTable {
+    pub source: TableId,
+    pub target: TableId,
+    /// Rows the recorded snapshot copied.
+    pub copied_rows: u64,
+    pub how: Lost,
+}
+
+/// The recorded snapshots of `pipeline` whose target tables are dropped or
+/// empty (`tables`: the source tables, mirrored one to one). An empty table
+/// is only suspicious: the caller decides with the source's side.
+pub async fn lost_tables(
+    cfg: &PostgresSinkConfig,
+    pipeline: &str,
+    tables: &[TableId],
+) -> Result<Vec<LostTable>, ferry_pipeline::error::PipelineError> {
+    let client = config::target_conn(cfg)?
+        .connect(Stage::Sink, "target")
+        .await?;
+    // A target that never ran this pipeline has no checkpoint tables.
+    let has_checkpoint: bool = client
+        .query_one(
+            "SELECT to_regclass('public.ferry_snapshot') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::error::pg_err("look for ferry_snapshot", e))?
+        .get(0);
+    if !has_checkpoint {
+        return Ok(Vec::new());
+    }
+    let snapshots = crate::checkpoint::load(&client, pipeline).await?.snapshots;
+    let mut lost = Vec::new();
+    for source in tables {
+        let Some(record) = snapshots.get(source) else {
+            continue;
+        };
+        let target = config::target_id(cfg, source);
+        let how = match target::describe(&client, &target).await? {
+            None => Lost::Dropped,
+            Some(_) => {
+                let any: bool = client
+                    .query_one(
+                        &format!("SELECT EXISTS (SELECT 1 FROM {})", target.quoted()),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| crate::error::pg_err("read a target table", e))?
+                    .get(0);
+                if any || record.rows == 0 {
+                    continue;
+                }
+                Lost::Emptied
+            }
+        };
+        lost.push(LostTable {
+            source: source.clone(),
+            target,
+            copied_rows: record.rows,
+            how,
+        });
+    }
+    Ok(lost)
+}
+
+/// `ferry run --recopy TABLE`: empties the target table (when it exists)
+/// and forgets its snapshot record in one transaction, so that the source
+/// copies it again on start (while the stream goes on for the others).
+pub async fn forget_snapshot(
+    cfg: &PostgresSinkConfig,
+    pipeline: &str,
+    source: &TableId,
+) -> Result<(), ferry_pipeline::error::PipelineError> {
+    let mut client = config::target_conn(cfg)?
+        .connect(Stage::Sink, "target")
+        .await?;
+    let target = config::target_id(cfg, source);
+    let exists = target::describe(&client, &target).await?.is_some();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| crate::error::pg_err("begin", e))?;
+    if exists {
+        tx.batch_execute(&format!("TRUNCATE {}", target.quoted()))
+            .await
+            .map_err(|e| crate::error::pg_err("empty the table to copy again", e))?;
+    }
+    crate::checkpoint::clear_snapshot(&tx, pipeline, source).await?;
+    tx.commit()
+        .await
+        .map_err(|e| crate::error::pg_err("commit", e))
+}
