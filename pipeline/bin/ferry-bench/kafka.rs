@@ -434,8 +434,10 @@ async fn bench_one(
         percentile(&lags, 0.99),
     );
     // The last run's logs beside the report, for looking into a result.
-    if let Some(out) = args.kafka_out.parent() {
-        let logs_dir = out.join("kafka-logs");
+    // Logs are large and not committed: under target/, not beside the
+    // report (docs/bench/, committed with the figures it backs).
+    {
+        let logs_dir = std::path::Path::new("target/bench-logs/kafka-logs");
         std::fs::create_dir_all(&logs_dir)?;
         for name in [
             "worker-1.log",

@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     steady_secs: u64,
     /// Where the JSON report goes.
-    #[arg(long, default_value = "bench-results/pg_to_pg.json")]
+    #[arg(long, default_value = "docs/bench/pg_to_pg.json")]
     out: PathBuf,
     /// Only run Ferry (skip the native peer).
     #[arg(long)]
@@ -83,7 +83,7 @@ struct Args {
     #[arg(long, value_parser = ["none", "lz4", "snappy", "gzip"])]
     kafka_compression: Option<String>,
     /// Where the JSON report of `--kafka` goes.
-    #[arg(long, default_value = "bench-results/kafka.json")]
+    #[arg(long, default_value = "docs/bench/kafka.json")]
     kafka_out: PathBuf,
     /// Instead of the peers: Ferry without a mapping (tables mirrored)
     /// against Ferry through a realistic mapping file (renamed columns, id
@@ -92,7 +92,7 @@ struct Args {
     #[arg(long)]
     mapping: bool,
     /// Where the JSON report of `--mapping` goes.
-    #[arg(long, default_value = "bench-results/mapping.json")]
+    #[arg(long, default_value = "docs/bench/mapping.json")]
     mapping_out: PathBuf,
     /// Rows per batch for `--shapes`.
     #[arg(long, default_value_t = 5000)]

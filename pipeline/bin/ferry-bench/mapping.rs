@@ -628,8 +628,10 @@ async fn bench_one(
     }
 
     // The last run's logs (and the mapping) beside the report.
-    if let Some(out) = args.mapping_out.parent() {
-        let logs_dir = out.join("mapping-logs");
+    // Logs are large and not committed: under target/, not beside the
+    // report (docs/bench/, committed with the figures it backs).
+    {
+        let logs_dir = std::path::Path::new("target/bench-logs/mapping-logs");
         std::fs::create_dir_all(&logs_dir)?;
         for (from, name) in [(&first_log, "ferry-1.log"), (&second_log, "ferry-2.log")] {
             let _ = std::fs::copy(from, logs_dir.join(format!("{}-{name}", mode.key())));
