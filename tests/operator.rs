@@ -136,3 +136,48 @@ async fn lost_target_table_is_refused_then_recopied() {
     pair.wait_equal(&["public.items"], Duration::from_secs(60))
         .await;
 }
+
+/// `source.tables` names as SQL reads quoted identifiers (a space and a dot
+/// inside quotes), and a name that does not resolve says which part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_table_names_and_which_part_is_missing() {
+    let pair = Pair::start("quoted").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        r#"CREATE SCHEMA "Sales Ops";
+           CREATE TABLE "Sales Ops"."Order Items" (id int PRIMARY KEY, "v.x" text);
+           INSERT INTO "Sales Ops"."Order Items" SELECT g, 'v' || g FROM generate_series(1, 50) g;"#,
+    )
+    .await
+    .unwrap();
+    let name = r#""Sales Ops"."Order Items""#;
+    let config = ConfigBuilder::new(&pair).tables(&[name]).build();
+    let (code, out) = crate::support::ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["Sales Ops.Order Items"], Duration::from_secs(60))
+        .await;
+    src.batch_execute(r#"UPDATE "Sales Ops"."Order Items" SET "v.x" = 'changed' WHERE id < 10"#)
+        .await
+        .unwrap();
+    pair.wait_equal(&["Sales Ops.Order Items"], Duration::from_secs(60))
+        .await;
+    assert!(ferry.exited().is_none(), "{}", ferry.log_text());
+    ferry.kill9();
+    for (wrong, says) in [
+        (
+            r#""Sales Op"."Order Items""#,
+            r#"schema "Sales Op" does not exist"#,
+        ),
+        (
+            r#""Sales Ops"."order items""#,
+            r#"no table "order items" in schema "Sales Ops" (there is "Order Items""#,
+        ),
+    ] {
+        let config = ConfigBuilder::new(&pair).tables(&[wrong]).build();
+        let (code, out) =
+            crate::support::ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+}

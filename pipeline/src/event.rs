@@ -22,17 +22,19 @@ impl TableId {
         }
     }
 
-    /// Parses `schema.table` or `table` (schema `public`).
+    /// Parses `schema.table` or `table` (schema `public`). A part may be
+    /// double-quoted as in SQL (`"Sales Ops"."Order Items"`: a dot inside
+    /// quotes is part of the name, `""` is a quote). Unquoted parts are
+    /// taken as written — PostgreSQL would fold them to lower case, but
+    /// MongoDB collection names (which share this syntax) are case
+    /// sensitive; for PostgreSQL the everyday lower-case names read the
+    /// same either way.
     pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.split('.');
-        let (a, b) = (parts.next()?, parts.next());
-        if parts.next().is_some() || a.is_empty() {
-            return None;
-        }
-        match b {
-            Some(b) if !b.is_empty() => Some(Self::new(a, b)),
-            Some(_) => None,
-            None => Some(Self::new("public", a)),
+        let parts = split_qualified(s)?;
+        match parts.as_slice() {
+            [name] => Some(Self::new("public", name.clone())),
+            [schema, name] => Some(Self::new(schema.clone(), name.clone())),
+            _ => None,
         }
     }
 
@@ -45,6 +47,49 @@ impl TableId {
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// `a.b` split at dots outside double quotes, quotes removed (`""` inside
+/// quotes is one `"`); `None` for an empty part or an unclosed quote.
+fn split_qualified(s: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut quoted_part = false;
+    let mut chars = s.chars().peekable();
+    loop {
+        match chars.next() {
+            Some('"') if part.is_empty() && !quoted_part => {
+                quoted_part = true;
+                loop {
+                    match chars.next()? {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        '"' => break,
+                        c => part.push(c),
+                    }
+                }
+                // A quoted part ends at a dot or the end.
+                if !matches!(chars.peek(), None | Some('.')) {
+                    return None;
+                }
+            }
+            end @ (Some('.') | None) => {
+                if part.is_empty() {
+                    return None;
+                }
+                parts.push(std::mem::take(&mut part));
+                quoted_part = false;
+                if end.is_none() {
+                    return Some(parts);
+                }
+            }
+            // A quote inside an unquoted part is not an identifier.
+            Some('"') => return None,
+            Some(c) => part.push(c),
+        }
     }
 }
 
@@ -305,4 +350,43 @@ pub enum BusMessage {
     EnsureTable {
         table: Arc<TableSchema>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableId;
+
+    #[test]
+    fn table_names_read_as_sql_reads_quoted_parts() {
+        assert_eq!(
+            TableId::parse("orders"),
+            Some(TableId::new("public", "orders"))
+        );
+        assert_eq!(
+            TableId::parse("app.orders"),
+            Some(TableId::new("app", "orders"))
+        );
+        assert_eq!(
+            TableId::parse(r#""Sales Ops"."Order Items""#),
+            Some(TableId::new("Sales Ops", "Order Items"))
+        );
+        assert_eq!(
+            TableId::parse(r#"app."a.b""#),
+            Some(TableId::new("app", "a.b"))
+        );
+        assert_eq!(
+            TableId::parse(r#""say ""hi""""#),
+            Some(TableId::new("public", r#"say "hi""#))
+        );
+        // Unquoted parts as written (MongoDB collections are case sensitive).
+        assert_eq!(
+            TableId::parse("shop.purchaseRequests"),
+            Some(TableId::new("shop", "purchaseRequests"))
+        );
+        for bad in [
+            "", ".", "a.", ".b", "a.b.c", r#""open"#, r#""a"b"#, r#"a"b""#, r#""""#,
+        ] {
+            assert_eq!(TableId::parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ferry_pipeline::error::{PipelineError, Stage};
-use ferry_pipeline::event::{Column, TableId, TableSchema};
+use ferry_pipeline::event::{quote_ident, Column, TableId, TableSchema};
 use tokio_postgres::Client;
 
 use crate::connect::pg_err;
@@ -162,6 +162,46 @@ pub fn refusal(t: &SourceTable) -> Option<String> {
     None
 }
 
+/// Which part of a table name that does not resolve is missing: the schema,
+/// or the table in an existing schema (with a near miss by case, since an
+/// unquoted name in `source.tables` is taken as written).
+pub async fn missing(client: &Client, id: &TableId) -> Result<String, PipelineError> {
+    let schema_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&id.schema],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read pg_namespace", e))?
+        .is_some();
+    if !schema_exists {
+        return Ok(format!(
+            "source table {}: schema {} does not exist",
+            id.quoted(),
+            quote_ident(&id.schema)
+        ));
+    }
+    let near: Option<String> = client
+        .query_opt(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND lower(c.relname) = lower($2) AND c.relkind IN ('r', 'p')
+              LIMIT 1",
+            &[&id.schema, &id.name],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read pg_class", e))?
+        .map(|r| r.get(0));
+    let hint = near.map_or(String::new(), |n| {
+        format!(" (there is {}: names are case sensitive)", quote_ident(&n))
+    });
+    Ok(format!(
+        "source table {}: no table {} in schema {}{hint}",
+        id.quoted(),
+        quote_ident(&id.name),
+        quote_ident(&id.schema)
+    ))
+}
+
 /// Describes every configured table, refusing missing or keyless ones.
 pub async fn describe_all(
     client: &Client,
@@ -169,9 +209,15 @@ pub async fn describe_all(
 ) -> Result<Vec<SourceTable>, PipelineError> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let t = describe(client, id).await?.ok_or_else(|| {
-            PipelineError::fatal(Stage::Source, format!("source table {id} does not exist"))
-        })?;
+        let t = match describe(client, id).await? {
+            Some(t) => t,
+            None => {
+                return Err(PipelineError::fatal(
+                    Stage::Source,
+                    missing(client, id).await?,
+                ))
+            }
+        };
         if let Some(why) = refusal(&t) {
             return Err(PipelineError::fatal(Stage::Source, why));
         }

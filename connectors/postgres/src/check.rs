@@ -97,7 +97,12 @@ pub async fn source_findings(cfg: &PostgresSourceConfig) -> Vec<Finding> {
     for id in &ids {
         let subject = format!("table {id}");
         match catalog::describe(&client, id).await {
-            Ok(None) => out.push(Finding::fail(subject, "does not exist")),
+            Ok(None) => out.push(Finding::fail(
+                subject,
+                catalog::missing(&client, id)
+                    .await
+                    .unwrap_or_else(|e| format!("does not exist ({e})")),
+            )),
             Ok(Some(t)) => match catalog::refusal(&t) {
                 Some(why) => out.push(Finding::fail(subject, why)),
                 None => {
