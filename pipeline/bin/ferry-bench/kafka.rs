@@ -438,7 +438,7 @@ async fn bench_one(
     // report (docs/bench/, committed with the figures it backs).
     {
         let logs_dir = std::path::Path::new("target/bench-logs/kafka-logs");
-        std::fs::create_dir_all(&logs_dir)?;
+        std::fs::create_dir_all(logs_dir)?;
         for name in [
             "worker-1.log",
             "worker-2.log",

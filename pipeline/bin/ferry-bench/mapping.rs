@@ -632,7 +632,7 @@ async fn bench_one(
     // report (docs/bench/, committed with the figures it backs).
     {
         let logs_dir = std::path::Path::new("target/bench-logs/mapping-logs");
-        std::fs::create_dir_all(&logs_dir)?;
+        std::fs::create_dir_all(logs_dir)?;
         for (from, name) in [(&first_log, "ferry-1.log"), (&second_log, "ferry-2.log")] {
             let _ = std::fs::copy(from, logs_dir.join(format!("{}-{name}", mode.key())));
         }
