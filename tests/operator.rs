@@ -181,3 +181,64 @@ async fn quoted_table_names_and_which_part_is_missing() {
         assert!(out.contains(says), "{out}");
     }
 }
+
+/// `sink.create_tables` with columns the stream cannot recreate (a domain,
+/// a composite type, a generated column): `ferry check` says so per column
+/// and `ferry run` refuses before copying anything; once the operator
+/// created the table, both go ahead and the target computes its own
+/// generated column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_the_sink_cannot_create_are_refused_up_front() {
+    let pair = Pair::start("create_refused").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+         CREATE TYPE address AS (street text, city text);
+         CREATE TABLE shops (id int PRIMARY KEY, stock positive, addr address,
+                             n int, twice int GENERATED ALWAYS AS (n * 2) STORED);
+         INSERT INTO shops (id, stock, addr, n) VALUES (1, 5, ROW('Main St', 'Oslo'), 4);",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.shops"]).build();
+    let (code, out) = crate::support::ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for says in [
+        r#"column "stock" has the domain type positive"#,
+        r#"column "addr" has the composite type address"#,
+        r#"column "twice" is generated"#,
+    ] {
+        assert!(out.contains(says), "{says}: {out}");
+    }
+    let mut refused = Ferry::spawn(&config);
+    let status = refused
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("ferry ran: {}", refused.log_text()));
+    assert_eq!(status.code(), Some(2), "{}", refused.log_text());
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 0,
+        "a slot was created for a pipeline that cannot run"
+    );
+    // The operator creates the types and the table (with its generated
+    // column): check and run go ahead.
+    pair.dst()
+        .await
+        .batch_execute(
+            "CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+             CREATE TYPE address AS (street text, city text);
+             CREATE TABLE shops (id int PRIMARY KEY, stock positive, addr address,
+                                 n int, twice int GENERATED ALWAYS AS (n * 2) STORED);",
+        )
+        .await
+        .unwrap();
+    let (code, out) = crate::support::ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let _ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.shops"], Duration::from_secs(60))
+        .await;
+}

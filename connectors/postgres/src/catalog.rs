@@ -225,3 +225,51 @@ pub async fn describe_all(
     }
     Ok(out)
 }
+
+/// What keeps the sink from creating `id`'s target table from the stream's
+/// columns (`sink.create_tables`): columns of a domain or composite type
+/// (the target has no such type, and the stream sends only their text) and
+/// generated columns (pgoutput never sends them, so a created table would
+/// silently lack them). One line per column; empty when nothing does.
+pub async fn creation_blockers(
+    client: &Client,
+    id: &TableId,
+) -> Result<Vec<String>, PipelineError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), b.typtype::text,
+                    a.attgenerated::text, pg_get_expr(d.adbin, d.adrelid)
+               FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_type t ON t.oid = a.atttypid
+               -- the element type of an array column
+               JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+                AND (b.typtype IN ('d', 'c') OR a.attgenerated <> '')
+              ORDER BY a.attnum",
+            &[&id.schema, &id.name],
+        )
+        .await
+        .map_err(|e| pg_err(Stage::Source, "read column types from catalog", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (col, ty, kind, generated): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            if !generated.is_empty() {
+                let expr: Option<String> = r.get(4);
+                format!(
+                    "column {} is generated (GENERATED ALWAYS AS ({}) STORED), which the stream never carries",
+                    quote_ident(&col),
+                    expr.unwrap_or_default()
+                )
+            } else if kind == "d" {
+                format!("column {} has the domain type {ty}", quote_ident(&col))
+            } else {
+                format!("column {} has the composite type {ty}", quote_ident(&col))
+            }
+        })
+        .collect())
+}

@@ -2,6 +2,7 @@
 //! concrete source and sink. Logic lives in the crates; this file only
 //! orchestrates.
 
+mod create_tables;
 mod demo;
 mod dlq;
 mod mapping;
@@ -233,6 +234,24 @@ async fn run(path: &Path, role: Role, recopy: &[String]) -> u8 {
         if let Err(code) = recopy::guard(&config, recopy).await {
             return code;
         }
+        // What `ferry check` refuses, refused before anything is copied; a
+        // target down at start is waited for by the pipeline instead.
+        match create_tables::findings(&config).await {
+            Ok(refused) if !refused.is_empty() => {
+                for f in &refused {
+                    eprintln!("ferry: {f}");
+                }
+                return exit::CONFIG;
+            }
+            Ok(_) => {}
+            Err(e) if e.disposition() == ferry_pipeline::error::Disposition::Retry => {
+                tracing::warn!(error = %e, "create_tables check skipped: a database is unreachable");
+            }
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                return exit::PIPELINE;
+            }
+        }
     }
     // The mapping is compiled against the live target before anything
     // runs (the source role does not transform).
@@ -395,6 +414,13 @@ async fn check(path: &Path) -> u8 {
         .filter(|t| !mapped.contains(t))
         .collect();
     findings.extend(ferry_postgres_sink::target_findings(dst, &unmapped).await);
+    match create_tables::findings(&config).await {
+        Ok(f) => findings.extend(f),
+        Err(e) => findings.push(ferry_pipeline::prerequisite::Finding::fail(
+            "tables to create",
+            e.to_string(),
+        )),
+    }
     if config.mappings.is_some() {
         use ferry_pipeline::prerequisite::Finding;
         match mapping::transformer(&config).await {

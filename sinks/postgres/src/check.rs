@@ -146,3 +146,27 @@ pub async fn forget_snapshot(
         .await
         .map_err(|e| crate::error::pg_err("commit", e))
 }
+
+/// The source tables whose target table does not exist and would be
+/// created by the sink (`sink.create_tables`).
+pub async fn tables_to_create(
+    cfg: &PostgresSinkConfig,
+    tables: &[TableId],
+) -> Result<Vec<TableId>, ferry_pipeline::error::PipelineError> {
+    if !cfg.create_tables {
+        return Ok(Vec::new());
+    }
+    let client = config::target_conn(cfg)?
+        .connect(Stage::Sink, "target")
+        .await?;
+    let mut out = Vec::new();
+    for id in tables {
+        if target::describe(&client, &config::target_id(cfg, id))
+            .await?
+            .is_none()
+        {
+            out.push(id.clone());
+        }
+    }
+    Ok(out)
+}
