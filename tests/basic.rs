@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{ConfigBuilder, Ferry, Pair};
+use crate::support::{http_get, metrics_addr, ConfigBuilder, Ferry, Pair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_stream() {
@@ -99,20 +99,7 @@ async fn metrics_endpoint() {
         .unwrap();
     pair.wait_equal(&["public.m"], Duration::from_secs(60))
         .await;
-    // The log names the bound address: `serving /metrics bound=127.0.0.1:N`.
-    let log = ferry.log_text();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .and_then(|l| l.split("bound=").nth(1))
-        .map(|s| {
-            s.split_whitespace()
-                .next()
-                .unwrap()
-                .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
-                .to_string()
-        })
-        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"));
+    let addr = metrics_addr(&ferry).await;
     let body = http_get(&addr, "/metrics");
     for needle in [
         "ferry_events_total{op=\"read\",stage=\"sink\",table=\"public.m\"} 50",
@@ -125,15 +112,6 @@ async fn metrics_endpoint() {
     ] {
         assert!(body.contains(needle), "missing {needle} in:\n{body}");
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The README's quickstart: `ferry demo` ends with an exact mirror.

@@ -242,3 +242,66 @@ async fn tables_the_sink_cannot_create_are_refused_up_front() {
     pair.wait_equal(&["public.shops"], Duration::from_secs(60))
         .await;
 }
+
+/// `ferry_replication_lag_bytes` keeps rising while the target is down
+/// (the bus is full and the stream stops reading, keepalives included: the
+/// figure used to freeze there), and falls back once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_bytes_keep_rising_while_the_target_is_down() {
+    let mut pair = Pair::start("lag_bytes").await;
+    let src = pair.src().await;
+    src.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text);")
+        .await
+        .unwrap();
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.items"])
+        .extra_pipeline("bus_capacity = 4")
+        .build();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
+    let ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+    let addr = crate::support::metrics_addr(&ferry).await;
+    let lag = || {
+        crate::support::http_get(&addr, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_replication_lag_bytes "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .expect("ferry_replication_lag_bytes in /metrics")
+    };
+    pair.target.stop().await.unwrap();
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        src.batch_execute(&format!(
+            "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series({0} * 2000 + 1, {0} * 2000 + 2000) g",
+            round
+        ))
+        .await
+        .unwrap();
+        let floor = seen.last().copied().unwrap_or(0);
+        wait_for(
+            "the lag to grow past the last reading",
+            &ferry,
+            Duration::from_secs(30),
+            || {
+                let now = lag();
+                std::future::ready(now > floor)
+            },
+        )
+        .await;
+        seen.push(lag());
+    }
+    pair.target.start_again().await.unwrap();
+    pair.wait_equal(&["public.items"], Duration::from_secs(90))
+        .await;
+    let high = *seen.last().unwrap();
+    wait_for(
+        "the lag to fall back",
+        &ferry,
+        Duration::from_secs(30),
+        || std::future::ready(lag() < high),
+    )
+    .await;
+}

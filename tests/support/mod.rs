@@ -302,3 +302,42 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `GET path` from `addr` over HTTP/1.0: the whole response, headers too.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The address a ferry serves /metrics on, from its log (`serving /metrics
+/// bound=127.0.0.1:N`), once it is there.
+pub async fn metrics_addr(ferry: &Ferry) -> String {
+    let mut addr = None;
+    wait_for(
+        "the metrics address in the log",
+        ferry,
+        Duration::from_secs(30),
+        || {
+            addr = ferry
+                .log_text()
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("bound=").nth(1))
+                .map(|a| {
+                    // The address, without the ANSI colour codes of a terminal log.
+                    a.split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+                        .to_string()
+                });
+            std::future::ready(addr.is_some())
+        },
+    )
+    .await;
+    addr.expect("found above")
+}

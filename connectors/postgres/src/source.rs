@@ -188,6 +188,12 @@ impl Source for PostgresSource {
             HashMap<TableId, Horizon>,
         )> = None;
         // Stopped with the source, even when the source is aborted.
+        let _slot_lag = AbortOnDrop(vec![tokio::spawn(slot_lag(
+            conn.clone(),
+            self.cfg.slot.clone(),
+            ctx.shutdown.clone(),
+        ))
+        .abort_handle()]);
         let _heartbeat = (self.cfg.heartbeat_secs > 0).then(|| {
             AbortOnDrop(vec![tokio::spawn(heartbeat(
                 conn.clone(),
@@ -255,6 +261,53 @@ impl Source for PostgresSource {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// How often the slot's retained WAL is measured.
+const SLOT_LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Measures the WAL the slot retains (the server's end minus the slot's
+/// confirmed position) on its own session, so that the lag keeps rising
+/// while the stream is held up (a target that is down fills the bus and
+/// the stream stops reading, keepalives included).
+async fn slot_lag(
+    conn: PgConnInfo,
+    slot: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect_to(&conn).await.ok();
+        }
+        if let Some(c) = &client {
+            match c
+                .query_opt(
+                    "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+                     FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+            {
+                Ok(Some(row)) => {
+                    if let Some(bytes) = row.get::<_, Option<i64>>(0) {
+                        ferry_pipeline::metrics::metrics()
+                            .lag_bytes
+                            .set(bytes.max(0));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "slot lag query failed");
+                    client = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SLOT_LAG_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }

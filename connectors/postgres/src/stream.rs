@@ -198,9 +198,9 @@ impl StreamSession<'_> {
                     .await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    metrics()
-                        .lag_bytes
-                        .set(wal_end.0.saturating_sub(last_ack) as i64);
+                    // ferry_replication_lag_bytes comes from the slot itself
+                    // (source.rs `slot_lag`), which also moves while this
+                    // loop is held up.
                     if tx.is_none() {
                         bus.send(BusMessage::Idle {
                             ack: SourceAck(wal_end.0),
