@@ -91,6 +91,16 @@ fn widen(xid: u32, reference: u64) -> u64 {
     }
 }
 
+/// Percent of a table copied, from rows copied and an estimate of its rows:
+/// at most 99 while the copy runs (the estimate is `reltuples`, which can
+/// be stale or absent), 100 only once the copy is done.
+fn progress_percent(rows: u64, estimate: u64) -> u64 {
+    (rows.saturating_mul(100))
+        .checked_div(estimate)
+        .unwrap_or(0)
+        .min(99)
+}
+
 /// Settings that make every value's text exact and stable.
 pub const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET TimeZone = 'UTC'; \
      SET IntervalStyle = postgres; SET extra_float_digits = 1; SET bytea_output = hex";
@@ -162,7 +172,14 @@ pub async fn copy_tables(
                 r = &mut work => break r,
                 _ = tick.tick() => {
                     let rows = copied.load(std::sync::atomic::Ordering::Relaxed);
-                    let percent = (rows * 100).checked_div(estimate).unwrap_or(0).min(100);
+                    let estimate = estimate.max(rows);
+                    // A stale reltuples must not read as done: the gauge
+                    // follows what was copied, never below it.
+                    metrics()
+                        .snapshot_estimate
+                        .with_label_values(&[&name])
+                        .set(i64::try_from(estimate).unwrap_or(i64::MAX));
+                    let percent = progress_percent(rows, estimate);
                     info!(table = %name, rows, estimate, percent, "snapshot progress");
                 }
             }
@@ -292,6 +309,17 @@ fn decode_row(t: &SourceTable, line: &[u8]) -> Result<Vec<Datum>, PipelineError>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn progress_never_claims_done_while_copying() {
+        use super::progress_percent;
+        assert_eq!(progress_percent(0, 0), 0);
+        assert_eq!(progress_percent(50, 100), 50);
+        // reltuples stale (or -1 → 0): more rows than the estimate.
+        assert_eq!(progress_percent(500, 100), 99);
+        assert_eq!(progress_percent(100, 100), 99);
+        assert_eq!(progress_percent(u64::MAX, 1), 99);
+    }
+
     use super::*;
 
     #[test]
