@@ -207,11 +207,12 @@ async fn run(path: &Path, role: Role) -> u8 {
         return exit::CONFIG;
     }
     tracing::info!(?role, version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
-    if let Some(addr) = config.metrics.listen {
-        match ferry_pipeline::metrics::serve(addr) {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
+    if let Some(endpoint) = config.metrics.endpoint() {
+        let https = endpoint.tls.is_some();
+        match ferry_pipeline::metrics::endpoint::serve(endpoint).await {
+            Ok(bound) => tracing::info!(%bound, https, "serving /metrics"),
             Err(e) => {
-                eprintln!("metrics.listen: {e}");
+                eprintln!("[metrics]: {e}");
                 return exit::CONFIG;
             }
         }
