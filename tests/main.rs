@@ -14,6 +14,7 @@ mod dlq;
 mod kafka;
 mod kafka_bus;
 mod mongo;
+mod mongo_tls;
 mod schema;
 mod snapshot;
 mod transform;

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod config;
 pub mod kafka;
 pub mod mongo;

@@ -373,6 +373,11 @@ async fn check(path: &Path) -> u8 {
         .filter(|t| !mapped.contains(t))
         .collect();
     findings.extend(ferry_postgres_sink::target_findings(dst, &unmapped).await);
+    #[cfg(feature = "kafka")]
+    if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
+        let topics = kafka::check::used_topics(k, &tables(&config));
+        findings.extend(kafka::check::findings(k, &topics).await);
+    }
     if config.mappings.is_some() {
         use ferry_pipeline::prerequisite::Finding;
         match mapping::transformer(&config).await {
