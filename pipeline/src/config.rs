@@ -275,7 +275,7 @@ pub struct MongoSourceConfig {
     /// `mongodb+srv://user:…@cluster.example.com/` (hosts and options from
     /// DNS SRV/TXT records). TLS options ride on the URL as the driver
     /// reads them: `tls=true`, `tlsCAFile`, `tlsCertificateKeyFile`,
-    /// `tlsCertificateKeyFilePassword`, `tlsAllowInvalidHostnames`.
+    /// `tlsAllowInvalidCertificates` (tests only).
     pub url: Secret,
     pub database: String,
     /// Collections to mirror; empty or absent mirrors every collection.

@@ -20,7 +20,7 @@ pub struct TestCa {
     pub client_pem: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[String]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -37,63 +37,39 @@ impl TestCa {
     /// Makes a CA and its certificates in `dir` (about a second: three
     /// RSA keys).
     pub fn new(dir: &Path) -> TestCa {
+        let args = |line: &str| line.split(' ').map(str::to_string).collect::<Vec<_>>();
         openssl(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=ferry-test-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ],
+            &args("req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ferry-test-ca -keyout ca.key -out ca.crt"),
         );
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("write server.ext");
+        // Both X.509 v3 (extensions make them so): webpki, which rustls
+        // uses, refuses a v1 certificate, the client's own included.
         for (name, cn, ext) in [
-            ("server", "localhost", Some("server.ext")),
-            ("client", "ferry", None),
+            (
+                "server",
+                "localhost",
+                "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            ),
+            (
+                "client",
+                "ferry",
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            ),
         ] {
-            let key = format!("{name}.key");
-            let csr = format!("{name}.csr");
-            let crt = format!("{name}.crt");
-            let subj = format!("/CN={cn}");
+            std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write the extensions");
             openssl(
                 dir,
-                &[
-                    "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout", &key,
-                    "-out", &csr,
-                ],
+                &args(&format!(
+                    "req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"
+                )),
             );
-            let mut args = vec![
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &crt,
-            ];
-            if let Some(ext) = ext {
-                args.extend(["-extfile", ext]);
-            }
-            openssl(dir, &args);
+            openssl(
+                dir,
+                &args(&format!(
+                    "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                     -extfile {name}.ext -out {name}.crt"
+                )),
+            );
         }
         let client_pem = dir.join("client.pem");
         let mut pem = std::fs::read(dir.join("client.crt")).expect("client.crt");
