@@ -9,9 +9,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
 
 use super::{admin_config, blocking, librdkafka_build, LogContext};
 use crate::config::KafkaConfig;
@@ -20,26 +20,49 @@ use crate::prerequisite::Finding;
 /// How long the brokers may take to answer the metadata request.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Keeps librdkafka's error reports (they name the broker and the cause:
-/// `sasl_ssl://b1:9093/bootstrap: SASL authentication error: …`), which
-/// a failed request's own error (`all brokers down`) does not.
+/// Keeps librdkafka's reports of failed connections (they name the broker
+/// and the cause: `sasl_ssl://b1:9093/bootstrap: SSL handshake failed: …`),
+/// which a failed request's own error (`broker transport failure`) does
+/// not. They come as log lines (delivered from librdkafka's threads) and,
+/// when the client is polled, as errors.
 #[derive(Default)]
 struct Reports(Mutex<Vec<String>>);
 
+impl Reports {
+    fn keep(&self, line: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // The same failure repeats on every reconnect.
+        if !seen.iter().any(|s| s == line) && seen.len() < 4 {
+            seen.push(line.to_string());
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().map(|r| r.join("; ")).unwrap_or_default()
+    }
+}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
 impl ClientContext for Reports {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        // Connection failures (facility FAIL) are errors; warnings are
+        // advice (CONFWARN) that would hide them.
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.keep(msg);
+        }
         LogContext.log(level, fac, msg);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let line = if reason.is_empty() {
-            error.to_string()
+        if reason.is_empty() {
+            self.keep(&error.to_string());
         } else {
-            reason.to_string()
-        };
-        if !seen.contains(&line) && seen.len() < 5 {
-            seen.push(line);
+            self.keep(reason);
         }
     }
 }
@@ -71,7 +94,10 @@ pub async fn findings(k: &KafkaConfig, topics: &[String]) -> Vec<Finding> {
         "kafka client",
         format!("librdkafka {version} ({features}); security.protocol = {protocol}"),
     ));
-    let admin: AdminClient<Reports> = match admin_config(k).create_with_context(Reports::default())
+    // The admin clients' settings, on the kind of handle librdkafka's admin
+    // clients are (a producer's), which unlike rdkafka's AdminClient can
+    // be polled for librdkafka's reports. Nothing is produced.
+    let admin: BaseProducer<Reports> = match admin_config(k).create_with_context(Reports::default())
     {
         Ok(a) => a,
         Err(e) => {
@@ -84,23 +110,38 @@ pub async fn findings(k: &KafkaConfig, topics: &[String]) -> Vec<Finding> {
             return out;
         }
     };
-    let metadata = blocking(|| admin.inner().fetch_metadata(None, METADATA_TIMEOUT));
+    // Asked again every 2 s until an answer, a reported failure (a TLS or
+    // SASL error will not go away by waiting), or the timeout.
+    let started = std::time::Instant::now();
+    let metadata = loop {
+        let md = blocking(|| {
+            admin
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2).min(METADATA_TIMEOUT))
+        });
+        admin.poll(Duration::ZERO);
+        let reported = !admin.context().text().is_empty();
+        if md.is_ok() || reported || started.elapsed() >= METADATA_TIMEOUT {
+            break md;
+        }
+    };
     let md = match metadata {
         Ok(md) => md,
         Err(e) => {
-            let reports = admin.inner().context().0.lock().map(|r| r.join("; "));
-            let reports = reports.unwrap_or_default();
+            let reports = admin.context().text();
             let why = if reports.is_empty() {
-                e.to_string()
+                // A TLS client facing a plaintext listener (or the other way
+                // round) often hears nothing back.
+                format!("{e} (does the listener speak {protocol}?)")
             } else {
                 format!("{e}: {reports}")
             };
             out.push(Finding::fail(
                 "kafka brokers",
                 format!(
-                    "no answer from {} over {protocol} within {}s: {why}",
+                    "no answer from {} over {protocol} in {:.0?}: {why}",
                     k.brokers,
-                    METADATA_TIMEOUT.as_secs()
+                    started.elapsed()
                 ),
             ));
             return out;
@@ -123,7 +164,7 @@ pub async fn findings(k: &KafkaConfig, topics: &[String]) -> Vec<Finding> {
         let subject = format!("kafka topic {name}");
         // One request per topic: a cluster-wide listing leaves out the
         // topics the principal may not describe, where this one names them.
-        let md = match blocking(|| admin.inner().fetch_metadata(Some(name), METADATA_TIMEOUT)) {
+        let md = match blocking(|| admin.client().fetch_metadata(Some(name), METADATA_TIMEOUT)) {
             Ok(md) => md,
             Err(e) => {
                 out.push(Finding::fail(subject, e.to_string()));
