@@ -376,7 +376,7 @@ async fn check(path: &Path) -> u8 {
     #[cfg(feature = "kafka")]
     if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
         let topics = kafka::check::used_topics(k, &tables(&config));
-        findings.extend(kafka::check::findings(k, &topics).await);
+        findings.extend(kafka::check::findings(k, &topics));
     }
     if config.mappings.is_some() {
         use ferry_pipeline::prerequisite::Finding;

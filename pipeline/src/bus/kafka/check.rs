@@ -82,7 +82,7 @@ pub fn used_topics(k: &KafkaConfig, tables: &[crate::event::TableId]) -> Vec<Str
 
 /// The findings for `[kafka]` and the `topics` Ferry will produce to or
 /// consume from (its own topics included).
-pub async fn findings(k: &KafkaConfig, topics: &[String]) -> Vec<Finding> {
+pub fn findings(k: &KafkaConfig, topics: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     let (version, features) = librdkafka_build();
     let protocol = k
