@@ -330,9 +330,11 @@ mod tests {
         assert_eq!(get(addr, "/metrics", None).await, Some(200));
         // Room for the server's own sockets (at most 32 held, one being
         // refused) and the test harness.
+        // tests/run.sh raises the limit to 20,000; under a default limit
+        // (1,024) the flood is smaller, still 20 times the slots.
         let n = 10_000.min(fd_limit().saturating_sub(256));
         assert!(
-            n >= 2_000,
+            n >= 640,
             "fd limit {} too low for this test: run it through tests/run.sh (ulimit -n)",
             fd_limit()
         );
