@@ -15,6 +15,7 @@ mod kafka;
 mod kafka_bus;
 mod metrics_endpoint;
 mod mongo;
+mod mongo_srv;
 mod mongo_tls;
 mod schema;
 mod snapshot;
