@@ -224,6 +224,36 @@ fn assert_mongo_url_rejected(dir: &Path, name: &str, url: &str, var: &str, secre
     }
 }
 
+/// A TOML syntax error on a line that holds a password: exit 2 with the
+/// line and column, never the line itself; a `${file:…}` secret that cannot
+/// be read names the key and the file.
+#[test]
+fn a_syntax_error_never_prints_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let src = format!("postgres://postgres@127.0.0.1:{port}/a");
+    // A stray word after the string: the line is not TOML.
+    let dst = format!("postgres://ferry:Hunter2-literal@127.0.0.1:{port}/b\" stray \"");
+    let path = write(dir.path(), "syntax.toml", &config_text(&src, &dst, "", ""));
+    let (code, out) = ferry_cmd(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("TOML syntax error at line"), "{out}");
+    assert!(!out.contains("Hunter2"), "{out}");
+    let text = config_text(
+        &src,
+        "postgres://ferry:${file:/nonexistent/ferry-secret}@h/b",
+        "",
+        "",
+    );
+    let path = write(dir.path(), "file-secret.toml", &text);
+    let (code, out) = ferry_cmd(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("sink.url: cannot read secret file /nonexistent/ferry-secret"),
+        "{out}"
+    );
+}
+
 /// A MongoDB source whose URL is not a MongoDB URL: exit 2 naming
 /// `source.url`.
 #[test]

@@ -180,3 +180,105 @@ url = "postgres://postgres@127.0.0.1:5433/b"
     assert_eq!(config.pipeline.bus, BusKind::Embedded);
     assert!(kafka_toml(9092, "p", 1).contains("topic_prefix = \"p\""));
 }
+
+/// `ferry check` on the Kafka bus passes against a plain broker: the
+/// brokers answer Ferry's admin client, the topics it will use are listed,
+/// and the binary's librdkafka speaks TLS and SASL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_against_a_plain_broker() {
+    let mut pair = crate::support::Pair::start("kcheck").await;
+    if pair.kafka.is_none() {
+        pair.kafka = Some(
+            tokio::task::spawn_blocking(KafkaBroker::start)
+                .await
+                .expect("broker"),
+        );
+    }
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let config = crate::support::ConfigBuilder::new(&pair)
+        .tables(&["public.items"])
+        .build();
+    let (code, out) = crate::support::ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let client = out
+        .lines()
+        .find(|l| l.starts_with("[ ok ] kafka client: librdkafka"))
+        .unwrap_or_else(|| panic!("no kafka client line:\n{out}"));
+    for feature in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+        assert!(
+            client.split([' ', ',', '(', ')']).any(|w| w == feature),
+            "{feature} missing: {client}"
+        );
+    }
+    let port = pair.kafka.as_ref().unwrap().port;
+    for line in [
+        format!("[ ok ] kafka brokers: 127.0.0.1:{port} answered over plaintext"),
+        "[ ok ] kafka topic ".to_string(),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&line)),
+            "missing {line:?}:\n{out}"
+        );
+    }
+    assert!(out.contains(".public.items: "), "{out}");
+}
+
+/// The admin client reaches the brokers with the user's `[kafka.client]`
+/// security: configured for SASL against a plaintext listener, `ferry
+/// check` fails with a finding that names the broker and the broker's own
+/// answer to the SASL handshake (so the handshake was sent), and never
+/// prints the SASL password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_clearly_when_the_broker_does_not_speak_the_configured_security() {
+    let broker = tokio::task::spawn_blocking(KafkaBroker::start)
+        .await
+        .expect("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#"
+[pipeline]
+name = "sec"
+
+[source]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:1/a"
+tables = ["public.items"]
+
+[sink]
+kind = "postgres"
+url = "postgres://postgres@127.0.0.1:1/b"
+"#;
+    let text = format!(
+        "{}client = {{ \"security.protocol\" = \"SASL_PLAINTEXT\", \"sasl.mechanism\" = \"PLAIN\", \
+         \"sasl.username\" = \"ferry\", \"sasl.password\" = \"hunter2-kafka\" }}\n",
+        with_kafka_bus(base, broker.port, "sec", 1)
+    );
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    let started = Instant::now();
+    let (code, out) = crate::support::ferry_cmd(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("[FAIL] kafka brokers"))
+        .unwrap_or_else(|| panic!("no failed kafka brokers finding:\n{out}"));
+    assert!(
+        line.contains(&format!("127.0.0.1:{}", broker.port)),
+        "{line}"
+    );
+    assert!(line.contains("over sasl_plaintext"), "{line}");
+    assert!(
+        line.contains("SASL PLAIN mechanism handshake failed"),
+        "{line}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+    // The broker's answer ends the wait (no 10 s timeout).
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

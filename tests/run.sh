@@ -21,6 +21,23 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# librdkafka (the Kafka bus) is built with TLS, which links the system
+# OpenSSL: its headers are needed to build. The tests that make
+# certificates (TLS test servers) run the openssl command.
+need_ssl() {
+  dpkg -s libssl-dev >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1
+}
+if ! need_ssl; then
+  echo "tests/run.sh: installing libssl-dev, openssl and pkg-config" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libssl-dev openssl pkg-config
+fi
+
+# The metrics endpoint's test opens 10,000 idle connections to it (both
+# ends in the test process): raise the open-files limit as far as allowed.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 # The MongoDB source's end-to-end tests run against SecantusDB, a
 # MongoDB-wire-protocol server from PyPI (no mongod can be installed here),
 # in a venv of the project's own. tests/support/mongo.rs looks for it there.

@@ -1,9 +1,12 @@
-//! Configuration: TOML with unknown keys refused, `${ENV}` interpolation for
-//! secrets, and a pure [`Config::validate`] whose errors name the key.
+//! Configuration: TOML with unknown keys refused, `${ENV}` and
+//! `${file:/path}` interpolation for secrets, and a pure
+//! [`Config::validate`] whose errors name the key.
 //!
 //! Loading is layered as in Vector: parse → interpolate → deserialize
 //! (`deny_unknown_fields`) → validate (no I/O). Connections are made later,
-//! by `ferry check` and `ferry run`.
+//! by `ferry check` and `ferry run`. No error of these steps quotes the
+//! file: a syntax error gives the line and column, never the line itself
+//! (it may hold a literal password).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -125,6 +128,54 @@ pub enum BusKind {
     Kafka,
 }
 
+/// librdkafka properties (`"linger.ms" = "5"`). Debug shows the values of
+/// keys that hold secrets (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, …) as `***`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub std::collections::BTreeMap<String, String>);
+
+impl Properties {
+    /// Whether librdkafka property `key` holds a secret.
+    pub fn is_secret(key: &str) -> bool {
+        key.contains("password")
+            || key.contains("secret")
+            || key.ends_with(".key.pem")
+            || key == "ssl_key"
+            || key == "sasl.oauthbearer.config"
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = std::collections::BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
 /// `[kafka]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,12 +206,18 @@ pub struct KafkaConfig {
     /// waits (backpressure while the broker is slow or away).
     #[serde(default = "default_max_in_flight_mb")]
     pub max_in_flight_mb: u64,
+    /// librdkafka properties of every client Ferry makes (admin, producer,
+    /// consumers): connection security goes here (`security.protocol`,
+    /// `sasl.*`, `ssl.*`), so that no client talks to the brokers in
+    /// another way than the others.
+    #[serde(default)]
+    pub client: Properties,
     /// More librdkafka properties for the producer (`"linger.ms" = "5"`).
     #[serde(default)]
-    pub producer: std::collections::BTreeMap<String, String>,
+    pub producer: Properties,
     /// More librdkafka properties for the consumer.
     #[serde(default)]
-    pub consumer: std::collections::BTreeMap<String, String>,
+    pub consumer: Properties,
 }
 
 fn default_topic_prefix() -> String {
@@ -214,7 +271,11 @@ impl SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoSourceConfig {
-    /// `mongodb://user:${MONGO_PASSWORD}@host:27017/?replicaSet=rs0`.
+    /// `mongodb://user:${MONGO_PASSWORD}@host:27017/?replicaSet=rs0`, or
+    /// `mongodb+srv://user:…@cluster.example.com/` (hosts and options from
+    /// DNS SRV/TXT records). TLS options ride on the URL as the driver
+    /// reads them: `tls=true`, `tlsCAFile`, `tlsCertificateKeyFile`,
+    /// `tlsAllowInvalidCertificates` (tests only).
     pub url: Secret,
     pub database: String,
     /// Collections to mirror; empty or absent mirrors every collection.
@@ -380,11 +441,75 @@ pub struct PostgresSinkConfig {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `127.0.0.1:9187`; no endpoint when absent.
+    /// `127.0.0.1:9187`; no endpoint when absent. Listen on a public
+    /// address only where the scraper needs it (inside a container).
     pub listen: Option<SocketAddr>,
+    /// When set, `/metrics` answers 401 unless the request carries
+    /// `Authorization: Bearer <token>` (Prometheus: `authorization` with
+    /// `credentials_file`).
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Serve HTTPS with this PEM certificate chain (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Connections served at once; more are closed as soon as accepted.
+    #[serde(default = "default_metrics_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_metrics_max_connections() -> usize {
+    64
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            bearer_token: None,
+            tls_cert: None,
+            tls_key: None,
+            max_connections: default_metrics_max_connections(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The endpoint's options, when `listen` is set.
+    pub fn endpoint(&self) -> Option<crate::metrics::endpoint::EndpointOptions> {
+        let listen = self.listen?;
+        let mut o = crate::metrics::endpoint::EndpointOptions::new(listen);
+        o.bearer_token = self
+            .bearer_token
+            .as_ref()
+            .map(|t| crate::metrics::endpoint::Token::new(t.expose()));
+        o.tls = self.tls_cert.clone().zip(self.tls_key.clone());
+        o.max_connections = self.max_connections;
+        Some(o)
+    }
+}
+
+fn validate_metrics(m: &MetricsConfig) -> Result<(), ConfigError> {
+    match (&m.tls_cert, &m.tls_key) {
+        (Some(_), None) => return Err(cfg_err("metrics.tls_key", "tls_cert needs tls_key")),
+        (None, Some(_)) => return Err(cfg_err("metrics.tls_cert", "tls_key needs tls_cert")),
+        _ => {}
+    }
+    if m.bearer_token
+        .as_ref()
+        .is_some_and(|t| t.expose().trim().is_empty())
+    {
+        return Err(cfg_err("metrics.bearer_token", "must not be empty"));
+    }
+    if m.max_connections == 0 {
+        return Err(cfg_err("metrics.max_connections", "must be at least 1"));
+    }
+    Ok(())
 }
 
 fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
@@ -438,6 +563,7 @@ fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
         "group.id",
     ];
     for (section, map) in [
+        ("kafka.client", &k.client),
         ("kafka.producer", &k.producer),
         ("kafka.consumer", &k.consumer),
     ] {
@@ -448,9 +574,28 @@ fn validate_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
                     "set by Ferry (its delivery guarantees depend on it)",
                 ));
             }
+            // One client with other security than the rest talks to the
+            // brokers in plaintext (the admin client did, before
+            // [kafka.client]).
+            if section != "kafka.client" && is_connection_security(key) {
+                return Err(cfg_err(
+                    format!("{section}.\"{key}\""),
+                    "connection security applies to every client (admin, producer, consumer): \
+                     set it in [kafka.client]",
+                ));
+            }
         }
     }
     Ok(())
+}
+
+/// librdkafka properties that decide how a client reaches the brokers.
+fn is_connection_security(key: &str) -> bool {
+    key == "security.protocol"
+        || key.starts_with("sasl.")
+        || key.starts_with("ssl.")
+        || key.starts_with("ssl_")
+        || key == "enable.ssl.certificate.verification"
 }
 
 fn cfg_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -481,19 +626,15 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; `env` resolves `${NAME}`.
+    /// Parses TOML text; `env` resolves `${NAME}`, and `${file:/path}`
+    /// reads a file.
     pub fn from_toml(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = toml::from_str(text)
-            .map_err(|e| cfg_err("config", e.to_string().trim_end().to_string()))?;
+        let mut value = crate::error::parse_toml(text, "config")?;
         interpolate(&mut value, "", env)?;
-        let config: Config = Config::deserialize(value).map_err(|e| {
-            // serde reports the innermost problem; toml::Value errors do not
-            // carry the path, so name the section we were deserializing.
-            cfg_err("config", e.to_string())
-        })?;
+        let config: Config = crate::error::deserialize_toml(value, "")?;
         config.validate()?;
         Ok(config)
     }
@@ -556,17 +697,10 @@ impl Config {
             }
             SourceConfig::Mongodb(m) => {
                 let url = m.url.expose();
-                if url.starts_with("mongodb+srv://") {
-                    // The driver is built without its DNS resolver.
+                if !url.starts_with("mongodb://") && !url.starts_with("mongodb+srv://") {
                     return Err(cfg_err(
                         "source.url",
-                        "mongodb+srv:// URLs are not supported yet; list the hosts: mongodb://h1,h2,h3/?replicaSet=rs0",
-                    ));
-                }
-                if !url.starts_with("mongodb://") {
-                    return Err(cfg_err(
-                        "source.url",
-                        "expected mongodb://host[:port]/?replicaSet=...",
+                        "expected mongodb://host[:port]/?replicaSet=... or mongodb+srv://host/",
                     ));
                 }
                 if m.database.is_empty() || m.database.contains(['/', '.', ' ', '"', '$']) {
@@ -602,6 +736,7 @@ impl Config {
             (_, Some(k)) => validate_kafka(k)?,
             (BusKind::Embedded, None) => {}
         }
+        validate_metrics(&self.metrics)?;
         match &self.sink {
             SinkConfig::Postgres(s) => {
                 check_pg_url("sink.url", s.url.expose())?;
@@ -662,9 +797,13 @@ fn check_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Replaces `${NAME}` in every string with the environment variable; a
-/// missing variable is an error naming the key (never the value). `$${`
-/// stands for a literal `${`.
+/// Replaces `${NAME}` in every string with the environment variable, and
+/// `${file:/path}` with the file's content (Docker and Kubernetes secrets);
+/// a missing variable or unreadable file is an error naming the key (never
+/// the value). One trailing newline (`\n` or `\r\n`) of a file is dropped:
+/// secret files usually end with one (`echo … > file`, `kubectl create
+/// secret --from-file`), and a password never does. `$${` stands for a
+/// literal `${`.
 fn interpolate(
     v: &mut toml::Value,
     path: &str,
@@ -712,8 +851,12 @@ fn interpolate_str(
                 .find('}')
                 .ok_or_else(|| cfg_err(key, "unterminated ${...}"))?;
             let name = &t[..end];
-            let value = env(name)
-                .ok_or_else(|| cfg_err(key, format!("environment variable {name} is not set")))?;
+            let value = match name.strip_prefix("file:") {
+                Some(file) => read_secret_file(key, file)?,
+                None => env(name).ok_or_else(|| {
+                    cfg_err(key, format!("environment variable {name} is not set"))
+                })?,
+            };
             out.push_str(&value);
             rest = &t[end + 1..];
         } else {
@@ -723,6 +866,25 @@ fn interpolate_str(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The content of a secret file, less one trailing newline.
+fn read_secret_file(key: &str, file: &str) -> Result<String, ConfigError> {
+    if !Path::new(file).is_absolute() {
+        return Err(cfg_err(
+            key,
+            format!("${{file:{file}}}: give an absolute path"),
+        ));
+    }
+    let mut text = std::fs::read_to_string(file)
+        .map_err(|e| cfg_err(key, format!("cannot read secret file {file}: {e}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -803,7 +965,12 @@ schema = "public"
             .unwrap_err()
             .to_string()
             .contains("colections"));
-        let bad = text.replace("mongodb://127", "mongodb+srv://127");
+        let srv = text.replace(
+            "mongodb://127.0.0.1:27017",
+            "mongodb+srv://cluster.example.com",
+        );
+        assert!(Config::from_toml(&srv, &env).is_ok());
+        let bad = text.replace("mongodb://127", "mysql://127");
         assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "source.url");
         let bad = text.replace("\"users\"", "\"payments\"");
         assert_eq!(
@@ -826,5 +993,109 @@ schema = "public"
             .replace("127.0.0.1:5433", "x")
             .replace("postgres://postgres@x", "mysql://x");
         assert_eq!(Config::from_toml(&bad, &env).unwrap_err().key, "sink.url");
+    }
+
+    #[test]
+    fn secrets_come_from_files_less_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let text = GOOD.replace("${PGPASS}", &format!("${{file:{}}}", file.display()));
+        let c = Config::from_toml(&text, &env).unwrap();
+        let SourceConfig::Postgres(s) = &c.source else {
+            panic!("postgres source")
+        };
+        assert_eq!(
+            s.url.expose(),
+            "postgres://ferry:from-a-file@127.0.0.1:5432/app"
+        );
+        // Only one newline goes: the rest is the secret's.
+        std::fs::write(&file, "two\n\n").unwrap();
+        let c = Config::from_toml(&text, &env).unwrap();
+        let SourceConfig::Postgres(s) = &c.source else {
+            panic!("postgres source")
+        };
+        assert_eq!(s.url.expose(), "postgres://ferry:two\n@127.0.0.1:5432/app");
+        let missing = GOOD.replace("${PGPASS}", "${file:/nonexistent/secret}");
+        let e = Config::from_toml(&missing, &env).unwrap_err();
+        assert_eq!(e.key, "source.url");
+        assert!(e.message.contains("/nonexistent/secret"), "{e}");
+        let relative = GOOD.replace("${PGPASS}", "${file:secret}");
+        assert!(Config::from_toml(&relative, &env)
+            .unwrap_err()
+            .message
+            .contains("absolute"));
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_print_the_password() {
+        let bad = GOOD.replace(
+            "url = \"postgres://postgres@127.0.0.1:5433/app\"",
+            "url = \"postgres://postgres:hunter2@127.0.0.1:5433/app",
+        );
+        let e = Config::from_toml(&bad, &env).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn serde_errors_name_the_full_key() {
+        let bad = GOOD.replace(
+            "name = \"orders\"",
+            "name = \"orders\"\nbatch_size = \"many\"",
+        );
+        let e = Config::from_toml(&bad, &env).unwrap_err();
+        assert_eq!(e.key, "pipeline.batch_size", "{e}");
+        let bad = format!("{GOOD}\n[metrics]\nlisten = \"nowhere\"\n");
+        assert_eq!(
+            Config::from_toml(&bad, &env).unwrap_err().key,
+            "metrics.listen"
+        );
+        let bad = GOOD.replace("tables = [", "snapshot_parallelism = 0\ntables = [");
+        let e = Config::from_toml(&bad, &env).unwrap_err();
+        assert_eq!(e.key, "source.snapshot_parallelism", "{e}");
+        let bad = format!("{GOOD}\n[kafka]\nbrokers = \"b:9092\"\npartitions = \"two\"\n");
+        assert_eq!(
+            Config::from_toml(&bad, &env).unwrap_err().key,
+            "kafka.partitions"
+        );
+    }
+
+    #[test]
+    fn kafka_security_is_set_once_for_every_client() {
+        let kafka = |extra: &str| {
+            format!("{GOOD}\n[kafka]\nbrokers = \"b:9092\"\n{extra}\n")
+                .replace("[pipeline]", "[pipeline]\nbus = \"kafka\"")
+        };
+        let ok = kafka(
+            "client = { \"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"SCRAM-SHA-512\", \"sasl.username\" = \"ferry\", \"sasl.password\" = \"${PGPASS}\" }",
+        );
+        let c = Config::from_toml(&ok, &env).unwrap();
+        let k = c.kafka.as_ref().unwrap();
+        assert_eq!(k.client["sasl.password"], "s3cr$t");
+        assert!(!format!("{c:?}").contains("s3cr"), "{c:?}");
+        for (section, key) in [
+            ("producer", "security.protocol"),
+            ("consumer", "sasl.password"),
+            ("producer", "ssl.ca.location"),
+        ] {
+            let bad = kafka(&format!("{section} = {{ \"{key}\" = \"x\" }}"));
+            let e = Config::from_toml(&bad, &env).unwrap_err();
+            assert_eq!(e.key, format!("kafka.{section}.\"{key}\""));
+            assert!(e.message.contains("[kafka.client]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn metrics_options_are_checked() {
+        let m = |extra: &str| format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9187\"\n{extra}\n");
+        let c = Config::from_toml(&m("bearer_token = \"${PGPASS}\""), &env).unwrap();
+        let e = c.metrics.endpoint().unwrap();
+        assert!(e.bearer_token.is_some());
+        assert!(!format!("{c:?} {e:?}").contains("s3cr"));
+        let e = Config::from_toml(&m("tls_cert = \"/c.pem\""), &env).unwrap_err();
+        assert_eq!(e.key, "metrics.tls_key");
+        let e = Config::from_toml(&m("max_connections = 0"), &env).unwrap_err();
+        assert_eq!(e.key, "metrics.max_connections");
     }
 }

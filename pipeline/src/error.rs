@@ -187,18 +187,38 @@ impl PipelineError {
     }
 }
 
-/// Exponential backoff with jitter for transient errors, capped at
-/// `max_delay`. `backon` replaces the unmaintained `backoff` crate
-/// (RUSTSEC-2025-0012).
-pub fn retry_backoff(max_delay: Duration) -> backon::ExponentialBackoff {
+/// Exponential backoff with jitter for transient errors: 200 ms, doubling,
+/// never more than the cap (`pipeline.max_retry_delay_secs`), jitter
+/// included. `backon` replaces the unmaintained `backoff` crate
+/// (RUSTSEC-2025-0012); its jitter is added after its own cap, so the cap
+/// is applied again here.
+pub fn retry_backoff(max_delay: Duration) -> RetryBackoff {
     use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
+    let inner = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200).min(max_delay))
         .with_max_delay(max_delay)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
-        .build()
+        .build();
+    RetryBackoff {
+        inner,
+        cap: max_delay,
+    }
+}
+
+/// The delays of [`retry_backoff`]: endless, each at most the cap.
+#[derive(Debug)]
+pub struct RetryBackoff {
+    inner: backon::ExponentialBackoff,
+    cap: Duration,
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.inner.next().map(|d| d.min(self.cap))
+    }
 }
 
 /// A configuration problem, naming the key: of the config file
@@ -209,6 +229,53 @@ pub fn retry_backoff(max_delay: Duration) -> backon::ExponentialBackoff {
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+}
+
+/// Parses TOML text into a value. A syntax error names its line and column
+/// but never quotes the text: toml's own message shows the offending line,
+/// which may hold a literal password or a URL with credentials.
+pub(crate) fn parse_toml(text: &str, what: &str) -> Result<toml::Value, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigError {
+            key: what.to_string(),
+            message: format!(
+                "TOML syntax error{at}: {} (the line is not shown: it may hold a secret)",
+                e.message().trim_end()
+            ),
+        }
+    })
+}
+
+/// Deserializes a parsed file; an error names the full key of the value
+/// serde refused (`pipeline.batch_size`, `tables[0].columns.amount.round`),
+/// after `root` when given. Inside an internally tagged section
+/// (`[source]`, `[sink]`) serde buffers the fields, so the key stops at
+/// the section; the message names the field.
+pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    root: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (root, path.as_str()) {
+            (r, ".") => r.to_string(),
+            ("", p) => p.to_string(),
+            (r, p) => format!("{r}.{p}"),
+        };
+        ConfigError {
+            key,
+            message: e.into_inner().to_string(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -246,12 +313,29 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_capped() {
-        let mut b = retry_backoff(Duration::from_secs(2));
-        for _ in 0..20 {
-            let d = b.next().unwrap();
-            // jitter adds at most one more min-delay-sized share
-            assert!(d <= Duration::from_secs(4), "{d:?}");
+    fn backoff_never_exceeds_the_cap_jitter_included() {
+        for cap in [1, 2, 30] {
+            let cap = Duration::from_secs(cap);
+            let mut b = retry_backoff(cap);
+            let mut reached = false;
+            for _ in 0..200 {
+                let d = b.next().expect("retries forever");
+                assert!(d <= cap, "{d:?} > {cap:?}");
+                reached |= d >= cap / 2;
+            }
+            assert!(reached, "the backoff grows towards {cap:?}");
         }
+    }
+
+    #[test]
+    fn a_syntax_error_never_quotes_the_line() {
+        let text = "[source]\nurl = \"postgres://u:hunter2@h/db\nkind = 1\n";
+        let e = parse_toml(text, "config").unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+        let text = "[sink]\npassword = hunter2\n";
+        let shown = parse_toml(text, "config").unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

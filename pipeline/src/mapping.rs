@@ -107,11 +107,36 @@ pub struct ChildMapping {
 }
 
 /// A column's rule: a path (short form) or a table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum ColumnSpec {
     Path(String),
     Rule(ColumnRule),
+}
+
+// By hand rather than `#[serde(untagged)]`: an untagged enum buffers the
+// table and reports only "did not match any variant", where this keeps
+// serde's own message and the full key (`columns.amount.round`).
+impl<'de> Deserialize<'de> for ColumnSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = ColumnSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field path or a table { from = …, … }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ColumnSpec, E> {
+                Ok(ColumnSpec::Path(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ColumnSpec, A::Error> {
+                ColumnRule::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ColumnSpec::Rule)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
 }
 
 /// The long form of a column's rule.
@@ -171,8 +196,8 @@ impl Mappings {
 
     /// Parses and validates mapping TOML.
     pub fn from_toml(text: &str) -> Result<Mappings, ConfigError> {
-        let m: Mappings = toml::from_str(text)
-            .map_err(|e| err("mappings", e.to_string().trim_end().to_string()))?;
+        let value = crate::error::parse_toml(text, "mappings")?;
+        let m: Mappings = crate::error::deserialize_toml(value, "mappings")?;
         m.validate()?;
         Ok(m)
     }
@@ -390,5 +415,20 @@ sku = "sku"
             "city = \"delivery..city\""
         )
         .contains("columns.city"));
+    }
+
+    #[test]
+    fn serde_errors_name_the_full_key() {
+        let bad = |from: &str, to: &str| Mappings::from_toml(&GOOD.replace(from, to)).unwrap_err();
+        let e = bad("round = \"half_even\"", "round = \"sideways\"");
+        assert_eq!(e.key, "mappings.tables[0].columns.amount.round", "{e}");
+        assert!(e.message.contains("sideways"), "{e}");
+        let e = bad("snake_case = true", "snake_case = \"yes\"");
+        assert_eq!(e.key, "mappings.tables[0].snake_case", "{e}");
+        let e = bad("sku = \"sku\"", "sku = 3");
+        assert_eq!(e.key, "mappings.tables[0].children[0].columns.sku", "{e}");
+        let e = bad("start = 1000", "start = 1000\nstart = 1");
+        assert_eq!(e.key, "mappings", "{e}");
+        assert!(e.message.contains("line 7"), "{e}");
     }
 }

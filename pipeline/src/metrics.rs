@@ -1,10 +1,10 @@
-//! Every metric Ferry exports, registered once, and the `/metrics` endpoint.
+//! Every metric Ferry exports, registered once, and the `/metrics` endpoint
+//! ([`endpoint`]).
 //!
 //! Names follow `ferry_<what>_<unit>[_total]`; labels stay low-cardinality
 //! (table, op, stage, error_class). docs/METRICS.md documents each one.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -24,6 +24,8 @@ pub const BUS_DEPTH_MESSAGES: &str = "ferry_bus_depth_messages";
 pub const CONFIRMED_LSN: &str = "ferry_source_confirmed_lsn";
 pub const DLQ_EVENTS_TOTAL: &str = "ferry_dlq_events_total";
 pub const DLQ_DEPTH_RECORDS: &str = "ferry_dlq_depth_records";
+
+pub mod endpoint;
 
 /// Handles to every metric.
 pub struct Metrics {
@@ -199,32 +201,4 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
-}
-
-/// Serves `GET /metrics` on `addr` from a background thread. Returns the
-/// bound address (useful with port 0).
-pub fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("metrics listener has no IP address"))?;
-    let server = Arc::new(server);
-    std::thread::Builder::new()
-        .name("ferry-metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let resp = if req.url() == "/metrics" {
-                    let header =
-                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
-                            .expect("static header");
-                    tiny_http::Response::from_string(metrics().render()).with_header(header)
-                } else {
-                    tiny_http::Response::from_string("see /metrics").with_status_code(404)
-                };
-                let _ = req.respond(resp);
-            }
-        })?;
-    Ok(bound)
 }

@@ -249,7 +249,7 @@ pub async fn load_checkpoint<K: CheckpointStore>(
 /// meanwhile.
 pub async fn wait_retry(
     e: &PipelineError,
-    backoff: &mut backon::ExponentialBackoff,
+    backoff: &mut crate::error::RetryBackoff,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
     let delay = backoff.next().unwrap_or(Duration::from_secs(30));

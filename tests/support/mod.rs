@@ -7,7 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod config;
+pub mod dns;
 pub mod kafka;
 pub mod mongo;
 // `ferry parity`'s comparison, the same file the binary compiles (see its

@@ -36,6 +36,21 @@ pub struct MongoOptions {
     pub oplog_max_entries: Option<u64>,
     /// `--oplog-retention-seconds` (pruned on the same 1000-write cadence).
     pub oplog_retention_seconds: Option<u64>,
+    /// TLS only (`--tls-cert-file`, `--tls-key-file`), and with a CA, client
+    /// certificates required (`--tls-ca-file`, `--tls-require-client-cert`).
+    pub tls: Option<MongoTls>,
+}
+
+/// A TLS-only server's files.
+#[derive(Debug, Clone)]
+pub struct MongoTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA of the server's certificate; client certificates must be
+    /// signed by it.
+    pub ca: PathBuf,
+    /// The client certificate and key in one PEM, for [`MongoServer::url`].
+    pub client_pem: PathBuf,
 }
 
 /// A `secantusd-py` child on a free port of 127.0.0.1, with its storage in
@@ -130,6 +145,15 @@ impl MongoServer {
         if let Some(s) = self.opts.oplog_retention_seconds {
             cmd.arg("--oplog-retention-seconds").arg(s.to_string());
         }
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-file")
+                .arg(&tls.ca)
+                .arg("--tls-require-client-cert");
+        }
         // No auto-discovered secantusd.toml from the working directory.
         cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -199,9 +223,19 @@ impl MongoServer {
         self.port
     }
 
-    /// The URL Ferry and the tests connect with.
+    /// The URL Ferry and the tests connect with (with the TLS options of
+    /// a TLS-only server).
     pub fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+        let mut url = format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port);
+        if let Some(tls) = &self.opts.tls {
+            let _ = write!(
+                url,
+                "&tls=true&tlsCAFile={}&tlsCertificateKeyFile={}",
+                tls.ca.display(),
+                tls.client_pem.display()
+            );
+        }
+        url
     }
 
     /// A driver client for the test's own reads and writes.

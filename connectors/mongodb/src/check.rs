@@ -3,23 +3,27 @@
 use bson::{doc, Document};
 use ferry_pipeline::config::MongoSourceConfig;
 use ferry_pipeline::prerequisite::Finding;
-use mongodb::Client;
 
 /// Checks the source: reachable, a replica set (change streams need one),
 /// a change stream can be opened, and the configured collections exist.
 pub async fn source_findings(cfg: &MongoSourceConfig) -> Vec<Finding> {
     let mut out = Vec::new();
-    let client = match Client::with_uri_str(cfg.url.expose()).await {
+    let url = cfg.url.expose();
+    let client = match crate::config::connect(url, "connect").await {
         Ok(c) => c,
         Err(e) => {
             out.push(Finding::fail("source reachable", e.to_string()));
             return out;
         }
     };
+    let hosts = crate::config::hosts(url);
     let db = client.database(&cfg.database);
     match db.run_command(doc! { "hello": 1 }).await {
         Ok(hello) => {
-            out.push(Finding::pass("source reachable", "connected"));
+            out.push(Finding::pass(
+                "source reachable",
+                format!("connected to {hosts}"),
+            ));
             let set = hello.get_str("setName").ok().map(str::to_string);
             match set {
                 Some(name) => out.push(Finding::pass("replica set", name)),
@@ -31,7 +35,7 @@ pub async fn source_findings(cfg: &MongoSourceConfig) -> Vec<Finding> {
             }
         }
         Err(e) => {
-            out.push(Finding::fail("source reachable", e.to_string()));
+            out.push(Finding::fail("source reachable", format!("{hosts}: {e}")));
             return out;
         }
     }

@@ -31,7 +31,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::ErrorKind;
 use mongodb::options::{FullDocumentBeforeChangeType, FullDocumentType};
-use mongodb::{Client, Database};
+use mongodb::Database;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -140,9 +140,7 @@ impl MongoSource {
         ctx: &mut SourceContext,
         progress: &mut Progress,
     ) -> Result<(), PipelineError> {
-        let client = Client::with_uri_str(self.cfg.url.expose())
-            .await
-            .map_err(|e| mongo_err("connect to MongoDB", e))?;
+        let client = crate::config::connect(self.cfg.url.expose(), "connect to MongoDB").await?;
         let db = client.database(&self.cfg.database);
         let collections = self.collections(&db).await?;
         let wanted: HashSet<String> = collections.iter().cloned().collect();

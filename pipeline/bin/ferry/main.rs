@@ -221,11 +221,12 @@ async fn run(path: &Path, role: Role, recopy: &[String]) -> u8 {
         return exit::CONFIG;
     }
     tracing::info!(?role, version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
-    if let Some(addr) = config.metrics.listen {
-        match ferry_pipeline::metrics::serve(addr) {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
+    if let Some(endpoint) = config.metrics.endpoint() {
+        let https = endpoint.tls.is_some();
+        match ferry_pipeline::metrics::endpoint::serve(endpoint).await {
+            Ok(bound) => tracing::info!(%bound, https, "serving /metrics"),
             Err(e) => {
-                eprintln!("metrics.listen: {e}");
+                eprintln!("[metrics]: {e}");
                 return exit::CONFIG;
             }
         }
@@ -420,6 +421,11 @@ async fn check(path: &Path) -> u8 {
             "tables to create",
             e.to_string(),
         )),
+    }
+    #[cfg(feature = "kafka")]
+    if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
+        let topics = kafka::check::used_topics(k, &tables(&config));
+        findings.extend(kafka::check::findings(k, &topics));
     }
     if config.mappings.is_some() {
         use ferry_pipeline::prerequisite::Finding;

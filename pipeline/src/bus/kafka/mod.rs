@@ -18,6 +18,7 @@
 //! - Never a silent skip: offsets out of range and vanished topics stop the
 //!   worker with a message (`auto.offset.reset=error`).
 
+pub mod check;
 pub mod outbox;
 pub mod producer;
 pub mod registry;
@@ -108,7 +109,11 @@ impl rdkafka::client::ClientContext for LogContext {
 /// The producer type of the Kafka bus.
 pub type Producer = rdkafka::producer::FutureProducer<LogContext>;
 
-/// The settings every Ferry client shares, then the user's extras.
+/// The settings every Ferry client shares, then `[kafka.client]` (the
+/// user's connection security, among others), then `extra` (the user's
+/// `[kafka.producer]` or `[kafka.consumer]`). Every client Ferry makes,
+/// admin clients included, starts from here: none reaches the brokers in
+/// another way than the others.
 pub fn client_config(
     k: &KafkaConfig,
     extra: &std::collections::BTreeMap<String, String>,
@@ -128,7 +133,7 @@ pub fn client_config(
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
         .set("socket.keepalive.enable", "true");
-    for (key, v) in extra {
+    for (key, v) in k.client.iter().chain(extra) {
         c.set(key, v);
     }
     c
@@ -201,13 +206,31 @@ pub fn admin_client(
     k: &KafkaConfig,
     stage: Stage,
 ) -> Result<AdminClient<DefaultClientContext>, PipelineError> {
+    admin_config(k)
+        .create()
+        .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))
+}
+
+/// The settings of Ferry's admin clients: [`client_config`] with no extras.
+pub fn admin_config(k: &KafkaConfig) -> ClientConfig {
     let mut c = client_config(k, &Default::default());
     // Its metadata lookups must never create a topic (with the broker's
     // defaults) on a broker with `auto.create.topics.enable`: librdkafka
     // allows that by default for this (producer-type) handle.
     c.set("allow.auto.create.topics", "false");
-    c.create()
-        .map_err(|e| kafka_err(stage, "create a Kafka admin client", e))
+    c
+}
+
+/// librdkafka's version and `builtin.features` (`ssl`, `sasl_scram`, …) as
+/// linked into this binary.
+pub fn librdkafka_build() -> (String, String) {
+    let (_, version) = rdkafka::util::get_rdkafka_version();
+    let features = ClientConfig::new()
+        .create_native_config()
+        .ok()
+        .and_then(|c| c.get("builtin.features").ok())
+        .unwrap_or_default();
+    (version, features)
 }
 
 /// [`ensure_topics`] through an existing admin client.
@@ -384,6 +407,62 @@ mod tests {
         assert_eq!(t.data(&TableId::new("my db", "a.b$c")), "ferry.my_db.a_b_c");
         assert_eq!(t.schemas(), "ferry._schemas");
         assert_eq!(t.checkpoints(), "ferry._checkpoints");
+    }
+
+    fn secured() -> KafkaConfig {
+        let text = r#"
+brokers = "b1:9093"
+client = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-256", "sasl.username" = "ferry", "sasl.password" = "pw", "ssl.ca.location" = "/ca.pem" }
+producer = { "linger.ms" = "7" }
+consumer = { "fetch.min.bytes" = "2" }
+"#;
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_client_gets_the_users_security() {
+        let k = secured();
+        let admin = admin_config(&k);
+        let producer = producer::producer_config(&k);
+        let consumer = client_config(&k, &k.consumer);
+        for (name, c) in [
+            ("admin", &admin),
+            ("producer", &producer),
+            ("consumer", &consumer),
+        ] {
+            assert_eq!(c.get("security.protocol"), Some("SASL_SSL"), "{name}");
+            assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-256"), "{name}");
+            assert_eq!(c.get("sasl.password"), Some("pw"), "{name}");
+            assert_eq!(c.get("ssl.ca.location"), Some("/ca.pem"), "{name}");
+            assert_eq!(c.get("bootstrap.servers"), Some("b1:9093"), "{name}");
+        }
+        assert_eq!(producer.get("linger.ms"), Some("7"));
+        assert_eq!(admin.get("linger.ms"), None);
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("2"));
+    }
+
+    #[test]
+    fn librdkafka_speaks_tls_and_sasl() {
+        let (version, features) = librdkafka_build();
+        let features: Vec<&str> = features.split(',').collect();
+        for f in [
+            "ssl",
+            "sasl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+        ] {
+            assert!(
+                features.contains(&f),
+                "librdkafka {version}: {features:?} lacks {f}"
+            );
+        }
+        // The properties librdkafka refuses without them are accepted.
+        let mut k = secured();
+        k.client.0.remove("ssl.ca.location");
+        admin_config(&k)
+            .create::<AdminClient<DefaultClientContext>>()
+            .expect("a SASL_SSL client can be created");
     }
 
     #[test]
