@@ -10,7 +10,7 @@ use ferry_pipeline::metrics::endpoint::{serve, EndpointOptions, Token};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::certs::TestCa;
+use ferry_testkit::TestPki;
 
 /// Sends one request and returns everything the server sent back.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, auth: Option<&str>) -> String {
@@ -33,7 +33,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, auth: Option<&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+    let ca = TestPki::generate(dir.path()).expect("test certificates");
     let mut opts = EndpointOptions::new("127.0.0.1:0".parse().unwrap());
     opts.tls = Some((ca.server_cert.clone(), ca.server_key.clone()));
     opts.bearer_token = Some(Token::new("scrape-token"));

@@ -3,9 +3,9 @@
 //! TLS-only SecantusDB that requires client certificates; connection errors
 //! name the host and port, never the password.
 
-use crate::support::certs::TestCa;
 use crate::support::ferry_cmd;
 use crate::support::mongo::{MongoOptions, MongoServer, MongoTls};
+use ferry_testkit::TestPki;
 
 /// `ferry check` with a MongoDB source at `url` (the sink is unreachable:
 /// only the source's findings matter here); returns the output.
@@ -33,7 +33,7 @@ schema = "public"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_options_on_the_url_reach_a_tls_only_server() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
+    let ca = TestPki::generate(dir.path()).expect("test certificates");
     let server = MongoServer::start(MongoOptions {
         tls: Some(MongoTls {
             cert: ca.server_cert.clone(),

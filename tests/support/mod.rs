@@ -7,7 +7,6 @@
 
 #![allow(dead_code)]
 
-pub mod certs;
 pub mod config;
 pub mod dns;
 pub mod kafka;

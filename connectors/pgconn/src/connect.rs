@@ -144,8 +144,16 @@ impl PgConnInfo {
             .unwrap_or_default();
         let db = self.database().unwrap_or_else(|| user.clone());
         let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        // libpq's `hostaddr`: dial the address, verify the host's name.
+        let (dial, tls) = match self.pg.get_hostaddrs().first() {
+            Some(addr) => (
+                addr.to_string(),
+                self.replication_tls()?.with_sni_hostname(self.host()),
+            ),
+            None => (self.host(), self.replication_tls()?),
+        };
         Ok(ReplicationConfig::new(
-            self.host(),
+            dial,
             user,
             password,
             db,
@@ -153,7 +161,7 @@ impl PgConnInfo {
             publication.to_string(),
         )
         .with_port(port)
-        .with_tls(self.replication_tls()?))
+        .with_tls(tls))
     }
 
     fn replication_tls(&self) -> Result<TlsConfig, ConnInfoError> {

@@ -66,8 +66,12 @@ pub struct TestPki {
     /// A client certificate for user `postgres`, and its key.
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    pub(crate) server_cert: PathBuf,
-    pub(crate) server_key: PathBuf,
+    /// The client certificate and key in one PEM (MongoDB's
+    /// `tlsCertificateKeyFile`).
+    pub client_pem: PathBuf,
+    /// The server's certificate (for `localhost` and `127.0.0.1`) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 fn ca(name: &str) -> anyhow::Result<(rcgen::Certificate, Issuer<'static, KeyPair>)> {
@@ -103,15 +107,19 @@ fn write(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
 }
 
 impl TestPki {
-    /// A CA, a server certificate for `localhost` only (so that a client
-    /// that dials `127.0.0.1` with `verify-full` sees a name mismatch), a
-    /// client certificate for `postgres`, and an unrelated CA, in `dir`.
+    /// A CA, a server certificate for `localhost` and `127.0.0.1` (a client
+    /// that names another host sees a name mismatch), a client certificate
+    /// for `postgres`, and an unrelated CA, in `dir`. X.509 v3 throughout:
+    /// webpki (rustls) refuses v1 certificates, a client's own included.
     pub fn generate(dir: &Path) -> anyhow::Result<TestPki> {
         let (ca_cert, issuer) = ca("ferry-test-ca")?;
         let (other, _) = ca("ferry-other-ca")?;
         let (server, server_key) = leaf(
             "localhost",
-            vec![SanType::DnsName("localhost".try_into()?)],
+            vec![
+                SanType::DnsName("localhost".try_into()?),
+                SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+            ],
             &issuer,
         )?;
         let (client, client_key) = leaf("postgres", Vec::new(), &issuer)?;
@@ -120,6 +128,7 @@ impl TestPki {
             other_ca_cert: dir.join("other-ca.crt"),
             client_cert: dir.join("client.crt"),
             client_key: dir.join("client.key"),
+            client_pem: dir.join("client.pem"),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
         };
@@ -127,6 +136,11 @@ impl TestPki {
         write(&pki.other_ca_cert, &other.pem(), false)?;
         write(&pki.client_cert, &client.pem(), false)?;
         write(&pki.client_key, &client_key.serialize_pem(), true)?;
+        write(
+            &pki.client_pem,
+            &(client.pem() + &client_key.serialize_pem()),
+            true,
+        )?;
         write(&pki.server_cert, &server.pem(), false)?;
         write(&pki.server_key, &server_key.serialize_pem(), true)?;
         Ok(pki)
