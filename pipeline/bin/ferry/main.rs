@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod mapping;
 mod parity;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ use ferry_pipeline::runtime::RuntimeOptions;
 use ferry_pipeline::telemetry::{self, LogFormat};
 use ferry_postgres_sink::PostgresSink;
 use ferry_postgres_source::PostgresSource;
+use ferry_sqlite_source::SqliteSource;
 use tokio::sync::watch;
 
 /// Exit codes, so that scripts can tell a mismatch from an error.
@@ -95,6 +97,8 @@ enum Command {
     Mapping(mapping::MappingArgs),
     /// The id map: legacy ids and the new ids they were given.
     Idmap(mapping::IdmapArgs),
+    /// SQLite sources: install or remove the change log, compare counts.
+    Sqlite(sqlite::SqliteArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
+            Command::Sqlite(args) => sqlite::run(args).await,
         }
     });
     ExitCode::from(code)
@@ -161,10 +166,15 @@ async fn load(path: &Path) -> Result<Config, u8> {
     let source = match &config.source {
         SourceConfig::Postgres(s) => ferry_postgres_source::check_url(s.url.expose()),
         SourceConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose()).await,
+        SourceConfig::Sqlite(s) => ferry_sqlite_source::config::check_path(s),
+    };
+    let source_key = match &config.source {
+        SourceConfig::Sqlite(_) => "source.path",
+        _ => "source.url",
     };
     let SinkConfig::Postgres(dst) = &config.sink;
     let sink = ferry_postgres_source::check_url(dst.url.expose());
-    for (key, result) in [("source.url", source), ("sink.url", sink)] {
+    for (key, result) in [(source_key, source), ("sink.url", sink)] {
         if let Err(why) = result {
             eprintln!("invalid configuration {}: {key}: {why}", path.display());
             return Err(exit::CONFIG);
@@ -282,6 +292,10 @@ pub(crate) async fn run_pipeline(
             let source = MongoSource::new(src.clone(), opts.max_retry_delay);
             embedded::run(source, sink, opts, shutdown).await
         }
+        SourceConfig::Sqlite(src) => {
+            let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
+            embedded::run(source, sink, opts, shutdown).await
+        }
     }
 }
 
@@ -316,10 +330,16 @@ async fn run_on_kafka(
                 let source = MongoSource::new(src.clone(), opts.max_retry_delay);
                 kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
             }
+            SourceConfig::Sqlite(src) => {
+                let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
+                kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+            }
         }
     };
     let subscription = match &config.source {
         SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
+        // Every table of the file: their names are known only at start.
+        SourceConfig::Sqlite(s) if s.tables.is_empty() => Subscription::Prefix,
         other => {
             let topics = kafka::Topics::new(&k.topic_prefix);
             Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
@@ -360,6 +380,7 @@ async fn check(path: &Path) -> u8 {
     let mut findings = match &config.source {
         SourceConfig::Postgres(src) => ferry_postgres_source::check::source_findings(src).await,
         SourceConfig::Mongodb(src) => ferry_mongodb_source::check::source_findings(src).await,
+        SourceConfig::Sqlite(src) => ferry_sqlite_source::check::source_findings(src).await,
     };
     // Mapped tables are checked against the mapping's targets below.
     let mapped: Vec<TableId> = config
