@@ -16,6 +16,7 @@ mod kafka_bus;
 mod mongo;
 mod schema;
 mod snapshot;
+mod sqlite;
 mod transform;
 mod transform_pg;
 mod types;

@@ -80,7 +80,10 @@ fn load(path: &Path) -> Result<(Config, SqliteSourceConfig), u8> {
         return Err(exit::CONFIG);
     };
     if let Err(why) = ferry_sqlite_source::config::check_path(cfg) {
-        eprintln!("invalid configuration {}: source.path: {why}", path.display());
+        eprintln!(
+            "invalid configuration {}: source.path: {why}",
+            path.display()
+        );
         return Err(exit::CONFIG);
     }
     let cfg = cfg.clone();
