@@ -2,13 +2,13 @@
 //! then follows the change log from the snapshot's horizon, trimming the
 //! log only up to what the runtime acknowledged.
 //!
-//! Position: a log entry's sequence is its position (`commit_lsn`, ordinal
-//! 1) and its ack. In embedded mode the runtime skips entries at or below
-//! the checkpoint's position; on every bus a restart reads the log from
-//! the oldest horizon still needed, and the log keeps every entry after the
-//! last acknowledged one, so nothing acknowledged is read twice into the
-//! target as an older state (entries carry keys, rows are read as they are
-//! now).
+//! Position: a log entry's sequence is its position (`commit_lsn`; the
+//! ordinal is always 1) and its ack. In embedded mode the runtime skips
+//! entries at or below the checkpoint's position; on every bus a restart
+//! reads the log from the oldest horizon still needed, and the log keeps
+//! every entry after the last acknowledged one. A replayed entry never
+//! moves a row back to an older state: entries carry keys, and rows are
+//! read as they are now.
 //!
 //! SQLite is synchronous: each session runs on a blocking thread, and
 //! hands messages to the bus by blocking on it (the bus's backpressure).
@@ -378,6 +378,9 @@ fn position(seq: u64) -> Position {
     }
 }
 
+/// A key's values, and the row that carries only them.
+type KeyRow = (Vec<Value>, Vec<Datum>);
+
 /// The bus events of one log entry: the row as it is now (an entry whose
 /// row is gone since yields nothing; its delete follows), a delete by key,
 /// or, for an update that moved the key, the update with the old key.
@@ -387,28 +390,27 @@ fn change_events(
     e: &Entry,
     warned: &mut [bool],
 ) -> Result<Vec<ChangeEvent>, PipelineError> {
-    let key_row =
-        |text: &Option<String>| -> Result<Option<(Vec<Value>, Vec<Datum>)>, PipelineError> {
-            let Some(text) = text else { return Ok(None) };
-            let values = change_log::parse_key(text)
-                .map_err(|k| PipelineError::fatal(Stage::Decode, format!("{}: {k}", t.name)))?;
-            if values.len() != t.key.len() {
-                return Err(PipelineError::fatal(
-                    Stage::Decode,
-                    format!(
-                        "{}: the change log's key {text:?} does not match the table's key; \
+    let key_row = |text: &Option<String>| -> Result<Option<KeyRow>, PipelineError> {
+        let Some(text) = text else { return Ok(None) };
+        let values = change_log::parse_key(text)
+            .map_err(|k| PipelineError::fatal(Stage::Decode, format!("{}: {k}", t.name)))?;
+        if values.len() != t.key.len() {
+            return Err(PipelineError::fatal(
+                Stage::Decode,
+                format!(
+                    "{}: the change log's key {text:?} does not match the table's key; \
                      the table's key changed since `ferry sqlite prepare`: run it again",
-                        t.name
-                    ),
-                ));
-            }
-            let values: Vec<Value> = values.into_iter().map(to_value).collect();
-            let mut row = vec![Datum::Value(Value::Null); t.schema.columns.len()];
-            for (v, &i) in values.iter().zip(t.key_indexes()) {
-                row[i] = Datum::Value(v.clone());
-            }
-            Ok(Some((values, row)))
-        };
+                    t.name
+                ),
+            ));
+        }
+        let values: Vec<Value> = values.into_iter().map(to_value).collect();
+        let mut row = vec![Datum::Value(Value::Null); t.schema.columns.len()];
+        for (v, &i) in values.iter().zip(t.key_indexes()) {
+            row[i] = Datum::Value(v.clone());
+        }
+        Ok(Some((values, row)))
+    };
     let old = key_row(&e.old_key)?;
     let new = key_row(&e.new_key)?;
     let event = |op, before, after| ChangeEvent {
