@@ -282,6 +282,10 @@ impl Session {
         // a reconnect: after what this process already sent).
         let mut after = progress.sent_upto.unwrap_or(oldest.max(applied));
         let writer = open_read_write(&self.cfg)?;
+        // The tables' shapes are read once per session: a schema change
+        // (a column added or dropped, a table altered) ends the session, and
+        // the next one describes the tables again.
+        let described_at = schema_version(conn)?;
         let mut trimmed = 0u64;
         let mut last_trim = Instant::now();
         let mut idle_sent: Option<u64> = None;
@@ -300,6 +304,12 @@ impl Session {
                     .map_err(|e| sqlite_err(Stage::Source, "trim the change log", e))?;
                 trimmed = ack;
                 last_trim = Instant::now();
+            }
+            if schema_version(conn)? != described_at {
+                return Err(PipelineError::transient(
+                    Stage::Source,
+                    "the database's schema changed; describing the tables again",
+                ));
             }
             let (entries, events) =
                 self.read_batch(conn, after, &by_name, &progress.horizons, &mut warned)?;
@@ -369,6 +379,12 @@ impl Session {
         conn.execute_batch("COMMIT").map_err(err)?;
         result
     }
+}
+
+/// SQLite's counter of schema changes.
+fn schema_version(conn: &Connection) -> Result<i64, PipelineError> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(|e| sqlite_err(Stage::Source, "read schema_version", e))
 }
 
 fn position(seq: u64) -> Position {
