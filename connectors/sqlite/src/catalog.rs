@@ -39,11 +39,13 @@ impl SqliteTable {
     }
 }
 
-/// The database's tables, but SQLite's own (`sqlite_*`) and Ferry's
-/// (`_ferry_*`), by name.
+/// The database's ordinary tables, but SQLite's own (`sqlite_*`) and
+/// Ferry's (`_ferry_*`), by name. Virtual tables (FTS, R*Tree) and their
+/// shadow tables are left out: they are indexes the application rebuilds,
+/// not data of its own.
 pub fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' \
+        "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
          AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE ?1 ESCAPE '\\' ORDER BY name",
     )?;
     let like = format!("{}%", LOG_PREFIX.replace('_', "\\_"));
@@ -219,7 +221,8 @@ mod tests {
              CREATE TABLE tasks (id TEXT PRIMARY KEY, project_id TEXT REFERENCES projects(id), parent TEXT REFERENCES tasks(id));
              CREATE TABLE attempts (id TEXT PRIMARY KEY, task_id TEXT REFERENCES tasks(id));
              CREATE TABLE x (id INTEGER PRIMARY KEY, y_id INTEGER REFERENCES y(id));
-             CREATE TABLE y (id INTEGER PRIMARY KEY, x_id INTEGER REFERENCES x(id));");
+             CREATE TABLE y (id INTEGER PRIMARY KEY, x_id INTEGER REFERENCES x(id));
+             CREATE VIRTUAL TABLE notes USING fts5(body);");
         let tables = table_names(&c)
             .unwrap()
             .iter()
