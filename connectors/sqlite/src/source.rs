@@ -546,3 +546,82 @@ pub fn sqlite_err(stage: Stage, context: &str, e: rusqlite::Error) -> PipelineEr
     };
     PipelineError::new(class, stage, format!("{context}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::describe;
+
+    fn entry(seq: u64, op: LogOp, old: Option<&str>, new: Option<&str>) -> Entry {
+        Entry {
+            seq,
+            table: "t".into(),
+            op,
+            old_key: old.map(str::to_string),
+            new_key: new.map(str::to_string),
+            at_micros: 1,
+        }
+    }
+
+    fn values(row: &Option<Vec<Datum>>) -> Vec<Value> {
+        row.iter()
+            .flatten()
+            .map(|d| match d {
+                Datum::Value(v) => v.clone(),
+                Datum::UnchangedToast => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_become_the_rows_as_they_are_now() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (2, 'now');",
+        )
+        .unwrap();
+        let t = describe(&c, "t").unwrap().unwrap();
+        let mut w = vec![false; 2];
+        // An insert reads the row as it is now, at the entry's position.
+        let ev = change_events(&c, &t, &entry(5, LogOp::Insert, None, Some("2")), &mut w).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].op, ev[0].position), (Op::Insert, position(5)));
+        assert_eq!(
+            values(&ev[0].after),
+            [Value::Int(2), Value::Text("now".into())]
+        );
+        // A row gone since: nothing (its delete follows in the log).
+        assert!(
+            change_events(&c, &t, &entry(6, LogOp::Insert, None, Some("9")), &mut w)
+                .unwrap()
+                .is_empty()
+        );
+        // A moved key: the update carries the old key.
+        let ev = change_events(
+            &c,
+            &t,
+            &entry(7, LogOp::Update, Some("1"), Some("2")),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(ev[0].op, Op::Update);
+        assert_eq!(values(&ev[0].before), [Value::Int(1), Value::Null]);
+        // Moved, then deleted: the old key's row is deleted.
+        let ev = change_events(
+            &c,
+            &t,
+            &entry(8, LogOp::Update, Some("1"), Some("9")),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(ev[0].op, Op::Delete);
+        assert_eq!(values(&ev[0].before), [Value::Int(1), Value::Null]);
+        // A delete carries its key only.
+        let ev = change_events(&c, &t, &entry(9, LogOp::Delete, Some("3"), None), &mut w).unwrap();
+        assert_eq!((ev[0].op, ev[0].after.is_none()), (Op::Delete, true));
+        // A key of another shape than the table's: refused, never guessed.
+        assert!(
+            change_events(&c, &t, &entry(10, LogOp::Delete, Some("1,2"), None), &mut w).is_err()
+        );
+    }
+}
