@@ -87,6 +87,25 @@ fn copy_table(
         ferry_pipeline::event::quote_ident(&t.name),
         t.key.join(", ")
     );
+    // Progress for dashboards (`ferry_snapshot_rows_total` against
+    // `ferry_snapshot_rows_estimate`): in this transaction the count is
+    // exact, and a scan of the key is cheap next to the copy.
+    let label = t.schema.id.to_string();
+    let estimate: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM {}",
+                ferry_pipeline::event::quote_ident(&t.name)
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    let m = ferry_pipeline::metrics::metrics();
+    m.snapshot_estimate
+        .with_label_values(&[&label])
+        .set(estimate);
+    let counter = m.snapshot_rows.with_label_values(&[&label]);
     let mut stmt = conn.prepare(&sql).map_err(err)?;
     let n = t.schema.columns.len();
     let mut rows = stmt.query([]).map_err(err)?;
@@ -101,6 +120,7 @@ fn copy_table(
             Datum::UnchangedToast => Value::Null,
         }));
         sum.add(&key);
+        counter.inc();
         emit(BusMessage::Change(ChangeEvent::snapshot_read(
             Arc::clone(&t.schema),
             row,
