@@ -21,6 +21,7 @@ mod operator;
 mod pg_security;
 mod schema;
 mod snapshot;
+mod sqlite;
 mod transform;
 mod transform_pg;
 mod types;

@@ -248,6 +248,7 @@ impl KafkaConfig {
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
     Mongodb(MongoSourceConfig),
+    Sqlite(SqliteSourceConfig),
 }
 
 impl SourceConfig {
@@ -262,6 +263,11 @@ impl SourceConfig {
                 .collections
                 .iter()
                 .map(|c| TableId::new(m.database.clone(), c.clone()))
+                .collect(),
+            SourceConfig::Sqlite(s) => s
+                .tables
+                .iter()
+                .map(|t| TableId::new(SQLITE_SCHEMA, t.clone()))
                 .collect(),
         }
     }
@@ -323,6 +329,94 @@ pub enum CollectionGone {
     Fail,
     /// Log it and go on (the target keeps the rows it has).
     Ignore,
+}
+
+/// `[source] kind = "sqlite"`: a local SQLite database file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceConfig {
+    /// The database file (the application's own; opened read-only for the
+    /// snapshot).
+    pub path: std::path::PathBuf,
+    /// Tables to mirror; empty or absent mirrors every table but SQLite's
+    /// own (`sqlite_*`) and Ferry's change log (`_ferry_*`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `follow` (default): snapshot, then follow the change log that
+    /// `ferry sqlite prepare` installed. `snapshot`: import once and stop
+    /// (needs no triggers).
+    #[serde(default)]
+    pub mode: SqliteMode,
+    /// How long the source waits for the application's write lock (trimming
+    /// the change log) before it retries: SQLite's `busy_timeout`.
+    #[serde(default = "default_sqlite_busy_timeout_ms")]
+    pub busy_timeout_ms: u64,
+    /// How often the change log is read when the last read found nothing.
+    #[serde(default = "default_sqlite_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Change-log entries read per (short) read transaction.
+    #[serde(default = "default_sqlite_log_batch")]
+    pub log_batch_size: u32,
+}
+
+/// The schema a SQLite source's tables are named under (SQLite's own name
+/// for the main database).
+pub const SQLITE_SCHEMA: &str = "main";
+
+/// `[source] mode` of a SQLite source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteMode {
+    /// Snapshot what is not copied yet, then follow the change log.
+    #[default]
+    Follow,
+    /// Copy every table once and stop.
+    Snapshot,
+}
+
+fn default_sqlite_busy_timeout_ms() -> u64 {
+    5000
+}
+fn default_sqlite_poll_interval_ms() -> u64 {
+    200
+}
+fn default_sqlite_log_batch() -> u32 {
+    1000
+}
+
+impl SqliteSourceConfig {
+    /// Pure checks of the `[source]` keys of a SQLite source.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(cfg_err("source.path", "the SQLite database file"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            if t.is_empty()
+                || t.contains('.')
+                || t.starts_with("sqlite_")
+                || t.starts_with("_ferry_")
+            {
+                return Err(cfg_err(
+                    format!("source.tables[{i}]"),
+                    format!("{t:?} is not a table of the database (a bare name, not sqlite_* or _ferry_*)"),
+                ));
+            }
+            if !seen.insert(t) {
+                return Err(cfg_err(
+                    format!("source.tables[{i}]"),
+                    format!("{t:?} is listed twice"),
+                ));
+            }
+        }
+        if self.poll_interval_ms == 0 {
+            return Err(cfg_err("source.poll_interval_ms", "must be at least 1"));
+        }
+        if self.log_batch_size == 0 {
+            return Err(cfg_err("source.log_batch_size", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// `[source] kind = "postgres"`
@@ -725,6 +819,7 @@ impl Config {
                     return Err(cfg_err("source.snapshot_batch_size", "must be at least 1"));
                 }
             }
+            SourceConfig::Sqlite(s) => s.validate()?,
         }
         match (&p.bus, &self.kafka) {
             (BusKind::Kafka, None) => {

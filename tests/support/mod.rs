@@ -11,6 +11,7 @@ pub mod config;
 pub mod dns;
 pub mod kafka;
 pub mod mongo;
+pub mod sqlite;
 // `ferry parity`'s comparison, the same file the binary compiles (see its
 // module doc): no production crate exports it for the tests.
 #[path = "../../pipeline/bin/ferry/parity.rs"]

@@ -20,6 +20,7 @@ mod kafka;
 mod mapping;
 mod mongo;
 mod shapes;
+mod sqlite;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -97,6 +98,19 @@ struct Args {
     /// Rows per batch for `--shapes`.
     #[arg(long, default_value_t = 5000)]
     shape_rows: i64,
+    /// Instead of the peers: the SQLite source's snapshot of a
+    /// `--sqlite-rows` file into PostgreSQL next to `sqlite3 .dump | psql`,
+    /// and the application's insert rate without and with Ferry's
+    /// triggers; writes `--sqlite-out`.
+    #[arg(long)]
+    sqlite: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    sqlite_rows: i64,
+    /// Single-row insert transactions per trigger-overhead measurement.
+    #[arg(long, default_value_t = 20_000)]
+    sqlite_inserts: i64,
+    #[arg(long, default_value = "bench-results/sqlite.json")]
+    sqlite_out: PathBuf,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
     #[arg(long, visible_alias = "runs", default_value_t = 3)]
@@ -126,6 +140,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.kafka {
         return kafka::run(&args).await;
+    }
+    if args.sqlite {
+        return sqlite::run(
+            args.sqlite_rows,
+            args.sqlite_inserts,
+            args.repeat,
+            &args.sqlite_out,
+            &ferry_exe()?,
+        )
+        .await;
     }
     if args.mapping {
         return mapping::run(&args).await;

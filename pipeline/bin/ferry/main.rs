@@ -8,6 +8,7 @@ mod dlq;
 mod mapping;
 mod parity;
 mod recopy;
+mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ use ferry_pipeline::runtime::RuntimeOptions;
 use ferry_pipeline::telemetry::{self, LogFormat};
 use ferry_postgres_sink::PostgresSink;
 use ferry_postgres_source::PostgresSource;
+use ferry_sqlite_source::SqliteSource;
 use tokio::sync::watch;
 
 /// Exit codes, so that scripts can tell a mismatch from an error.
@@ -102,6 +104,8 @@ enum Command {
     Mapping(mapping::MappingArgs),
     /// The id map: legacy ids and the new ids they were given.
     Idmap(mapping::IdmapArgs),
+    /// SQLite sources: install or remove the change log, compare counts.
+    Sqlite(sqlite::SqliteArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
+            Command::Sqlite(args) => sqlite::run(args).await,
         }
     });
     ExitCode::from(code)
@@ -175,6 +180,9 @@ async fn load(path: &Path) -> Result<Config, u8> {
         SourceConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose())
             .await
             .map_err(|why| format!("source.url: {why}")),
+        SourceConfig::Sqlite(s) => {
+            ferry_sqlite_source::config::check_path(s).map_err(|why| format!("source.path: {why}"))
+        }
     };
     let SinkConfig::Postgres(dst) = &config.sink;
     let sink = ferry_postgres_sink::config::conn_info(dst).map(|_| ());
@@ -325,6 +333,10 @@ pub(crate) async fn run_pipeline(
             let source = MongoSource::new(src.clone(), opts.max_retry_delay);
             embedded::run(source, sink, opts, shutdown).await
         }
+        SourceConfig::Sqlite(src) => {
+            let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
+            embedded::run(source, sink, opts, shutdown).await
+        }
     }
 }
 
@@ -359,10 +371,16 @@ async fn run_on_kafka(
                 let source = MongoSource::new(src.clone(), opts.max_retry_delay);
                 kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
             }
+            SourceConfig::Sqlite(src) => {
+                let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
+                kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+            }
         }
     };
     let subscription = match &config.source {
         SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
+        // Every table of the file: their names are known only at start.
+        SourceConfig::Sqlite(s) if s.tables.is_empty() => Subscription::Prefix,
         other => {
             let topics = kafka::Topics::new(&k.topic_prefix);
             Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
@@ -403,6 +421,7 @@ async fn check(path: &Path) -> u8 {
     let mut findings = match &config.source {
         SourceConfig::Postgres(src) => ferry_postgres_source::check::source_findings(src).await,
         SourceConfig::Mongodb(src) => ferry_mongodb_source::check::source_findings(src).await,
+        SourceConfig::Sqlite(src) => ferry_sqlite_source::check::source_findings(src).await,
     };
     // Mapped tables are checked against the mapping's targets below.
     let mapped: Vec<TableId> = config
