@@ -50,7 +50,11 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
              ALTER TABLE public.ferry_bus_offsets ADD COLUMN IF NOT EXISTS last_record_ts bigint;",
         )
         .await
-        .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))
+        .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))?;
+    client
+        .batch_execute(crate::barrier::INSTALL)
+        .await
+        .map_err(|e| pg_err("create ferry_barriers", e))
 }
 
 /// Reads the checkpoint of `pipeline` (on a client or inside a

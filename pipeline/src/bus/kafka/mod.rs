@@ -19,6 +19,7 @@
 //!   worker with a message (`auto.offset.reset=error`).
 
 pub mod outbox;
+pub mod partitioner;
 pub mod producer;
 pub mod registry;
 pub mod schema_store;
