@@ -160,6 +160,11 @@ impl Ferry {
 
     /// Starts `ferry run --config <config> <extra…>` (e.g. `--role worker`).
     pub fn spawn_with(config: &Path, extra: &[&str]) -> Ferry {
+        Self::spawn_env(config, extra, &[])
+    }
+
+    /// [`Ferry::spawn_with`] with more environment variables (test hooks).
+    pub fn spawn_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ferry {
         let log = config.with_extension(format!("{}.log", NEXT.fetch_add(1, Ordering::Relaxed)));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -198,6 +203,7 @@ impl Ferry {
                 std::env::var("FERRY_TEST_RUST_LOG")
                     .unwrap_or_else(|_| "info,ferry_postgres_sink=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -253,7 +253,7 @@ struct WorkerContext<S: BusOffsets> {
     /// librdkafka's statistics (for the "waiting for an assignment" log).
     group_state: Mutex<Option<(String, i64)>>,
     /// Per partition, the high watermark of the last Fetch response
-    /// (librdkafka's statistics, every 5 s): see [`check_topics`].
+    /// (librdkafka's statistics, every second): see [`check_topics`].
     fetched_high: Mutex<FastHashMap<(String, i32), i64>>,
 }
 
@@ -385,6 +385,8 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                 // A partition paused at a barrier may stay paused across a
                 // re-assignment (librdkafka#1849): it starts afresh.
                 let _ = consumer.resume(tpl);
+                #[cfg(feature = "test-hooks")]
+                gate::on_assign(consumer, &parts);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = ?parts, "partitions revoked");
@@ -482,9 +484,10 @@ async fn run_once<K: Sink, S: BusOffsets>(
         // answer as soon as data arrives (tansu) otherwise add up to
         // librdkafka's default 500 ms to every change's lag.
         .set("fetch.wait.max.ms", "20")
-        // The group's join state and rebalance count, for the log of a
-        // worker waiting for an assignment.
-        .set("statistics.interval.ms", "5000")
+        // The group's join state and rebalance count (the log of a worker
+        // waiting for an assignment), and each partition's fetch high
+        // watermark (the topic check).
+        .set("statistics.interval.ms", "1000")
         // Large documents (MongoDB allows 16 MB) must fit in a fetch.
         .set("fetch.max.bytes", "134217728")
         .set("receive.message.max.bytes", "135000000");
@@ -630,6 +633,8 @@ async fn consume<S: BusOffsets>(
             }
             _ = tick.tick() => {
                 waiting.tick(&consumer, &group);
+                #[cfg(feature = "test-hooks")]
+                gate::on_tick(&*consumer);
                 // The check runs beside the consume loop (its requests may
                 // wait behind a fetch at the broker): its verdict is read
                 // once it is in.
@@ -868,7 +873,7 @@ impl Waiting {
             }
             info!(
                 group,
-                members = members.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                members = %members.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 generation,
                 state = %state,
                 waiting_s = since.elapsed().as_secs(),
@@ -888,6 +893,58 @@ impl Waiting {
                     .ok()
                     .and_then(|l| l.groups().first().map(|g| g.members().len()))
             }));
+        }
+    }
+}
+
+/// Test hook (feature `test-hooks`, on in `cargo test` builds only):
+/// `FERRY_TEST_GATE_PARTITION=<topic>:<partition>:<file>` keeps that
+/// partition paused from its assignment until `<file>` exists, so that a
+/// test can make one partition lag behind the others deterministically.
+#[cfg(feature = "test-hooks")]
+mod gate {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::TopicPartitionList;
+
+    static OPEN: AtomicBool = AtomicBool::new(false);
+
+    fn spec() -> Option<(String, i32, String)> {
+        let v = std::env::var("FERRY_TEST_GATE_PARTITION").ok()?;
+        let mut it = v.splitn(3, ':');
+        let (t, p, f) = (it.next()?, it.next()?, it.next()?);
+        Some((t.to_string(), p.parse().ok()?, f.to_string()))
+    }
+
+    pub(super) fn on_assign<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        consumer: &C,
+        parts: &[(String, i32)],
+    ) {
+        let Some((topic, partition, file)) = spec() else {
+            return;
+        };
+        if OPEN.load(Ordering::Acquire) || std::path::Path::new(&file).exists() {
+            return;
+        }
+        if parts.iter().any(|(t, p)| *t == topic && *p == partition) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let _ = consumer.pause(&tpl);
+            tracing::warn!(%topic, partition, "test hook: partition gated");
+        }
+    }
+
+    pub(super) fn on_tick<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(consumer: &C) {
+        let Some((topic, partition, file)) = spec() else {
+            return;
+        };
+        if !OPEN.load(Ordering::Acquire) && std::path::Path::new(&file).exists() {
+            OPEN.store(true, Ordering::Release);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let _ = consumer.resume(&tpl);
+            tracing::warn!(%topic, partition, "test hook: partition released");
         }
     }
 }
@@ -1045,15 +1102,18 @@ fn check_topics<C: ConsumerContext>(
             // ListOffsets(latest) is the high watermark on Apache Kafka.
             // tansu 0.6 (memory storage) answers the last batch's base
             // offset + 1 instead, below the end when a batch holds several
-            // records: the high watermark of the last Fetch response, when
-            // it covers the progress, shows the records are there.
+            // records. So the end is below the progress only if the high
+            // watermark of the last Fetch response (librdkafka's
+            // statistics) says so too; until one is known, the check waits
+            // (a fetch beyond the end of a log that lost its records fails
+            // with OffsetOutOfRange, which stops the worker as well).
             Ok((_, high))
                 if high < progress.next_offset
                     && fetched_high
                         .get(&(t.clone(), *p))
-                        .is_some_and(|&fetched| fetched >= progress.next_offset) =>
+                        .is_none_or(|&fetched| fetched >= progress.next_offset) =>
             {
-                debug!(topic = %t, partition = p, list_offsets = high, next = progress.next_offset, "broker's ListOffsets is below its fetch high watermark; trusting the fetch");
+                debug!(topic = %t, partition = p, list_offsets = high, fetched = ?fetched_high.get(&(t.clone(), *p)), next = progress.next_offset, "broker's ListOffsets is below the progress, its fetch high watermark is not: trusting the fetch");
             }
             Ok((_, high)) if high < progress.next_offset => {
                 return Err(PipelineError::fatal(
