@@ -615,7 +615,7 @@ async fn consume<S: BusOffsets>(
     // after each commit, and on this tick while any is held (never without
     // holds). A barrier whose partitions one worker owns is usually done
     // by the commit after the last arrival.
-    let mut hold_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut hold_tick = tokio::time::interval(Duration::from_millis(50));
     hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting = Waiting::default();
     // One stream for the whole loop: `recv` registers and drops a waker
@@ -845,7 +845,7 @@ impl Waiting {
         if assigned > 0 {
             if self.logged.is_some() {
                 info!(
-                    group,
+                    group = %group,
                     partitions = assigned,
                     "partition assignment received"
                 );
@@ -872,7 +872,7 @@ impl Waiting {
                 metrics().kafka_members.set(n as i64);
             }
             info!(
-                group,
+                group = %group,
                 members = %members.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
                 generation,
                 state = %state,
