@@ -2,6 +2,8 @@
 //! concrete source and sink. Logic lives in the crates; this file only
 //! orchestrates.
 
+#[cfg(feature = "kafka")]
+mod bus;
 mod demo;
 mod dlq;
 mod mapping;
@@ -95,6 +97,10 @@ enum Command {
     Mapping(mapping::MappingArgs),
     /// The id map: legacy ids and the new ids they were given.
     Idmap(mapping::IdmapArgs),
+    /// The Kafka bus: `reset` starts a pipeline over after its broker lost
+    /// its data.
+    #[cfg(feature = "kafka")]
+    Kafka(bus::KafkaArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +130,8 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
+            #[cfg(feature = "kafka")]
+            Command::Kafka(args) => bus::run(args).await,
         }
     });
     ExitCode::from(code)

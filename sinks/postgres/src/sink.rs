@@ -544,6 +544,14 @@ impl PostgresSink {
         target::mapping_catalog(client, ids).await
     }
 
+    /// `ferry kafka reset`: forgets the pipeline's Kafka-bus progress in
+    /// the target (see [`checkpoint::reset_bus`]).
+    pub async fn reset_bus(&mut self, force: bool) -> Result<checkpoint::BusReset, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        checkpoint::reset_bus(client, &pipeline, force).await
+    }
+
     /// `ferry idmap lookup`: the mappings of `namespace` where either side
     /// is `id`.
     pub async fn id_map_lookup(

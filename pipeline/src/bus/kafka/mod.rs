@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod partitioner;
 pub mod producer;
 pub mod registry;
+pub mod reset;
 pub mod schema_store;
 pub mod source_checkpoint;
 pub mod worker;

@@ -114,7 +114,7 @@ impl ResumeChecks {
         Err(PipelineError::fatal(
             Stage::Decode,
             format!(
-                "{topic}[{partition}]: the record at offset {at} is not the one the target applied last (timestamp {} instead of {ts}): the topic's log was made anew since (a broker that lost its data, or the topic deleted and recreated); resuming after it would skip the start of the new log. Nothing was skipped, the worker stops. Re-snapshot the pipeline (new topic prefix and empty target)",
+                "{topic}[{partition}]: the record at offset {at} is not the one the target applied last (timestamp {} instead of {ts}): the topic's log was made anew since (a broker that lost its data, or the topic deleted and recreated); resuming after it would skip the start of the new log. Nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again",
                 timestamp.map_or_else(|| "none".to_string(), |t| t.to_string())
             ),
         )
@@ -1092,7 +1092,7 @@ fn check_topics<C: ConsumerContext>(
         if !exists {
             return Err(PipelineError::fatal(
                 Stage::Decode,
-                format!("topic {t} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the worker stops"),
+                format!("topic {t} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again"),
             )
             .with_code("UnknownTopicOrPartition"));
         }
@@ -1119,7 +1119,7 @@ fn check_topics<C: ConsumerContext>(
                 return Err(PipelineError::fatal(
                     Stage::Decode,
                     format!(
-                        "{t}[{p}] ends at offset {high}, but the target already applied up to {}: the offsets this worker must resume from are no longer in Kafka (the broker lost data); nothing was skipped, the worker stops",
+                        "{t}[{p}] ends at offset {high}, but the target already applied up to {}: the offsets this worker must resume from are no longer in Kafka (the broker lost data); nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again",
                         progress.next_offset
                     ),
                 )
@@ -1148,7 +1148,7 @@ fn consumer_error(e: KafkaError) -> PipelineError {
         )
     );
     let what = if offsets {
-        "the offsets this worker must resume from are no longer in Kafka (retention, or a broker that lost its data); nothing was skipped. Re-snapshot the pipeline (new topic prefix and empty target) or restore the topic"
+        "the offsets this worker must resume from are no longer in Kafka (retention, or a broker that lost its data); nothing was skipped. Restore the topic, or start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again"
     } else if topic {
         "a topic this worker consumes does not exist any more (deleted?); nothing was skipped. Recreate it by restarting the source, or re-snapshot"
     } else {
@@ -1365,6 +1365,76 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn barrier_headers_parse() {
+        let schema = Arc::new(crate::event::TableSchema {
+            id: crate::event::TableId::new("public", "t"),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            child: None,
+        });
+        let ev = crate::event::ChangeEvent::snapshot_read(schema, Vec::new());
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        let b = parse_barrier(
+            "k:0/16B3A28#3".into(),
+            Some("2,0".into()),
+            &t,
+            2,
+            41,
+            ev.clone(),
+        )
+        .unwrap();
+        assert_eq!(b.kind, BarrierKind::KeyChange);
+        assert_eq!((b.partition, b.offset, b.seq), (2, 41, 0));
+        assert_eq!(b.partitions, vec![2, 0]);
+        let s = parse_barrier(
+            "s:1700000000000001".into(),
+            Some("0,1,2".into()),
+            &t,
+            1,
+            0,
+            ev.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.kind, s.seq),
+            (BarrierKind::SnapshotStart, 1_700_000_000_000_001)
+        );
+        assert!(parse_barrier("x:1".into(), Some("0".into()), &t, 0, 0, ev.clone()).is_err());
+        assert!(parse_barrier("t:0/1#1".into(), None, &t, 0, 0, ev).is_err());
+    }
+
+    #[test]
+    fn a_held_partition_yields_nothing_until_its_copy_comes_again() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        assert_eq!(holds.screen(&t, 0, 5), None, "no hold: handled");
+        holds.update(|m| {
+            m.insert(
+                (Arc::clone(&t), 0),
+                Hold::Waiting {
+                    id: "t:0/1#1".into(),
+                    offset: 7,
+                },
+            )
+        });
+        assert_eq!(
+            holds.screen(&t, 0, 8),
+            Some(false),
+            "fetched before the pause"
+        );
+        assert_eq!(holds.screen(&t, 1, 8), None, "other partitions flow");
+        holds.update(|m| m.insert((Arc::clone(&t), 0), Hold::Passing { offset: 7 }));
+        assert_eq!(
+            holds.screen(&t, 0, 9),
+            Some(false),
+            "stale, before the seek"
+        );
+        assert_eq!(holds.screen(&t, 0, 7), Some(true), "the copy again: passed");
+        assert_eq!(holds.screen(&t, 0, 8), None, "released");
+        assert!(!holds.any.load(Ordering::Acquire));
+    }
 
     #[test]
     fn prefix_pattern_escapes() {
