@@ -440,6 +440,67 @@ async fn three_partitions_end_equal_under_key_changes_truncates_and_kill9() {
     }
 }
 
+/// Both workers of a group stopped with SIGTERM (they leave the group) and
+/// started again: the group settles again and the pipeline goes on.
+///
+/// Ignored: a tansu 0.6 quirk. In one run of two (2026-12-03) the new
+/// group never finished rebalancing: its members looped between wait-join
+/// and wait-sync for the whole minute (tansu fixed its generation and
+/// SyncGroup handling after 0.6), and they said so every 5 s (`waiting for
+/// a partition assignment … members=2 … state=wait-sync`, item 3 of issue
+/// #24), applying nothing and losing nothing. Run it with `--ignored`
+/// against a new broker; once it passes every time, drop the `ignore` and
+/// the quirk from docs/kafka.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6: after both members left, the group intermittently never settles (docs/kafka.md)"]
+async fn both_workers_sigtermed_and_restarted_settle_again() {
+    let pair = pair_with_broker("kpterm").await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE items (a int, b text, v int NOT NULL, PRIMARY KEY (a, b))")
+        .await
+        .unwrap();
+    let cfg = config(&pair, "public.items", 3);
+    let mut source = spawn(&cfg, "source");
+    let mut workers = [spawn(&cfg, "worker"), spawn(&cfg, "worker")];
+    let src = pair.src().await;
+    src.batch_execute("INSERT INTO items SELECT g, 'k', 1 FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    wait_equal(
+        &pair,
+        "public.items",
+        &[&source, &workers[0], &workers[1]],
+        Duration::from_secs(60),
+    )
+    .await;
+    for w in &mut workers {
+        w.terminate();
+    }
+    for w in &mut workers {
+        assert!(
+            w.wait_exit(Duration::from_secs(30)).is_some(),
+            "a worker did not stop on SIGTERM: {}",
+            w.log_text()
+        );
+    }
+    let mut workers = [spawn(&cfg, "worker"), spawn(&cfg, "worker")];
+    src.batch_execute("UPDATE items SET v = 2; INSERT INTO items VALUES (1000, 'k', 1)")
+        .await
+        .unwrap();
+    wait_equal(
+        &pair,
+        "public.items",
+        &[&source, &workers[0], &workers[1]],
+        Duration::from_secs(60),
+    )
+    .await;
+    alive(&mut source, "source");
+    for w in &mut workers {
+        alive(w, "worker");
+    }
+}
+
 /// The sum of the high watermarks of `topic`'s partitions.
 fn topic_end(broker: &str, topic: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()

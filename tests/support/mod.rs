@@ -212,6 +212,13 @@ impl Ferry {
         Ferry { child, log }
     }
 
+    /// SIGTERM: the graceful shutdown (a worker leaves its group).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
