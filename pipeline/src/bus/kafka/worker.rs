@@ -103,10 +103,26 @@ impl ResumeChecks {
             return Ok(false);
         };
         self.pending.store(!expected.is_empty(), Ordering::Release);
-        if offset != at {
-            // The record is gone (compaction): nothing to compare, and the
-            // offsets carry on past it.
+        if offset == at + 1 {
+            // The broker answered from the next record on (tansu 0.6 does
+            // for an offset inside a producer batch): nothing to compare,
+            // and nothing skipped, as `at + 1` is where the worker resumes.
             return Ok(false);
+        }
+        if offset != at {
+            // Data topics are never compacted and their offsets have no
+            // gaps: records between the one asked for and this one were
+            // skipped by the broker (tansu 0.6 answers a fetch inside a
+            // producer batch with the next batch). Never silently.
+            return Err(PipelineError::fatal(
+                Stage::Decode,
+                format!(
+                    "{topic}[{partition}]: the broker returned offset {offset} for a fetch at {at}: records {} to {} would be skipped. Nothing was skipped, the worker stops; this broker (version) does not serve fetches inside a batch (docs/kafka.md)",
+                    at + 1,
+                    offset - 1
+                ),
+            )
+            .with_code(SKIPPED_RECORDS));
         }
         if timestamp == Some(ts) {
             return Ok(true);
@@ -125,6 +141,9 @@ impl ResumeChecks {
 /// The error code of a partition whose log is not the one the target's
 /// progress refers to.
 const LOG_REPLACED: &str = "ferry-log-replaced";
+
+/// The error code of a fetch that jumped past records.
+const SKIPPED_RECORDS: &str = "ferry-skipped-records";
 
 /// Partitions held at a cross-partition barrier. A held partition yields
 /// nothing: what librdkafka fetched before the pause is dropped unrecorded
@@ -1459,8 +1478,16 @@ mod tests {
         // check is done.
         assert!(checks.verify(&t, 0, 41, Some(1_700)).unwrap());
         assert!(!checks.verify(&t, 0, 42, Some(1_701)).unwrap());
-        // Compacted away: nothing to compare, the next record is applied.
-        assert!(!checks.verify(&t, 1, 12, Some(1)).unwrap());
+        // The next record instead (a broker answering from the next
+        // batch): nothing to compare, nothing skipped.
+        assert!(!checks.verify(&t, 1, 10, Some(1)).unwrap());
+        // Records jumped over: the worker stops.
+        checks.set(|e| {
+            e.insert((Arc::clone(&t), 1), (9, 1_800));
+        });
+        let e = checks.verify(&t, 1, 12, Some(1)).unwrap_err();
+        assert_eq!(e.code.as_deref(), Some(SKIPPED_RECORDS));
+        assert!(e.to_string().contains("records 10 to 11"), "{e}");
         // Another record at that offset: the log was made anew.
         let e = checks.verify(&t, 2, 5, Some(2_000)).unwrap_err();
         assert_eq!(e.code.as_deref(), Some(LOG_REPLACED));
