@@ -7,8 +7,11 @@
 //! 2. Kafka bus, source + 1 worker (`--role source`, `--role worker`);
 //! 3. Kafka bus, source + 2 workers (one consumer group).
 //!
-//! The Kafka topics have 2 partitions; the broker is tansu (memory storage)
-//! on the same machine, a fresh one per run, as are the PostgreSQL clusters.
+//! The Kafka topics have 2 partitions (`--kafka-partitions 1,3,6` and
+//! `--kafka-workers 1,2,3` run every pair instead; `--kafka-key-changes`
+//! and `--kafka-truncate-every n` add barriers to the backlog); the broker
+//! is tansu (memory storage) on the same machine, a fresh one per run, as
+//! are the PostgreSQL clusters.
 //!
 //! Throughput: the seed is snapshotted, then the source is stopped (the
 //! workers keep running, their consumer group joined and stable) while the

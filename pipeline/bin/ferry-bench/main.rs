@@ -69,9 +69,9 @@ struct Args {
     /// `--kafka-out`.
     #[arg(long)]
     kafka: bool,
-    /// With `--kafka`: run only this configuration (`embedded`, `1` or
-    /// `2` workers) and print its figures, without ratios or report; for
-    /// profiling one of them.
+    /// With `--kafka`: run only this configuration (`embedded`, `1`, `2`
+    /// or `3` workers, on the first `--kafka-partitions`) and print its
+    /// figures, without ratios or report; for profiling one of them.
     #[arg(long, value_parser = ["embedded", "1", "2", "3"])]
     kafka_only: Option<String>,
     /// With `--kafka`: partitions per data topic; several values (`1,3,6`)

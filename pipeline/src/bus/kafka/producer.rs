@@ -265,7 +265,7 @@ struct Forwarder {
 }
 
 /// One copy of a barrier event.
-struct Copy<'a> {
+struct BarrierCopy<'a> {
     key: &'a [u8],
     partition: i32,
     extra: [(&'static str, &'a [u8]); 2],
@@ -546,7 +546,7 @@ impl Forwarder {
                 let id = format!("k:{}", ev.position);
                 let parts = format!("{from},{to}");
                 let copies = [
-                    Copy {
+                    BarrierCopy {
                         key: self.old_key_buf.as_bytes(),
                         partition: from,
                         extra: [
@@ -554,7 +554,7 @@ impl Forwarder {
                             (HEADER_DEBEZIUM_NEWKEY, self.key_buf.as_bytes()),
                         ],
                     },
-                    Copy {
+                    BarrierCopy {
                         key: self.key_buf.as_bytes(),
                         partition: to,
                         extra: [
@@ -579,8 +579,8 @@ impl Forwarder {
             _ => return Ok(None),
         };
         let parts = (0..n).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let copies: Vec<Copy<'_>> = (0..n as i32)
-            .map(|p| Copy {
+        let copies: Vec<BarrierCopy<'_>> = (0..n as i32)
+            .map(|p| BarrierCopy {
                 key: self.key_buf.as_bytes(),
                 partition: p,
                 extra: [("", b""), ("", b"")],
@@ -629,7 +629,7 @@ async fn send_copies(
     value: &[u8],
     id: &str,
     parts: &str,
-    copies: &[Copy<'_>],
+    copies: &[BarrierCopy<'_>],
     marker: Option<Marker<'_>>,
 ) -> Result<u64, PipelineError> {
     let position = ev.position.to_string();
