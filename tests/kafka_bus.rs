@@ -605,8 +605,12 @@ async fn a_vanished_topic_stops_the_worker() {
 
 /// The broker comes back empty (it lost its data) with the same topics:
 /// the offsets the target's progress resumes from are past the end of the
-/// new logs. A restarted worker stops with a message saying so; it never
-/// jumps to whatever the topics hold now. The target keeps what it had.
+/// new logs. A restarted worker stops with a message saying so (and naming
+/// `ferry kafka reset`); it never jumps to whatever the topics hold now.
+/// The target keeps what it had. Then `ferry kafka reset` (refused while
+/// workers may be running, unless forced) and a restart start the pipeline
+/// over: the target ends equal to the source, rows deleted in between
+/// included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_data_stops_the_worker() {
     let (pair, prefix, mock, cfg) = caught_up_then_killed("kblost2").await;
@@ -616,9 +620,30 @@ async fn a_broker_that_lost_its_data_stops_the_worker() {
     mock_config(&pair, port, &prefix, Some(&cfg));
     let mut worker = spawn(&cfg, "worker");
     assert_stops_saying(&mut worker, "worker", "no longer in Kafka");
+    assert!(
+        worker.log_text().contains("ferry kafka reset"),
+        "the message names the command that starts over"
+    );
     pair.compare(&[TABLE])
         .await
         .unwrap_or_else(|e| panic!("the target changed: {e}"));
+
+    // Starting over: rows deleted meanwhile must not stay in the target.
+    pair.src()
+        .await
+        .batch_execute("DELETE FROM accounts WHERE id % 5 = 0")
+        .await
+        .unwrap();
+    let path = cfg.to_str().unwrap();
+    let (code, out) = crate::support::ferry_cmd(&["kafka", "reset", "--config", path, "--yes"]);
+    assert_ne!(code, 0, "refused right after the workers stopped: {out}");
+    assert!(out.contains("stop its workers first"), "{out}");
+    let (code, out) =
+        crate::support::ferry_cmd(&["kafka", "reset", "--config", path, "--yes", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    let source = spawn(&cfg, "source");
+    let worker = spawn(&cfg, "worker");
+    wait_equal(&pair, &[&source, &worker], Duration::from_secs(90)).await;
 }
 
 /// The broker comes back empty, and the source, restarted first, fills the

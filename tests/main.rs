@@ -13,6 +13,7 @@ mod crash;
 mod dlq;
 mod kafka;
 mod kafka_bus;
+mod kafka_partitions;
 mod metrics_endpoint;
 mod mongo;
 mod mongo_srv;

@@ -95,14 +95,15 @@ count() {
 }
 status=0
 cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$embedded_log" || status=$?
-# tests/kafka.rs and tests/kafka_bus.rs start brokers of their own whatever
-# the bus: they ran in the first pass.
-# Run once, in the first pass: pg_security:: (TLS and password methods)
-# tests connections, the same on both buses; operator::second_ferry tests
+# tests/kafka.rs, kafka_bus.rs and kafka_partitions.rs start brokers of
+# their own whatever the bus: they ran in the first pass. Also run once, in
+# the first pass: connections (pg_security::, mongo_tls::, mongo_srv::) and
+# the metrics endpoint, the same on both buses; operator::second_ferry tests
 # the source's slot handling, which no bus touches; --recopy
 # (operator::lost_target_table) is for the embedded bus only.
 FERRY_TEST_BUS=kafka cargo test --locked --no-fail-fast --test e2e "$@" -- \
-  --skip kafka:: --skip kafka_bus:: --skip pg_security:: \
+  --skip kafka:: --skip kafka_bus:: --skip kafka_partitions:: \
+  --skip pg_security:: --skip mongo_tls:: --skip mongo_srv:: --skip metrics_endpoint:: \
   --skip operator::second_ferry --skip operator::lost_target_table \
   2>&1 | tee "$kafka_log" || status=$?
 # Only the closing line reads "N passed, M failed".

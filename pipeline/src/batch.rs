@@ -204,6 +204,21 @@ fn merge(earlier: &RowChange, later: RowChange) -> RowChange {
     }
 }
 
+/// A partition's arrival at a cross-partition barrier (see
+/// [`crate::event::Barrier`]).
+#[derive(Debug)]
+pub struct Arrival {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub id: String,
+    pub kind: crate::event::BarrierKind,
+    pub seq: i64,
+    pub partitions: Vec<i32>,
+    /// Applied by the arrival that completes the barrier, and only by it.
+    /// A sink may take it (leaving an empty batch) to prepare it.
+    pub action: Batch,
+}
+
 /// The offsets of one partition a batch consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumedRange {
@@ -251,6 +266,11 @@ pub struct Batch {
     /// starting over): their records parked by the transform stage are
     /// superseded.
     pub emptied_sources: Vec<TableId>,
+    /// Kafka bus only: partitions that reached a cross-partition barrier
+    /// in this batch, in arrival order. The sink records each arrival in
+    /// the batch's transaction, after the batch's rows, and applies the
+    /// barrier's action there if the arrival completes it.
+    pub arrivals: Vec<Arrival>,
     /// The parked record of the last change pushed (its Kafka origin is
     /// attached when the message's offset arrives).
     last_parked: Option<usize>,
@@ -268,6 +288,22 @@ impl Batch {
             && self.bus.is_empty()
             && self.parked.is_empty()
             && self.snapshot_marks.is_empty()
+            && self.arrivals.is_empty()
+    }
+
+    /// Records a partition's arrival at a barrier; `action` is what the
+    /// barrier does once complete, folded as a batch of its own (through
+    /// the mapping, if any).
+    pub fn arrive(&mut self, barrier: &crate::event::Barrier, action: Batch) {
+        self.arrivals.push(Arrival {
+            topic: Arc::clone(&barrier.topic),
+            partition: barrier.partition,
+            id: barrier.id.clone(),
+            kind: barrier.kind,
+            seq: barrier.seq,
+            partitions: barrier.partitions.clone(),
+            action,
+        });
     }
 
     /// Parks a record refused before the sink; it counts as an event of

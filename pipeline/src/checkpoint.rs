@@ -1,6 +1,6 @@
 //! What is durable downstream, and the store that keeps it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use crate::error::PipelineError;
@@ -69,6 +69,25 @@ pub trait BusOffsets: Send + 'static {
         &mut self,
         partitions: &[(String, i32)],
     ) -> impl Future<Output = Result<HashMap<(String, i32), PartitionProgress>, PipelineError>> + Send;
+
+    /// Which of `barriers` (`(topic, barrier id)`) are done: every
+    /// partition they cover has arrived and their action is committed (see
+    /// [`crate::event::Barrier`]). A sink that writes arrivals keeps them
+    /// in the target, in the same transaction as the partitions' offsets.
+    /// The default refuses: a sink without barriers cannot consume topics
+    /// of several partitions that carry them.
+    fn barriers_done(
+        &mut self,
+        barriers: &[(String, String)],
+    ) -> impl Future<Output = Result<HashSet<(String, String)>, PipelineError>> + Send {
+        let _ = barriers;
+        async {
+            Err(PipelineError::fatal(
+                crate::error::Stage::Sink,
+                "this sink does not keep cross-partition barriers: use one partition per topic",
+            ))
+        }
+    }
 }
 
 /// The error code of a batch refused because its offsets were already

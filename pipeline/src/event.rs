@@ -350,6 +350,66 @@ pub enum BusMessage {
     EnsureTable {
         table: Arc<TableSchema>,
     },
+    /// Kafka bus, worker side: a partition reached its copy of a
+    /// cross-partition barrier (see [`Barrier`]). Its offset is *not*
+    /// consumed: the worker applies nothing more from the partition until
+    /// the barrier is done, then reads the copy again and passes it.
+    Barrier(Box<Barrier>),
+}
+
+/// What a cross-partition barrier does once every partition it covers has
+/// reached it (Kafka bus with several partitions per topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarrierKind {
+    /// A key-changing update whose old and new keys live on different
+    /// partitions: delete the old key, write the new one.
+    KeyChange,
+    /// A TRUNCATE: empty the table.
+    Truncate,
+    /// A snapshot starts: create the table if configured, then empty it.
+    SnapshotStart,
+}
+
+impl BarrierKind {
+    /// The one-letter tag that starts a barrier id (`k:`, `t:`, `s:`).
+    pub fn tag(self) -> char {
+        match self {
+            BarrierKind::KeyChange => 'k',
+            BarrierKind::Truncate => 't',
+            BarrierKind::SnapshotStart => 's',
+        }
+    }
+
+    /// The kind a barrier id names.
+    pub fn of_id(id: &str) -> Option<Self> {
+        match id.split_once(':')?.0 {
+            "k" => Some(BarrierKind::KeyChange),
+            "t" => Some(BarrierKind::Truncate),
+            "s" => Some(BarrierKind::SnapshotStart),
+            _ => None,
+        }
+    }
+}
+
+/// One partition's arrival at a barrier: one source event copied to a set
+/// of partitions of its table's topic, every copy with the same `id`.
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// The copy's offset (not consumed by the arrival).
+    pub offset: i64,
+    /// `k:<position>`, `t:<position>` (the same after a source restart
+    /// re-produces the event) or `s:<micros>` (a new id per attempt).
+    pub id: String,
+    pub kind: BarrierKind,
+    /// Orders snapshot attempts of one table (their start time, µs); 0 for
+    /// the others.
+    pub seq: i64,
+    /// The partitions that must all arrive.
+    pub partitions: Vec<i32>,
+    /// The source event the barrier applies once complete.
+    pub event: ChangeEvent,
 }
 
 #[cfg(test)]

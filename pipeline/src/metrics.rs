@@ -24,6 +24,10 @@ pub const BUS_DEPTH_MESSAGES: &str = "ferry_bus_depth_messages";
 pub const CONFIRMED_LSN: &str = "ferry_source_confirmed_lsn";
 pub const DLQ_EVENTS_TOTAL: &str = "ferry_dlq_events_total";
 pub const DLQ_DEPTH_RECORDS: &str = "ferry_dlq_depth_records";
+pub const KAFKA_ASSIGNED_PARTITIONS: &str = "ferry_kafka_assigned_partitions";
+pub const KAFKA_WAITING_FOR_ASSIGNMENT: &str = "ferry_kafka_waiting_for_assignment";
+pub const KAFKA_GROUP_MEMBERS: &str = "ferry_kafka_group_members";
+pub const KAFKA_HELD_PARTITIONS: &str = "ferry_kafka_held_partitions";
 
 pub mod endpoint;
 
@@ -52,6 +56,15 @@ pub struct Metrics {
     pub confirmed_lsn: IntGauge,
     pub dlq_events: IntCounterVec,
     pub dlq_depth: IntGauge,
+    /// Kafka worker: partitions assigned to this worker.
+    pub kafka_assigned: IntGauge,
+    /// Kafka worker: 1 while it has had no partition for 5 s or more.
+    pub kafka_waiting: IntGauge,
+    /// Kafka worker: members of its consumer group, as last described
+    /// (only looked up while waiting for an assignment).
+    pub kafka_members: IntGauge,
+    /// Kafka worker: partitions held at a cross-partition barrier.
+    pub kafka_held: IntGauge,
 }
 
 impl Metrics {
@@ -136,8 +149,29 @@ impl Metrics {
             "Records in the dead-letter queue (as last counted by this process)",
         )
         .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let kafka_assigned = gauge(
+            KAFKA_ASSIGNED_PARTITIONS,
+            "Kafka partitions assigned to this worker",
+        );
+        let kafka_waiting = gauge(
+            KAFKA_WAITING_FOR_ASSIGNMENT,
+            "1 while this Kafka worker has had no partition assigned for 5 s or more",
+        );
+        let kafka_members = gauge(
+            KAFKA_GROUP_MEMBERS,
+            "Members of this worker's consumer group (looked up while it waits for an assignment)",
+        );
+        let kafka_held = gauge(
+            KAFKA_HELD_PARTITIONS,
+            "Kafka partitions held at a cross-partition barrier (TRUNCATE, snapshot start, key change)",
+        );
         for c in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(kafka_assigned.clone()),
+            Box::new(kafka_waiting.clone()),
+            Box::new(kafka_members.clone()),
+            Box::new(kafka_held.clone()),
             Box::new(dlq_events.clone()),
             Box::new(dlq_depth.clone()),
             Box::new(lag_seconds.clone()),
@@ -168,6 +202,10 @@ impl Metrics {
             confirmed_lsn,
             dlq_events,
             dlq_depth,
+            kafka_assigned,
+            kafka_waiting,
+            kafka_members,
+            kafka_held,
         }
     }
 

@@ -837,6 +837,51 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                         }
                     }
+                    BusMessage::Barrier(barrier) => {
+                        // The action is folded on its own, through the
+                        // mapping like any change, and applied by the sink
+                        // only if this arrival completes the barrier. The
+                        // rows before it stay in the batch (applied first,
+                        // in the same transaction).
+                        let mut main = std::mem::take(&mut self.batch);
+                        let barrier = *barrier;
+                        let table = Arc::clone(&barrier.event.table);
+                        match barrier.kind {
+                            crate::event::BarrierKind::SnapshotStart => {
+                                match self.mapped_targets(&table.id) {
+                                    Some(targets) => {
+                                        for t in &targets {
+                                            self.batch.snapshot_start(t);
+                                            main.touch(t);
+                                        }
+                                        self.batch.emptied_sources.push(table.id.clone());
+                                    }
+                                    None => {
+                                        snapshotting.insert(table.id.clone(), Arc::clone(&table));
+                                        self.batch.snapshot_start(&table);
+                                    }
+                                }
+                            }
+                            crate::event::BarrierKind::KeyChange
+                            | crate::event::BarrierKind::Truncate => {
+                                let ev = barrier.event.clone();
+                                match self.opts.transformer.clone() {
+                                    Some(t) if t.maps(&ev.table.id) => self.transform(&t, ev)?,
+                                    _ => self.batch.push(ev),
+                                }
+                            }
+                        }
+                        let action = std::mem::replace(&mut self.batch, main);
+                        received = true;
+                        self.batch.arrive(&barrier, action);
+                        // Other partitions (maybe other workers) wait for
+                        // this arrival: no linger.
+                        at_boundary = true;
+                        self.hand_off().await?;
+                        deadline = None;
+                        overdue = false;
+                        continue;
+                    }
                     BusMessage::SnapshotDone { table, rows, state }
                         if self.mapped_targets(&table).is_some() =>
                     {

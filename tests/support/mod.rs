@@ -168,6 +168,11 @@ impl Ferry {
 
     /// Starts `ferry run --config <config> <extra…>` (e.g. `--role worker`).
     pub fn spawn_with(config: &Path, extra: &[&str]) -> Ferry {
+        Self::spawn_env(config, extra, &[])
+    }
+
+    /// [`Ferry::spawn_with`] with more environment variables (test hooks).
+    pub fn spawn_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ferry {
         let log = config.with_extension(format!("{}.log", NEXT.fetch_add(1, Ordering::Relaxed)));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -206,6 +211,7 @@ impl Ferry {
                 std::env::var("FERRY_TEST_RUST_LOG")
                     .unwrap_or_else(|_| "info,ferry_postgres_sink=debug".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -221,7 +227,7 @@ impl Ferry {
     }
 
     /// SIGTERM (through `kill`: the workspace forbids `unsafe`): the clean
-    /// stop an orchestrator asks for.
+    /// stop an orchestrator asks for (a worker leaves its group).
     pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

@@ -7,8 +7,11 @@
 //! 2. Kafka bus, source + 1 worker (`--role source`, `--role worker`);
 //! 3. Kafka bus, source + 2 workers (one consumer group).
 //!
-//! The Kafka topics have 2 partitions; the broker is tansu (memory storage)
-//! on the same machine, a fresh one per run, as are the PostgreSQL clusters.
+//! The Kafka topics have 2 partitions (`--kafka-partitions 1,3,6` and
+//! `--kafka-workers 1,2,3` run every pair instead; `--kafka-key-changes`
+//! and `--kafka-truncate-every n` add barriers to the backlog); the broker
+//! is tansu (memory storage) on the same machine, a fresh one per run, as
+//! are the PostgreSQL clusters.
 //!
 //! Throughput: the seed is snapshotted, then the source is stopped (the
 //! workers keep running, their consumer group joined and stable) while the
@@ -37,8 +40,6 @@ use super::{
     FerryProcess, Outcome,
 };
 
-/// Partitions of every data topic.
-const PARTITIONS: usize = 2;
 /// The pipeline's tables (each a data topic on Kafka).
 const TABLES: [&str; 3] = ["public.accounts", "public.transfers", "public.probe"];
 
@@ -64,21 +65,35 @@ const GATE_SQL: &str = "SELECT (SELECT max(id) FROM transfers),
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Embedded,
-    Kafka { workers: usize },
+    Kafka { workers: usize, partitions: usize },
 }
 
 impl Setup {
-    const ALL: [Setup; 3] = [
-        Setup::Embedded,
-        Setup::Kafka { workers: 1 },
-        Setup::Kafka { workers: 2 },
-    ];
+    /// The embedded bus, then every partitions × workers pair asked for.
+    fn all(args: &Args) -> Vec<Setup> {
+        let mut all = vec![Setup::Embedded];
+        for &partitions in &args.kafka_partitions {
+            for &workers in &args.kafka_workers {
+                all.push(Setup::Kafka {
+                    workers,
+                    partitions,
+                });
+            }
+        }
+        all
+    }
 
     fn name(self) -> String {
         match self {
             Setup::Embedded => "embedded bus".into(),
-            Setup::Kafka { workers: 1 } => "Kafka, source + 1 worker".into(),
-            Setup::Kafka { workers } => format!("Kafka, source + {workers} workers"),
+            Setup::Kafka {
+                workers: 1,
+                partitions,
+            } => format!("Kafka, {partitions} partitions, source + 1 worker"),
+            Setup::Kafka {
+                workers,
+                partitions,
+            } => format!("Kafka, {partitions} partitions, source + {workers} workers"),
         }
     }
 
@@ -86,14 +101,24 @@ impl Setup {
     fn key(self) -> String {
         match self {
             Setup::Embedded => "embedded".into(),
-            Setup::Kafka { workers } => format!("kafka_{workers}w"),
+            Setup::Kafka {
+                workers,
+                partitions,
+            } => format!("kafka_{partitions}p_{workers}w"),
+        }
+    }
+
+    fn partitions(self) -> usize {
+        match self {
+            Setup::Embedded => 1,
+            Setup::Kafka { partitions, .. } => partitions,
         }
     }
 
     fn processes(self) -> usize {
         match self {
             Setup::Embedded => 1,
-            Setup::Kafka { workers } => 1 + workers,
+            Setup::Kafka { workers, .. } => 1 + workers,
         }
     }
 }
@@ -149,6 +174,7 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
             "embedded" => Setup::Embedded,
             n => Setup::Kafka {
                 workers: n.parse()?,
+                partitions: args.kafka_partitions.first().copied().unwrap_or(2),
             },
         };
         for run in 0..runs {
@@ -158,9 +184,10 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut all: Vec<Vec<KafkaOutcome>> = vec![Vec::new(); Setup::ALL.len()];
+    let setups = Setup::all(args);
+    let mut all: Vec<Vec<KafkaOutcome>> = vec![Vec::new(); setups.len()];
     for run in 0..runs {
-        for (i, setup) in Setup::ALL.into_iter().enumerate() {
+        for (i, &setup) in setups.iter().enumerate() {
             eprintln!("run {} of {runs}: {}", run + 1, setup.name());
             let o = bench_one(args, setup, run, tansu)
                 .await
@@ -170,9 +197,18 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
     }
     let medians: Vec<KafkaOutcome> = all.iter().map(|runs| median(runs)).collect();
     let rate = |i: usize| medians[i].outcome.rows_per_sec;
-    let kafka1_vs_embedded = rate(1) / rate(0);
-    let kafka2_vs_kafka1 = rate(2) / rate(1);
-    let kafka2_vs_embedded = rate(2) / rate(0);
+    let find = |workers: usize| {
+        setups.iter().position(|s| {
+            matches!(s, Setup::Kafka { workers: w, partitions } if *w == workers && *partitions == args.kafka_partitions[0])
+        })
+    };
+    let ratio = |a: Option<usize>, b: Option<usize>| match (a, b) {
+        (Some(a), Some(b)) => rate(a) / rate(b),
+        _ => f64::NAN,
+    };
+    let kafka1_vs_embedded = ratio(find(1), Some(0));
+    let kafka2_vs_kafka1 = ratio(find(2), find(1));
+    let kafka2_vs_embedded = ratio(find(2), Some(0));
 
     println!();
     println!(
@@ -210,7 +246,14 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
     );
     println!("Kafka (2 workers) / Kafka (1 worker) throughput: {kafka2_vs_kafka1:.2}x");
     println!("Kafka (2 workers) / embedded throughput: {kafka2_vs_embedded:.2}x");
-    for (setup, runs) in Setup::ALL.iter().zip(&all) {
+    for (i, setup) in setups.iter().enumerate() {
+        println!(
+            "{} / embedded throughput: {:.2}x",
+            setup.name(),
+            rate(i) / rate(0)
+        );
+    }
+    for (setup, runs) in setups.iter().zip(&all) {
         let rates: Vec<String> = runs
             .iter()
             .map(|o| format!("{:.0}", o.outcome.rows_per_sec))
@@ -224,7 +267,7 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let mut per_run = serde_json::Map::new();
-    for (setup, runs) in Setup::ALL.iter().zip(&all) {
+    for (setup, runs) in setups.iter().zip(&all) {
         per_run.insert(setup.key(), serde_json::to_value(runs)?);
     }
     let report = serde_json::json!({
@@ -234,7 +277,8 @@ async fn run_all(args: &Args, tansu: &Path) -> anyhow::Result<()> {
         "args": {
             "changes": args.changes, "rows_per_txn": args.rows_per_txn, "accounts": args.accounts,
             "steady_rate": args.steady_rate, "steady_secs": args.steady_secs, "runs": runs,
-            "partitions": PARTITIONS,
+            "partitions": args.kafka_partitions, "workers": args.kafka_workers,
+            "key_changes": args.kafka_key_changes, "truncate_every": args.kafka_truncate_every,
         },
         "completion": "target matches the source's fingerprint (per table: count and sums over the changed columns)",
         "results": medians,
@@ -318,7 +362,7 @@ async fn bench_one(
     let mut group_join_secs = None;
     let source_role = match setup {
         Setup::Embedded => "all",
-        Setup::Kafka { workers } => {
+        Setup::Kafka { workers, .. } => {
             let t0 = Instant::now();
             // One worker first, until it holds every partition (it has
             // created Ferry's tables in the target), then the others and
@@ -332,7 +376,11 @@ async fn bench_one(
                     let logs = fleet.worker_logs();
                     guarded(
                         &mut fleet,
-                        wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(120)),
+                        wait_group(
+                            &logs,
+                            setup.partitions() * TABLES.len(),
+                            Duration::from_secs(120),
+                        ),
                     )
                     .await?;
                 }
@@ -364,7 +412,11 @@ async fn bench_one(
     drop(first);
     wait_slot_inactive(&src, "ferry").await?;
 
-    let (changes, _end_lsn) = write_backlog(&src, args).await?;
+    let (changes, _end_lsn) = if args.kafka_key_changes || args.kafka_truncate_every.is_some() {
+        write_backlog_with_barriers(&src, args).await?
+    } else {
+        write_backlog(&src, args).await?
+    };
     let expected = fingerprint(&src, FINGERPRINT_SQL).await?;
     let expected_last: Option<i64> = src
         .query_one("SELECT max(id) FROM transfers", &[])
@@ -376,7 +428,11 @@ async fn bench_one(
     if !logs.is_empty() {
         guarded(
             &mut fleet,
-            wait_group(&logs, PARTITIONS * TABLES.len(), Duration::from_secs(60)),
+            wait_group(
+                &logs,
+                setup.partitions() * TABLES.len(),
+                Duration::from_secs(60),
+            ),
         )
         .await?;
     }
@@ -471,6 +527,56 @@ async fn bench_one(
     })
 }
 
+/// The foundation backlog, plus what makes barriers on several partitions:
+/// with `--kafka-key-changes`, per step a tenth of the step's surviving
+/// transfers move to a negative id (a key change) and the previous step's
+/// move back; with `--kafka-truncate-every n`, a TRUNCATE of `probe` every
+/// n steps. The fingerprint (counts and id sums) covers both.
+async fn write_backlog_with_barriers(c: &Client, args: &Args) -> anyhow::Result<(u64, u64)> {
+    let started = Instant::now();
+    let (mut changes, mut step, mut truncates) = (0u64, 0i64, 0u64);
+    let rows = args.rows_per_txn;
+    while changes < args.changes {
+        changes += ferry_testkit::workload::mixed_step(c, step, rows, args.accounts).await?;
+        if args.kafka_key_changes {
+            // The step deleted ids first..first+rows/2-1; the rest remain.
+            let first = step * rows + 1 + rows / 2;
+            let last = first + (rows / 10).max(1) - 1;
+            changes += c
+                .execute(
+                    "UPDATE transfers SET id = -id WHERE id BETWEEN $1 AND $2",
+                    &[&first, &last],
+                )
+                .await?;
+            if step > 0 {
+                let (pf, pl) = (first - rows, last - rows);
+                changes += c
+                    .execute(
+                        "UPDATE transfers SET id = -id WHERE id BETWEEN $1 AND $2",
+                        &[&-pl, &-pf],
+                    )
+                    .await?;
+            }
+        }
+        if let Some(n) = args.kafka_truncate_every {
+            if n > 0 && step % n == n - 1 {
+                c.execute("TRUNCATE probe", &[]).await?;
+                truncates += 1;
+                changes += 1;
+            }
+        }
+        step += 1;
+    }
+    c.execute("INSERT INTO probe VALUES (-1, now())", &[])
+        .await?;
+    let lsn = current_lsn(c).await?;
+    eprintln!(
+        "  backlog: {changes} changes ({truncates} truncates) written in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((changes, lsn))
+}
+
 /// `producer = { … }` for the options given, or nothing (Ferry's defaults).
 fn producer_toml(linger_ms: Option<u32>, compression: Option<&str>) -> String {
     let mut props = Vec::new();
@@ -509,12 +615,13 @@ fn config_toml(
 [kafka]
 brokers = "127.0.0.1:{port}"
 topic_prefix = "{prefix}"
-partitions = {PARTITIONS}
+partitions = {partitions}
 group_id = "{prefix}"
 # librdkafka's defaults make a group join take ~20 s.
 consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 {producer}"#,
                 port = b.port,
+                partitions = setup.partitions(),
                 producer = producer_toml(linger_ms, compression),
             ),
         ),

@@ -70,11 +70,28 @@ struct Args {
     /// `--kafka-out`.
     #[arg(long)]
     kafka: bool,
-    /// With `--kafka`: run only this configuration (`embedded`, `1` or
-    /// `2` workers) and print its figures, without ratios or report; for
-    /// profiling one of them.
-    #[arg(long, value_parser = ["embedded", "1", "2"])]
+    /// With `--kafka`: run only this configuration (`embedded`, `1`, `2`
+    /// or `3` workers, on the first `--kafka-partitions`) and print its
+    /// figures, without ratios or report; for profiling one of them.
+    #[arg(long, value_parser = ["embedded", "1", "2", "3"])]
     kafka_only: Option<String>,
+    /// With `--kafka`: partitions per data topic; several values (`1,3,6`)
+    /// run each with every `--kafka-workers` count.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    kafka_partitions: Vec<usize>,
+    /// With `--kafka`: worker counts to run (`1,2,3`).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    kafka_workers: Vec<usize>,
+    /// With `--kafka`: the backlog also changes primary keys (a tenth of
+    /// each step's surviving transfers move to a negative id, and the
+    /// previous step's move back): cross-partition barriers on several
+    /// partitions.
+    #[arg(long)]
+    kafka_key_changes: bool,
+    /// With `--kafka`: the backlog also truncates the `probe` table every
+    /// this many steps (a barrier on every partition of its topic).
+    #[arg(long)]
+    kafka_truncate_every: Option<i64>,
     /// With `--kafka`: the producer's `linger.ms` (Ferry's default when
     /// not given), to measure the throughput/lag trade.
     #[arg(long)]

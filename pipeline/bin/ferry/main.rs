@@ -2,6 +2,8 @@
 //! concrete source and sink. Logic lives in the crates; this file only
 //! orchestrates.
 
+#[cfg(feature = "kafka")]
+mod bus;
 mod create_tables;
 mod demo;
 mod dlq;
@@ -106,6 +108,10 @@ enum Command {
     Idmap(mapping::IdmapArgs),
     /// SQLite sources: install or remove the change log, compare counts.
     Sqlite(sqlite::SqliteArgs),
+    /// The Kafka bus: `reset` starts a pipeline over after its broker lost
+    /// its data.
+    #[cfg(feature = "kafka")]
+    Kafka(bus::KafkaArgs),
 }
 
 fn main() -> ExitCode {
@@ -140,6 +146,8 @@ fn main() -> ExitCode {
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
             Command::Sqlite(args) => sqlite::run(args).await,
+            #[cfg(feature = "kafka")]
+            Command::Kafka(args) => bus::run(args).await,
         }
     });
     ExitCode::from(code)

@@ -62,8 +62,18 @@ impl Encoder {
     /// [`Encoder::key`] into `out` (cleared first): a producer reuses one
     /// buffer, as librdkafka copies the key.
     pub fn key_into(&self, ev: &ChangeEvent, out: &mut String) {
+        Self::key_of(ev, ev.after.as_ref().or(ev.before.as_ref()), out);
+    }
+
+    /// The key of the row before the change (`before`, else the same as
+    /// [`Encoder::key_into`]): a key-changing update's old key.
+    pub fn old_key_into(&self, ev: &ChangeEvent, out: &mut String) {
+        Self::key_of(ev, ev.before.as_ref().or(ev.after.as_ref()), out);
+    }
+
+    fn key_of(ev: &ChangeEvent, row: Option<&crate::event::Row>, out: &mut String) {
         out.clear();
-        let Some(row) = ev.after.as_ref().or(ev.before.as_ref()) else {
+        let Some(row) = row else {
             out.push_str("{}");
             return;
         };

@@ -50,7 +50,11 @@ pub async fn install(client: &Client) -> Result<(), PipelineError> {
              ALTER TABLE public.ferry_bus_offsets ADD COLUMN IF NOT EXISTS last_record_ts bigint;",
         )
         .await
-        .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))
+        .map_err(|e| pg_err("create ferry_checkpoint/ferry_snapshot", e))?;
+    client
+        .batch_execute(crate::barrier::INSTALL)
+        .await
+        .map_err(|e| pg_err("create ferry_barriers", e))
 }
 
 /// Reads the checkpoint of `pipeline` (on a client or inside a
@@ -323,4 +327,56 @@ pub async fn save_snapshot(
     .await
     .map_err(|e| pg_err("write ferry_snapshot", e))?;
     Ok(())
+}
+
+/// What [`reset_bus`] removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BusReset {
+    pub offsets: u64,
+    pub barriers: u64,
+    pub snapshots: u64,
+}
+
+/// Forgets a pipeline's Kafka-bus progress in the target, in one
+/// transaction: its partitions' offsets, its barriers and its recorded
+/// snapshots (`ferry kafka reset`). Refused while a worker wrote progress
+/// in the last 30 s (it is still running, and would write again), unless
+/// `force`.
+pub async fn reset_bus(
+    client: &mut Client,
+    pipeline: &str,
+    force: bool,
+) -> Result<BusReset, PipelineError> {
+    let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
+    let recent: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM public.ferry_bus_offsets
+              WHERE pipeline = $1 AND updated_at > now() - interval '30 seconds'",
+            &[&pipeline],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_bus_offsets", e))?
+        .get(0);
+    if recent > 0 && !force {
+        return Err(PipelineError::fatal(
+            Stage::Sink,
+            format!("{recent} partition(s) of pipeline {pipeline} had progress written in the last 30 s: stop its workers first (or --force)"),
+        ));
+    }
+    let mut out = BusReset::default();
+    for (table, n) in [
+        ("ferry_bus_offsets", &mut out.offsets),
+        ("ferry_barriers", &mut out.barriers),
+        ("ferry_snapshot", &mut out.snapshots),
+    ] {
+        *n = tx
+            .execute(
+                &format!("DELETE FROM public.{table} WHERE pipeline = $1"),
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| pg_err(&format!("clear {table}"), e))?;
+    }
+    tx.commit().await.map_err(|e| pg_err("commit", e))?;
+    Ok(out)
 }

@@ -2,6 +2,7 @@
 //! statements, the pipeline's checkpoint in the same transaction, and the DLQ.
 
 mod apply;
+mod barrier;
 pub mod check;
 pub mod checkpoint;
 pub mod config;

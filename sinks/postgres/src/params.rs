@@ -128,12 +128,24 @@ pub struct PreparedBatch {
     pub batch: Batch,
     /// Parallel to `batch.tables`.
     pub tables: Vec<PreparedTable>,
+    /// Parallel to `batch.arrivals`: each barrier's action (taken out of
+    /// the arrival).
+    pub actions: Vec<PreparedBatch>,
 }
 
 /// Encodes a batch (CPU only).
-pub fn prepare(batch: Batch) -> PreparedBatch {
+pub fn prepare(mut batch: Batch) -> PreparedBatch {
     let tables = batch.tables.iter().map(prepare_table).collect();
-    PreparedBatch { batch, tables }
+    let actions = batch
+        .arrivals
+        .iter_mut()
+        .map(|a| prepare(std::mem::take(&mut a.action)))
+        .collect();
+    PreparedBatch {
+        batch,
+        tables,
+        actions,
+    }
 }
 
 fn prepare_table(tb: &TableBatch) -> PreparedTable {

@@ -181,6 +181,9 @@ impl PostgresSink {
         let batch = &prepared.batch;
         self.client().await?;
         self.ensure_tables(batch).await?;
+        for a in &prepared.actions {
+            self.ensure_tables(&a.batch).await?;
+        }
         let pipeline = self.pipeline.clone();
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
@@ -188,6 +191,7 @@ impl PostgresSink {
         let recheck = self.maybe_committed;
         let target_ids = self.target_ids(batch);
         let self_dlq_tables = self.dlq_tables.clone();
+        let actions = self.actions(prepared);
         let known = std::mem::take(&mut self.known_ids);
         let result = async {
             let client = self.client().await?;
@@ -290,6 +294,7 @@ impl PostgresSink {
                     checkpoint::save_snapshot(&tx, &pipeline, &tb.schema.id, *rows, state).await?;
                 }
             }
+            arrive_all(&tx, &mut statements, &tables, prepared, &actions, &pipeline, false, &self_dlq_tables).await?;
             let dlq_now: std::collections::HashSet<TableId> = self_dlq_tables
                 .iter()
                 .cloned()
@@ -324,6 +329,10 @@ impl PostgresSink {
         // every retry failed with 26000).
         self.client().await?;
         self.ensure_tables(batch).await?;
+        for a in &prepared.actions {
+            self.ensure_tables(&a.batch).await?;
+        }
+        let actions = self.actions(prepared);
         let pipeline = self.pipeline.clone();
         let mut statements = std::mem::take(&mut self.statements);
         let tables = std::mem::take(&mut self.tables);
@@ -349,6 +358,17 @@ impl PostgresSink {
                     one_by_one,
                     &dlq_tables,
                     &req,
+                )
+                .await?;
+                arrive_all(
+                    &tx,
+                    &mut statements,
+                    &tables,
+                    prepared,
+                    &actions,
+                    &pipeline,
+                    one_by_one,
+                    &dlq_tables,
                 )
                 .await?;
                 settle_dlq(&tx, &pipeline, batch, &dlq_tables).await?;
@@ -403,6 +423,63 @@ impl PostgresSink {
     }
 }
 
+/// A barrier action's target tables and id-map requests.
+pub(crate) struct ActionPlan {
+    target_ids: Vec<TableId>,
+    req: id_map::Requests,
+}
+
+impl PostgresSink {
+    fn actions(&self, prepared: &PreparedBatch) -> Vec<ActionPlan> {
+        prepared
+            .actions
+            .iter()
+            .map(|a| ActionPlan {
+                target_ids: self.target_ids(&a.batch),
+                req: id_map::requests(&a.batch, &self.known_ids),
+            })
+            .collect()
+    }
+}
+
+/// The batch's barrier arrivals, after its rows: each completing one
+/// applies its action here, in the same transaction (see [`barrier`]).
+#[allow(clippy::too_many_arguments)]
+async fn arrive_all(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &mut HashMap<String, tokio_postgres::Statement>,
+    tables: &HashMap<TableId, crate::target::TargetTable>,
+    prepared: &PreparedBatch,
+    plans: &[ActionPlan],
+    pipeline: &str,
+    one_by_one: bool,
+    dlq_tables: &std::collections::HashSet<TableId>,
+) -> Result<(), PipelineError> {
+    for ((a, action), plan) in prepared
+        .batch
+        .arrivals
+        .iter()
+        .zip(&prepared.actions)
+        .zip(plans)
+    {
+        if crate::barrier::arrive(tx, pipeline, a).await? {
+            apply_tables(
+                tx,
+                statements,
+                tables,
+                action,
+                &plan.target_ids,
+                pipeline,
+                one_by_one,
+                dlq_tables,
+                &plan.req,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 impl CheckpointStore for PostgresSink {
     async fn load(&mut self) -> Result<Checkpoint, PipelineError> {
         let pipeline = self.pipeline.clone();
@@ -419,6 +496,15 @@ impl BusOffsets for PostgresSink {
         let pipeline = self.pipeline.clone();
         let client = self.client().await?;
         checkpoint::load_bus_offsets(client, &pipeline, partitions).await
+    }
+
+    async fn barriers_done(
+        &mut self,
+        barriers: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        crate::barrier::done(client, &pipeline, barriers).await
     }
 }
 
@@ -451,6 +537,14 @@ impl PostgresSink {
     ) -> Result<HashMap<TableId, ferry_pipeline::transform::TargetTable>, PipelineError> {
         let client = self.client().await?;
         target::mapping_catalog(client, ids).await
+    }
+
+    /// `ferry kafka reset`: forgets the pipeline's Kafka-bus progress in
+    /// the target (see [`checkpoint::reset_bus`]).
+    pub async fn reset_bus(&mut self, force: bool) -> Result<checkpoint::BusReset, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        checkpoint::reset_bus(client, &pipeline, force).await
     }
 
     /// `ferry idmap lookup`: the mappings of `namespace` where either side

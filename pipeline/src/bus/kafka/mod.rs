@@ -6,6 +6,11 @@
 //!   `murmur2_random` partitioner, the Java client's default), and the
 //!   idempotent producer (`enable.idempotence`, `acks=all`) never reorders
 //!   or duplicates within a producer session.
+//! - Order across partitions where one event concerns several: a key
+//!   change whose keys hash to different partitions, a TRUNCATE, a
+//!   snapshot start are sent to each partition concerned and applied once
+//!   all of them reached it (a barrier: [`producer`], [`worker`], the
+//!   sink's `ferry_barriers`).
 //! - Nothing lost: the source confirms a position upstream (slot ack,
 //!   stored resume token) only after Kafka acknowledged every message
 //!   before it ([`producer`]).
@@ -20,8 +25,10 @@
 
 pub mod check;
 pub mod outbox;
+pub mod partitioner;
 pub mod producer;
 pub mod registry;
+pub mod reset;
 pub mod schema_store;
 pub mod source_checkpoint;
 pub mod worker;

@@ -19,7 +19,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::outbox::{Outbox, Outgoing};
 use super::{
@@ -40,9 +40,25 @@ use crate::FastHashMap;
 pub const HEADER_POSITION: &str = "ferry.position";
 /// Header with the source transaction id.
 pub const HEADER_XID: &str = "ferry.xid";
-/// Header marking a snapshot start: `truncate` (single partition: empty the
-/// target table first) or `keep` (several partitions: only create it).
+/// Header marking a snapshot start: `truncate` (empty the target table
+/// first; on several partitions a barrier, see [`HEADER_BARRIER`]) or, from
+/// older sources, `keep` (only create it).
 pub const HEADER_SNAPSHOT_START: &str = "ferry.snapshot-start";
+
+/// Header of a barrier copy: the barrier's id (`k:<position>` key change,
+/// `t:<position>` truncate, `s:<micros>` snapshot start). The same event is
+/// sent to every partition listed in [`HEADER_BARRIER_PARTITIONS`]; workers
+/// apply it once all of them reached their copy (docs/kafka.md).
+pub const HEADER_BARRIER: &str = "ferry.barrier";
+/// Header of a barrier copy: the partitions it covers (`0,2`).
+pub const HEADER_BARRIER_PARTITIONS: &str = "ferry.barrier-partitions";
+/// Header of a key change's copies: `out` (on the old key's partition) or
+/// `in` (on the new key's). For people and tools; workers do not read it.
+pub const HEADER_REKEY: &str = "ferry.rekey";
+/// Debezium's header on the old key's copy of a key change: the new key.
+pub const HEADER_DEBEZIUM_NEWKEY: &str = "__debezium.newkey";
+/// Debezium's header on the new key's copy of a key change: the old key.
+pub const HEADER_DEBEZIUM_OLDKEY: &str = "__debezium.oldkey";
 
 /// Header marking a completed snapshot: `{"rows": n, "state": …}`. The
 /// worker records it in the target, where `ferry_snapshot` shows it as on
@@ -193,6 +209,8 @@ pub fn spawn(
         header_buf: String::new(),
         value_buf: Vec::new(),
         key_buf: String::new(),
+        old_key_buf: String::new(),
+        last_snapshot_micros: 0,
     };
     let mut tracker_task = tokio::spawn(tracker.run(pending_rx));
     let mut fwd_task = tokio::spawn(fwd.run(rx));
@@ -239,6 +257,18 @@ struct Forwarder {
     /// Reused for each message's value and key (librdkafka copies them).
     value_buf: Vec<u8>,
     key_buf: String,
+    /// A key change's old key (only key-changing updates fill it).
+    old_key_buf: String,
+    /// The last snapshot barrier's time (µs): ids of snapshot attempts
+    /// increase within the process even if the clock does not.
+    last_snapshot_micros: i64,
+}
+
+/// One copy of a barrier event.
+struct BarrierCopy<'a> {
+    key: &'a [u8],
+    partition: i32,
+    extra: [(&'static str, &'a [u8]); 2],
 }
 
 struct TableOut {
@@ -280,7 +310,9 @@ impl Forwarder {
                     })?
                 }
                 // Worker-side messages never come from a source.
-                BusMessage::Consumed { .. } | BusMessage::EnsureTable { .. } => {}
+                BusMessage::Consumed { .. }
+                | BusMessage::EnsureTable { .. }
+                | BusMessage::Barrier(_) => {}
             }
         }
         self.flush_counts();
@@ -343,13 +375,10 @@ impl Forwarder {
     }
 
     async fn snapshot_start(&mut self, table: Arc<TableSchema>) -> Result<(), PipelineError> {
-        let n = self.ensure(&table).await?;
-        // The target table is emptied before the copy only where that can
-        // be ordered with the rows: on a single partition.
-        let mode = Marker::SnapshotStart(if n == 1 { "truncate" } else { "keep" });
-        if n > 1 {
-            warn!(table = %table.id, partitions = n, "snapshot on a multi-partition topic: the target table is not emptied first (rows deleted since an interrupted earlier copy may remain; check with `ferry parity`)");
-        }
+        self.ensure(&table).await?;
+        // The target table is emptied before the copy: on several
+        // partitions through a barrier (see `barrier`).
+        let mode = Marker::SnapshotStart("truncate");
         let mut ev = ChangeEvent::snapshot_read(table, Vec::new());
         ev.op = Op::Truncate;
         ev.after = None;
@@ -383,16 +412,6 @@ impl Forwarder {
             out.counts[ev.op as usize] += 1;
             (Arc::clone(&out.topic), out.partitions)
         };
-        if ev.op == Op::Truncate && marker.is_none() && n > 1 {
-            return Err(PipelineError::fatal(
-                Stage::Source,
-                format!(
-                    "TRUNCATE of {} cannot be ordered with the rows of the other {} partitions of its topic; use a single-partition topic for tables that are truncated (kafka.partitions = 1), or re-snapshot into an emptied target",
-                    ev.table.id,
-                    n - 1
-                ),
-            ));
-        }
         let encode_err = |e| {
             PipelineError::fatal(
                 Stage::Source,
@@ -414,6 +433,17 @@ impl Forwarder {
             }
         }
         self.encoder.key_into(&ev, &mut self.key_buf);
+        if n > 1 {
+            if let Some(seq) = self.barrier(&ev, &topic, n, marker).await? {
+                return match ev.resume_token {
+                    Some(token) => self.pend(Pending::Resume {
+                        token,
+                        upto: seq + 1,
+                    }),
+                    None => Ok(()),
+                };
+            }
+        }
         // One header list per message (librdkafka takes it over); the
         // texts are written into one reused buffer.
         let buf = &mut self.header_buf;
@@ -470,6 +500,106 @@ impl Forwarder {
         }
     }
 
+    /// On a topic of `n > 1` partitions, sends the events that must be
+    /// ordered across partitions as barrier copies (the value and key are
+    /// already encoded), and returns the last copy's outbox sequence; `None`
+    /// for every other event (sent as usual, by key):
+    ///
+    /// - a TRUNCATE and a snapshot start: one copy per partition;
+    /// - a key-changing update whose old and new keys hash to different
+    ///   partitions: a copy keyed by the old key on its partition (`out`),
+    ///   one keyed by the new key on its partition (`in`), as Debezium
+    ///   splits it, with Debezium's key headers.
+    ///
+    /// Every copy is enqueued before the transaction's acknowledgement
+    /// (acks and checkpoints are unchanged): a source that dies mid-way
+    /// re-produces the event with the same `k:`/`t:` id. Snapshot attempts
+    /// get a new `s:` id; workers let a later attempt complete an earlier
+    /// one that never reached every partition.
+    async fn barrier(
+        &mut self,
+        ev: &ChangeEvent,
+        topic: &str,
+        n: usize,
+        marker: Option<Marker<'_>>,
+    ) -> Result<Option<u64>, PipelineError> {
+        let id = match (marker, ev.op) {
+            (Some(Marker::SnapshotStart(_)), _) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64);
+                self.last_snapshot_micros = now.max(self.last_snapshot_micros + 1);
+                format!("s:{}", self.last_snapshot_micros)
+            }
+            (Some(Marker::SnapshotDone(_)), _) => return Ok(None),
+            (None, Op::Truncate) => format!("t:{}", ev.position),
+            (None, Op::Update) if ev.before.is_some() => {
+                self.encoder.old_key_into(ev, &mut self.old_key_buf);
+                if self.old_key_buf == self.key_buf {
+                    return Ok(None);
+                }
+                let from = super::partitioner::partition_for(self.old_key_buf.as_bytes(), n);
+                let to = super::partitioner::partition_for(self.key_buf.as_bytes(), n);
+                if from == to {
+                    return Ok(None);
+                }
+                let id = format!("k:{}", ev.position);
+                let parts = format!("{from},{to}");
+                let copies = [
+                    BarrierCopy {
+                        key: self.old_key_buf.as_bytes(),
+                        partition: from,
+                        extra: [
+                            (HEADER_REKEY, b"out"),
+                            (HEADER_DEBEZIUM_NEWKEY, self.key_buf.as_bytes()),
+                        ],
+                    },
+                    BarrierCopy {
+                        key: self.key_buf.as_bytes(),
+                        partition: to,
+                        extra: [
+                            (HEADER_REKEY, b"in"),
+                            (HEADER_DEBEZIUM_OLDKEY, self.old_key_buf.as_bytes()),
+                        ],
+                    },
+                ];
+                return send_copies(
+                    &self.outbox,
+                    ev,
+                    topic,
+                    &self.value_buf,
+                    &id,
+                    &parts,
+                    &copies,
+                    marker,
+                )
+                .await
+                .map(Some);
+            }
+            _ => return Ok(None),
+        };
+        let parts = (0..n).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let copies: Vec<BarrierCopy<'_>> = (0..n as i32)
+            .map(|p| BarrierCopy {
+                key: self.key_buf.as_bytes(),
+                partition: p,
+                extra: [("", b""), ("", b"")],
+            })
+            .collect();
+        send_copies(
+            &self.outbox,
+            ev,
+            topic,
+            &self.value_buf,
+            &id,
+            &parts,
+            &copies,
+            marker,
+        )
+        .await
+        .map(Some)
+    }
+
     async fn publish_schema(&mut self, schema: &NewSchema) -> Result<(), PipelineError> {
         if let Some(url) = &self.k.schema_registry_url {
             let id = super::registry::register(
@@ -488,6 +618,66 @@ impl Forwarder {
         info!(table = %schema.subject_table, fingerprint = format!("{:016x}", schema.fingerprint), "published a writer schema");
         Ok(())
     }
+}
+
+/// Sends one barrier event's copies; returns the last one's sequence.
+#[allow(clippy::too_many_arguments)]
+async fn send_copies(
+    outbox: &Outbox,
+    ev: &ChangeEvent,
+    topic: &str,
+    value: &[u8],
+    id: &str,
+    parts: &str,
+    copies: &[BarrierCopy<'_>],
+    marker: Option<Marker<'_>>,
+) -> Result<u64, PipelineError> {
+    let position = ev.position.to_string();
+    let xid = ev.xid.map(|x| x.to_string());
+    let mut last = 0;
+    for c in copies {
+        let mut headers = OwnedHeaders::new_with_capacity(7).insert(Header {
+            key: HEADER_POSITION,
+            value: Some(position.as_bytes()),
+        });
+        if let Some(x) = &xid {
+            headers = headers.insert(Header {
+                key: HEADER_XID,
+                value: Some(x.as_bytes()),
+            });
+        }
+        if let Some(Marker::SnapshotStart(mode)) = marker {
+            headers = headers.insert(Header {
+                key: HEADER_SNAPSHOT_START,
+                value: Some(mode.as_bytes()),
+            });
+        }
+        headers = headers
+            .insert(Header {
+                key: HEADER_BARRIER,
+                value: Some(id.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_BARRIER_PARTITIONS,
+                value: Some(parts.as_bytes()),
+            });
+        for (key, value) in c.extra.iter().filter(|(k, _)| !k.is_empty()) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        last = outbox
+            .send(Outgoing {
+                topic,
+                key: c.key,
+                payload: value,
+                headers: Some(headers),
+                partition: Some(c.partition),
+            })
+            .await?;
+    }
+    Ok(last)
 }
 
 /// Queues `p` for release. A MongoDB source sends a resume token with every

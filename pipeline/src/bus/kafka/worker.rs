@@ -33,14 +33,17 @@ use rdkafka::Offset;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::producer::{HEADER_SNAPSHOT_DONE, HEADER_SNAPSHOT_START};
+use super::producer::{
+    HEADER_BARRIER, HEADER_BARRIER_PARTITIONS, HEADER_SNAPSHOT_DONE, HEADER_SNAPSHOT_START,
+};
 use super::{client_config, ensure_topics, kafka_err, registry, schema_store};
 use crate::channel::{self, BusSender};
 use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
 use crate::config::KafkaConfig;
 use crate::envelope::{Decoder, EnvelopeError, SchemaRef};
 use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
-use crate::event::{BusMessage, SourceAck};
+use crate::event::{Barrier, BarrierKind, BusMessage, SourceAck};
+use crate::metrics::metrics;
 use crate::runtime::{
     flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, BURST,
 };
@@ -100,10 +103,26 @@ impl ResumeChecks {
             return Ok(false);
         };
         self.pending.store(!expected.is_empty(), Ordering::Release);
-        if offset != at {
-            // The record is gone (compaction): nothing to compare, and the
-            // offsets carry on past it.
+        if offset == at + 1 {
+            // The broker answered from the next record on (tansu 0.6 does
+            // for an offset inside a producer batch): nothing to compare,
+            // and nothing skipped, as `at + 1` is where the worker resumes.
             return Ok(false);
+        }
+        if offset != at {
+            // Data topics are never compacted and their offsets have no
+            // gaps: records between the one asked for and this one were
+            // skipped by the broker (tansu 0.6 answers a fetch inside a
+            // producer batch with the next batch). Never silently.
+            return Err(PipelineError::fatal(
+                Stage::Decode,
+                format!(
+                    "{topic}[{partition}]: the broker returned offset {offset} for a fetch at {at}: records {} to {} would be skipped. Nothing was skipped, the worker stops; this broker (version) does not serve fetches inside a batch (docs/kafka.md)",
+                    at + 1,
+                    offset - 1
+                ),
+            )
+            .with_code(SKIPPED_RECORDS));
         }
         if timestamp == Some(ts) {
             return Ok(true);
@@ -111,7 +130,7 @@ impl ResumeChecks {
         Err(PipelineError::fatal(
             Stage::Decode,
             format!(
-                "{topic}[{partition}]: the record at offset {at} is not the one the target applied last (timestamp {} instead of {ts}): the topic's log was made anew since (a broker that lost its data, or the topic deleted and recreated); resuming after it would skip the start of the new log. Nothing was skipped, the worker stops. Re-snapshot the pipeline (new topic prefix and empty target)",
+                "{topic}[{partition}]: the record at offset {at} is not the one the target applied last (timestamp {} instead of {ts}): the topic's log was made anew since (a broker that lost its data, or the topic deleted and recreated); resuming after it would skip the start of the new log. Nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again",
                 timestamp.map_or_else(|| "none".to_string(), |t| t.to_string())
             ),
         )
@@ -123,6 +142,121 @@ impl ResumeChecks {
 /// progress refers to.
 const LOG_REPLACED: &str = "ferry-log-replaced";
 
+/// The error code of a fetch that jumped past records.
+const SKIPPED_RECORDS: &str = "ferry-skipped-records";
+
+/// Partitions held at a cross-partition barrier. A held partition yields
+/// nothing: what librdkafka fetched before the pause is dropped unrecorded
+/// and read again once the barrier is done. Shared with the rebalance
+/// callback, which drops the holds of partitions revoked or assigned anew:
+/// a new owner starts at the target's progress, which is before the copy
+/// (an arrival does not consume it), and meets the barrier again.
+#[derive(Default)]
+struct Holds {
+    /// Whether any hold exists: read per message, without a lock.
+    any: AtomicBool,
+    map: Mutex<FastHashMap<(Arc<str>, i32), Hold>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Hold {
+    /// Arrived at barrier `id` with its copy at `offset`; waits until done.
+    Waiting { id: String, offset: i64 },
+    /// The barrier is done and the partition sought back to its copy at
+    /// `offset`: records fetched before the seek are stale until it comes.
+    Passing { offset: i64 },
+}
+
+impl Holds {
+    fn update<R>(&self, f: impl FnOnce(&mut FastHashMap<(Arc<str>, i32), Hold>) -> R) -> R {
+        let mut map = self.map.lock().expect("holds lock");
+        let r = f(&mut map);
+        self.any.store(!map.is_empty(), Ordering::Release);
+        metrics().kafka_held.set(
+            map.values()
+                .filter(|h| matches!(h, Hold::Waiting { .. }))
+                .count() as i64,
+        );
+        r
+    }
+
+    /// What to do with a record of a partition that may be held: `None` to
+    /// handle it, `Some(false)` to drop it, `Some(true)` for the copy read
+    /// again after its barrier is done (consumed without applying it).
+    fn screen(&self, topic: &Arc<str>, partition: i32, offset: i64) -> Option<bool> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.update(|map| {
+            let key = (Arc::clone(topic), partition);
+            match map.get(&key) {
+                None => None,
+                Some(Hold::Waiting { .. }) => Some(false),
+                Some(Hold::Passing { offset: at }) if *at == offset => {
+                    map.remove(&key);
+                    Some(true)
+                }
+                Some(Hold::Passing { .. }) => Some(false),
+            }
+        })
+    }
+}
+
+/// The barrier a record carries, if it is a barrier copy. Only truncates
+/// (snapshot starts included) and updates that carry their old row (key
+/// changes, REPLICA IDENTITY FULL) can be: other records' headers are not
+/// read.
+fn barrier_id(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    ev: &crate::event::ChangeEvent,
+) -> Option<String> {
+    let candidate = ev.op == crate::event::Op::Truncate
+        || (ev.op == crate::event::Op::Update && ev.before.is_some());
+    if candidate {
+        header(m, HEADER_BARRIER)
+    } else {
+        None
+    }
+}
+
+/// Parses a barrier copy's headers into an arrival of `partition`.
+fn parse_barrier(
+    id: String,
+    partitions: Option<String>,
+    topic: &Arc<str>,
+    partition: i32,
+    offset: i64,
+    event: crate::event::ChangeEvent,
+) -> Result<Barrier, PipelineError> {
+    let bad = |what: &str| {
+        PipelineError::fatal(
+            Stage::Decode,
+            format!("{topic}[{partition}]@{offset}: unreadable barrier ({what})"),
+        )
+    };
+    let kind = BarrierKind::of_id(&id).ok_or_else(|| bad(&id))?;
+    let partitions: Vec<i32> = partitions
+        .ok_or_else(|| bad("no partitions"))?
+        .split(',')
+        .map(|p| p.trim().parse::<i32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("partitions"))?;
+    let seq = match kind {
+        BarrierKind::SnapshotStart => id[2..].parse::<i64>().map_err(|_| bad(&id))?,
+        _ => 0,
+    };
+    Ok(Barrier {
+        topic: Arc::clone(topic),
+        partition,
+        offset,
+        id,
+        kind,
+        seq,
+        partitions,
+        event,
+    })
+}
+
 /// The consumer's callbacks: logs, and the rebalance that starts each
 /// assigned partition at the sink's progress.
 struct WorkerContext<S: BusOffsets> {
@@ -133,6 +267,13 @@ struct WorkerContext<S: BusOffsets> {
     /// Why the last assignment could not be honoured; the consume loop
     /// stops with it.
     failure: Mutex<Option<PipelineError>>,
+    holds: Arc<Holds>,
+    /// The consumer group's join state and rebalance count, from
+    /// librdkafka's statistics (for the "waiting for an assignment" log).
+    group_state: Mutex<Option<(String, i64)>>,
+    /// Per partition, the high watermark of the last Fetch response
+    /// (librdkafka's statistics, every second): see [`check_topics`].
+    fetched_high: Mutex<FastHashMap<(String, i32), i64>>,
 }
 
 impl<S: BusOffsets> ClientContext for WorkerContext<S> {
@@ -143,6 +284,22 @@ impl<S: BusOffsets> ClientContext for WorkerContext<S> {
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker blips are retried by librdkafka; say so once per event.
         warn!(%error, reason, "Kafka client error (retrying)");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut fetched = self.fetched_high.lock().expect("fetched high lock");
+        for (name, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    fetched.insert((name.clone(), *p), part.hi_offset);
+                }
+            }
+        }
+        drop(fetched);
+        if let Some(g) = statistics.cgrp {
+            *self.group_state.lock().expect("group state lock") =
+                Some((g.join_state, g.rebalance_cnt));
+        }
     }
 }
 
@@ -221,6 +378,11 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                     let _ = tpl.set_partition_offset(topic, *partition, offset);
                 }
                 drop(progress);
+                self.holds.update(|holds| {
+                    for (t, p) in &parts {
+                        holds.remove(&(Arc::from(t.as_str()), *p));
+                    }
+                });
                 self.checks.set(|expected| {
                     for (key, check) in checks {
                         match check {
@@ -239,6 +401,11 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                     *self.failure.lock().expect("failure lock") =
                         Some(kafka_err(Stage::Decode, "assign partitions", e));
                 }
+                // A partition paused at a barrier may stay paused across a
+                // re-assignment (librdkafka#1849): it starts afresh.
+                let _ = consumer.resume(tpl);
+                #[cfg(feature = "test-hooks")]
+                gate::on_assign(consumer, &parts);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(partitions = ?parts, "partitions revoked");
@@ -247,6 +414,11 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                     progress.remove(&(Arc::from(t.as_str()), *p));
                 }
                 drop(progress);
+                self.holds.update(|holds| {
+                    for (t, p) in &parts {
+                        holds.remove(&(Arc::from(t.as_str()), *p));
+                    }
+                });
                 self.checks.set(|expected| {
                     for (t, p) in &parts {
                         expected.remove(&(Arc::from(t.as_str()), *p));
@@ -311,12 +483,16 @@ async fn run_once<K: Sink, S: BusOffsets>(
     }
     let progress: Progress = Arc::default();
     let checks: Arc<ResumeChecks> = Arc::default();
+    let holds: Arc<Holds> = Arc::default();
     let context = WorkerContext {
         store: tokio::sync::Mutex::new(store),
         runtime: tokio::runtime::Handle::current(),
         progress: Arc::clone(&progress),
         checks: Arc::clone(&checks),
         failure: Mutex::new(None),
+        holds: Arc::clone(&holds),
+        group_state: Mutex::new(None),
+        fetched_high: Mutex::new(FastHashMap::default()),
     };
     let mut cfg = client_config(k, &Default::default());
     // Defaults a user may override: a worker that dies is noticed in
@@ -327,6 +503,10 @@ async fn run_once<K: Sink, S: BusOffsets>(
         // answer as soon as data arrives (tansu) otherwise add up to
         // librdkafka's default 500 ms to every change's lag.
         .set("fetch.wait.max.ms", "20")
+        // The group's join state and rebalance count (the log of a worker
+        // waiting for an assignment), and each partition's fetch high
+        // watermark (the topic check).
+        .set("statistics.interval.ms", "1000")
         // Large documents (MongoDB allows 16 MB) must fit in a fetch.
         .set("fetch.max.bytes", "134217728")
         .set("receive.message.max.bytes", "135000000");
@@ -363,7 +543,12 @@ async fn run_once<K: Sink, S: BusOffsets>(
     let (bus_tx, bus_rx) = channel::bounded(opts.bus_capacity);
     let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
     let committer = Arc::clone(&consumer);
+    // Held partitions look at their barriers again after each commit (it
+    // may have carried the arrival that completes one).
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&committed);
     let after_commit: AfterCommit = Arc::new(move |offsets| {
+        notify.notify_one();
         let mut tpl = TopicPartitionList::new();
         for o in offsets {
             let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset));
@@ -397,6 +582,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
         bus: bus_tx,
         progress,
         checks,
+        holds,
         topic_names: FastHashMap::default(),
     };
     // The loop runs as a task of the runtime, beside the apply task: a
@@ -409,6 +595,8 @@ async fn run_once<K: Sink, S: BusOffsets>(
         reader,
         apply_task,
         shutdown,
+        committed,
+        k.group(&opts.pipeline),
     ));
     let _consume = crate::runtime::AbortOnDrop(vec![consume.abort_handle()]);
     flatten(consume.await)
@@ -427,6 +615,8 @@ async fn consume<S: BusOffsets>(
     mut reader: Reader,
     mut apply_task: tokio::task::JoinHandle<Result<(), PipelineError>>,
     shutdown: watch::Receiver<bool>,
+    committed: Arc<tokio::sync::Notify>,
+    group: String,
 ) -> Result<(), PipelineError> {
     let mut shutdown_rx = shutdown;
     // (The `Ref` wait_for returns must not live in the select's output: it
@@ -439,6 +629,14 @@ async fn consume<S: BusOffsets>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked = std::time::Instant::now();
     let mut check: Option<tokio::task::JoinHandle<Result<(), PipelineError>>> = None;
+    let holds = Arc::clone(&reader.holds);
+    // Held partitions ask the target whether their barriers are done:
+    // after each commit, and on this tick while any is held (never without
+    // holds). A barrier whose partitions one worker owns is usually done
+    // by the commit after the last arrival.
+    let mut hold_tick = tokio::time::interval(Duration::from_millis(50));
+    hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting = Waiting::default();
     // One stream for the whole loop: `recv` registers and drops a waker
     // slot (a lock each way) per message.
     let mut messages = consumer.stream();
@@ -446,7 +644,16 @@ async fn consume<S: BusOffsets>(
         tokio::select! {
             _ = &mut stop => break,
             res = &mut apply_task => return flatten(res),
+            _ = hold_tick.tick(), if holds.any.load(Ordering::Acquire) => {
+                release_done(&consumer, &holds).await?;
+            }
+            _ = committed.notified(), if holds.any.load(Ordering::Acquire) => {
+                release_done(&consumer, &holds).await?;
+            }
             _ = tick.tick() => {
+                waiting.tick(&consumer, &group);
+                #[cfg(feature = "test-hooks")]
+                gate::on_tick(&*consumer);
                 // The check runs beside the consume loop (its requests may
                 // wait behind a fetch at the broker): its verdict is read
                 // once it is in.
@@ -470,15 +677,18 @@ async fn consume<S: BusOffsets>(
                         .iter()
                         .map(|((t, p), v)| ((t.to_string(), *p), *v))
                         .collect();
+                    let fetched = c.context().fetched_high.lock().expect("fetched high lock").clone();
                     check = Some(tokio::task::spawn_blocking(move || {
-                        check_topics(&c, &names, &owned)
+                        check_topics(&c, &names, &owned, &fetched)
                     }));
                 }
             }
             msg = messages.next() => {
                 let msg = msg.expect("Kafka message streams never end");
                 if let Some(m) = accept(msg, &subscription)? {
-                    reader.handle(&m).await?;
+                    if let Some(b) = reader.handle(&m).await? {
+                        arrive(&consumer, &mut reader, b).await?;
+                    }
                 }
                 // What librdkafka has already fetched goes through without
                 // a turn of the select: its other branches (the shutdown
@@ -495,7 +705,9 @@ async fn consume<S: BusOffsets>(
                         break;
                     };
                     if let Some(m) = accept(msg, &subscription)? {
-                        reader.handle(&m).await?;
+                        if let Some(b) = reader.handle(&m).await? {
+                            arrive(&consumer, &mut reader, b).await?;
+                        }
                     }
                 }
             }
@@ -514,6 +726,246 @@ async fn consume<S: BusOffsets>(
     drop(messages);
     drop(reader);
     flatten(apply_task.await)
+}
+
+/// A partition reached a barrier copy: passed at once if the barrier is
+/// done already (read again by a new owner after a rebalance), else the
+/// partition is paused and its arrival sent to the apply side, which
+/// records it in the target with the rows before it.
+async fn arrive<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    reader: &mut Reader,
+    b: Barrier,
+) -> Result<(), PipelineError> {
+    let key = [(b.topic.to_string(), b.id.clone())];
+    let done = consumer
+        .context()
+        .store
+        .lock()
+        .await
+        .barriers_done(&key)
+        .await?;
+    if !done.is_empty() {
+        debug!(topic = %b.topic, partition = b.partition, barrier = %b.id, "barrier already done; passing its copy");
+        return reader
+            .send(BusMessage::Consumed {
+                topic: b.topic,
+                partition: b.partition,
+                offset: b.offset,
+                position: None,
+                timestamp: None,
+            })
+            .await;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&b.topic, b.partition);
+    consumer
+        .pause(&tpl)
+        .map_err(|e| kafka_err(Stage::Decode, "pause a partition at a barrier", e))?;
+    reader.holds.update(|h| {
+        h.insert(
+            (Arc::clone(&b.topic), b.partition),
+            Hold::Waiting {
+                id: b.id.clone(),
+                offset: b.offset,
+            },
+        )
+    });
+    debug!(topic = %b.topic, partition = b.partition, barrier = %b.id, partitions = ?b.partitions, "partition arrived at a barrier; holding it");
+    reader.send(BusMessage::Barrier(Box::new(b))).await
+}
+
+/// Releases the held partitions whose barriers are done: each is sought
+/// back to its copy (read again, and consumed without being applied) and
+/// resumed.
+async fn release_done<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    holds: &Holds,
+) -> Result<(), PipelineError> {
+    let waiting: Vec<((Arc<str>, i32), String, i64)> = holds.update(|map| {
+        map.iter()
+            .filter_map(|(k, h)| match h {
+                Hold::Waiting { id, offset } => Some((k.clone(), id.clone(), *offset)),
+                Hold::Passing { .. } => None,
+            })
+            .collect()
+    });
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<(String, String)> = waiting
+        .iter()
+        .map(|((t, _), id, _)| (t.to_string(), id.clone()))
+        .collect();
+    let done = consumer
+        .context()
+        .store
+        .lock()
+        .await
+        .barriers_done(&ids)
+        .await?;
+    for ((topic, partition), id, offset) in waiting {
+        if !done.contains(&(topic.to_string(), id.clone())) {
+            continue;
+        }
+        // Still ours (a rebalance may have dropped the hold meanwhile).
+        let still = holds.update(|map| {
+            let key = (Arc::clone(&topic), partition);
+            let held = map.get(&key)
+                == Some(&Hold::Waiting {
+                    id: id.clone(),
+                    offset,
+                });
+            if held {
+                map.insert(key, Hold::Passing { offset });
+            }
+            held
+        });
+        if !still {
+            continue;
+        }
+        tokio::task::block_in_place(|| {
+            consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            )
+        })
+        .map_err(|e| kafka_err(Stage::Decode, "seek a partition back to its barrier", e))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        consumer
+            .resume(&tpl)
+            .map_err(|e| kafka_err(Stage::Decode, "resume a partition after a barrier", e))?;
+        debug!(%topic, partition, barrier = %id, "barrier done; partition released");
+    }
+    Ok(())
+}
+
+/// A worker without partitions says so, every 5 s after the first 5 s:
+/// a group that never finishes rebalancing looks otherwise like an idle
+/// pipeline.
+#[derive(Default)]
+struct Waiting {
+    since: Option<std::time::Instant>,
+    logged: Option<std::time::Instant>,
+    members: Option<tokio::task::JoinHandle<Option<usize>>>,
+}
+
+impl Waiting {
+    fn tick<S: BusOffsets>(
+        &mut self,
+        consumer: &Arc<StreamConsumer<WorkerContext<S>>>,
+        group: &str,
+    ) {
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        metrics().kafka_assigned.set(assigned as i64);
+        if assigned > 0 {
+            if self.logged.is_some() {
+                info!(
+                    group = %group,
+                    partitions = assigned,
+                    "partition assignment received"
+                );
+            }
+            *self = Waiting::default();
+            metrics().kafka_waiting.set(0);
+            return;
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        metrics().kafka_waiting.set(1);
+        if let Some(h) = self.members.take_if(|h| h.is_finished()) {
+            let members = h.now_or_never().and_then(Result::ok).flatten();
+            let (state, generation) = consumer
+                .context()
+                .group_state
+                .lock()
+                .expect("group state lock")
+                .clone()
+                .map_or((String::from("unknown"), -1), |s| s);
+            if let Some(n) = members {
+                metrics().kafka_members.set(n as i64);
+            }
+            info!(
+                group = %group,
+                members = %members.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+                generation,
+                state = %state,
+                waiting_s = since.elapsed().as_secs(),
+                "waiting for a partition assignment"
+            );
+            self.logged = Some(std::time::Instant::now());
+        }
+        if self.members.is_none()
+            && self
+                .logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(4))
+        {
+            let c = Arc::clone(consumer);
+            let group = group.to_string();
+            self.members = Some(tokio::task::spawn_blocking(move || {
+                c.fetch_group_list(Some(&group), Duration::from_secs(2))
+                    .ok()
+                    .and_then(|l| l.groups().first().map(|g| g.members().len()))
+            }));
+        }
+    }
+}
+
+/// Test hook (feature `test-hooks`, on in `cargo test` builds only):
+/// `FERRY_TEST_GATE_PARTITION=<topic>:<partition>:<file>` keeps that
+/// partition paused from its assignment until `<file>` exists, so that a
+/// test can make one partition lag behind the others deterministically.
+#[cfg(feature = "test-hooks")]
+mod gate {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rdkafka::consumer::Consumer;
+    use rdkafka::topic_partition_list::TopicPartitionList;
+
+    static OPEN: AtomicBool = AtomicBool::new(false);
+
+    fn spec() -> Option<(String, i32, String)> {
+        let v = std::env::var("FERRY_TEST_GATE_PARTITION").ok()?;
+        let mut it = v.splitn(3, ':');
+        let (t, p, f) = (it.next()?, it.next()?, it.next()?);
+        Some((t.to_string(), p.parse().ok()?, f.to_string()))
+    }
+
+    pub(super) fn on_assign<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        consumer: &C,
+        parts: &[(String, i32)],
+    ) {
+        let Some((topic, partition, file)) = spec() else {
+            return;
+        };
+        if OPEN.load(Ordering::Acquire) || std::path::Path::new(&file).exists() {
+            return;
+        }
+        if parts.iter().any(|(t, p)| *t == topic && *p == partition) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let _ = consumer.pause(&tpl);
+            tracing::warn!(%topic, partition, "test hook: partition gated");
+        }
+    }
+
+    pub(super) fn on_tick<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(consumer: &C) {
+        let Some((topic, partition, file)) = spec() else {
+            return;
+        };
+        if !OPEN.load(Ordering::Acquire) && std::path::Path::new(&file).exists() {
+            OPEN.store(true, Ordering::Release);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let _ = consumer.resume(&tpl);
+            tracing::warn!(%topic, partition, "test hook: partition released");
+        }
+    }
 }
 
 /// A received message, `None` for an error librdkafka retries by itself
@@ -629,6 +1081,7 @@ fn check_topics<C: ConsumerContext>(
     consumer: &StreamConsumer<C>,
     names: &[String],
     owned: &[((String, i32), PartitionProgress)],
+    fetched_high: &FastHashMap<(String, i32), i64>,
 ) -> Result<(), PipelineError> {
     // One topic per request: an all-topics request against tansu after it
     // lost its data crashed librdkafka 2.12 (a NULL topic name reaching its
@@ -658,18 +1111,34 @@ fn check_topics<C: ConsumerContext>(
         if !exists {
             return Err(PipelineError::fatal(
                 Stage::Decode,
-                format!("topic {t} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the worker stops"),
+                format!("topic {t} does not exist any more (deleted, or the broker lost its data); nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again"),
             )
             .with_code("UnknownTopicOrPartition"));
         }
     }
     for ((t, p), progress) in owned {
         match consumer.fetch_watermarks(t, *p, Duration::from_secs(5)) {
+            // ListOffsets(latest) is the high watermark on Apache Kafka.
+            // tansu 0.6 (memory storage) answers the last batch's base
+            // offset + 1 instead, below the end when a batch holds several
+            // records. So the end is below the progress only if the high
+            // watermark of the last Fetch response (librdkafka's
+            // statistics) says so too; until one is known, the check waits
+            // (a fetch beyond the end of a log that lost its records fails
+            // with OffsetOutOfRange, which stops the worker as well).
+            Ok((_, high))
+                if high < progress.next_offset
+                    && fetched_high
+                        .get(&(t.clone(), *p))
+                        .is_none_or(|&fetched| fetched >= progress.next_offset) =>
+            {
+                debug!(topic = %t, partition = p, list_offsets = high, fetched = ?fetched_high.get(&(t.clone(), *p)), next = progress.next_offset, "broker's ListOffsets is below the progress, its fetch high watermark is not: trusting the fetch");
+            }
             Ok((_, high)) if high < progress.next_offset => {
                 return Err(PipelineError::fatal(
                     Stage::Decode,
                     format!(
-                        "{t}[{p}] ends at offset {high}, but the target already applied up to {}: the offsets this worker must resume from are no longer in Kafka (the broker lost data); nothing was skipped, the worker stops",
+                        "{t}[{p}] ends at offset {high}, but the target already applied up to {}: the offsets this worker must resume from are no longer in Kafka (the broker lost data); nothing was skipped, the worker stops. To start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again",
                         progress.next_offset
                     ),
                 )
@@ -698,7 +1167,7 @@ fn consumer_error(e: KafkaError) -> PipelineError {
         )
     );
     let what = if offsets {
-        "the offsets this worker must resume from are no longer in Kafka (retention, or a broker that lost its data); nothing was skipped. Re-snapshot the pipeline (new topic prefix and empty target) or restore the topic"
+        "the offsets this worker must resume from are no longer in Kafka (retention, or a broker that lost its data); nothing was skipped. Restore the topic, or start over: stop the pipeline, run `ferry kafka reset --config <file> --yes`, start it again"
     } else if topic {
         "a topic this worker consumes does not exist any more (deleted?); nothing was skipped. Recreate it by restarting the source, or re-snapshot"
     } else {
@@ -737,16 +1206,18 @@ struct Reader {
     bus: BusSender,
     progress: Progress,
     checks: Arc<ResumeChecks>,
+    holds: Arc<Holds>,
     topic_names: FastHashMap<String, Arc<str>>,
 }
 
 impl Reader {
     /// Decodes the message in place (the payload is not copied) and sends
-    /// its change, then its offset, to the apply side.
+    /// its change, then its offset, to the apply side. A barrier copy is
+    /// returned instead (see [`arrive`]).
     async fn handle(
         &mut self,
         m: &rdkafka::message::BorrowedMessage<'_>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Option<Barrier>, PipelineError> {
         let topic = match self.topic_names.get(m.topic()) {
             Some(t) => Arc::clone(t),
             None => {
@@ -758,12 +1229,29 @@ impl Reader {
         };
         let (partition, offset) = (m.partition(), m.offset());
         let timestamp = m.timestamp().to_millis();
+        match self.holds.screen(&topic, partition, offset) {
+            None => {}
+            Some(false) => return Ok(None),
+            Some(true) => {
+                // The copy of a barrier that is done: consumed, not
+                // applied (its action was).
+                self.send(BusMessage::Consumed {
+                    topic,
+                    partition,
+                    offset,
+                    position: None,
+                    timestamp,
+                })
+                .await?;
+                return Ok(None);
+            }
+        }
         if self.checks.pending.load(Ordering::Acquire)
             && self.checks.verify(&topic, partition, offset, timestamp)?
         {
             // The record the target applied last, read again to check the
             // log: not applied twice.
-            return Ok(());
+            return Ok(None);
         }
         let mut position = None;
         if let Some(payload) = m.payload() {
@@ -792,6 +1280,10 @@ impl Reader {
                 position = Some(ev.position);
             }
             if !replay {
+                if let Some(id) = barrier_id(m, &ev) {
+                    let parts = header(m, HEADER_BARRIER_PARTITIONS);
+                    return parse_barrier(id, parts, &topic, partition, offset, ev).map(Some);
+                }
                 // Markers are rare: look at headers only for truncates.
                 let msg = if ev.op == crate::event::Op::Truncate {
                     match (
@@ -829,7 +1321,8 @@ impl Reader {
             position,
             timestamp,
         })
-        .await
+        .await?;
+        Ok(None)
     }
 
     async fn send(&self, msg: BusMessage) -> Result<(), PipelineError> {
@@ -893,6 +1386,76 @@ mod tests {
     use super::*;
 
     #[test]
+    fn barrier_headers_parse() {
+        let schema = Arc::new(crate::event::TableSchema {
+            id: crate::event::TableId::new("public", "t"),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            child: None,
+        });
+        let ev = crate::event::ChangeEvent::snapshot_read(schema, Vec::new());
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        let b = parse_barrier(
+            "k:0/16B3A28#3".into(),
+            Some("2,0".into()),
+            &t,
+            2,
+            41,
+            ev.clone(),
+        )
+        .unwrap();
+        assert_eq!(b.kind, BarrierKind::KeyChange);
+        assert_eq!((b.partition, b.offset, b.seq), (2, 41, 0));
+        assert_eq!(b.partitions, vec![2, 0]);
+        let s = parse_barrier(
+            "s:1700000000000001".into(),
+            Some("0,1,2".into()),
+            &t,
+            1,
+            0,
+            ev.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.kind, s.seq),
+            (BarrierKind::SnapshotStart, 1_700_000_000_000_001)
+        );
+        assert!(parse_barrier("x:1".into(), Some("0".into()), &t, 0, 0, ev.clone()).is_err());
+        assert!(parse_barrier("t:0/1#1".into(), None, &t, 0, 0, ev).is_err());
+    }
+
+    #[test]
+    fn a_held_partition_yields_nothing_until_its_copy_comes_again() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        assert_eq!(holds.screen(&t, 0, 5), None, "no hold: handled");
+        holds.update(|m| {
+            m.insert(
+                (Arc::clone(&t), 0),
+                Hold::Waiting {
+                    id: "t:0/1#1".into(),
+                    offset: 7,
+                },
+            )
+        });
+        assert_eq!(
+            holds.screen(&t, 0, 8),
+            Some(false),
+            "fetched before the pause"
+        );
+        assert_eq!(holds.screen(&t, 1, 8), None, "other partitions flow");
+        holds.update(|m| m.insert((Arc::clone(&t), 0), Hold::Passing { offset: 7 }));
+        assert_eq!(
+            holds.screen(&t, 0, 9),
+            Some(false),
+            "stale, before the seek"
+        );
+        assert_eq!(holds.screen(&t, 0, 7), Some(true), "the copy again: passed");
+        assert_eq!(holds.screen(&t, 0, 8), None, "released");
+        assert!(!holds.any.load(Ordering::Acquire));
+    }
+
+    #[test]
     fn prefix_pattern_escapes() {
         assert_eq!(regex_escape("ferry"), "ferry");
         assert_eq!(regex_escape("a.b-c"), "a\\.b-c");
@@ -915,8 +1478,16 @@ mod tests {
         // check is done.
         assert!(checks.verify(&t, 0, 41, Some(1_700)).unwrap());
         assert!(!checks.verify(&t, 0, 42, Some(1_701)).unwrap());
-        // Compacted away: nothing to compare, the next record is applied.
-        assert!(!checks.verify(&t, 1, 12, Some(1)).unwrap());
+        // The next record instead (a broker answering from the next
+        // batch): nothing to compare, nothing skipped.
+        assert!(!checks.verify(&t, 1, 10, Some(1)).unwrap());
+        // Records jumped over: the worker stops.
+        checks.set(|e| {
+            e.insert((Arc::clone(&t), 1), (9, 1_800));
+        });
+        let e = checks.verify(&t, 1, 12, Some(1)).unwrap_err();
+        assert_eq!(e.code.as_deref(), Some(SKIPPED_RECORDS));
+        assert!(e.to_string().contains("records 10 to 11"), "{e}");
         // Another record at that offset: the log was made anew.
         let e = checks.verify(&t, 2, 5, Some(2_000)).unwrap_err();
         assert_eq!(e.code.as_deref(), Some(LOG_REPLACED));
