@@ -888,6 +888,11 @@ impl<K: Sink> ApplyLoop<K> {
                         // Recorded under the source table's name: that is
                         // what the source asks for when it restarts.
                         self.batch.snapshot_marks.push((table, rows, state));
+                        if !self.skip_replays {
+                            // See the unmapped case below.
+                            self.awaiting_offset = true;
+                            continue;
+                        }
                         at_boundary = true;
                         self.hand_off().await?;
                         deadline = None;
@@ -915,7 +920,16 @@ impl<K: Sink> ApplyLoop<K> {
                                 return Err(WriterGone);
                             }
                         }
-                        // A finished table is a natural commit point.
+                        // A finished table is a natural commit point on
+                        // the embedded bus. A Kafka worker commits it with
+                        // the marker's own offset (the `Consumed` that comes
+                        // next): committed apart, a crash in between made the
+                        // worker replay the marker alone on every restart
+                        // ("snapshot finished without a start").
+                        if !self.skip_replays {
+                            self.awaiting_offset = true;
+                            continue;
+                        }
                         at_boundary = true;
                         self.hand_off().await?;
                         deadline = None;
