@@ -83,11 +83,10 @@ function takeFault(): Fault["mode"] | null {
 
 function audit(args: any, result: any) {
   if (!args || typeof args !== "object" || !Array.isArray(args.rows) || result?.duplicate) return;
-  if (args.version === null) return;
   const skipped = new Set<number>(result?.skipped ?? []);
   args.rows.forEach((r: any, i: number) => {
-    if (skipped.has(i)) return;
-    const k = `${r.table}|${r.key}|${args.version}`;
+    if (skipped.has(i) || r.version === null) return;
+    const k = `${r.table}|${r.key}|${r.version}`;
     written.set(k, (written.get(k) ?? 0) + 1);
   });
 }

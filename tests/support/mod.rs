@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod convex;
 pub mod kafka;
 pub mod mongo;
 // `ferry parity`'s comparison, the same file the binary compiles (see its

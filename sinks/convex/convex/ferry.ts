@@ -38,6 +38,9 @@ const row = v.object({
   key: v.string(),
   op: v.union(v.literal("upsert"), v.literal("patch"), v.literal("delete")),
   doc: v.optional(v.any()),
+  // The source version of the row's change (fixed-width hex, ordered as
+  // text); null when the source has none (MongoDB): then always written.
+  version: v.union(v.string(), v.null()),
   // Id-map references to fill in before writing: `field` gets the Convex
   // id of the row that holds `legacy` in `namespace` (a document of `table`).
   refs: v.optional(
@@ -149,9 +152,6 @@ export const apply = internalMutation({
     // The sink instance and this call: the same call id when re-sent.
     writer: v.string(),
     call: v.string(),
-    // The batch's version (fixed-width hex of its last source position);
-    // null when the source has none.
-    version: v.union(v.string(), v.null()),
     // Tables to empty before the rows (truncate, a snapshot starting over).
     truncate: v.array(v.string()),
     rows: v.array(row),
@@ -182,7 +182,6 @@ export const apply = internalMutation({
         });
       }
     }
-    const version = a.version ?? "";
     for (const table of a.truncate) {
       for await (const k of db
         .query("ferry_keys")
@@ -196,9 +195,10 @@ export const apply = internalMutation({
     for (let i = 0; i < a.rows.length; i++) {
       const r = a.rows[i];
       const k = await keyOf(ctx, r.table, r.key);
+      const version = r.version ?? "";
       // Older than (or as old as) what the row holds: a replay. Equal
       // versions are skipped too: a version is written once per row.
-      if (k && !k.placeholder && a.version !== null && k.version >= version) {
+      if (k && !k.placeholder && r.version !== null && k.version >= version) {
         skipped.push(i);
         continue;
       }
