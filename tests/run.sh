@@ -64,6 +64,16 @@ if ! "$TANSU" --version >/dev/null 2>&1; then
   exit 1
 fi
 
+# The Convex sink's end-to-end tests run against the Convex test server
+# (tests/convex-server: Ferry's real Convex module inside Convex's own
+# convex-test runtime), whose npm dependencies the lockfile pins. Node 20
+# and npm are on the machine.
+if [ ! -x tests/convex-server/node_modules/.bin/tsx ] \
+   || [ tests/convex-server/package-lock.json -nt tests/convex-server/node_modules/.package-lock.json ]; then
+  echo "tests/run.sh: npm ci in tests/convex-server" >&2
+  (cd tests/convex-server && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # No doctests (there are none): every target's tests on the embedded bus,
 # then the end-to-end tests once more on the Kafka bus (FERRY_TEST_BUS, see
 # tests/support/kafka.rs), then one closing line that sums up both runs.
