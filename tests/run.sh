@@ -87,6 +87,8 @@ count() {
   awk -v fmt="$format" '/^test result:/ { p += $4; f += $6 } END { printf fmt, p, f }' "$@"
 }
 status=0
+# Ferry's Convex module's own unit tests (convex-test under vitest).
+(cd tests/convex-server && npx vitest run) || status=$?
 cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$embedded_log" || status=$?
 # tests/kafka.rs and tests/kafka_bus.rs start brokers of their own whatever
 # the bus: they ran in the first pass.
