@@ -28,16 +28,17 @@ impl ConvexServer {
     /// Starts the server on a free port and waits for its `listening` line.
     pub fn start() -> ConvexServer {
         let dir = server_dir();
-        let cli = dir.join("node_modules/tsx/dist/cli.mjs");
+        let tsx = dir.join("node_modules/tsx");
         assert!(
-            cli.exists(),
+            tsx.exists(),
             "the Convex test server is not installed: run `npm ci` in {} (tests/run.sh does)",
             dir.display()
         );
+        // One process (tsx as a loader, not its CLI, which runs the server
+        // in a child that would outlive a kill).
         let mut child = Command::new("node")
             .current_dir(&dir)
-            .arg(cli)
-            .arg("server.ts")
+            .args(["--import", "tsx", "server.ts"])
             .env("FERRY_TEST_DEPLOY_KEY", DEPLOY_KEY)
             .env("PORT", "0")
             .stdin(Stdio::null())
