@@ -164,3 +164,90 @@ async fn kill9_and_overload_leave_an_exact_mirror() {
         ferry.log_text()
     );
 }
+
+/// Values at Convex's edges: int64 2^63-1, bytes, NaN and ±Infinity,
+/// nested arrays and jsonb objects land exactly; a jsonb nested deeper than
+/// Convex allows and a document over 1 MiB are dead-lettered with their
+/// reason (in the deployment's `ferry_dlq`), while their neighbours land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_edges_land_exactly_or_are_dead_lettered() {
+    let pair = Pair::start("convex_values").await;
+    let server = ConvexServer::start();
+    let src = pair.src().await;
+    let deep = format!("{}1{}", "[".repeat(20), "]".repeat(20));
+    src.batch_execute(&format!(
+        "CREATE TABLE edges (id bigint PRIMARY KEY, big bigint, f float8, b bytea, arr int[][], doc jsonb, body text);
+         INSERT INTO edges VALUES
+           (1, 9223372036854775807, 'NaN', '\\x00ff10', '{{{{1,2}},{{3,4}}}}', '{{\"a\": {{\"b\": [1, 2.5, null]}}}}', 'ok'),
+           (2, -9223372036854775808, 'Infinity', '', NULL, NULL, NULL),
+           (3, 0, '-Infinity', NULL, NULL, '{deep}', NULL),
+           (4, 1, 1.5, NULL, NULL, NULL, repeat('x', 1100000));"
+    ))
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.edges"]).build();
+    with_sink(&config, &server.sink_toml(""));
+    let ferry = Ferry::spawn(&config);
+    wait_for(
+        "two rows landed and two parked",
+        &ferry,
+        Duration::from_secs(90),
+        || async {
+            let landed = server.dump("edges").await.0.len();
+            let parked = server
+                .query("testing:table", serde_json::json!({"table": "ferry_dlq"}))
+                .await;
+            landed == 2 && parked.as_array().map_or(0, Vec::len) == 2
+        },
+    )
+    .await;
+    let (mut rows, documents) = server.dump("edges").await;
+    assert_eq!(documents, 2);
+    rows.sort_by_key(|(_, d)| int64(&d["id"]));
+    let one = &rows[0].1;
+    assert_eq!(int64(&one["big"]), i64::MAX);
+    assert_eq!(one["f"], serde_json::json!({"$float": "AAAAAAAA+H8="}));
+    assert_eq!(one["b"], serde_json::json!({"$bytes": "AP8Q"}));
+    // int4[][]: nested arrays of Float64, like an int4 column.
+    assert_eq!(one["arr"][1][0].as_f64(), Some(3.0), "{one}");
+    let b = &one["doc"]["a"]["b"];
+    assert_eq!(
+        (b[0].as_f64(), b[1].as_f64(), b[2].is_null()),
+        (Some(1.0), Some(2.5), true),
+        "{one}"
+    );
+    let two = &rows[1].1;
+    assert_eq!(int64(&two["big"]), i64::MIN);
+    assert_eq!(two["f"], serde_json::json!({"$float": "AAAAAAAA8H8="}));
+    assert_eq!(two["b"], serde_json::json!({"$bytes": ""}));
+    let parked = server
+        .query("testing:table", serde_json::json!({"table": "ferry_dlq"}))
+        .await;
+    let mut reasons: Vec<(String, String)> = parked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["errorCode"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("[\"3\"]".to_string(), "convex-too-deep".to_string()),
+            (
+                "[\"4\"]".to_string(),
+                "convex-document-too-large".to_string()
+            ),
+        ]
+    );
+    // `ferry dlq list` reads them from the deployment.
+    let (code, out) =
+        crate::support::ferry_cmd(&["dlq", "list", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("| edges | permanent | 2 | 0 |"), "{out}");
+}

@@ -111,6 +111,22 @@ describe("ferry:apply", () => {
     expect(records.map((r: any) => r.superseded)).toEqual([true]);
   });
 
+  test("a dead-letter event longer than a document is kept whole, in parts", async () => {
+    const t = await setup();
+    const event = "e".repeat(1_100_000);
+    const parked = {
+      table: "items", key: '["9"]', op: "upsert", event, errorClass: "permanent", errorCode: "convex-document-too-large",
+      errorMessage: "too large", stage: "sink", position: null, origin: null, superseded: false,
+    };
+    await t.mutation(apply, call({ call: "a", parked: [parked] }));
+    const whole = await t.run(async (ctx: any) => {
+      const [r] = await ctx.db.query("ferry_dlq").collect();
+      const parts = await ctx.db.query("ferry_dlq_parts").collect();
+      return r.event + parts.sort((x: any, y: any) => x.n - y.n).map((p: any) => p.text).join("");
+    });
+    expect(whole).toBe(event);
+  });
+
   test("a reference to a row not arrived yet gets a placeholder the row fills", async () => {
     const t = await setup();
     const order = {

@@ -30,6 +30,9 @@ type AnyDb = any;
 
 /** The error code of a batch whose bus offsets were applied already. */
 export const STALE_OFFSETS = "ferry-stale-offsets";
+/** UTF-16 units of a dead-letter event per document. */
+const EVENT_PART = 256 * 1024;
+
 /** The error code of a record that cannot be applied (parks the record). */
 export const RECORD_REFUSED = "ferry-record-refused";
 
@@ -237,13 +240,24 @@ export const apply = internalMutation({
     const now = Date.now();
     for (const p of a.parked) {
       if (!p.superseded) await supersede(ctx, a.pipeline, p.table, p.key);
-      await db.insert("ferry_dlq", {
+      // At most 3 UTF-8 bytes per UTF-16 unit: parts stay under 1 MiB.
+      const parts = Math.max(1, Math.ceil(p.event.length / EVENT_PART));
+      const id = await db.insert("ferry_dlq", {
         ...p,
+        event: p.event.slice(0, EVENT_PART),
+        eventParts: parts,
         pipeline: a.pipeline,
         attempts: 1,
         firstFailedAt: now,
         lastFailedAt: now,
       });
+      for (let n = 1; n < parts; n++) {
+        await db.insert("ferry_dlq_parts", {
+          record: id,
+          n,
+          text: p.event.slice(n * EVENT_PART, (n + 1) * EVENT_PART),
+        });
+      }
     }
     if (a.checkpoint) {
       const c = a.checkpoint;
@@ -347,6 +361,11 @@ export const dlqRemove = internalMutation({
     for (const id of a.ids) {
       const d = await db.get(id);
       if (d && d.pipeline === a.pipeline) {
+        for await (const part of db
+          .query("ferry_dlq_parts")
+          .withIndex("by_record", (q: AnyDb) => q.eq("record", id))) {
+          await db.delete(part._id);
+        }
         await db.delete(id);
         removed++;
       }

@@ -55,8 +55,11 @@ export const ferryTables = {
     table: v.string(),
     key: v.string(),
     op: v.string(),
-    // The change as Ferry's self-describing JSON envelope (exact values).
+    // The change as Ferry's self-describing JSON envelope (exact values);
+    // its first part when longer (the rest in ferry_dlq_parts: a record of
+    // a document too large for Convex is itself too large for one document).
     event: v.string(),
+    eventParts: v.optional(v.number()),
     errorClass: v.string(),
     errorCode: v.union(v.string(), v.null()),
     errorMessage: v.string(),
@@ -70,4 +73,11 @@ export const ferryTables = {
   })
     .index("by_row", ["pipeline", "table", "key"])
     .index("by_pipeline", ["pipeline"]),
+
+  // Parts 1.. of a long dead-letter event, in order.
+  ferry_dlq_parts: defineTable({
+    record: v.id("ferry_dlq"),
+    n: v.number(),
+    text: v.string(),
+  }).index("by_record", ["record", "n"]),
 };

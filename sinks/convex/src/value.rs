@@ -126,8 +126,24 @@ fn depth_ok(depth: usize) -> Result<(), Rejection> {
 /// One column's value; `ty` is the column's SQL type (picks Int64 or
 /// Float64 for integers).
 pub fn column(v: &Value, ty: &str, opts: Options, depth: usize) -> Result<Json, Rejection> {
+    // `integer[]` (or `_int4`): the elements follow the element type.
+    let element = ty.trim().trim_end_matches("[]").trim_start_matches('_');
+    small_ints(v, is_small_int(element), opts, depth)
+}
+
+fn small_ints(v: &Value, small: bool, opts: Options, depth: usize) -> Result<Json, Rejection> {
     match v {
-        Value::Int(i) if is_small_int(ty) => Ok(Json::Number(Number::from(*i))),
+        Value::Int(i) if small => Ok(Json::Number(Number::from(*i))),
+        Value::Array(items) if small => {
+            depth_ok(depth)?;
+            array_len_ok(items.len())?;
+            Ok(Json::Array(
+                items
+                    .iter()
+                    .map(|i| small_ints(i, small, opts, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
         _ => value(v, opts, depth),
     }
 }
