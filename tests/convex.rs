@@ -114,6 +114,14 @@ async fn kill9_and_overload_leave_an_exact_mirror() {
         .await
         .unwrap();
         next_id += 300;
+        // One burst at a time: the next only once the last is used up.
+        wait_for(
+            "the last burst of faults to be used up",
+            &ferry,
+            Duration::from_secs(90),
+            || async { server.audit().await["faultsLeft"].as_f64() == Some(0.0) },
+        )
+        .await;
         match round % 4 {
             0 => server.fault("429", 4).await,
             1 => server.fault("503", 3).await,
