@@ -9,6 +9,7 @@ mod support;
 
 mod basic;
 mod cli;
+mod convex;
 mod crash;
 mod dlq;
 mod kafka;

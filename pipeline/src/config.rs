@@ -503,6 +503,44 @@ pub enum SnapshotMode {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SinkConfig {
     Postgres(PostgresSinkConfig),
+    Convex(ConvexSinkConfig),
+}
+
+/// `[sink] kind = "convex"`: Ferry's Convex module (sinks/convex/convex/)
+/// called through the deployment's HTTP function API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvexSinkConfig {
+    /// The deployment's URL, e.g. `https://happy-otter-123.convex.cloud`.
+    pub url: String,
+    /// A deploy key (`${CONVEX_DEPLOY_KEY}`); sent only in the
+    /// `Authorization` header, never logged.
+    pub deploy_key: Secret,
+    /// How numerics (which Convex has no type for) are written: `"string"`
+    /// (exact digits, the default) or `"float64"` (only values a float64
+    /// holds exactly; any other is dead-lettered).
+    #[serde(default)]
+    pub numeric: ConvexNumeric,
+    /// Source tables in the order a batch writes them (referenced tables
+    /// first); tables not listed follow in the batch's order.
+    #[serde(default)]
+    pub table_order: Vec<String>,
+    /// Most rows in one mutation call; a batch with more is split.
+    #[serde(default = "default_convex_rows_per_call")]
+    pub rows_per_call: usize,
+}
+
+/// How a numeric is written to Convex.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvexNumeric {
+    #[default]
+    String,
+    Float64,
+}
+
+fn default_convex_rows_per_call() -> usize {
+    1000
 }
 
 /// `[sink] kind = "postgres"`
@@ -709,8 +747,10 @@ impl Config {
             let file = path.parent().unwrap_or(Path::new(".")).join(m);
             config.pipeline.mappings = Some(file.clone());
             config.mappings = Some(crate::mapping::Mappings::load(&file)?);
-            let SinkConfig::Postgres(dst) = &config.sink;
-            if dst.schema.is_some() {
+            if let SinkConfig::Postgres(PostgresSinkConfig {
+                schema: Some(_), ..
+            }) = &config.sink
+            {
                 return Err(cfg_err(
                     "sink.schema",
                     "does not apply with pipeline.mappings: mapped tables name their target schema",
@@ -851,6 +891,20 @@ impl Config {
                             ));
                         }
                     }
+                }
+            }
+            SinkConfig::Convex(c) => {
+                if !(c.url.starts_with("https://") || c.url.starts_with("http://")) {
+                    return Err(cfg_err(
+                        "sink.url",
+                        "must be the deployment's http(s):// URL",
+                    ));
+                }
+                if c.deploy_key.expose().is_empty() {
+                    return Err(cfg_err("sink.deploy_key", "must not be empty"));
+                }
+                if !(1..=4000).contains(&c.rows_per_call) {
+                    return Err(cfg_err("sink.rows_per_call", "must be between 1 and 4000 (Convex reads at most 4096 index ranges per transaction)"));
                 }
             }
         }

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod convex;
 pub mod dns;
 pub mod kafka;
 pub mod mongo;

@@ -52,7 +52,10 @@ pub(crate) async fn run(args: KafkaArgs) -> u8 {
         eprintln!("ferry kafka reset: forgets the progress of pipeline {} (topic prefix {}) in the target and in Kafka, and its next start copies every table again; add --yes", config.pipeline.name, k.topic_prefix);
         return exit::CONFIG;
     }
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        eprintln!("ferry kafka reset: implemented for a PostgreSQL target only");
+        return exit::CONFIG;
+    };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     // The target first: it refuses while workers run.
     let cleared = match sink.reset_bus(force).await {

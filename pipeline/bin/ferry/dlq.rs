@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use ferry_convex_sink::ConvexSink;
 use ferry_pipeline::config::SinkConfig;
 use ferry_pipeline::event::TableId;
 use ferry_postgres_sink::dlq::Filter;
@@ -42,8 +43,9 @@ struct Selection {
 enum DlqCommand {
     /// Records by table and error class, with the oldest and newest failure.
     List(Selection),
-    /// One record: its error, attempts, source position and the change.
-    Show { id: i64 },
+    /// One record: its error, attempts, source position and the change
+    /// (a number on a PostgreSQL target, a document id on Convex).
+    Show { id: String },
     /// Re-apply records through the current target (oldest first, one
     /// transaction each): successes leave the queue, failures stay with
     /// one more attempt. Safe to interrupt and run again.
@@ -99,7 +101,13 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let dst = match &config.sink {
+        SinkConfig::Postgres(dst) => dst,
+        SinkConfig::Convex(dst) => {
+            let sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
+            return convex(sink, args.command).await;
+        }
+    };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     let result = match args.command {
         DlqCommand::List(sel) => {
@@ -125,19 +133,25 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
                 exit::OK
             })
         }
-        DlqCommand::Show { id } => sink.dlq_show(id).await.map(|r| match r {
-            Some(v) => {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                exit::OK
-            }
-            None => {
-                eprintln!(
-                    "ferry dlq show: no record {id} for pipeline {}",
-                    config.pipeline.name
-                );
-                exit::MISMATCH
-            }
-        }),
+        DlqCommand::Show { id } => {
+            let Ok(id) = id.parse::<i64>() else {
+                eprintln!("ferry dlq show: {id:?} is not a record number");
+                return exit::CONFIG;
+            };
+            sink.dlq_show(id).await.map(|r| match r {
+                Some(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    exit::OK
+                }
+                None => {
+                    eprintln!(
+                        "ferry dlq show: no record {id} for pipeline {}",
+                        config.pipeline.name
+                    );
+                    exit::MISMATCH
+                }
+            })
+        }
         DlqCommand::Replay {
             selection,
             dry_run,
@@ -204,6 +218,97 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ferry dlq: {e}");
+            exit::PIPELINE
+        }
+    }
+}
+
+/// `ferry dlq` on a Convex target: the records live in the deployment's
+/// `ferry_dlq` table (written by Ferry's module with the batch).
+async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
+    let records = match sink.dlq_records().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry dlq: {e}");
+            return exit::PIPELINE;
+        }
+    };
+    let selected = |s: &Selection, r: &serde_json::Value| {
+        let table = s
+            .table
+            .as_deref()
+            .map(|t| t.rsplit('.').next().unwrap_or(t));
+        table.is_none_or(|t| r["table"] == t)
+            && s.error_class
+                .as_deref()
+                .is_none_or(|c| r["errorClass"] == c)
+    };
+    match command {
+        DlqCommand::List(sel) => {
+            let mut groups: std::collections::BTreeMap<(String, String), (u64, u64)> =
+                Default::default();
+            for r in records.iter().filter(|r| selected(&sel, r)) {
+                let g = groups
+                    .entry((
+                        r["table"].as_str().unwrap_or("").to_string(),
+                        r["errorClass"].as_str().unwrap_or("").to_string(),
+                    ))
+                    .or_default();
+                g.0 += 1;
+                g.1 += u64::from(r["superseded"].as_bool().unwrap_or(false));
+            }
+            println!("| table | error class | records | superseded |");
+            println!("|---|---|---:|---:|");
+            let mut total = 0;
+            for ((t, c), (n, s)) in &groups {
+                total += n;
+                println!("| {t} | {c} | {n} | {s} |");
+            }
+            println!("{total} record(s)");
+            exit::OK
+        }
+        DlqCommand::Show { id } => match records.iter().find(|r| r["_id"] == id.as_str()) {
+            Some(r) => {
+                println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+                exit::OK
+            }
+            None => {
+                eprintln!(
+                    "ferry dlq show: no record {id} for pipeline {}",
+                    sink.pipeline()
+                );
+                exit::MISMATCH
+            }
+        },
+        DlqCommand::Purge { selection, yes } => {
+            if selection.table.is_none() && selection.error_class.is_none() {
+                eprintln!("ferry dlq purge: name what to purge (--table, --error-class)");
+                return exit::CONFIG;
+            }
+            if !yes {
+                eprintln!("ferry dlq purge: records are removed for good; add --yes to confirm");
+                return exit::CONFIG;
+            }
+            let ids: Vec<String> = records
+                .iter()
+                .filter(|r| selected(&selection, r))
+                .filter_map(|r| r["_id"].as_str().map(str::to_string))
+                .collect();
+            match sink.dlq_remove(&ids).await {
+                Ok(n) => {
+                    println!("purged {n} record(s)");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("ferry dlq purge: {e}");
+                    exit::PIPELINE
+                }
+            }
+        }
+        DlqCommand::Replay { .. } => {
+            // Not yet: a replay must apply the record without moving the
+            // pipeline's checkpoint, which `ferry:apply` needs a mode for.
+            eprintln!("ferry dlq replay: not implemented for a Convex target yet (list, show and purge are)");
             exit::PIPELINE
         }
     }

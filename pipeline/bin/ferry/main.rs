@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_convex_sink::ConvexSink;
 use ferry_mongodb_source::MongoSource;
 use ferry_pipeline::bus::embedded;
 #[cfg(feature = "kafka")]
@@ -23,6 +24,7 @@ use ferry_pipeline::bus::kafka::{self, worker::Subscription};
 use ferry_pipeline::config::{BusKind, Config, SinkConfig, SourceConfig};
 use ferry_pipeline::event::TableId;
 use ferry_pipeline::runtime::RuntimeOptions;
+use ferry_pipeline::sink::Sink;
 use ferry_pipeline::telemetry::{self, LogFormat};
 use ferry_postgres_sink::PostgresSink;
 use ferry_postgres_source::PostgresSource;
@@ -192,8 +194,11 @@ async fn load(path: &Path) -> Result<Config, u8> {
             ferry_sqlite_source::config::check_path(s).map_err(|why| format!("source.path: {why}"))
         }
     };
-    let SinkConfig::Postgres(dst) = &config.sink;
-    let sink = ferry_postgres_sink::config::conn_info(dst).map(|_| ());
+    let sink = match &config.sink {
+        SinkConfig::Postgres(dst) => ferry_postgres_sink::config::conn_info(dst).map(|_| ()),
+        // Checked by `Config::validate`.
+        SinkConfig::Convex(_) => Ok(()),
+    };
     for result in [source, sink] {
         if let Err(why) = result {
             eprintln!("invalid configuration {}: {why}", path.display());
@@ -314,7 +319,6 @@ pub(crate) async fn run_pipeline(
 ) -> Result<(), ferry_pipeline::error::PipelineError> {
     let mut opts = RuntimeOptions::from(&config.pipeline);
     opts.transformer = transformer;
-    let SinkConfig::Postgres(dst) = &config.sink;
     #[cfg(feature = "kafka")]
     if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {
         return run_on_kafka(config, k, role, &opts, shutdown).await;
@@ -331,7 +335,24 @@ pub(crate) async fn run_pipeline(
             "--role source|worker needs pipeline.bus = \"kafka\"",
         ));
     }
-    let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+    let name = config.pipeline.name.clone();
+    match &config.sink {
+        SinkConfig::Postgres(dst) => {
+            run_embedded(config, PostgresSink::new(dst.clone(), name), opts, shutdown).await
+        }
+        SinkConfig::Convex(dst) => {
+            run_embedded(config, ConvexSink::new(dst.clone(), name), opts, shutdown).await
+        }
+    }
+}
+
+/// The embedded bus from the configured source into `sink`.
+async fn run_embedded<K: Sink>(
+    config: &Config,
+    sink: K,
+    opts: RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ferry_pipeline::error::PipelineError> {
     match &config.source {
         SourceConfig::Postgres(src) => {
             let source = PostgresSource::new(src.clone(), opts.max_retry_delay);
@@ -368,7 +389,33 @@ async fn run_on_kafka(
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ferry_pipeline::error::PipelineError> {
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let name = config.pipeline.name.clone();
+    match &config.sink {
+        SinkConfig::Postgres(dst) => {
+            let make = || PostgresSink::new(dst.clone(), name.clone());
+            run_kafka_with(config, k, role, opts, shutdown, make).await
+        }
+        SinkConfig::Convex(dst) => {
+            let make = || ConvexSink::new(dst.clone(), name.clone());
+            run_kafka_with(config, k, role, opts, shutdown, make).await
+        }
+    }
+}
+
+/// [`run_on_kafka`] with the sink `make` builds.
+#[cfg(feature = "kafka")]
+async fn run_kafka_with<K, F>(
+    config: &Config,
+    k: &ferry_pipeline::config::KafkaConfig,
+    role: Role,
+    opts: &RuntimeOptions,
+    shutdown: watch::Receiver<bool>,
+    make: F,
+) -> Result<(), ferry_pipeline::error::PipelineError>
+where
+    K: Sink + ferry_pipeline::checkpoint::BusOffsets,
+    F: Fn() -> K,
+{
     let source = async {
         match &config.source {
             SourceConfig::Postgres(src) => {
@@ -394,16 +441,10 @@ async fn run_on_kafka(
             Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
         }
     };
-    let name = config.pipeline.name.clone();
     let worker = kafka::worker::run(
         k,
         subscription,
-        || {
-            (
-                PostgresSink::new(dst.clone(), name.clone()),
-                PostgresSink::new(dst.clone(), name.clone()),
-            )
-        },
+        || (make(), make()),
         opts.clone(),
         shutdown.clone(),
     );
@@ -425,7 +466,22 @@ async fn check(path: &Path) -> u8 {
         Err(code) => return code,
     };
     println!("[ ok ] configuration: {}", path.display());
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let dst = match &config.sink {
+        SinkConfig::Postgres(dst) => dst,
+        SinkConfig::Convex(dst) => {
+            let mut sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
+            return match ferry_pipeline::checkpoint::CheckpointStore::load(&mut sink).await {
+                Ok(_) => {
+                    println!("[ ok ] sink: Ferry's Convex module answers at {}", dst.url);
+                    exit::OK
+                }
+                Err(e) => {
+                    println!("[FAIL] sink: {e}");
+                    exit::MISMATCH
+                }
+            };
+        }
+    };
     let mut findings = match &config.source {
         SourceConfig::Postgres(src) => ferry_postgres_source::check::source_findings(src).await,
         SourceConfig::Mongodb(src) => ferry_mongodb_source::check::source_findings(src).await,
@@ -501,7 +557,10 @@ async fn parity(path: &Path) -> u8 {
         eprintln!("ferry parity: NOT VERIFIED: row-by-row parity does not compare mapped tables (pipeline.mappings is set)");
         return exit::UNVERIFIED;
     }
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        eprintln!("ferry parity: NOT VERIFIED: row-by-row parity is implemented for PostgreSQL targets only");
+        return exit::UNVERIFIED;
+    };
     let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     let pairs: Vec<(TableId, TableId)> = tables(&config)
         .into_iter()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use ferry_convex_sink::ConvexSink;
 use ferry_pipeline::config::{Config, SinkConfig};
 use ferry_pipeline::transform::{Finding, Transformer};
 use ferry_postgres_sink::id_map::IdPair;
@@ -64,7 +65,11 @@ pub(crate) async fn transformer(config: &Config) -> Result<Option<Arc<Transforme
     let Some(mappings) = &config.mappings else {
         return Ok(None);
     };
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        return Err(Unusable::Unreachable(
+            "pipeline.mappings is not supported with the Convex sink yet".into(),
+        ));
+    };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     let catalog = sink
         .mapping_catalog(&Transformer::targets(mappings))
@@ -129,9 +134,25 @@ pub(crate) async fn run_idmap(args: IdmapArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let SinkConfig::Postgres(dst) = &config.sink;
-    let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
-    match sink.id_map_lookup(&namespace, &id).await {
+    let found = match &config.sink {
+        SinkConfig::Postgres(dst) => {
+            let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+            sink.id_map_lookup(&namespace, &id).await
+        }
+        SinkConfig::Convex(dst) => {
+            let mut sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
+            sink.id_map_lookup(&namespace, &id).await.map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|p| IdPair {
+                        legacy: p.legacy,
+                        new: p.new,
+                    })
+                    .collect()
+            })
+        }
+    };
+    match found {
         Ok(pairs) if pairs.is_empty() => {
             eprintln!("ferry idmap lookup: {namespace} has no id {id:?} (neither legacy nor new)");
             exit::MISMATCH

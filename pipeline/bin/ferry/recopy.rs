@@ -13,7 +13,14 @@ use crate::exit;
 /// refuses to start when a mirrored table the checkpoint says was copied is
 /// gone or empty while its source has rows. `Err` is the exit code.
 pub(crate) async fn guard(config: &Config, recopy: &[String]) -> Result<(), u8> {
-    let SinkConfig::Postgres(sink) = &config.sink;
+    // Snapshot records and lost tables: the PostgreSQL sink's bookkeeping.
+    let SinkConfig::Postgres(sink) = &config.sink else {
+        if !recopy.is_empty() {
+            eprintln!("ferry run --recopy: implemented for a PostgreSQL target only");
+            return Err(exit::CONFIG);
+        }
+        return Ok(());
+    };
     let pipeline = &config.pipeline.name;
     let configured = config.source.tables();
     let mut forget = Vec::new();

@@ -179,9 +179,23 @@ async fn report(config: &Config, cfg: SqliteSourceConfig) -> u8 {
             return exit::UNVERIFIED;
         }
     };
-    let SinkConfig::Postgres(dst) = &config.sink;
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        // Never a green result for what was not compared.
+        eprintln!("ferry sqlite report: NOT VERIFIED: implemented for a PostgreSQL target only");
+        return exit::UNVERIFIED;
+    };
     let sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
-    let client = match ferry_postgres_source::connect(dst.url.expose()).await {
+    let conn = match ferry_postgres_sink::config::conn_info(dst) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry sqlite report: NOT VERIFIED: {e}");
+            return exit::UNVERIFIED;
+        }
+    };
+    let client = match conn
+        .connect(ferry_pipeline::error::Stage::Sink, "target")
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ferry sqlite report: NOT VERIFIED: target: {e}");
