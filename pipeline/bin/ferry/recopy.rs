@@ -1,11 +1,12 @@
-//! Target tables lost behind the pipeline's back (dropped or emptied by
-//! hand while the target still holds the pipeline's checkpoint), refused at
-//! start, and `ferry run --recopy TABLE`, the explicit way to copy one again.
+//! Target tables lost behind the pipeline's back (dropped by hand while the
+//! target still holds the pipeline's checkpoint), refused at start, and
+//! `ferry run --recopy TABLE`, the explicit way to copy one again (also
+//! after emptying a table by hand, which Ferry cannot tell from a TRUNCATE
+//! it replicated).
 
-use ferry_pipeline::config::{BusKind, Config, SinkConfig, SourceConfig};
-use ferry_pipeline::error::Stage;
+use ferry_pipeline::config::{BusKind, Config, SinkConfig};
 use ferry_pipeline::event::TableId;
-use ferry_postgres_sink::check::{self, Lost};
+use ferry_postgres_sink::check;
 
 use crate::exit;
 
@@ -62,31 +63,18 @@ pub(crate) async fn guard(config: &Config, recopy: &[String]) -> Result<(), u8> 
             return Err(exit::PIPELINE);
         }
     };
-    let mut refused = Vec::new();
-    for t in lost {
-        if t.how == Lost::Emptied && !source_has_rows(config, &t.source).await {
-            // The source is empty too: the table was emptied by the
-            // stream itself.
-            continue;
-        }
-        refused.push(t);
-    }
-    if refused.is_empty() {
+    if lost.is_empty() {
         return Ok(());
     }
-    for t in &refused {
-        let what = match t.how {
-            Lost::Dropped => "does not exist",
-            Lost::Emptied => "is empty while the source has rows",
-        };
+    for t in &lost {
         eprintln!(
-            "ferry: target table {} {what}, but this pipeline's checkpoint says its snapshot \
-             copied {} rows: it was dropped or emptied by hand. Streaming on would leave it \
+            "ferry: target table {} does not exist, but this pipeline's checkpoint says its \
+             snapshot copied {} rows: it was dropped by hand. Streaming on would re-create it \
              short of every row copied before.",
             t.target, t.copied_rows
         );
     }
-    let names: Vec<String> = refused
+    let names: Vec<String> = lost
         .iter()
         .map(|t| format!("--recopy {}", t.source))
         .collect();
@@ -95,25 +83,4 @@ pub(crate) async fn guard(config: &Config, recopy: &[String]) -> Result<(), u8> 
         names.join(" ")
     );
     Err(exit::PIPELINE)
-}
-
-/// Whether the source table has a row (PostgreSQL sources; other sources
-/// answer yes, so an empty target is always refused for them).
-async fn source_has_rows(config: &Config, table: &TableId) -> bool {
-    let SourceConfig::Postgres(src) = &config.source else {
-        return true;
-    };
-    let Ok(conn) = ferry_postgres_source::conn_info(src) else {
-        return true;
-    };
-    let Ok(client) = conn.connect(Stage::Source, "source").await else {
-        return true;
-    };
-    client
-        .query_one(
-            &format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted()),
-            &[],
-        )
-        .await
-        .map_or(true, |r| r.get(0))
 }

@@ -40,31 +40,21 @@ pub async fn target_findings(
     out
 }
 
-/// How a mirrored table went missing behind the pipeline's back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lost {
-    /// The target table does not exist.
-    Dropped,
-    /// The target table holds no row.
-    Emptied,
-}
-
 /// A table whose snapshot the target's checkpoint records but which the
-/// target no longer has (or holds nothing of): streaming on would
-/// re-create it empty, or keep it empty, and leave it short of every row
-/// copied before.
+/// target no longer has: streaming on would re-create it empty and leave it
+/// short of every row copied before. (An empty table is not a sign: the
+/// stream itself empties one on a TRUNCATE, and rows inserted after it may
+/// still be on their way.)
 #[derive(Debug, Clone)]
 pub struct LostTable {
     pub source: TableId,
     pub target: TableId,
     /// Rows the recorded snapshot copied.
     pub copied_rows: u64,
-    pub how: Lost,
 }
 
-/// The recorded snapshots of `pipeline` whose target tables are dropped or
-/// empty (`tables`: the source tables, mirrored one to one). An empty table
-/// is only suspicious: the caller decides with the source's side.
+/// The recorded snapshots of `pipeline` whose target tables were dropped
+/// (`tables`: the source tables, mirrored one to one).
 pub async fn lost_tables(
     cfg: &PostgresSinkConfig,
     pipeline: &str,
@@ -92,29 +82,13 @@ pub async fn lost_tables(
             continue;
         };
         let target = config::target_id(cfg, source);
-        let how = match target::describe(&client, &target).await? {
-            None => Lost::Dropped,
-            Some(_) => {
-                let any: bool = client
-                    .query_one(
-                        &format!("SELECT EXISTS (SELECT 1 FROM {})", target.quoted()),
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| crate::error::pg_err("read a target table", e))?
-                    .get(0);
-                if any || record.rows == 0 {
-                    continue;
-                }
-                Lost::Emptied
-            }
-        };
-        lost.push(LostTable {
-            source: source.clone(),
-            target,
-            copied_rows: record.rows,
-            how,
-        });
+        if target::describe(&client, &target).await?.is_none() {
+            lost.push(LostTable {
+                source: source.clone(),
+                target,
+                copied_rows: record.rows,
+            });
+        }
     }
     Ok(lost)
 }
