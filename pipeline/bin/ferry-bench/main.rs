@@ -126,7 +126,7 @@ struct Args {
     /// Single-row insert transactions per trigger-overhead measurement.
     #[arg(long, default_value_t = 20_000)]
     sqlite_inserts: i64,
-    #[arg(long, default_value = "bench-results/sqlite.json")]
+    #[arg(long, default_value = "docs/bench/sqlite.json")]
     sqlite_out: PathBuf,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
