@@ -30,10 +30,7 @@ async fn second_ferry_on_a_slot_in_use_stops_clearly() {
     pair.wait_equal(&["public.items"], Duration::from_secs(60))
         .await;
     let mut second = Ferry::spawn(&config);
-    let status = second
-        .wait_exit(Duration::from_secs(90))
-        .unwrap_or_else(|| panic!("the second ferry kept retrying: {}", second.log_text()));
-    assert_eq!(status.code(), Some(3), "{}", second.log_text());
+    second.expect_exit(3, Duration::from_secs(90), "the second ferry kept retrying");
     let log = second.log_text();
     assert!(log.contains("is in use by another session"), "{log}");
     assert!(log.contains("source.slot"), "{log}");
@@ -70,10 +67,7 @@ async fn sigterm_while_retrying_exits_0() {
     )
     .await;
     ferry.terminate();
-    let status = ferry
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no exit 20 s after SIGTERM: {}", ferry.log_text()));
-    assert_eq!(status.code(), Some(0), "{}", ferry.log_text());
+    ferry.expect_exit(0, Duration::from_secs(20), "no exit 20 s after SIGTERM");
     pair.target.start_again().await.unwrap();
     let _again = Ferry::spawn(&config);
     pair.wait_equal(&["public.items"], Duration::from_secs(60))
@@ -108,10 +102,7 @@ async fn lost_target_table_is_refused_then_recopied() {
         .await
         .unwrap();
     let mut refused = Ferry::spawn(&config);
-    let status = refused
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("ferry streamed on after a DROP: {}", refused.log_text()));
-    assert_eq!(status.code(), Some(3), "{}", refused.log_text());
+    refused.expect_exit(3, Duration::from_secs(60), "ferry streamed on after a DROP");
     let log = refused.log_text();
     assert!(log.contains("does not exist"), "{log}");
     assert!(log.contains("copied 129 rows"), "{log}");
@@ -195,10 +186,7 @@ async fn tables_the_sink_cannot_create_are_refused_up_front() {
         assert!(out.contains(says), "{says}: {out}");
     }
     let mut refused = Ferry::spawn(&config);
-    let status = refused
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("ferry ran: {}", refused.log_text()));
-    assert_eq!(status.code(), Some(2), "{}", refused.log_text());
+    refused.expect_exit(2, Duration::from_secs(60), "ferry ran");
     let slots: i64 = src
         .query_one("SELECT count(*) FROM pg_replication_slots", &[])
         .await

@@ -139,10 +139,11 @@ async fn tls_failures_are_named_and_final() {
 
     // `run` stops on the first attempt: a certificate does not heal.
     let mut ferry = Ferry::spawn(&wrong_ca);
-    let status = ferry
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("ferry kept retrying a TLS failure: {}", ferry.log_text()));
-    assert_eq!(status.code(), Some(3), "{}", ferry.log_text());
+    ferry.expect_exit(
+        3,
+        Duration::from_secs(60),
+        "ferry kept retrying a TLS failure",
+    );
     assert!(
         ferry.log_text().contains("unknown CA"),
         "{}",

@@ -254,6 +254,15 @@ impl Ferry {
         None
     }
 
+    /// Waits up to `within` for the process to exit with `code`; panics
+    /// with `what` (what it did instead of stopping) and its log otherwise.
+    pub fn expect_exit(&mut self, code: i32, within: Duration, what: &str) {
+        let status = self
+            .wait_exit(within)
+            .unwrap_or_else(|| panic!("{what}: {}", self.log_text()));
+        assert_eq!(status.code(), Some(code), "{}", self.log_text());
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
