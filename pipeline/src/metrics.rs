@@ -29,7 +29,45 @@ pub const KAFKA_WAITING_FOR_ASSIGNMENT: &str = "ferry_kafka_waiting_for_assignme
 pub const KAFKA_GROUP_MEMBERS: &str = "ferry_kafka_group_members";
 pub const KAFKA_HELD_PARTITIONS: &str = "ferry_kafka_held_partitions";
 
+pub const TABLE_LAG_SECONDS: &str = "ferry_table_lag_seconds";
+pub const TABLE_APPLY_LAG_SECONDS: &str = "ferry_table_apply_lag_seconds";
+pub const SNAPSHOT_DONE: &str = "ferry_snapshot_done";
+pub const DLQ_TABLE_RECORDS: &str = "ferry_dlq_table_records";
+pub const ID_MAP_ALLOCATIONS_TOTAL: &str = "ferry_id_map_allocations_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "ferry_process_resident_memory_bytes";
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "ferry_process_cpu_seconds_total";
+
+/// Every metric name this process exports (the dashboard and alert rules
+/// in deploy/ are checked against it by pipeline/tests/deploy_metrics.rs).
+pub const ALL: &[&str] = &[
+    EVENTS_TOTAL,
+    REPLICATION_LAG_SECONDS,
+    REPLICATION_LAG_BYTES,
+    SINK_BATCH_DURATION_SECONDS,
+    SINK_BATCH_EVENTS,
+    SNAPSHOT_ROWS_TOTAL,
+    SNAPSHOT_ROWS_ESTIMATE,
+    RETRIES_TOTAL,
+    ERRORS_TOTAL,
+    BUS_DEPTH_MESSAGES,
+    CONFIRMED_LSN,
+    DLQ_EVENTS_TOTAL,
+    DLQ_DEPTH_RECORDS,
+    KAFKA_ASSIGNED_PARTITIONS,
+    KAFKA_WAITING_FOR_ASSIGNMENT,
+    KAFKA_GROUP_MEMBERS,
+    KAFKA_HELD_PARTITIONS,
+    TABLE_LAG_SECONDS,
+    TABLE_APPLY_LAG_SECONDS,
+    SNAPSHOT_DONE,
+    DLQ_TABLE_RECORDS,
+    ID_MAP_ALLOCATIONS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_CPU_SECONDS_TOTAL,
+];
+
 pub mod endpoint;
+pub mod status;
 
 /// Handles to every metric.
 pub struct Metrics {
@@ -65,6 +103,21 @@ pub struct Metrics {
     pub kafka_members: IntGauge,
     /// Kafka worker: partitions held at a cross-partition barrier.
     pub kafka_held: IntGauge,
+    /// Label: table. Set from [`status::Status`] when scraped: rises while
+    /// a table's changes wait.
+    pub table_lag: GaugeVec,
+    /// Label: table. Source commit → target commit of the last change of
+    /// each table in each committed batch.
+    pub apply_lag: HistogramVec,
+    /// Label: table. 1 once its snapshot is committed (or was, by an
+    /// earlier run), 0 while it is copied.
+    pub snapshot_done: IntGaugeVec,
+    /// Labels: table, rule. Records waiting in the dead-letter queue.
+    pub dlq_table: IntGaugeVec,
+    /// Label: namespace. New ids the id map allocated.
+    pub id_map_allocations: IntCounterVec,
+    pub process_rss: IntGauge,
+    pub process_cpu: prometheus::Counter,
 }
 
 impl Metrics {
@@ -166,8 +219,67 @@ impl Metrics {
             KAFKA_HELD_PARTITIONS,
             "Kafka partitions held at a cross-partition barrier (TRUNCATE, snapshot start, key change)",
         );
+        let table_lag = GaugeVec::new(
+            Opts::new(
+                TABLE_LAG_SECONDS,
+                "Seconds since the source commit of the oldest change of this table not yet committed to the target (0 when none waits)",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let apply_lag = HistogramVec::new(
+            HistogramOpts::new(
+                TABLE_APPLY_LAG_SECONDS,
+                "Source commit to target commit of each table's changes, per committed batch",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["table"],
+        )
+        .expect("valid metric");
+        let snapshot_done = IntGaugeVec::new(
+            Opts::new(
+                SNAPSHOT_DONE,
+                "1 once the table's snapshot is committed, 0 while it is copied",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let dlq_table = IntGaugeVec::new(
+            Opts::new(
+                DLQ_TABLE_RECORDS,
+                "Records waiting in the dead-letter queue, by table and rule (error code)",
+            ),
+            &["table", "rule"],
+        )
+        .expect("valid metric");
+        let id_map_allocations = IntCounterVec::new(
+            Opts::new(
+                ID_MAP_ALLOCATIONS_TOTAL,
+                "New ids allocated by the id map, by namespace",
+            ),
+            &["namespace"],
+        )
+        .expect("valid metric");
+        let process_rss = gauge(
+            PROCESS_RESIDENT_MEMORY_BYTES,
+            "Resident memory of the ferry process",
+        );
+        let process_cpu = prometheus::Counter::new(
+            PROCESS_CPU_SECONDS_TOTAL,
+            "CPU time (user and system) of the ferry process",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(table_lag.clone()),
+            Box::new(apply_lag.clone()),
+            Box::new(snapshot_done.clone()),
+            Box::new(dlq_table.clone()),
+            Box::new(id_map_allocations.clone()),
+            Box::new(process_rss.clone()),
+            Box::new(process_cpu.clone()),
             Box::new(kafka_assigned.clone()),
             Box::new(kafka_waiting.clone()),
             Box::new(kafka_members.clone()),
@@ -206,6 +318,69 @@ impl Metrics {
             kafka_waiting,
             kafka_members,
             kafka_held,
+            table_lag,
+            apply_lag,
+            snapshot_done,
+            dlq_table,
+            id_map_allocations,
+            process_rss,
+            process_cpu,
+        }
+    }
+
+    /// Changes applied to `table` by the sink (all ops).
+    pub fn applied(&self, table: &str) -> u64 {
+        sum_where(&self.events, &[("stage", "sink"), ("table", table)]) as u64
+    }
+
+    /// Rows the snapshot copied of `table` in this process.
+    pub fn snapshot_rows_of(&self, table: &str) -> u64 {
+        sum_where(&self.snapshot_rows, &[("table", table)]) as u64
+    }
+
+    /// The snapshot's row estimate of `table` (0 when unknown).
+    pub fn snapshot_estimate_of(&self, table: &str) -> u64 {
+        sum_where(&self.snapshot_estimate, &[("table", table)]).max(0.0) as u64
+    }
+
+    /// Records waiting in the dead-letter queue per table (all rules).
+    pub fn dlq_by_table(&self) -> std::collections::HashMap<String, u64> {
+        use prometheus::core::Collector;
+        let mut out = std::collections::HashMap::new();
+        for mf in self.dlq_table.collect() {
+            for m in mf.get_metric() {
+                if let Some(t) = m.get_label().iter().find(|l| l.name() == "table") {
+                    *out.entry(t.value().to_string()).or_default() +=
+                        m.get_gauge().get_value().max(0.0) as u64;
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces the dead-letter depth by table and rule (and the total)
+    /// with a fresh count.
+    pub fn set_dlq_depth(&self, by_table_rule: &[(String, String, i64)]) {
+        self.dlq_table.reset();
+        let mut total = 0;
+        for (table, rule, n) in by_table_rule {
+            self.dlq_table.with_label_values(&[table, rule]).set(*n);
+            total += n;
+        }
+        self.dlq_depth.set(total);
+    }
+
+    /// Brings the gauges computed on demand (per-table lag, process) up to
+    /// date; called before every scrape.
+    pub fn refresh(&self) {
+        for (table, lag) in status::status().lags() {
+            self.table_lag.with_label_values(&[&table]).set(lag);
+        }
+        let (rss, cpu) = process_usage();
+        self.process_rss.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        let seen = self.process_cpu.get();
+        if cpu > seen {
+            self.process_cpu.inc_by(cpu - seen);
         }
     }
 
@@ -227,6 +402,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        self.refresh();
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -235,8 +411,114 @@ impl Metrics {
     }
 }
 
+/// The sum of a metric's series whose labels match `want`, without
+/// creating a series (as `with_label_values` would) for a reader's sake.
+fn sum_where(c: &dyn prometheus::core::Collector, want: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for mf in c.collect() {
+        let counter = mf.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        for m in mf.get_metric() {
+            let matches = want.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                sum += if counter {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                };
+            }
+        }
+    }
+    sum
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of this process, read
+/// from /proc/self (0 where it cannot be read: not Linux).
+pub fn process_usage() -> (u64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    // schedstat's first field is the time spent on a CPU in nanoseconds:
+    // exact, with no clock-tick rate to assume.
+    let cpu = std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9);
+    (rss, cpu)
+}
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_table_series_carry_their_labels_and_values() {
+        let m = metrics();
+        m.set_dlq_depth(&[
+            ("public.mt_a".into(), "23505".into(), 2),
+            ("public.mt_a".into(), "amount.scale".into(), 1),
+            ("public.mt_b".into(), "permanent".into(), 4),
+        ]);
+        assert_eq!(m.dlq_by_table()["public.mt_a"], 3);
+        assert_eq!(m.dlq_by_table()["public.mt_b"], 4);
+        for (op, n) in [("insert", 5), ("update", 2)] {
+            m.events
+                .with_label_values(&["sink", "public.mt_a", op])
+                .inc_by(n);
+        }
+        m.events
+            .with_label_values(&["source", "public.mt_a", "insert"])
+            .inc_by(100);
+        assert_eq!(m.applied("public.mt_a"), 7);
+        assert_eq!(m.applied("public.mt_none"), 0);
+        m.id_map_allocations.with_label_values(&["users"]).inc_by(3);
+        status::status().arrived("public.mt_a", 0, 0);
+        let text = m.render();
+        for line in [
+            "ferry_dlq_table_records{rule=\"23505\",table=\"public.mt_a\"} 2",
+            "ferry_dlq_table_records{rule=\"permanent\",table=\"public.mt_b\"} 4",
+            "ferry_events_total{op=\"update\",stage=\"sink\",table=\"public.mt_a\"} 2",
+            "ferry_id_map_allocations_total{namespace=\"users\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // A change committed at the epoch and still waiting: decades behind.
+        let lag = text
+            .lines()
+            .find(|l| l.starts_with("ferry_table_lag_seconds{table=\"public.mt_a\"}"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("per-table lag gauge");
+        assert!(lag > 1e9, "{lag}");
+        status::status().applied("public.mt_a", 0, crate::clock::now_micros());
+        // Reading a value never creates a series.
+        assert!(!text.contains("public.mt_none"));
+        let (rss, _cpu) = process_usage();
+        assert!(rss > 1024 * 1024, "{rss}");
+        assert!(text.contains("ferry_process_resident_memory_bytes "));
+        // Every exported name is in ALL and in docs/METRICS.md.
+        let docs = include_str!("../../docs/METRICS.md");
+        for mf in m.registry.gather() {
+            assert!(ALL.contains(&mf.name()), "{} not in ALL", mf.name());
+        }
+        for name in ALL {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} not in docs/METRICS.md"
+            );
+        }
+    }
 }

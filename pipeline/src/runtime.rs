@@ -22,6 +22,7 @@ use crate::clock::now_micros;
 use crate::error::{retry_backoff, Disposition, PipelineError, Stage};
 use crate::event::{BusMessage, PartitionOffset, Position, SourceAck, TableId, TableSchema};
 use crate::metrics::metrics;
+use crate::metrics::status::status;
 use crate::sink::Sink;
 use crate::source::{Source, SourceContext};
 
@@ -63,6 +64,9 @@ pub async fn drive_source<S: Source>(
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
+    for table in checkpoint.snapshots.keys() {
+        status().known(&table.to_string());
+    }
     let ctx = SourceContext {
         bus,
         acks,
@@ -169,7 +173,14 @@ pub fn spawn_apply<K: Sink>(
         last_commit_ts: None,
         mapped_counts: HashMap::new(),
         awaiting_offset: false,
+        lag_tables: HashMap::new(),
+        snapshots_done: Vec::new(),
     };
+    if !skip_replays {
+        // A Kafka worker has no snapshot phase of its own: the copies of
+        // tables arrive as barriers, and are tracked as such.
+        status().set_streaming();
+    }
     let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
     let mut writer_task = tokio::spawn(writer.run(job_rx).instrument(span.clone()));
     let apply_task = tokio::spawn(apply.run().instrument(span));
@@ -261,6 +272,7 @@ pub async fn wait_retry(
         .errors
         .with_label_values(&[e.stage.as_str(), e.class.as_str()])
         .inc();
+    status().error(&e.to_string());
     let retry_in_ms = delay.as_millis() as u64;
     match e.stage {
         Stage::Source | Stage::Snapshot => {
@@ -283,6 +295,12 @@ struct Summary {
     last_position: Option<Position>,
     /// Records the transform stage parked (mirrored once durable).
     parked: Vec<crate::dlq::Parked>,
+    /// The job's number, and the source commit time of the last change of
+    /// each table in it (the status views' per-table lag).
+    seq: u64,
+    lag_tables: Vec<(TableId, i64)>,
+    /// Tables whose snapshot ends with this job.
+    snapshots_done: Vec<TableId>,
 }
 
 /// A batch on its way to the sink, with what to release once it is durable.
@@ -361,9 +379,19 @@ impl<K: Sink> Writer<K> {
                             .errors
                             .with_label_values(&[e.stage.as_str(), e.class.as_str()])
                             .inc();
+                        status().error(&e.to_string());
                         return Err(e);
                     }
                 }
+            }
+            for p in &summary.parked {
+                status().parked(&p.table.to_string(), &p.record.error.message);
+            }
+            for (table, ts) in &summary.lag_tables {
+                status().applied(&table.to_string(), summary.seq, *ts);
+            }
+            for table in &summary.snapshots_done {
+                status().snapshot_finished(&table.to_string());
             }
             let m = metrics();
             m.batch_duration
@@ -423,6 +451,9 @@ impl<K: Sink> Writer<K> {
         loop {
             match self.sink.write_isolating(prepared, cause).await {
                 Ok(parked) => {
+                    for p in &parked {
+                        status().parked(&p.table.to_string(), &p.record.error.message);
+                    }
                     if !parked.is_empty() {
                         warn!(
                             parked = parked.len(),
@@ -487,6 +518,11 @@ struct ApplyLoop<K: Sink> {
     /// batch would carry rows without their partition's progress (and the
     /// fence that goes with it).
     awaiting_offset: bool,
+    /// Per table in the batch being built: the source commit time of its
+    /// last change (its first one was reported to the status then).
+    lag_tables: HashMap<TableId, i64>,
+    /// Tables whose snapshot ends in the batch being built.
+    snapshots_done: Vec<TableId>,
 }
 
 /// The writer stopped; its own error says why.
@@ -546,6 +582,9 @@ impl<K: Sink> ApplyLoop<K> {
             counts,
             last_position: batch.last_position,
             parked: batch.parked.clone(),
+            seq: self.sent,
+            lag_tables: self.lag_tables.drain().collect(),
+            snapshots_done: std::mem::take(&mut self.snapshots_done),
         };
         // Encode before waiting: this overlaps with the writer's work.
         let prepared = (!batch.is_empty()).then(|| K::prepare(batch));
@@ -563,6 +602,19 @@ impl<K: Sink> ApplyLoop<K> {
         self.jobs.send(job).await.map_err(|_| WriterGone)?;
         self.sent += 1;
         Ok(())
+    }
+
+    /// Reports the first change of a table in the batch being built to the
+    /// status (its lag starts counting from that change's source commit).
+    fn track_lag(&mut self, ev: &crate::event::ChangeEvent) {
+        let ts = ev.commit_ts_micros;
+        match self.lag_tables.get_mut(&ev.table.id) {
+            Some(last) => *last = ts,
+            None => {
+                status().arrived(&ev.table.id.to_string(), self.sent, ts);
+                self.lag_tables.insert(ev.table.id.clone(), ts);
+            }
+        }
     }
 
     /// The target tables of a mapped source table.
@@ -745,6 +797,9 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                             self.seen_up_to = Some(ev.position);
                         }
+                        if ev.op != crate::event::Op::Read {
+                            self.track_lag(&ev);
+                        }
                         if let Some(t) = self.opts.transformer.clone() {
                             if t.maps(&ev.table.id) {
                                 if !self.skip_replays && ev.op != crate::event::Op::Read {
@@ -779,11 +834,13 @@ impl<K: Sink> ApplyLoop<K> {
                         commit_ts_micros,
                         ..
                     } => {
+                        status().set_streaming();
                         at_boundary = true;
                         self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));
                         self.last_commit_ts = Some(commit_ts_micros);
                     }
                     BusMessage::Resume { resume_token } => {
+                        status().set_streaming();
                         at_boundary = true;
                         self.batch.resume_at(resume_token);
                     }
@@ -813,6 +870,7 @@ impl<K: Sink> ApplyLoop<K> {
                         }
                     },
                     BusMessage::Idle { ack } => {
+                        status().set_streaming();
                         at_boundary = true;
                         self.pending_ack = Some(ack.max(self.pending_ack.unwrap_or_default()));
                         if self.batch.is_empty() && self.writer_idle() {
@@ -823,6 +881,7 @@ impl<K: Sink> ApplyLoop<K> {
                         }
                     }
                     BusMessage::SnapshotStart { table } => {
+                        status().snapshot_started(&table.id.to_string());
                         at_boundary = false;
                         match self.mapped_targets(&table.id) {
                             Some(targets) => {
@@ -848,6 +907,7 @@ impl<K: Sink> ApplyLoop<K> {
                         let table = Arc::clone(&barrier.event.table);
                         match barrier.kind {
                             crate::event::BarrierKind::SnapshotStart => {
+                                status().snapshot_started(&table.id.to_string());
                                 match self.mapped_targets(&table.id) {
                                     Some(targets) => {
                                         for t in &targets {
@@ -887,6 +947,7 @@ impl<K: Sink> ApplyLoop<K> {
                     {
                         // Recorded under the source table's name: that is
                         // what the source asks for when it restarts.
+                        self.snapshots_done.push(table.clone());
                         self.batch.snapshot_marks.push((table, rows, state));
                         if !self.skip_replays {
                             // See the unmapped case below.
@@ -911,6 +972,7 @@ impl<K: Sink> ApplyLoop<K> {
                             .map(|t| Arc::clone(&t.schema))
                             .or_else(|| snapshotting.get(&table).map(Arc::clone));
                         snapshotting.remove(&table);
+                        self.snapshots_done.push(table.clone());
                         match schema {
                             Some(s) => self.batch.snapshot_done(&s, rows, state),
                             None => {

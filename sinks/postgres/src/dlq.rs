@@ -157,15 +157,25 @@ pub async fn tables_with_records(
         .collect())
 }
 
-/// Records waiting (not superseded).
-pub async fn depth(client: &impl GenericClient, pipeline: &str) -> Result<i64, PipelineError> {
+/// Records in the queue by table and rule (the error code, or the error
+/// class when the record has none), for `ferry_dlq_table_records` and
+/// `ferry_dlq_depth_records`.
+pub async fn depth(
+    client: &impl GenericClient,
+    pipeline: &str,
+) -> Result<Vec<(String, String, i64)>, PipelineError> {
     client
-        .query_one(
-            "SELECT count(*) FROM public.ferry_dlq WHERE pipeline = $1",
+        .query(
+            "SELECT table_schema || '.' || table_name, coalesce(error_code, error_class), count(*)
+               FROM public.ferry_dlq WHERE pipeline = $1 GROUP BY 1, 2",
             &[&pipeline],
         )
         .await
-        .map(|r| r.get(0))
+        .map(|rows| {
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect()
+        })
         .map_err(|e| pg_err("count ferry_dlq", e))
 }
 
@@ -325,7 +335,7 @@ impl PostgresSink {
             .await
             .map_err(|e| pg_err("purge ferry_dlq", e))?;
         let depth = depth(client, &pipeline).await?;
-        metrics().dlq_depth.set(depth);
+        metrics().set_dlq_depth(&depth);
         Ok(n)
     }
 
@@ -509,7 +519,7 @@ impl PostgresSink {
             }
         }
         let depth = depth(self.client().await?, &pipeline).await?;
-        metrics().dlq_depth.set(depth);
+        metrics().set_dlq_depth(&depth);
         Ok(report)
     }
 }

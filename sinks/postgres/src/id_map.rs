@@ -234,9 +234,17 @@ pub async fn allocate(tx: &Transaction<'_>, req: &Requests) -> Result<(), Pipeli
               ORDER BY u.l
              ON CONFLICT (namespace, legacy_id) DO NOTHING"
         );
-        tx.execute(&sql, &[ns, &legacy, &candidates])
+        let n = tx
+            .execute(&sql, &[ns, &legacy, &candidates])
             .await
             .map_err(|e| pg_err(&format!("allocate ids in namespace {ns}"), e))?;
+        // Counted when inserted: a batch whose transaction then fails and
+        // is retried counts its allocations again (the ids themselves are
+        // allocated once).
+        ferry_pipeline::metrics::metrics()
+            .id_map_allocations
+            .with_label_values(&[ns])
+            .inc_by(n);
     }
     Ok(())
 }

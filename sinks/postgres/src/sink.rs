@@ -121,9 +121,7 @@ impl PostgresSink {
             ddl_unlock(&client).await?;
             installed?;
             self.dlq_tables = dlq::tables_with_records(&client, &self.pipeline).await?;
-            metrics()
-                .dlq_depth
-                .set(dlq::depth(&client, &self.pipeline).await?);
+            metrics().set_dlq_depth(&dlq::depth(&client, &self.pipeline).await?);
             self.statements.clear();
             self.tables.clear();
             self.known_ids = Default::default();
@@ -305,7 +303,7 @@ impl PostgresSink {
             save_position(&tx, &mut statements, &pipeline, batch).await?;
             let depth = dlq::depth(&tx, &pipeline).await?;
             tx.commit().await.map_err(|e| pg_err("commit", e))?;
-            metrics().dlq_depth.set(depth);
+            metrics().set_dlq_depth(&depth);
             Ok(parked)
         }
         .await;
@@ -379,7 +377,7 @@ impl PostgresSink {
                 };
                 tx.commit().await.map_err(|e| pg_err("commit", e))?;
                 if let Some(d) = depth {
-                    metrics().dlq_depth.set(d);
+                    metrics().set_dlq_depth(&d);
                 }
                 Ok::<(), PipelineError>(())
             }
