@@ -593,6 +593,14 @@ pub struct MetricsConfig {
     /// Connections served at once; more are closed as soon as accepted.
     #[serde(default = "default_metrics_max_connections")]
     pub max_connections: usize,
+    /// `/ready` answers 200 only while every table is at most this many
+    /// seconds behind (and every snapshot is done).
+    #[serde(default = "default_ready_max_lag_secs")]
+    pub ready_max_lag_secs: f64,
+}
+
+fn default_ready_max_lag_secs() -> f64 {
+    10.0
 }
 
 fn default_metrics_max_connections() -> usize {
@@ -607,6 +615,7 @@ impl Default for MetricsConfig {
             tls_cert: None,
             tls_key: None,
             max_connections: default_metrics_max_connections(),
+            ready_max_lag_secs: default_ready_max_lag_secs(),
         }
     }
 }
@@ -622,11 +631,18 @@ impl MetricsConfig {
             .map(|t| crate::metrics::endpoint::Token::new(t.expose()));
         o.tls = self.tls_cert.clone().zip(self.tls_key.clone());
         o.max_connections = self.max_connections;
+        o.ready_max_lag = std::time::Duration::from_secs_f64(self.ready_max_lag_secs);
         Some(o)
     }
 }
 
 fn validate_metrics(m: &MetricsConfig) -> Result<(), ConfigError> {
+    if !(m.ready_max_lag_secs.is_finite() && m.ready_max_lag_secs >= 0.0) {
+        return Err(cfg_err(
+            "metrics.ready_max_lag_secs",
+            "must be a number of seconds, 0 or more",
+        ));
+    }
     match (&m.tls_cert, &m.tls_key) {
         (Some(_), None) => return Err(cfg_err("metrics.tls_key", "tls_cert needs tls_key")),
         (None, Some(_)) => return Err(cfg_err("metrics.tls_cert", "tls_key needs tls_cert")),

@@ -242,10 +242,13 @@ async fn run(path: &Path, role: Role, recopy: &[String]) -> u8 {
         return exit::CONFIG;
     }
     tracing::info!(?role, version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
-    if let Some(endpoint) = config.metrics.endpoint() {
+    if let Some(mut endpoint) = config.metrics.endpoint() {
+        endpoint.pipeline = config.pipeline.name.clone();
         let https = endpoint.tls.is_some();
         match ferry_pipeline::metrics::endpoint::serve(endpoint).await {
-            Ok(bound) => tracing::info!(%bound, https, "serving /metrics"),
+            Ok(bound) => {
+                tracing::info!(%bound, https, "serving /metrics, /status.json, /health, /ready and the status page at /")
+            }
             Err(e) => {
                 eprintln!("[metrics]: {e}");
                 return exit::CONFIG;

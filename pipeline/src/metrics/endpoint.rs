@@ -17,6 +17,13 @@
 //!
 //! Optional: HTTPS with a PEM certificate and key (rustls), and a bearer
 //! token that every request must carry (401 otherwise).
+//!
+//! Routes: `/metrics` (Prometheus text), `/health` (200 while the process
+//! serves), `/ready` (200 once caught up, 503 with the reason otherwise),
+//! `/status.json` (the per-table status, [`super::status::StatusReport`];
+//! `?since=<unix seconds>` adds the lag samples taken after it) and `/`
+//! (the status page, `status.html`: one self-contained file, no external
+//! assets).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -74,6 +81,10 @@ pub struct EndpointOptions {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub connection_max_age: Duration,
+    /// `/ready` answers 200 only while every table's lag is at most this.
+    pub ready_max_lag: Duration,
+    /// The pipeline's name, in `/status.json`.
+    pub pipeline: String,
 }
 
 impl EndpointOptions {
@@ -87,6 +98,8 @@ impl EndpointOptions {
             max_connections: 64,
             header_read_timeout: Duration::from_secs(10),
             connection_max_age: Duration::from_secs(300),
+            ready_max_lag: Duration::from_secs(10),
+            pipeline: String::new(),
         }
     }
 }
@@ -104,6 +117,19 @@ pub async fn serve(opts: EndpointOptions) -> anyhow::Result<SocketAddr> {
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {}: {e}", opts.listen))?;
     let bound = listener.local_addr()?;
     tokio::spawn(accept_loop(listener, tls, Arc::new(opts)));
+    tokio::spawn(async {
+        // The lag history of the status page; one sampler per process even
+        // if several endpoints are served (tests).
+        static SAMPLING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if SAMPLING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut tick = tokio::time::interval(super::status::SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            super::status::status().sample();
+        }
+    });
     Ok(bound)
 }
 
@@ -169,8 +195,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let token = opts.bearer_token.clone();
+    let ready_max_lag = opts.ready_max_lag;
+    let pipeline: Arc<str> = Arc::from(opts.pipeline.as_str());
     let service = hyper::service::service_fn(move |req| {
-        let answer = respond(&req, token.as_ref());
+        let answer = respond(&req, token.as_ref(), ready_max_lag, &pipeline);
         async move { Ok::<_, Infallible>(answer) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -187,10 +215,32 @@ where
     }
 }
 
-fn respond<B>(req: &Request<B>, token: Option<&Token>) -> Response<Full<Bytes>> {
+/// The status page: one file, its script and styles inline.
+const PAGE: &str = include_str!("status.html");
+
+fn respond<B>(
+    req: &Request<B>,
+    token: Option<&Token>,
+    ready_max_lag: Duration,
+    pipeline: &str,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
+        r
+    };
+    let with_type = |status: StatusCode, body: Bytes, content_type: &'static str| {
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        // A status view is stale as soon as it is served.
+        r.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-store"),
+        );
         r
     };
     if let Some(token) = token {
@@ -207,11 +257,47 @@ fn respond<B>(req: &Request<B>, token: Option<&Token>) -> Response<Full<Bytes>> 
             return r;
         }
     }
-    if req.uri().path() != "/metrics" {
-        return text(StatusCode::NOT_FOUND, "see /metrics\n");
-    }
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let status = super::status::status();
+    match req.uri().path() {
+        "/metrics" => {}
+        "/health" => return text(StatusCode::OK, "ok\n"),
+        "/ready" => {
+            let r = status.readiness(ready_max_lag);
+            return match r.reason {
+                None => text(StatusCode::OK, "ready\n"),
+                Some(reason) => with_type(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from(format!("not ready: {reason}\n")),
+                    "text/plain; charset=utf-8",
+                ),
+            };
+        }
+        "/status.json" => {
+            let since = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("since="))
+                    .and_then(|v| v.parse::<f64>().ok())
+            });
+            let report = status.report(pipeline, ready_max_lag, since);
+            let body = serde_json::to_vec(&report).expect("the report serializes");
+            return with_type(StatusCode::OK, Bytes::from(body), "application/json");
+        }
+        "/" | "/index.html" => {
+            return with_type(
+                StatusCode::OK,
+                Bytes::from_static(PAGE.as_bytes()),
+                "text/html; charset=utf-8",
+            )
+        }
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "see / (status page), /status.json, /metrics, /health, /ready\n",
+            )
+        }
     }
     let mut r = Response::new(Full::new(Bytes::from(super::metrics().render())));
     r.headers_mut().insert(
@@ -286,6 +372,15 @@ mod tests {
             Some(200)
         );
         assert_eq!(get(addr, "/other", Some("Bearer s3cret")).await, Some(404));
+        for path in ["/", "/status.json", "/health", "/ready"] {
+            assert_eq!(get(addr, path, None).await, Some(401), "{path}");
+        }
+        assert_eq!(get(addr, "/health", Some("Bearer s3cret")).await, Some(200));
+        assert_eq!(get(addr, "/", Some("Bearer s3cret")).await, Some(200));
+        assert_eq!(
+            get(addr, "/status.json?since=0", Some("Bearer s3cret")).await,
+            Some(200)
+        );
         assert!(!format!("{:?}", Token::new("s3cret")).contains("s3cret"));
     }
 
