@@ -24,6 +24,7 @@ mod pg_security;
 mod schema;
 mod snapshot;
 mod sqlite;
+mod status;
 mod transform;
 mod transform_pg;
 mod types;

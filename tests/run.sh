@@ -34,6 +34,16 @@ if ! need_ssl; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q libssl-dev pkg-config
 fi
 
+# tests/status.rs opens the status page in headless Chromium, and checks
+# deploy/prometheus/alerts.yml with promtool (Debian's prometheus package,
+# about 20 MB; its service is not started here).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "tests/run.sh: installing chromium and prometheus (promtool)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium prometheus
+fi
+
 # The metrics endpoint's test opens 10,000 idle connections to it (both
 # ends in the test process): raise the open-files limit as far as allowed.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

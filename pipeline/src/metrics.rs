@@ -445,12 +445,20 @@ pub fn process_usage() -> (u64, f64) {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .map_or(0, |kib| kib * 1024);
-    // schedstat's first field is the time spent on a CPU in nanoseconds:
-    // exact, with no clock-tick rate to assume.
-    let cpu = std::fs::read_to_string("/proc/self/schedstat")
+    // utime and stime (fields 14 and 15) in clock ticks. USER_HZ is 100 on
+    // every Linux architecture Ferry builds for (it is part of the ABI; the
+    // kernel's own HZ may differ). Fields are counted after the command
+    // name's closing parenthesis, as the name may hold spaces.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9);
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
     (rss, cpu)
 }
 

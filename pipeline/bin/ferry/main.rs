@@ -11,6 +11,7 @@ mod mapping;
 mod parity;
 mod recopy;
 mod sqlite;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -110,6 +111,9 @@ enum Command {
     Idmap(mapping::IdmapArgs),
     /// SQLite sources: install or remove the change log, compare counts.
     Sqlite(sqlite::SqliteArgs),
+    /// Every table's state, lag, rate and parked records: live like `top`,
+    /// `--once` for one frame, `--json` for machines.
+    Status(status::StatusArgs),
     /// The Kafka bus: `reset` starts a pipeline over after its broker lost
     /// its data.
     #[cfg(feature = "kafka")]
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
             Command::Sqlite(args) => sqlite::run(args).await,
+            Command::Status(args) => status::run(args).await,
             #[cfg(feature = "kafka")]
             Command::Kafka(args) => bus::run(args).await,
         }

@@ -1,0 +1,300 @@
+//! The status views against a running pipeline: `/ready` turns 200 only
+//! once the snapshot is committed and the lag is under the bound,
+//! `ferry status --once` prints every table with its state (and says
+//! stopped once the process is gone), and the status page, opened in
+//! headless Chromium, shows every table behind while a backlog waits and
+//! caught up after, with points on its lag charts. The backlog is made
+//! by holding a lock on the target tables: the sink's writes wait, the
+//! changes wait with them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{ferry_cmd, http_get, metrics_addr, wait_for, ConfigBuilder, Ferry, Pair};
+
+const TABLES: [&str; 2] = ["public.orders", "public.customers"];
+
+/// A table as a view shows it: name, state, lag in seconds.
+type Row = (String, String, f64);
+
+/// `GET path`: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let resp = http_get(addr, path);
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
+}
+
+fn status_json(addr: &str) -> Value {
+    let (code, body) = get(addr, "/status.json");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("status.json is JSON")
+}
+
+/// Each table's (state, lag) in a report.
+fn tables_of(report: &Value) -> Vec<Row> {
+    report["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["state"].as_str().unwrap().to_string(),
+                t["lag_seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Headless Chromium, as Debian packages it. Fails (never skips) when it
+/// is missing: tests/run.sh installs it.
+fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser"] {
+        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!("chromium is not installed: tests/run.sh installs Debian's `chromium` package");
+}
+
+/// Loads `url` in a fresh headless Chromium, lets the page run for a few
+/// seconds of virtual time, and returns the DOM it built (and writes a
+/// screenshot to `screenshot` when given).
+fn browse(url: &str, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--virtual-time-budget=6000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium could not be started");
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page's rows: table → (state, lag), and its charts: table → points.
+fn page_rows(dom: &str) -> (Vec<Row>, Vec<(String, usize)>) {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let at = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(tag[at..].split('"').next()?.to_string())
+    };
+    let mut rows = Vec::new();
+    for tag in dom.split("<tr ").skip(1) {
+        let tag = tag.split('>').next().unwrap_or("");
+        if let (Some(t), Some(s), Some(l)) = (
+            attr(tag, "data-table"),
+            attr(tag, "data-state"),
+            attr(tag, "data-lag"),
+        ) {
+            rows.push((t, s, l.parse().unwrap_or(-1.0)));
+        }
+    }
+    let mut charts = Vec::new();
+    for chart in dom.split("<div class=\"chart\"").skip(1) {
+        let table = attr(chart, "data-table").unwrap_or_default();
+        let points = chart
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|p| p.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        charts.push((table, points));
+    }
+    (rows, charts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_views_follow_a_backlog() {
+    let pair = Pair::start("status").await;
+    let ddl = "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2));
+               CREATE TABLE customers (id int PRIMARY KEY, name text);";
+    let src = pair.src().await;
+    src.batch_execute(ddl).await.unwrap();
+    src.batch_execute(
+        "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 2000) g;
+         INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 500) g;",
+    )
+    .await
+    .unwrap();
+    // The target tables exist beforehand, so that a lock can hold the
+    // snapshot back.
+    let mut dst = pair.dst().await;
+    dst.batch_execute(ddl).await.unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&TABLES).build();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\nready_max_lag_secs = 3\n");
+    std::fs::write(&config, text).unwrap();
+    let cfg = config.to_str().unwrap().to_string();
+
+    // 1. The snapshot waits on the lock: not ready, a table snapshotting.
+    let lock = dst.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE orders, customers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut ferry = Ferry::spawn(&config);
+    let addr = metrics_addr(&ferry).await;
+    assert_eq!(get(&addr, "/health").0, 200);
+    wait_for(
+        "a table snapshotting",
+        &ferry,
+        Duration::from_secs(60),
+        || {
+            let r = status_json(&addr);
+            std::future::ready(tables_of(&r).iter().any(|t| t.1 == "snapshotting"))
+        },
+    )
+    .await;
+    let (code, body) = get(&addr, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    let (code, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("snapshotting ["), "{out}");
+    assert!(out.contains("not ready"), "{out}");
+    lock.rollback().await.unwrap();
+
+    // 2. Snapshot committed, streaming, no lag: ready.
+    pair.wait_equal(&TABLES, Duration::from_secs(90)).await;
+    wait_for("/ready 200", &ferry, Duration::from_secs(60), || {
+        std::future::ready(get(&addr, "/ready").0 == 200)
+    })
+    .await;
+    let report = status_json(&addr);
+    for (table, state, lag) in tables_of(&report) {
+        assert_eq!(state, "streaming", "{table}: {report}");
+        assert_eq!(lag, 0.0, "{table}: {report}");
+    }
+    let (code, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
+    assert_eq!(code, 0, "{out}");
+    for t in TABLES {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(t))
+            .unwrap_or_else(|| panic!("{t} missing: {out}"));
+        assert!(line.contains("streaming"), "{out}");
+    }
+    assert!(out.contains("| ready |"), "{out}");
+    let (code, json) = ferry_cmd(&["status", "--config", &cfg, "--json", "--endpoint", &addr]);
+    assert_eq!(code, 0, "{json}");
+    let parsed: Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(parsed["process"], "running");
+
+    // 3. A backlog: the target tables locked, changes to both waiting.
+    let lock = dst.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE orders, customers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO orders SELECT g, g FROM generate_series(2001, 3000) g;
+         UPDATE customers SET name = name || '!' WHERE id <= 100;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "every table behind by more than ready_max_lag_secs",
+        &ferry,
+        Duration::from_secs(60),
+        || {
+            let r = status_json(&addr);
+            let t = tables_of(&r);
+            std::future::ready(t.len() == TABLES.len() && t.iter().all(|t| t.2 > 3.5))
+        },
+    )
+    .await;
+    let (code, body) = get(&addr, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("behind"), "{body}");
+    let (_, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
+    for t in TABLES {
+        let line = out.lines().find(|l| l.starts_with(t)).unwrap();
+        assert!(!line.contains(" 0.0 s"), "{t} shows no lag: {out}");
+    }
+    let page = format!("http://{addr}/");
+    let dom = browse(&page, None);
+    let (rows, _) = page_rows(&dom);
+    for t in TABLES {
+        let row = rows
+            .iter()
+            .find(|r| r.0 == t)
+            .unwrap_or_else(|| panic!("{t} not on the page: {dom}"));
+        assert!(
+            row.2 > 0.0,
+            "{t} shows no lag while its changes wait: {row:?}"
+        );
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .to_path_buf();
+    browse(&page, Some(&target.join("status-page-backlog.png")));
+
+    // 4. The lock goes: the backlog drains, lag back to 0, ready again.
+    lock.rollback().await.unwrap();
+    pair.wait_equal(&TABLES, Duration::from_secs(90)).await;
+    wait_for("/ready 200 again", &ferry, Duration::from_secs(60), || {
+        std::future::ready(get(&addr, "/ready").0 == 200)
+    })
+    .await;
+    let dom = browse(&page, None);
+    let (rows, charts) = page_rows(&dom);
+    for t in TABLES {
+        let row = rows.iter().find(|r| r.0 == t).unwrap();
+        assert_eq!(row.1, "streaming", "{row:?}");
+        assert_eq!(row.2, 0.0, "{t} still behind after the drain: {row:?}");
+        let points = charts.iter().find(|c| c.0 == t).map_or(0, |c| c.1);
+        assert!(points > 0, "{t}'s chart has no points: {dom}");
+    }
+    let shot = target.join("status-page.png");
+    browse(&page, Some(&shot));
+    let size = std::fs::metadata(&shot).map_or(0, |m| m.len());
+    assert!(
+        size > 10_000,
+        "screenshot {} is {size} bytes",
+        shot.display()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+
+    // 5. No process: read from the target, said to be stopped.
+    ferry.kill9();
+    let (code, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("STOPPED"), "{out}");
+    for t in TABLES {
+        let line = out.lines().find(|l| l.starts_with(t)).unwrap();
+        assert!(line.contains("stopped"), "{out}");
+    }
+}
