@@ -298,3 +298,31 @@ async fn status_views_follow_a_backlog() {
         assert!(line.contains("stopped"), "{out}");
     }
 }
+
+/// The alert rules pass `promtool check rules`, and fire on the series
+/// they are meant for (`promtool test rules`, deploy/prometheus/alerts_test.yml).
+/// Fails when promtool is missing: tests/run.sh installs Debian's
+/// `prometheus` package.
+#[test]
+fn alert_rules_pass_promtool() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect(
+                "promtool could not be started: tests/run.sh installs Debian's prometheus package",
+            );
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
