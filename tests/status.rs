@@ -191,6 +191,10 @@ async fn status_views_follow_a_backlog() {
         std::future::ready(get(&addr, "/ready").0 == 200)
     })
     .await;
+    // Logging to a file, not a terminal: log lines, no progress bar.
+    let log = ferry.log_text();
+    assert!(log.contains("snapshot of table copied"), "{log}");
+    assert!(!log.contains("ETA"), "a progress bar in a log file: {log}");
     let report = status_json(&addr);
     for (table, state, lag) in tables_of(&report) {
         assert_eq!(state, "streaming", "{table}: {report}");
@@ -325,4 +329,77 @@ fn alert_rules_pass_promtool() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `ferry run` on a terminal (a pseudo-terminal from `script`) draws a
+/// progress bar per table being copied, which ends `copied`, with the log
+/// lines in between (a run logging to a file has no bar: checked in
+/// `status_views_follow_a_backlog`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_progress_bars_on_a_terminal() {
+    let pair = Pair::start("status_tty").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 30000) g;",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.big"]).build();
+    let typescript = config.with_extension("tty.log");
+    let cmd = format!(
+        "exec {} run --config {}",
+        crate::support::ferry_bin().display(),
+        config.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-q", "-f", "-e", "-c", &cmd])
+        .arg(&typescript)
+        .current_dir(config.parent().unwrap())
+        .env("RUST_LOG", "info")
+        .env("TERM", "xterm")
+        .env("COLUMNS", "160")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) could not be started");
+    // Stops ferry (the child `script` exec'd) and `script`, whatever happens.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.0))
+                .unwrap_or_default();
+            for pid in children.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let stop = Stop(script.id());
+    pair.wait_equal(&["public.big"], Duration::from_secs(120))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = std::fs::read_to_string(&typescript).unwrap_or_default();
+        if out.contains("copied") && out.contains("ETA") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress bar on the terminal:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(stop);
+    let _ = script.wait();
+    assert!(out.contains("public.big"), "{out}");
+    assert!(
+        out.contains("/30000 rows"),
+        "the bar ends at the rows copied: {out}"
+    );
+    // The log lines still reach the terminal.
+    assert!(out.contains("snapshot of table copied"), "{out}");
 }

@@ -13,6 +13,16 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; later calls are ignored.
 pub fn init(format: LogFormat) {
+    init_with_writer(format, std::io::stderr);
+}
+
+/// [`init`] writing through `writer` instead of straight to stderr (the
+/// `ferry run` progress bars draw on the same terminal, and clear
+/// themselves around each line). Colours only when stderr is a terminal.
+pub fn init_with_writer<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
@@ -20,7 +30,7 @@ pub fn init(format: LogFormat) {
         // Colours only for a terminal: log files and collectors get plain
         // text.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod mapping;
 mod parity;
+mod progress;
 mod recopy;
 mod sqlite;
 mod status;
@@ -122,10 +123,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(match cli.log_format {
+    let format = match cli.log_format {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
-    });
+    };
+    // Snapshot progress bars only where someone watches: `ferry run` on a
+    // terminal with human-readable logs.
+    let bars = (matches!(cli.command, Command::Run { .. })
+        && format == LogFormat::Human
+        && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    .then(progress::Bars::new);
+    match &bars {
+        Some(b) => telemetry::init_with_writer(format, b.writer()),
+        None => telemetry::init(format),
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = runtime_threads(&cli.command) {
@@ -139,6 +150,9 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
+        if let Some(bars) = bars {
+            tokio::spawn(bars.follow());
+        }
         match cli.command {
             Command::Run {
                 config,
