@@ -3,7 +3,7 @@
 //! `ferry status --once` prints every table with its state (and says
 //! stopped once the process is gone), and the status page, opened in
 //! headless Chromium, shows every table behind while a backlog waits and
-//! caught up after, with points on its lag charts. The backlog is made
+//! caught up after, with points on its lag charts, and what is parked. The backlog is made
 //! by holding a lock on the target tables: the sink's writes wait, the
 //! changes wait with them.
 
@@ -152,6 +152,10 @@ async fn status_views_follow_a_backlog() {
     // snapshot back.
     let mut dst = pair.dst().await;
     dst.batch_execute(ddl).await.unwrap();
+    // A rule only the target has: a customer named 'refused' is parked.
+    dst.batch_execute("ALTER TABLE customers ADD CONSTRAINT no_refused CHECK (name <> 'refused')")
+        .await
+        .unwrap();
     let config = ConfigBuilder::new(&pair).tables(&TABLES).build();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\nready_max_lag_secs = 3\n");
@@ -282,6 +286,39 @@ async fn status_views_follow_a_backlog() {
         let points = charts.iter().find(|c| c.0 == t).map_or(0, |c| c.1);
         assert!(points > 0, "{t}'s chart has no points: {dom}");
     }
+    // 5. A record the target refuses: parked, and shown with its reason.
+    src.batch_execute("INSERT INTO customers VALUES (9999, 'refused')")
+        .await
+        .unwrap();
+    wait_for(
+        "the refused record parked",
+        &ferry,
+        Duration::from_secs(60),
+        || {
+            let r = status_json(&addr);
+            let parked = r["tables"].as_array().unwrap().iter().any(|t| {
+                t["table"] == "public.customers"
+                    && t["dead_lettered"] == 1
+                    && t["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("no_refused"))
+            });
+            std::future::ready(parked && r["dlq_depth"] == 1)
+        },
+    )
+    .await;
+    let (_, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("public.customers"))
+        .unwrap();
+    assert!(line.contains("no_refused"), "{out}");
+    assert!(out.contains("dead-letter queue 1"), "{out}");
+    let dom = browse(&page, None);
+    assert!(
+        dom.contains("no_refused"),
+        "the parking reason is not on the page: {dom}"
+    );
     let shot = target.join("status-page.png");
     browse(&page, Some(&shot));
     let size = std::fs::metadata(&shot).map_or(0, |m| m.len());
@@ -292,7 +329,7 @@ async fn status_views_follow_a_backlog() {
     );
     eprintln!("status page screenshot: {}", shot.display());
 
-    // 5. No process: read from the target, said to be stopped.
+    // 6. No process: read from the target, said to be stopped.
     ferry.kill9();
     let (code, out) = ferry_cmd(&["status", "--config", &cfg, "--once", "--endpoint", &addr]);
     assert_eq!(code, 1, "{out}");
@@ -301,6 +338,24 @@ async fn status_views_follow_a_backlog() {
         let line = out.lines().find(|l| l.starts_with(t)).unwrap();
         assert!(line.contains("stopped"), "{out}");
     }
+    assert!(out.contains("dead-letter queue 1"), "{out}");
+    let (code, json) = ferry_cmd(&["status", "--config", &cfg, "--json", "--endpoint", &addr]);
+    assert_eq!(code, 1, "{json}");
+    // stdout first, then stderr's log lines (the sink connecting).
+    let parsed: Value = serde_json::Deserializer::from_str(&json)
+        .into_iter()
+        .next()
+        .expect("--json prints JSON")
+        .expect("--json prints JSON");
+    assert_eq!(parsed["process"], "stopped");
+    let customers = parsed["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.customers")
+        .expect("customers in the stopped report");
+    assert_eq!(customers["dead_lettered"], 1, "{json}");
+    assert_eq!(customers["snapshot"]["done"], true, "{json}");
 }
 
 /// The alert rules pass `promtool check rules`, and fire on the series
