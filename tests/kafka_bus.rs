@@ -24,7 +24,7 @@ const TABLE: &str = "public.accounts";
 const ROWS: i64 = 3_000;
 
 /// A pair with a broker, whatever bus the suite runs on.
-async fn pair_with_broker(prefix: &str) -> Pair {
+pub(crate) async fn pair_with_broker(prefix: &str) -> Pair {
     let mut pair = Pair::start(prefix).await;
     if pair.kafka.is_none() {
         pair.kafka = Some(

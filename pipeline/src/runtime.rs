@@ -178,7 +178,8 @@ pub fn spawn_apply<K: Sink>(
     };
     if !skip_replays {
         // A Kafka worker has no snapshot phase of its own: the copies of
-        // tables arrive as barriers, and are tracked as such.
+        // tables arrive as rows, tracked by their lag (the source process
+        // reports snapshot progress).
         status().set_streaming();
     }
     let span = tracing::info_span!("apply", pipeline = %opts.pipeline);
@@ -390,8 +391,12 @@ impl<K: Sink> Writer<K> {
             for (table, ts) in &summary.lag_tables {
                 status().applied(&table.to_string(), summary.seq, *ts);
             }
-            for table in &summary.snapshots_done {
-                status().snapshot_finished(&table.to_string());
+            // Embedded bus only (a Kafka worker has an `after_commit`): see
+            // `BusMessage::SnapshotStart` in the apply loop.
+            if self.after_commit.is_none() {
+                for table in &summary.snapshots_done {
+                    status().snapshot_finished(&table.to_string());
+                }
             }
             let m = metrics();
             m.batch_duration
@@ -797,9 +802,9 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                             self.seen_up_to = Some(ev.position);
                         }
-                        if ev.op != crate::event::Op::Read {
-                            self.track_lag(&ev);
-                        }
+                        // Snapshot rows too (their time is when they were
+                        // read): a copy held up at the target shows as lag.
+                        self.track_lag(&ev);
                         if let Some(t) = self.opts.transformer.clone() {
                             if t.maps(&ev.table.id) {
                                 if !self.skip_replays && ev.op != crate::event::Op::Read {
@@ -881,7 +886,13 @@ impl<K: Sink> ApplyLoop<K> {
                         }
                     }
                     BusMessage::SnapshotStart { table } => {
-                        status().snapshot_started(&table.id.to_string());
+                        if self.skip_replays {
+                            // A Kafka worker sees a copy start on every
+                            // partition but its end on one only: the
+                            // source process reports snapshot state there,
+                            // and the worker the lag of the rows.
+                            status().snapshot_started(&table.id.to_string());
+                        }
                         at_boundary = false;
                         match self.mapped_targets(&table.id) {
                             Some(targets) => {
@@ -907,7 +918,6 @@ impl<K: Sink> ApplyLoop<K> {
                         let table = Arc::clone(&barrier.event.table);
                         match barrier.kind {
                             crate::event::BarrierKind::SnapshotStart => {
-                                status().snapshot_started(&table.id.to_string());
                                 match self.mapped_targets(&table.id) {
                                     Some(targets) => {
                                         for t in &targets {

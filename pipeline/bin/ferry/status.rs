@@ -179,7 +179,12 @@ fn merge(reports: Vec<StatusReport>) -> Option<StatusReport> {
             match out.tables.iter_mut().find(|o| o.table == t.table) {
                 None => out.tables.push(t),
                 Some(o) => {
-                    if t.state == TableState::Snapshotting {
+                    // The process that copies it (the source's) knows
+                    // its snapshot state; the others report none.
+                    if t.snapshot.is_some() && o.snapshot.is_none() {
+                        o.state = t.state;
+                        o.snapshot = t.snapshot.clone();
+                    } else if t.state == TableState::Snapshotting {
                         o.state = TableState::Snapshotting;
                         o.snapshot = t.snapshot.clone();
                     }

@@ -287,6 +287,9 @@ impl Forwarder {
             match msg {
                 BusMessage::Change(ev) => self.change(ev, None).await?,
                 BusMessage::Commit { ack, .. } | BusMessage::Idle { ack } => {
+                    // The source's part of `/ready` in a `--role source`
+                    // process: it streams (the workers report the rest).
+                    crate::metrics::status::status().set_streaming();
                     self.flush_counts();
                     let upto = self.outbox.sent();
                     self.pend(Pending::Ack { ack, upto })?
@@ -298,7 +301,10 @@ impl Forwarder {
                         upto,
                     })?
                 }
-                BusMessage::SnapshotStart { table } => self.snapshot_start(table).await?,
+                BusMessage::SnapshotStart { table } => {
+                    crate::metrics::status::status().snapshot_started(&table.id.to_string());
+                    self.snapshot_start(table).await?
+                }
                 BusMessage::SnapshotDone { table, rows, state } => {
                     self.flush_counts();
                     self.snapshot_done(&table, rows, &state).await?;
@@ -769,8 +775,12 @@ impl Tracker {
             Pending::Snapshot { table, record, .. } => {
                 // Completed snapshots are written at once: the source must
                 // not copy the table again after a restart.
+                let name = table.to_string();
                 self.checkpoint.snapshots.insert(table, record);
                 self.write().await?;
+                // Delivered to Kafka: done for the source (the workers
+                // report the table until they committed it).
+                crate::metrics::status::status().snapshot_finished(&name);
             }
             Pending::Drained { .. } => {}
         }
