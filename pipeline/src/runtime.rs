@@ -174,6 +174,7 @@ pub fn spawn_apply<K: Sink>(
         mapped_counts: HashMap::new(),
         awaiting_offset: false,
         lag_tables: HashMap::new(),
+        lag_last: None,
         snapshots_done: Vec::new(),
     };
     if !skip_replays {
@@ -526,6 +527,8 @@ struct ApplyLoop<K: Sink> {
     /// Per table in the batch being built: the source commit time of its
     /// last change (its first one was reported to the status then).
     lag_tables: HashMap<TableId, i64>,
+    /// The table of the last change and its time, not yet in `lag_tables`.
+    lag_last: Option<(Arc<TableSchema>, i64)>,
     /// Tables whose snapshot ends in the batch being built.
     snapshots_done: Vec<TableId>,
 }
@@ -573,6 +576,7 @@ impl<K: Sink> ApplyLoop<K> {
             }
         }
         let batch = std::mem::take(&mut self.batch);
+        self.flush_lag_last();
         let summary = Summary {
             events: batch.events,
             bus_offsets: batch
@@ -613,12 +617,25 @@ impl<K: Sink> ApplyLoop<K> {
     /// status (its lag starts counting from that change's source commit).
     fn track_lag(&mut self, ev: &crate::event::ChangeEvent) {
         let ts = ev.commit_ts_micros;
-        match self.lag_tables.get_mut(&ev.table.id) {
-            Some(last) => *last = ts,
-            None => {
-                status().arrived(&ev.table.id.to_string(), self.sent, ts);
-                self.lag_tables.insert(ev.table.id.clone(), ts);
+        // Runs of one table (a snapshot, a bulk load) cost a pointer
+        // comparison per change, not a hash of its name.
+        if let Some((table, last)) = self.lag_last.as_mut() {
+            if Arc::ptr_eq(table, &ev.table) {
+                *last = ts;
+                return;
             }
+        }
+        self.flush_lag_last();
+        if !self.lag_tables.contains_key(&ev.table.id) {
+            status().arrived(&ev.table.id.to_string(), self.sent, ts);
+        }
+        self.lag_tables.insert(ev.table.id.clone(), ts);
+        self.lag_last = Some((Arc::clone(&ev.table), ts));
+    }
+
+    fn flush_lag_last(&mut self) {
+        if let Some((table, ts)) = self.lag_last.take() {
+            self.lag_tables.insert(table.id.clone(), ts);
         }
     }
 
@@ -802,9 +819,6 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                             self.seen_up_to = Some(ev.position);
                         }
-                        // Snapshot rows too (their time is when they were
-                        // read): a copy held up at the target shows as lag.
-                        self.track_lag(&ev);
                         if let Some(t) = self.opts.transformer.clone() {
                             if t.maps(&ev.table.id) {
                                 if !self.skip_replays && ev.op != crate::event::Op::Read {
@@ -812,6 +826,7 @@ impl<K: Sink> ApplyLoop<K> {
                                 }
                                 received = true;
                                 self.awaiting_offset = !self.skip_replays;
+                                self.track_lag(&ev);
                                 self.transform(&t, ev)?;
                                 self.after_push(&mut deadline, &mut overdue, at_boundary)
                                     .await?;
@@ -832,6 +847,11 @@ impl<K: Sink> ApplyLoop<K> {
                         }
                         received = true;
                         self.awaiting_offset = !self.skip_replays;
+                        // After any hand-off above: the change is in the
+                        // batch being built. Snapshot rows too (their time
+                        // is when they were read): a copy held up at the
+                        // target shows as lag.
+                        self.track_lag(&ev);
                         self.batch.push(ev);
                     }
                     BusMessage::Commit {
