@@ -1262,5 +1262,17 @@ schema = "public"
         assert_eq!(e.key, "metrics.tls_key");
         let e = Config::from_toml(&m("max_connections = 0"), &env).unwrap_err();
         assert_eq!(e.key, "metrics.max_connections");
+        let e = Config::from_toml(&m("ready_max_lag_secs = -1"), &env).unwrap_err();
+        assert_eq!(e.key, "metrics.ready_max_lag_secs");
+        let c = Config::from_toml(&m("ready_max_lag_secs = 2.5"), &env).unwrap();
+        assert_eq!(
+            c.metrics.endpoint().unwrap().ready_max_lag,
+            std::time::Duration::from_millis(2500)
+        );
+        let c = Config::from_toml(&m(""), &env).unwrap();
+        assert_eq!(
+            c.metrics.endpoint().unwrap().ready_max_lag,
+            std::time::Duration::from_secs(10)
+        );
     }
 }
