@@ -1317,6 +1317,33 @@ async fn mongo_shop_fixture_end_to_end() {
     );
     write_file(fx.dir.path(), "shop-mappings.toml", &fixed);
     let cfg = config.to_str().unwrap();
+    // The mapping refused these records, so the queue holds them under the
+    // source's name; the operator may name the target's.
+    let (code, out) = cmd(&["dlq", "list", "--config", cfg, "--table", "public.payments"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(" | null_in_not_null | 1 |")
+            && out.contains(" | too_large | 1 |")
+            && out.contains(" | needs_rounding | 1 |")
+            && out.contains("3 record(s)"),
+        "--table public.payments finds app.payments' records: {out}"
+    );
+    let (code, out) = cmd(&[
+        "dlq",
+        "replay",
+        "--config",
+        cfg,
+        "--dry-run",
+        "--table",
+        "payments",
+        "--rule",
+        "needs_rounding",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("would apply 1, superseded 0, failed again 0"),
+        "{out}"
+    );
     let (code, out) = cmd(&["dlq", "replay", "--config", cfg]);
     assert!(
         out.contains("applied 2, superseded 0, failed again 2"),
@@ -2181,6 +2208,51 @@ async fn idmap_lookup_cli() {
     let unknown = ObjectId::new().to_hex();
     let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "users", &unknown]);
     assert_eq!(code, 1, "an unknown id: {out}");
+    // ObjectId hex and UUIDs in any case (what people paste from logs).
+    let upper = hex.to_ascii_uppercase();
+    let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "users", &upper]);
+    assert_eq!(code, 0, "{out}");
+    assert_token(&out, &user_id, "users legacy (upper case) → new");
+    let (code, out) = cmd(&[
+        "idmap",
+        "lookup",
+        "--config",
+        cfg,
+        "users",
+        &user_id.to_ascii_uppercase(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_token(&out, &hex, "users new (upper case) → legacy");
+    // A namespace nobody declared: named as such, with the known ones.
+    let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "userz", &hex]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no such namespace \"userz\" (known: ") && out.contains("users"),
+        "{out}"
+    );
+    // The whole map as CSV, for the application team.
+    let csv = fx.dir.path().join("users.csv");
+    let (code, out) = cmd(&[
+        "idmap",
+        "export",
+        "--config",
+        cfg,
+        "--namespace",
+        "users",
+        "--output",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "legacy_id,new_id,allocated_at", "{text}");
+    assert!(
+        lines.len() == 2 && lines[1].starts_with(&format!("{hex},{user_id},")),
+        "{text}"
+    );
+    let (code, out) = cmd(&["idmap", "export", "--config", cfg, "--namespace", "nope"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no such namespace \"nope\""), "{out}");
     assert_running(&mut ferry, "after the lookups");
     eprintln!("idmap_lookup_cli: {:?}", started.elapsed());
 }

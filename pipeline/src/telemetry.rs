@@ -1,5 +1,7 @@
 //! Logging: human-readable by default, JSON lines with `--log-format json`.
-//! The level comes from `RUST_LOG` (default `info`).
+//! The level comes from `RUST_LOG`; without it, from the caller's default
+//! (`info` for a running pipeline; `warn` for one-shot commands, whose
+//! output is what they print, unless `-v`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,9 +13,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; later calls are ignored.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber with `default_level` (an `EnvFilter`
+/// directive such as `info`) unless `RUST_LOG` is set; later calls are
+/// ignored.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

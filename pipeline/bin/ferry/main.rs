@@ -54,6 +54,11 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
     log_format: LogFormatArg,
+    /// More log lines on stderr: `-v` shows one-shot commands' progress
+    /// (connections, what they do), `-vv` debug lines. `RUST_LOG`, when
+    /// set, decides instead.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,10 +123,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(match cli.log_format {
-        LogFormatArg::Human => LogFormat::Human,
-        LogFormatArg::Json => LogFormat::Json,
-    });
+    // A running pipeline logs what it does; a one-shot command's output is
+    // what it prints, and its connection chatter only with -v.
+    let long_running = matches!(cli.command, Command::Run { .. } | Command::Demo(_));
+    let level = match (cli.verbose, long_running) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
+    telemetry::init(
+        match cli.log_format {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        },
+        level,
+    );
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = runtime_threads(&cli.command) {
