@@ -334,6 +334,30 @@ pub(crate) async fn run_pipeline(
     transformer: Option<std::sync::Arc<ferry_pipeline::transform::Transformer>>,
 ) -> Result<(), ferry_pipeline::error::PipelineError> {
     let mut opts = RuntimeOptions::from(&config.pipeline);
+    if transformer.is_some() {
+        // After a refusal the runtime compiles the same mapping against the
+        // target as it is now (a column widened, a NOT NULL dropped).
+        let config = std::sync::Arc::new(config.clone());
+        opts.refresh_transformer = Some(ferry_pipeline::runtime::TransformerRefresh(
+            std::sync::Arc::new(move || {
+                let config = std::sync::Arc::clone(&config);
+                Box::pin(async move {
+                    match mapping::transformer(&config).await {
+                        Ok(Some(t)) => Ok(t),
+                        Ok(None) => Err("no mapping is configured".to_string()),
+                        Err(mapping::Unusable::Unreachable(e)) => Err(e),
+                        Err(mapping::Unusable::Findings(f)) => Err(format!(
+                            "the mapping no longer fits the target: {}",
+                            f.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )),
+                    }
+                })
+            }),
+        ));
+    }
     opts.transformer = transformer;
     #[cfg(feature = "kafka")]
     if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {

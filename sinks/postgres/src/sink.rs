@@ -187,6 +187,12 @@ impl PostgresSink {
     ) -> Result<Vec<ferry_pipeline::dlq::Parked>, PipelineError> {
         let batch = &prepared.batch;
         self.client().await?;
+        // The batch was refused: the target's DDL may have changed since
+        // its tables were described (a column widened, a NOT NULL dropped).
+        // Describe them again, so that what is parked is refused by the
+        // target as it is now, with today's reasons.
+        self.tables.clear();
+        self.statements.clear();
         self.ensure_tables(batch).await?;
         for a in &prepared.actions {
             self.ensure_tables(&a.batch).await?;
