@@ -160,26 +160,112 @@ async fn poison_records_are_parked_then_replayed() {
     .await;
 
     let cfg = config.to_str().unwrap();
+    // Grouped by table, class and rule (the SQLSTATE here), with a record
+    // number to show.
+    let ids: Vec<i64> = dst
+        .query("SELECT id FROM public.ferry_dlq ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let (code, out) = ferry_cmd(&["dlq", "list", "--config", cfg]);
     assert_eq!(code, 0, "{out}");
+    for (rule, superseded, id) in [
+        ("23514", 0, ids[0]),
+        ("23502", 1, ids[1]),
+        ("23503", 0, ids[2]),
+        ("54000", 0, ids[3]),
+    ] {
+        assert!(
+            out.contains(&format!(
+                "| public.payments | permanent | {rule} | 1 | {superseded} |"
+            )) && out.contains(&format!(" | {id} |\n")),
+            "{rule}: {out}"
+        );
+    }
+    assert!(out.contains("4 record(s)"), "{out}");
+    // Filters: the rule, a bare table name, several ids, time; JSON.
+    let (code, out) = ferry_cmd(&["dlq", "list", "--config", cfg, "--rule", "23503", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("dlq list --json");
+    assert_eq!(doc["records"], 1, "{out}");
+    assert_eq!(doc["groups"][0]["table"], "public.payments", "{out}");
+    assert_eq!(doc["groups"][0]["rule"], "23503", "{out}");
+    assert_eq!(doc["groups"][0]["examples"][0], ids[2], "{out}");
+    let (_, out) = ferry_cmd(&["dlq", "list", "--config", cfg, "--table", "payments"]);
+    assert!(out.contains("4 record(s)"), "a bare table name: {out}");
+    let (id0, id3) = (ids[0].to_string(), ids[3].to_string());
+    let (_, out) = ferry_cmd(&["dlq", "list", "--config", cfg, "--id", &id0, "--id", &id3]);
+    assert!(out.contains("2 record(s)"), "two ids: {out}");
+    let (_, out) = ferry_cmd(&[
+        "dlq",
+        "list",
+        "--config",
+        cfg,
+        "--before",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert!(out.contains("0 record(s)"), "--before: {out}");
+    // A name that holds nothing says what it looked for and what exists.
+    let (code, out) = ferry_cmd(&[
+        "dlq",
+        "list",
+        "--config",
+        cfg,
+        "--table",
+        "billing.payments",
+    ]);
+    assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("public.payments | permanent | 4 | 1 |"),
+        out.contains(
+            "no records for billing.payments; the queue holds records for: public.payments (4)"
+        ),
         "{out}"
     );
-    // Before the fix, a dry run says the three live records fail again and
-    // changes nothing.
+    // A selection shown in full.
+    let (code, out) = ferry_cmd(&[
+        "dlq", "show", "--config", cfg, "--table", "payments", "--rule", "23514", "--limit", "5",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("amount_not_negative") && !out.contains("orphan"),
+        "{out}"
+    );
+    // Before the fix, a dry run says, record by record, that the three live
+    // records fail again, and changes nothing.
     let (code, out) = ferry_cmd(&["dlq", "replay", "--config", cfg, "--dry-run"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("would apply 0, superseded 1, failed again 3"),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "record {} public.payments 1002: would fail again:",
+            ids[0]
+        )) && out.contains(&format!(
+            "record {} public.payments 1004: superseded",
+            ids[1]
+        )),
+        "{out}"
+    );
+    let (code, out) = ferry_cmd(&[
+        "dlq",
+        "replay",
+        "--config",
+        cfg,
+        "--dry-run",
+        "--rule",
+        "23503",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("would apply 0, superseded 0, failed again 1"),
+        "{out}"
+    );
     assert_eq!(dlq_rows(&pair).await.len(), 4);
-    let id: i64 = dst
-        .query_one("SELECT min(id) FROM public.ferry_dlq", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let id = ids[0];
     let (code, out) = ferry_cmd(&["dlq", "show", &id.to_string(), "--config", cfg]);
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -101,6 +101,17 @@ if [ ! -x tests/convex-server/node_modules/.bin/tsx ] \
   (cd tests/convex-server && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The tests start dozens of throwaway PostgreSQL clusters under $TMPDIR and
+# build into target/: on a nearly full disk they fail by the dozen with
+# "No space left on device" from initdb. Say so up front, with the figures.
+for d in "${TMPDIR:-/tmp}" target; do
+  avail_kb=$(df -Pk "$d" | awk 'NR == 2 { print $4 }')
+  if [ "${avail_kb:-0}" -lt 4000000 ]; then
+    echo "tests/run.sh: WARNING: only $((avail_kb / 1024)) MB free on $d; the tests need about 4 GB there" >&2
+    df -h "$d" >&2
+  fi
+done
+
 # No doctests (there are none): every target's tests on the embedded bus,
 # then the end-to-end tests once more on the Kafka bus (FERRY_TEST_BUS, see
 # tests/support/kafka.rs), then one closing line that sums up both runs.

@@ -1317,6 +1317,33 @@ async fn mongo_shop_fixture_end_to_end() {
     );
     write_file(fx.dir.path(), "shop-mappings.toml", &fixed);
     let cfg = config.to_str().unwrap();
+    // The mapping refused these records, so the queue holds them under the
+    // source's name; the operator may name the target's.
+    let (code, out) = cmd(&["dlq", "list", "--config", cfg, "--table", "public.payments"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(" | null_in_not_null | 1 |")
+            && out.contains(" | too_large | 1 |")
+            && out.contains(" | needs_rounding | 1 |")
+            && out.contains("3 record(s)"),
+        "--table public.payments finds app.payments' records: {out}"
+    );
+    let (code, out) = cmd(&[
+        "dlq",
+        "replay",
+        "--config",
+        cfg,
+        "--dry-run",
+        "--table",
+        "payments",
+        "--rule",
+        "needs_rounding",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("would apply 1, superseded 0, failed again 0"),
+        "{out}"
+    );
     let (code, out) = cmd(&["dlq", "replay", "--config", cfg]);
     assert!(
         out.contains("applied 2, superseded 0, failed again 2"),
@@ -2181,6 +2208,253 @@ async fn idmap_lookup_cli() {
     let unknown = ObjectId::new().to_hex();
     let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "users", &unknown]);
     assert_eq!(code, 1, "an unknown id: {out}");
+    // ObjectId hex and UUIDs in any case (what people paste from logs).
+    let upper = hex.to_ascii_uppercase();
+    let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "users", &upper]);
+    assert_eq!(code, 0, "{out}");
+    assert_token(&out, &user_id, "users legacy (upper case) → new");
+    let (code, out) = cmd(&[
+        "idmap",
+        "lookup",
+        "--config",
+        cfg,
+        "users",
+        &user_id.to_ascii_uppercase(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_token(&out, &hex, "users new (upper case) → legacy");
+    // A namespace nobody declared: named as such, with the known ones.
+    let (code, out) = cmd(&["idmap", "lookup", "--config", cfg, "userz", &hex]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no such namespace \"userz\" (known: ") && out.contains("users"),
+        "{out}"
+    );
+    // The whole map as CSV, for the application team.
+    let csv = fx.dir.path().join("users.csv");
+    let (code, out) = cmd(&[
+        "idmap",
+        "export",
+        "--config",
+        cfg,
+        "--namespace",
+        "users",
+        "--output",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "legacy_id,new_id,allocated_at", "{text}");
+    assert!(
+        lines.len() == 2 && lines[1].starts_with(&format!("{hex},{user_id},")),
+        "{text}"
+    );
+    let (code, out) = cmd(&["idmap", "export", "--config", cfg, "--namespace", "nope"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no such namespace \"nope\""), "{out}");
     assert_running(&mut ferry, "after the lookups");
     eprintln!("idmap_lookup_cli: {:?}", started.elapsed());
+}
+
+const ARRAYS_MAPPING: &str = r#"
+[id_maps.users]
+kind = "uuid_v7"
+
+[[tables]]
+source = "DB.users"
+target = "public.users"
+unmapped = "drop"
+[tables.columns]
+id = { from = "_id", id_map = "users" }
+email = "email"
+
+[[tables]]
+source = "DB.purchase_requests"
+target = "public.requests"
+unmapped = "drop"
+[tables.columns]
+id = "_id"
+
+[[tables.children]]
+from = "tags"
+target = "public.request_tags"
+parent_key = ["request_id"]
+position = "position"
+value = "tag"
+
+[[tables.children]]
+from = "preferredSellers"
+target = "public.request_sellers"
+parent_key = ["request_id"]
+position = "position"
+value = "seller_id"
+[tables.children.columns]
+seller_id = { from = "seller_id", id_map = "users", on_missing = "allocate" }
+"#;
+
+const ARRAYS_TABLES: &str = "
+CREATE TABLE public.users (id uuid PRIMARY KEY, email text);
+CREATE TABLE public.requests (id text PRIMARY KEY);
+CREATE TABLE public.request_tags (request_id text, position integer, tag text,
+                                  PRIMARY KEY (request_id, position));
+CREATE TABLE public.request_sellers (request_id text, position integer, seller_id uuid,
+                                     PRIMARY KEY (request_id, position));";
+
+/// Arrays of scalars and of references (`value`): `tags: ["x", "y"]` and
+/// `preferredSellers: [ObjectId, …]` become child rows, the references
+/// translated through the users' id map, allocated ahead for a seller who
+/// has not arrived yet and the same id once they do; a shrink deletes the
+/// rows past the end, a delete of the parent deletes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_of_scalars_and_references_into_child_tables() {
+    let fx = MongoToPg::start("tarrays", MongoOptions::default()).await;
+    let pg = fx.pg().await;
+    pg.batch_execute(ARRAYS_TABLES).await.unwrap();
+    let db = fx.db().await;
+    let users: Collection<Document> = db.collection("users");
+    let requests: Collection<Document> = db.collection("purchase_requests");
+    let (ann, bob) = (ObjectId::new(), ObjectId::new());
+    users
+        .insert_one(doc! {"_id": ann, "email": "ann@example.com"})
+        .await
+        .unwrap();
+    requests
+        .insert_one(doc! {"_id": "r1", "tags": ["x", "y", "z"], "preferredSellers": [ann, bob]})
+        .await
+        .unwrap();
+    let mapping = ARRAYS_MAPPING.replace("DB.", &format!("{}.", fx.mongo_db));
+    let mappings = write_file(fx.dir.path(), "mappings.toml", &mapping);
+    let config = shop_config(&fx, &fx.pg_db, mappings.to_str().unwrap());
+    let mut ferry = Ferry::spawn(&config);
+
+    let expect = |tags: &[&str], sellers: &[&ObjectId]| {
+        (
+            tags.iter()
+                .enumerate()
+                .map(|(i, t)| format!("{i}:{t}"))
+                .collect::<Vec<_>>(),
+            sellers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{i}:{}", s.to_hex()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let want = expect(&["x", "y", "z"], &[&ann, &bob]);
+    wait_until(
+        "the snapshot's child rows",
+        &mut ferry,
+        Duration::from_secs(60),
+        || async {
+            let got = array_state(&pg).await?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    // Bob arrives after being referenced: he gets the id allocated ahead.
+    users
+        .insert_one(doc! {"_id": bob, "email": "bob@example.com"})
+        .await
+        .unwrap();
+    wait_until(
+        "bob's row under his allocated id",
+        &mut ferry,
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM users u JOIN request_sellers s ON s.seller_id = u.id
+                  WHERE u.email = 'bob@example.com'",
+                    &[],
+                )
+                .await
+                .map_err(pg_msg)?
+                .get(0);
+            if n == 1 {
+                Ok(())
+            } else {
+                Err("bob's id differs from the one allocated ahead".into())
+            }
+        },
+    )
+    .await;
+    // A shrink and a change, then the parent deleted.
+    requests
+        .update_one(
+            doc! {"_id": "r1"},
+            doc! {"$set": {"tags": ["w"], "preferredSellers": [bob]}},
+        )
+        .await
+        .unwrap();
+    let want = expect(&["w"], &[&bob]);
+    wait_until(
+        "the shrunk arrays",
+        &mut ferry,
+        Duration::from_secs(30),
+        || async {
+            let got = array_state(&pg).await?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    requests.delete_one(doc! {"_id": "r1"}).await.unwrap();
+    let want = expect(&[], &[]);
+    wait_until(
+        "no child rows after the delete",
+        &mut ferry,
+        Duration::from_secs(30),
+        || async {
+            let got = array_state(&pg).await?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    let parked: i64 = pg
+        .query_one("SELECT count(*) FROM ferry_dlq", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, 0, "nothing parked");
+    assert_running(&mut ferry, "after the array changes");
+}
+
+/// Request r1's tags and sellers by position (`"0:x"`; sellers as the
+/// legacy ids their new ids map back to).
+async fn array_state(pg: &tokio_postgres::Client) -> Result<(Vec<String>, Vec<String>), String> {
+    let tags: Vec<String> = pg
+        .query(
+            "SELECT position || ':' || tag FROM request_tags WHERE request_id = 'r1' ORDER BY position",
+            &[],
+        )
+        .await
+        .map_err(pg_msg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let sellers: Vec<String> = pg
+        .query(
+            "SELECT s.position || ':' || m.legacy_id FROM request_sellers s
+               JOIN ferry_id_map m ON m.namespace = 'users' AND m.new_id = s.seller_id::text
+              WHERE s.request_id = 'r1' ORDER BY s.position",
+            &[],
+        )
+        .await
+        .map_err(pg_msg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((tags, sellers))
 }

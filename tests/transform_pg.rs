@@ -176,3 +176,125 @@ async fn postgres_source_through_a_mapping() {
     );
     ferry.kill9();
 }
+
+const LIVE_MAPPING: &str = r#"
+[[tables]]
+source = "public.legacy_payments"
+target = "public.payments"
+[tables.columns]
+id = "id"
+amount = { from = "amount" }
+note = { from = "note" }
+"#;
+
+/// The target's schema is live: refusals caused by the target's DDL
+/// (a numeric too narrow, a NOT NULL) name the column as it is, and once
+/// the column is fixed with ALTER the next changes land and a replay
+/// drains the queue, without restarting ferry. (A mapped table: its plan
+/// is compiled against the target. An unmapped table's target columns
+/// follow the source's types on their own: the sink widens them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_ddl_takes_effect_without_a_restart() {
+    let pair = Pair::start("live_ddl").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE legacy_payments (id bigint PRIMARY KEY, amount numeric, note text);
+         INSERT INTO legacy_payments VALUES (1, 10.50, 'a');",
+    )
+    .await
+    .unwrap();
+    let dst = pair.dst().await;
+    dst.batch_execute(
+        "CREATE TABLE payments (id bigint PRIMARY KEY, amount numeric(6,2) NOT NULL, note text NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.legacy_payments"])
+        .mappings("mappings.toml")
+        .build();
+    let dir = config.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("mappings.toml"), LIVE_MAPPING).unwrap();
+    let mut ferry = Ferry::spawn(&config);
+    let count = |sql: &'static str| {
+        let dst = &dst;
+        async move {
+            dst.query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(-1)
+        }
+    };
+    wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {
+        count("SELECT count(*) FROM payments").await == 1
+    })
+    .await;
+
+    // Refused by the target as it is: too large for numeric(6,2), no note.
+    src.batch_execute("INSERT INTO legacy_payments VALUES (2, 123456.78, 'big'), (3, 1.00, NULL);")
+        .await
+        .unwrap();
+    wait_for(
+        "two parked records",
+        &ferry,
+        Duration::from_secs(60),
+        || async { count("SELECT count(*) FROM ferry_dlq").await == 2 },
+    )
+    .await;
+    let reasons: Vec<(String, String)> = dst
+        .query(
+            "SELECT coalesce(error_code, ''), error_message FROM ferry_dlq ORDER BY row_key",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        reasons[0].0 == "too_large" && reasons[0].1.contains("numeric(6,2)"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0 == "null_in_not_null" && reasons[1].1.contains("is null"),
+        "{reasons:?}"
+    );
+
+    // Fix the target while ferry runs.
+    dst.batch_execute(
+        "ALTER TABLE payments ALTER amount TYPE numeric(12,2), ALTER note DROP NOT NULL;",
+    )
+    .await
+    .unwrap();
+    // The refusal-triggered re-read happens at most every 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    src.batch_execute("INSERT INTO legacy_payments VALUES (4, 234567.89, NULL);")
+        .await
+        .unwrap();
+    wait_for(
+        "the new row, landed under the widened columns",
+        &ferry,
+        Duration::from_secs(60),
+        || async {
+            count("SELECT count(*) FROM payments WHERE id = 4 AND amount = 234567.89 AND note IS NULL")
+                .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(count("SELECT count(*) FROM ferry_dlq").await, 2);
+    // The parked records apply now, with the pipeline still running.
+    let cfg = config.to_str().unwrap();
+    let (code, out) = crate::support::ferry_cmd(&["dlq", "replay", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("applied 2, superseded 0, failed again 0"),
+        "{out}"
+    );
+    assert_eq!(count("SELECT count(*) FROM payments").await, 4);
+    assert!(
+        ferry.exited().is_none(),
+        "ferry stopped: {}",
+        ferry.log_text()
+    );
+}

@@ -27,6 +27,20 @@ pub struct Checkpoint {
     pub resume_token: Option<String>,
 }
 
+impl Checkpoint {
+    /// Where a restarted source resumes, in words for the log: the resume
+    /// token when the source resumes by token (MongoDB), else the position
+    /// (a PostgreSQL LSN and ordinal, a change-log sequence), else the
+    /// beginning.
+    pub fn resume_point(&self) -> String {
+        match (&self.resume_token, &self.position) {
+            (Some(token), _) => format!("resume token {token}"),
+            (None, Some(p)) => format!("position {p}"),
+            (None, None) => "the beginning (no checkpoint)".to_string(),
+        }
+    }
+}
+
 /// Where a pipeline's checkpoint lives.
 ///
 /// Contract: [`CheckpointStore::load`] returns exactly what the sink

@@ -759,6 +759,13 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| cfg_err(path.display().to_string(), e.to_string()))?;
         let mut config = Self::from_toml(&text, &|k| std::env::var(k).ok())?;
+        // A SQLite file named relative to the config is the config's
+        // neighbour, wherever ferry is started from (like the mapping file).
+        if let SourceConfig::Sqlite(s) = &mut config.source {
+            if s.path.is_relative() {
+                s.path = path.parent().unwrap_or(Path::new(".")).join(&s.path);
+            }
+        }
         if let Some(m) = &config.pipeline.mappings {
             let file = path.parent().unwrap_or(Path::new(".")).join(m);
             config.pipeline.mappings = Some(file.clone());
@@ -1072,6 +1079,27 @@ url = "postgres://postgres@127.0.0.1:5433/app"
 
     fn env(k: &str) -> Option<String> {
         (k == "PGPASS").then(|| "s3cr$t".to_string())
+    }
+
+    #[test]
+    fn a_relative_sqlite_path_is_the_configs_neighbour() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        let text = |path: &str| {
+            format!(
+                "[source]\nkind = \"sqlite\"\npath = \"{path}\"\n\n[sink]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\n"
+            )
+        };
+        std::fs::write(&file, text("data/app.db")).unwrap();
+        let SourceConfig::Sqlite(s) = Config::load(&file).unwrap().source else {
+            panic!("not a sqlite source");
+        };
+        assert_eq!(s.path, dir.path().join("data/app.db"));
+        std::fs::write(&file, text("/srv/app.db")).unwrap();
+        let SourceConfig::Sqlite(s) = Config::load(&file).unwrap().source else {
+            panic!("not a sqlite source");
+        };
+        assert_eq!(s.path, std::path::PathBuf::from("/srv/app.db"));
     }
 
     #[test]

@@ -30,10 +30,20 @@ impl TableId {
     /// sensitive; for PostgreSQL the everyday lower-case names read the
     /// same either way.
     pub fn parse(s: &str) -> Option<Self> {
-        let parts = split_qualified(s)?;
-        match parts.as_slice() {
-            [name] => Some(Self::new("public", name.clone())),
-            [schema, name] => Some(Self::new(schema.clone(), name.clone())),
+        let (schema, name) = Self::parse_parts(s)?;
+        Some(Self::new(schema.as_deref().unwrap_or("public"), name))
+    }
+
+    /// `schema.table` or a bare `table` (schema `None`), SQL-quoted parts
+    /// allowed; `None` when it is neither.
+    pub fn parse_parts(s: &str) -> Option<(Option<String>, String)> {
+        let mut parts = split_qualified(s)?;
+        match parts.len() {
+            1 => Some((None, parts.pop()?)),
+            2 => {
+                let name = parts.pop()?;
+                Some((parts.pop(), name))
+            }
             _ => None,
         }
     }

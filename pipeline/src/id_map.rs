@@ -102,6 +102,25 @@ pub fn legacy_text(v: &Value) -> Result<Option<String>, BadId> {
     }))
 }
 
+/// The spellings an operator's id may be stored under: the id itself and,
+/// when it has the form of an ObjectId (24 hex digits) or a UUID, its
+/// lowercase form (the id map stores both lowercase). Other strings are
+/// case-sensitive ids and stay as given.
+pub fn lookup_forms(id: &str) -> Vec<String> {
+    let id = id.trim();
+    let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
+    let is_object_id = id.len() == 24 && hex(id);
+    let is_uuid = id.len() == 36
+        && id.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && hex(&id.replace('-', ""));
+    let lower = id.to_ascii_lowercase();
+    if (is_object_id || is_uuid) && lower != id {
+        vec![id.to_string(), lower]
+    } else {
+        vec![id.to_string()]
+    }
+}
+
 /// An id read back from relaxed Extended JSON (`{"$oid": …}`, a string, a
 /// number, `{"$numberLong": …}`); anything else stays JSON.
 pub fn from_extended_json(j: &serde_json::Value) -> Value {
@@ -176,6 +195,24 @@ fn parse_object_id(hex: &str) -> Option<[u8; 12]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_accept_any_case_of_hex_ids_only() {
+        assert_eq!(
+            lookup_forms("65A1B2C3D4E5F60718293A4B"),
+            ["65A1B2C3D4E5F60718293A4B", "65a1b2c3d4e5f60718293a4b"]
+        );
+        assert_eq!(
+            lookup_forms("0190A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B"),
+            [
+                "0190A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B",
+                "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+            ]
+        );
+        // Already lowercase, or an ordinary string id: as given.
+        assert_eq!(lookup_forms("65a1b2c3d4e5f60718293a4b").len(), 1);
+        assert_eq!(lookup_forms("User-ABC"), ["User-ABC"]);
+    }
 
     #[test]
     fn legacy_ids_have_one_text() {

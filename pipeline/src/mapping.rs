@@ -95,6 +95,12 @@ pub struct ChildMapping {
     pub parent_key: Vec<String>,
     /// Child column receiving the element's index (from 0).
     pub position: String,
+    /// For an array of scalars (strings, numbers, ObjectIds…): the child
+    /// column receiving each element. The element is then the field of
+    /// that name: it maps to the column by name, or through a rule of the
+    /// same name (`seller_id = { from = "seller_id", id_map = "users" }`
+    /// translates every element through the id map).
+    pub value: Option<String>,
     #[serde(default)]
     pub snake_case: bool,
     pub rest: Option<String>,

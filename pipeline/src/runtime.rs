@@ -37,6 +37,38 @@ pub struct RuntimeOptions {
     /// The mapping, when one is configured: mapped tables' changes go
     /// through it before the batch (see [`crate::transform`]).
     pub transformer: Option<Arc<crate::transform::Transformer>>,
+    /// Compiles the mapping again against the target's schema as it is
+    /// now. Called when the mapping refuses a change (at most every
+    /// [`SCHEMA_REREAD_INTERVAL`]): the refusal may come from a column
+    /// that was widened, made nullable or added since the plan was
+    /// compiled, and the refused change is tried once more with the new
+    /// plan, so a fixed column takes effect without a restart and a
+    /// dead-letter reason never names a type the column no longer has.
+    pub refresh_transformer: Option<TransformerRefresh>,
+}
+
+/// How often at most the apply loop re-reads the target's schema after
+/// refusals (a flood of bad records costs one catalog query per interval).
+pub const SCHEMA_REREAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The future a [`TransformerRefresh`] returns.
+pub type RefreshFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Arc<crate::transform::Transformer>, String>> + Send,
+    >,
+>;
+
+/// See [`RuntimeOptions::refresh_transformer`]. Contract: the returned
+/// transformer maps the same source tables as the one it replaces (it is
+/// the same mapping file compiled against a newer catalog); an error
+/// (target unreachable, the mapping no longer fits) keeps the old plan.
+#[derive(Clone)]
+pub struct TransformerRefresh(pub Arc<dyn Fn() -> RefreshFuture + Send + Sync>);
+
+impl std::fmt::Debug for TransformerRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransformerRefresh")
+    }
 }
 
 impl From<&crate::config::PipelineConfig> for RuntimeOptions {
@@ -48,6 +80,7 @@ impl From<&crate::config::PipelineConfig> for RuntimeOptions {
             bus_capacity: p.bus_capacity,
             max_retry_delay: Duration::from_secs(p.max_retry_delay_secs),
             transformer: None,
+            refresh_transformer: None,
         }
     }
 }
@@ -176,6 +209,7 @@ pub fn spawn_apply<K: Sink>(
         lag_tables: HashMap::new(),
         lag_last: None,
         snapshots_done: Vec::new(),
+        schema_read_at: None,
     };
     if !skip_replays {
         // A Kafka worker has no snapshot phase of its own: the copies of
@@ -531,6 +565,8 @@ struct ApplyLoop<K: Sink> {
     lag_last: Option<(Arc<TableSchema>, i64)>,
     /// Tables whose snapshot ends in the batch being built.
     snapshots_done: Vec<TableId>,
+    /// When the target's schema was last re-read after a refusal.
+    schema_read_at: Option<Instant>,
 }
 
 /// The writer stopped; its own error says why.
@@ -646,7 +682,32 @@ impl<K: Sink> ApplyLoop<K> {
 
     /// Runs a mapped change through the mapping into the batch, or parks
     /// it (with its source change, for a replay) when a rule refuses it.
-    fn transform(
+    /// The mapping compiled again against the target's current schema, at
+    /// most every [`SCHEMA_REREAD_INTERVAL`]; `None` when not due, not
+    /// configured, or the re-read failed (the current plan stays).
+    async fn refreshed_transformer(&mut self) -> Option<Arc<crate::transform::Transformer>> {
+        let refresh = self.opts.refresh_transformer.clone()?;
+        if self
+            .schema_read_at
+            .is_some_and(|t| t.elapsed() < SCHEMA_REREAD_INTERVAL)
+        {
+            return None;
+        }
+        self.schema_read_at = Some(Instant::now());
+        match (refresh.0)().await {
+            Ok(t) => {
+                debug!("re-read the target's schema after a refusal");
+                self.opts.transformer = Some(Arc::clone(&t));
+                Some(t)
+            }
+            Err(e) => {
+                warn!(error = %e, "could not re-read the target's schema after a refusal; the mapping stays as compiled");
+                None
+            }
+        }
+    }
+
+    async fn transform(
         &mut self,
         t: &crate::transform::Transformer,
         ev: crate::event::ChangeEvent,
@@ -660,7 +721,14 @@ impl<K: Sink> ApplyLoop<K> {
                 .or_insert([0; crate::event::Op::ALL.len()]),
         };
         counts[ev.op as usize] += 1;
-        match t.apply(&ev) {
+        let mut result = t.apply(&ev);
+        if matches!(result, Some(Err(_))) {
+            // The target's DDL may have changed since the plan was made.
+            if let Some(fresh) = self.refreshed_transformer().await {
+                result = fresh.apply(&ev);
+            }
+        }
+        match result {
             None => self.batch.push(ev),
             Some(Ok(outputs)) => {
                 if ev.op == crate::event::Op::Truncate {
@@ -827,7 +895,7 @@ impl<K: Sink> ApplyLoop<K> {
                                 received = true;
                                 self.awaiting_offset = !self.skip_replays;
                                 self.track_lag(&ev);
-                                self.transform(&t, ev)?;
+                                self.transform(&t, ev).await?;
                                 self.after_push(&mut deadline, &mut overdue, at_boundary)
                                     .await?;
                                 continue;
@@ -956,7 +1024,9 @@ impl<K: Sink> ApplyLoop<K> {
                             | crate::event::BarrierKind::Truncate => {
                                 let ev = barrier.event.clone();
                                 match self.opts.transformer.clone() {
-                                    Some(t) if t.maps(&ev.table.id) => self.transform(&t, ev)?,
+                                    Some(t) if t.maps(&ev.table.id) => {
+                                        self.transform(&t, ev).await?
+                                    }
                                     _ => self.batch.push(ev),
                                 }
                             }
@@ -1190,6 +1260,7 @@ mod tests {
             bus_capacity: 16,
             max_retry_delay: Duration::from_millis(400),
             transformer: None,
+            refresh_transformer: None,
         }
     }
 

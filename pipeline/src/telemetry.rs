@@ -1,5 +1,7 @@
 //! Logging: human-readable by default, JSON lines with `--log-format json`.
-//! The level comes from `RUST_LOG` (default `info`).
+//! The level comes from `RUST_LOG`; without it, from the caller's default
+//! (`info` for a running pipeline; `warn` for one-shot commands, whose
+//! output is what they print, unless `-v`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,19 +13,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; later calls are ignored.
-pub fn init(format: LogFormat) {
-    init_with_writer(format, std::io::stderr);
+/// Installs the global subscriber with `default_level` (an `EnvFilter`
+/// directive such as `info`) unless `RUST_LOG` is set; later calls are
+/// ignored.
+pub fn init(format: LogFormat, default_level: &str) {
+    init_with_writer(format, default_level, std::io::stderr);
 }
 
 /// [`init`] writing through `writer` instead of straight to stderr (the
 /// `ferry run` progress bars draw on the same terminal, and clear
 /// themselves around each line). Colours only when stderr is a terminal.
-pub fn init_with_writer<W>(format: LogFormat, writer: W)
+pub fn init_with_writer<W>(format: LogFormat, default_level: &str, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -56,6 +56,11 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
     log_format: LogFormatArg,
+    /// More log lines on stderr: `-v` shows one-shot commands' progress
+    /// (connections, what they do), `-vv` debug lines. `RUST_LOG`, when
+    /// set, decides instead.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,6 +128,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A running pipeline logs what it does; a one-shot command's output is
+    // what it prints, and its connection chatter only with -v.
+    let long_running = matches!(cli.command, Command::Run { .. } | Command::Demo(_));
+    let level = match (cli.verbose, long_running) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
     let format = match cli.log_format {
         LogFormatArg::Human => LogFormat::Human,
         LogFormatArg::Json => LogFormat::Json,
@@ -134,8 +147,8 @@ fn main() -> ExitCode {
         && std::io::IsTerminal::is_terminal(&std::io::stderr()))
     .then(progress::Bars::new);
     match &bars {
-        Some(b) => telemetry::init_with_writer(format, b.writer()),
-        None => telemetry::init(format),
+        Some(b) => telemetry::init_with_writer(format, level, b.writer()),
+        None => telemetry::init(format, level),
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -340,6 +353,30 @@ pub(crate) async fn run_pipeline(
     transformer: Option<std::sync::Arc<ferry_pipeline::transform::Transformer>>,
 ) -> Result<(), ferry_pipeline::error::PipelineError> {
     let mut opts = RuntimeOptions::from(&config.pipeline);
+    if transformer.is_some() {
+        // After a refusal the runtime compiles the same mapping against the
+        // target as it is now (a column widened, a NOT NULL dropped).
+        let config = std::sync::Arc::new(config.clone());
+        opts.refresh_transformer = Some(ferry_pipeline::runtime::TransformerRefresh(
+            std::sync::Arc::new(move || {
+                let config = std::sync::Arc::clone(&config);
+                Box::pin(async move {
+                    match mapping::transformer(&config).await {
+                        Ok(Some(t)) => Ok(t),
+                        Ok(None) => Err("no mapping is configured".to_string()),
+                        Err(mapping::Unusable::Unreachable(e)) => Err(e),
+                        Err(mapping::Unusable::Findings(f)) => Err(format!(
+                            "the mapping no longer fits the target: {}",
+                            f.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )),
+                    }
+                })
+            }),
+        ));
+    }
     opts.transformer = transformer;
     #[cfg(feature = "kafka")]
     if let (BusKind::Kafka, Some(k)) = (config.pipeline.bus, &config.kafka) {

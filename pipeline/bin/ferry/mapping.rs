@@ -46,8 +46,21 @@ enum IdmapCommand {
         config: PathBuf,
         /// The id-map namespace (`[id_maps.<namespace>]`).
         namespace: String,
-        /// A legacy id (ObjectId hex, string, number) or a new id.
+        /// A legacy id (ObjectId hex, string, number) or a new id; ObjectId
+        /// hex and UUIDs in any case.
         id: String,
+    },
+    /// Writes a namespace's whole map as CSV (`legacy_id,new_id,allocated_at`,
+    /// with a header), for the application team: URLs, caches and external
+    /// references to rewrite. PostgreSQL targets.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -125,41 +138,96 @@ pub(crate) async fn run_mapping(args: MappingArgs) -> u8 {
 }
 
 pub(crate) async fn run_idmap(args: IdmapArgs) -> u8 {
-    let IdmapCommand::Lookup {
-        config,
-        namespace,
-        id,
-    } = args.command;
-    let config = match load(&config, "idmap lookup") {
+    match args.command {
+        IdmapCommand::Lookup {
+            config,
+            namespace,
+            id,
+        } => lookup(&config, &namespace, &id).await,
+        IdmapCommand::Export {
+            config,
+            namespace,
+            output,
+        } => export(&config, &namespace, output.as_deref()).await,
+    }
+}
+
+/// "no such namespace (known: …)": the namespaces declared in the mapping
+/// and those the map holds ids for.
+fn unknown_namespace(command: &str, config: &Config, namespace: &str, held: &[String]) -> u8 {
+    let mut known: Vec<String> = config
+        .mappings
+        .iter()
+        .flat_map(|m| m.id_maps.keys().cloned())
+        .chain(held.iter().cloned())
+        .collect();
+    known.sort();
+    known.dedup();
+    let known = if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    };
+    eprintln!("ferry idmap {command}: no such namespace {namespace:?} (known: {known})");
+    exit::MISMATCH
+}
+
+async fn lookup(config: &Path, namespace: &str, id: &str) -> u8 {
+    let config = match load(config, "idmap lookup") {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let mut held = None;
     let found = match &config.sink {
         SinkConfig::Postgres(dst) => {
             let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
-            sink.id_map_lookup(&namespace, &id).await
+            let found = sink.id_map_lookup(namespace, id).await;
+            if matches!(&found, Ok(p) if p.is_empty()) {
+                held = sink.id_map_namespaces().await.ok();
+            }
+            found
         }
         SinkConfig::Convex(dst) => {
             let mut sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
-            sink.id_map_lookup(&namespace, &id).await.map(|pairs| {
-                pairs
-                    .into_iter()
-                    .map(|p| IdPair {
+            let mut pairs = Vec::new();
+            let mut result = Ok(());
+            for form in ferry_pipeline::id_map::lookup_forms(id) {
+                match sink.id_map_lookup(namespace, &form).await {
+                    Ok(p) => pairs.extend(p.into_iter().map(|p| IdPair {
                         legacy: p.legacy,
                         new: p.new,
-                    })
-                    .collect()
-            })
+                    })),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|()| pairs)
         }
     };
     match found {
         Ok(pairs) if pairs.is_empty() => {
-            eprintln!("ferry idmap lookup: {namespace} has no id {id:?} (neither legacy nor new)");
-            exit::MISMATCH
+            let declared = config
+                .mappings
+                .as_ref()
+                .is_some_and(|m| m.id_maps.contains_key(namespace));
+            match held {
+                Some(held) if !declared && !held.iter().any(|n| n == namespace) => {
+                    unknown_namespace("lookup", &config, namespace, &held)
+                }
+                _ => {
+                    eprintln!(
+                        "ferry idmap lookup: {namespace} has no id {id:?} (neither legacy nor new)"
+                    );
+                    exit::MISMATCH
+                }
+            }
         }
         Ok(pairs) => {
+            let forms = ferry_pipeline::id_map::lookup_forms(id);
             for IdPair { legacy, new } in pairs {
-                if legacy == id {
+                if forms.contains(&legacy) {
                     println!("{namespace} legacy {legacy} → new {new}");
                 } else {
                     println!("{namespace} new {new} → legacy {legacy}");
@@ -169,6 +237,54 @@ pub(crate) async fn run_idmap(args: IdmapArgs) -> u8 {
         }
         Err(e) => {
             eprintln!("ferry idmap lookup: {e}");
+            exit::UNVERIFIED
+        }
+    }
+}
+
+async fn export(config: &Path, namespace: &str, output: Option<&Path>) -> u8 {
+    let config = match load(config, "idmap export") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        eprintln!("ferry idmap export: only a PostgreSQL target's map can be exported yet");
+        return exit::CONFIG;
+    };
+    let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
+    let held = match sink.id_map_namespaces().await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ferry idmap export: {e}");
+            return exit::UNVERIFIED;
+        }
+    };
+    if !held.iter().any(|n| n == namespace) {
+        return unknown_namespace("export", &config, namespace, &held);
+    }
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("ferry idmap export: cannot write {}: {e}", path.display());
+                return exit::CONFIG;
+            }
+        },
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let written = sink.id_map_export(namespace, &mut out).await;
+    match written.and_then(|n| {
+        out.flush().map(|()| n).map_err(|e| {
+            ferry_pipeline::error::PipelineError::new(
+                ferry_pipeline::error::ErrorClass::Fatal,
+                ferry_pipeline::error::Stage::Sink,
+                format!("write the id-map export: {e}"),
+            )
+        })
+    }) {
+        Ok(_) => exit::OK,
+        Err(e) => {
+            eprintln!("ferry idmap export: {e}");
             exit::UNVERIFIED
         }
     }

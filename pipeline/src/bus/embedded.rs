@@ -26,7 +26,7 @@ pub async fn run<S: Source, K: Sink>(
 ) -> Result<(), PipelineError> {
     let checkpoint = load_checkpoint(&mut sink, &opts, shutdown.clone()).await?;
     info!(
-        position = %checkpoint.position.map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
+        resume_from = %checkpoint.resume_point(),
         snapshots_done = checkpoint.snapshots.len(),
         "loaded checkpoint"
     );

@@ -66,7 +66,9 @@ pub(super) fn build_row(
     });
     let fields: &[(String, Value)] = dropped.as_deref().unwrap_or(&rec.fields);
     let set =
-        |row: &mut Row, i: usize, value: Value, source: &ValueSource| -> Result<(), Rejected> {
+        // `missing`: the field is absent (not null): a different finding
+        // for whoever fixes the data.
+        |row: &mut Row, i: usize, value: Value, source: &ValueSource, missing: bool| -> Result<(), Rejected> {
             let col = &schema.columns[i];
             let path = || path_text(source, &col.name);
             match coerce(value, &plan.columns[i].coercion) {
@@ -75,10 +77,19 @@ pub(super) fn build_row(
                     ev,
                     &path(),
                     "null_in_not_null".into(),
-                    format!(
-                        "column {} is NOT NULL and the field is missing or null",
-                        col.name
-                    ),
+                    if missing {
+                        format!(
+                            "column {} is NOT NULL and the field {} is missing",
+                            col.name,
+                            path()
+                        )
+                    } else {
+                        format!(
+                            "column {} is NOT NULL and the field {} is null",
+                            col.name,
+                            path()
+                        )
+                    },
                 )),
                 Ok(v) => {
                     row[i] = Datum::Value(v);
@@ -93,6 +104,7 @@ pub(super) fn build_row(
         if keys_only && !col.is_key {
             continue;
         }
+        let mut missing = false;
         let value = match &c.source {
             ValueSource::Path(p) => {
                 if rec.unchanged.contains(&p[0]) {
@@ -104,7 +116,10 @@ pub(super) fn build_row(
                     // A delete's key comes from what the delete carries,
                     // never from a default (it would name another row).
                     None if keys_only => Value::Null,
-                    None => c.default.clone().unwrap_or(Value::Null),
+                    None => c.default.clone().unwrap_or_else(|| {
+                        missing = true;
+                        Value::Null
+                    }),
                 }
             }
             ValueSource::Constant => c.default.clone().unwrap_or(Value::Null),
@@ -120,7 +135,7 @@ pub(super) fn build_row(
             },
             ValueSource::Field(_) | ValueSource::Rest => continue,
         };
-        set(&mut row, i, value, &c.source)?;
+        set(&mut row, i, value, &c.source, missing)?;
     }
 
     if !keys_only {
@@ -146,7 +161,7 @@ pub(super) fn build_row(
                         row[i] = Datum::UnchangedToast;
                         continue;
                     }
-                    set(&mut row, i, v, &ValueSource::Field(name))?;
+                    set(&mut row, i, v, &ValueSource::Field(name), false)?;
                 }
                 _ => still_left.push((name, v)),
             }
@@ -167,7 +182,13 @@ pub(super) fn build_row(
                     ));
                 }
                 if !left.is_empty() {
-                    set(&mut row, i, Value::Document(left), &ValueSource::Rest)?;
+                    set(
+                        &mut row,
+                        i,
+                        Value::Document(left),
+                        &ValueSource::Rest,
+                        false,
+                    )?;
                 }
             }
             None if !left.is_empty() && plan.unmapped == Unmapped::Reject => {

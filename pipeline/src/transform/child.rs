@@ -22,6 +22,9 @@ use crate::value::Value;
 pub(super) struct ChildPlan {
     pub(super) from: Vec<String>,
     pub(super) plan: Plan,
+    /// An array of scalars: each element is the field of this name (the
+    /// mapping's `value`). `None`: an array of subdocuments.
+    pub(super) value: Option<String>,
 }
 
 /// Plans the child's link columns (the parent's key, then the position)
@@ -190,13 +193,31 @@ pub(super) fn push_rows(
     let path = c.from.join(".");
     let n = items.len() as i64;
     for (pos, item) in items.into_iter().enumerate() {
-        let Value::Document(fields) = item else {
-            return Err(reject(
-                ev,
-                &format!("{path}[{pos}]"),
-                "not_a_document".into(),
-                format!("{} is not a subdocument", raw(&item)),
-            ));
+        let fields = match (item, &c.value) {
+            (Value::Document(fields), None) => fields,
+            (item @ Value::Document(_), Some(column)) => {
+                return Err(reject(
+                    ev,
+                    &format!("{path}[{pos}]"),
+                    "not_a_scalar".into(),
+                    format!(
+                        "{} is a subdocument; this child table takes the array's elements as scalars into {column} (`value`)",
+                        raw(&item)
+                    ),
+                ))
+            }
+            (item, Some(column)) => vec![(column.clone(), item)],
+            (item, None) => {
+                return Err(reject(
+                    ev,
+                    &format!("{path}[{pos}]"),
+                    "not_a_document".into(),
+                    format!(
+                        "{} is not a subdocument (for an array of scalars, set the child mapping's `value` to the column that receives each element)",
+                        raw(&item)
+                    ),
+                ))
+            }
         };
         let erec = Record {
             fields,

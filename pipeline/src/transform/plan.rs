@@ -116,6 +116,17 @@ pub(super) fn compile_table(
             columns: &c.columns,
         };
         let link = (&c.parent_key[..], c.position.as_str(), &plan.schema);
+        if let (Some(v), Some(target)) = (
+            &c.value,
+            TableId::parse(&c.target).and_then(|id| catalog.get(&id)),
+        ) {
+            if target.column(v).is_none() {
+                findings.push(finding(
+                    format!("{key}.children[{j}].value"),
+                    format!("{} has no column {v:?}", c.target),
+                ));
+            }
+        }
         if let Some(child) = compile_plan(
             mappings,
             catalog,
@@ -127,6 +138,7 @@ pub(super) fn compile_table(
             plan.children.push(ChildPlan {
                 from: split_path(&c.from),
                 plan: child,
+                value: c.value.clone(),
             });
         }
     }

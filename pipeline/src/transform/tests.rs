@@ -2549,3 +2549,142 @@ fn child_findings_are_reported_with_parent_findings() {
         "{fs:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Arrays of scalars into child tables (`value`).
+
+const REQUESTS: &str = r#"
+[id_maps.users]
+kind = "uuid_v7"
+
+[[tables]]
+source = "app.requests"
+target = "public.requests"
+unmapped = "drop"
+[tables.columns]
+id = "_id"
+
+[[tables.children]]
+from = "tags"
+target = "public.request_tags"
+parent_key = ["request_id"]
+position = "position"
+value = "tag"
+
+[[tables.children]]
+from = "preferredSellers"
+target = "public.request_sellers"
+parent_key = ["request_id"]
+position = "position"
+value = "seller_id"
+[tables.children.columns]
+seller_id = { from = "seller_id", id_map = "users", on_missing = "allocate" }
+"#;
+
+fn requests_catalog() -> HashMap<TableId, TargetTable> {
+    catalog(vec![
+        table(
+            "public.requests",
+            vec![not_null(col("id", "text"))],
+            &["id"],
+        ),
+        table(
+            "public.request_tags",
+            vec![
+                not_null(col("request_id", "text")),
+                not_null(col("position", "integer")),
+                col("tag", "text"),
+            ],
+            &["request_id", "position"],
+        ),
+        table(
+            "public.request_sellers",
+            vec![
+                not_null(col("request_id", "text")),
+                not_null(col("position", "integer")),
+                col("seller_id", "uuid"),
+            ],
+            &["request_id", "position"],
+        ),
+    ])
+}
+
+#[test]
+fn arrays_of_scalars_and_of_references_become_child_rows() {
+    let t = compile(REQUESTS, &requests_catalog());
+    let ev = mongo_insert(
+        "app.requests",
+        vec![
+            ("_id", text("r1")),
+            ("tags", Value::Array(vec![text("x"), text("y")])),
+            (
+                "preferredSellers",
+                Value::Array(vec![Value::ObjectId(oid(1)), Value::ObjectId(oid(2))]),
+            ),
+        ],
+    );
+    let out = apply_ok(&t, &ev);
+    let tags: Vec<&ChangeEvent> = changes(&out)
+        .into_iter()
+        .filter(|c| c.table.id.name == "request_tags")
+        .collect();
+    assert_eq!(tags.len(), 2);
+    assert_eq!(val_text(tags[1], "tag"), "y");
+    assert_eq!(val_text(tags[1], "position"), "1");
+    assert_eq!(val_text(tags[1], "request_id"), "r1");
+    let sellers: Vec<&ChangeEvent> = changes(&out)
+        .into_iter()
+        .filter(|c| c.table.id.name == "request_sellers")
+        .collect();
+    assert_eq!(sellers.len(), 2);
+    // The legacy id, for the sink to translate (allocating ahead).
+    assert_eq!(val_text(sellers[0], "seller_id"), hex(1));
+    let r = id_ref(sellers[0], "seller_id").expect("an id-mapped column");
+    assert_eq!(r.namespace, "users");
+    assert_eq!(r.on_missing, OnMissing::Allocate);
+    // Both arrays are pruned past their last element (a shrink).
+    let p = prunes(&out);
+    assert!(
+        p.iter()
+            .any(|(t, _, n)| t.name == "request_tags" && *n == 2),
+        "{p:?}"
+    );
+
+    // A subdocument in an array of scalars is refused with its rule.
+    let bad = mongo_insert(
+        "app.requests",
+        vec![
+            ("_id", text("r2")),
+            ("tags", Value::Array(vec![doc(vec![("a", text("b"))])])),
+        ],
+    );
+    let r = apply_err(&t, &bad);
+    assert_eq!(r.rule, "not_a_scalar");
+    assert!(r.message.contains("tags[0]"), "{r:?}");
+
+    // Scalars without `value`: refused, saying what to set.
+    let no_value = REQUESTS.replace("value = \"tag\"\n", "");
+    let t = Transformer::compile(
+        &Mappings::from_toml(&no_value).unwrap(),
+        &requests_catalog(),
+    );
+    // (`tag` is then an ordinary column of a subdocument table.)
+    let t = t.expect("compiles");
+    let r = apply_err(&t, &ev);
+    assert_eq!(r.rule, "not_a_document");
+    assert!(r.message.contains("`value`"), "{}", r.message);
+}
+
+#[test]
+fn a_value_column_the_child_lacks_is_a_finding() {
+    let toml = REQUESTS.replace("value = \"tag\"", "value = \"label\"");
+    let fs = findings(&toml, &requests_catalog());
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].children[0].value",
+            "no column \"label\""
+        ),
+        "{fs:#?}"
+    );
+}

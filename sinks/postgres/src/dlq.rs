@@ -179,17 +179,38 @@ pub async fn depth(
         .map_err(|e| pg_err("count ferry_dlq", e))
 }
 
-/// Which records a command acts on.
+/// A table as an operator names it: `schema.table` is exact, a bare
+/// `table` matches that name in any schema (the queue holds source names
+/// for records the mapping refused and target names for the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => write!(f, "{} (any schema)", self.name),
+        }
+    }
+}
+
+/// Which records a command acts on. Every field narrows the selection;
+/// `tables` and `ids` match any of their entries.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// `schema.table` or `table`.
-    pub table: Option<TableId>,
+    pub tables: Vec<TableName>,
     pub error_class: Option<String>,
+    /// The rule or error code (`error_code`: a mapping rule such as
+    /// `decimal_overflow`, or a SQLSTATE such as `23514`).
+    pub rule: Option<String>,
     /// RFC 3339 / PostgreSQL timestamps, on the last failure.
     pub since: Option<String>,
     pub until: Option<String>,
-    /// A single record.
-    pub id: Option<i64>,
+    /// Record numbers.
+    pub ids: Vec<i64>,
 }
 
 impl Filter {
@@ -198,51 +219,97 @@ impl Filter {
     pub fn sql(&self) -> (String, Vec<Option<String>>) {
         let mut conds = vec!["pipeline = $1".to_string()];
         let mut params: Vec<Option<String>> = Vec::new();
-        let mut add = |cond: &str, v: Option<String>| {
-            params.push(v);
-            conds.push(cond.replace('?', &format!("${}", params.len() + 1)));
+        let mut next = |v: String| {
+            params.push(Some(v));
+            format!("${}", params.len() + 1)
         };
-        if let Some(t) = &self.table {
-            add("table_schema = ?", Some(t.schema.clone()));
-            add("table_name = ?", Some(t.name.clone()));
+        if !self.tables.is_empty() {
+            let any: Vec<String> = self
+                .tables
+                .iter()
+                .map(|t| match &t.schema {
+                    Some(schema) => format!(
+                        "(table_schema = {} AND table_name = {})",
+                        next(schema.clone()),
+                        next(t.name.clone())
+                    ),
+                    None => format!("table_name = {}", next(t.name.clone())),
+                })
+                .collect();
+            conds.push(format!("({})", any.join(" OR ")));
         }
         if let Some(c) = &self.error_class {
-            add("error_class = ?", Some(c.clone()));
+            conds.push(format!("error_class = {}", next(c.clone())));
+        }
+        if let Some(r) = &self.rule {
+            conds.push(format!("error_code = {}", next(r.clone())));
         }
         if let Some(s) = &self.since {
-            add("last_failed_at >= ?::timestamptz", Some(s.clone()));
+            conds.push(format!(
+                "last_failed_at >= ({}::text)::timestamptz",
+                next(s.clone())
+            ));
         }
         if let Some(u) = &self.until {
-            add("last_failed_at < ?::timestamptz", Some(u.clone()));
+            conds.push(format!(
+                "last_failed_at < ({}::text)::timestamptz",
+                next(u.clone())
+            ));
         }
-        if let Some(id) = self.id {
-            add("id = ?::bigint", Some(id.to_string()));
+        if !self.ids.is_empty() {
+            let list: Vec<String> = self.ids.iter().map(i64::to_string).collect();
+            conds.push(format!(
+                "id = ANY(string_to_array({}::text, ',')::bigint[])",
+                next(list.join(","))
+            ));
         }
         (conds.join(" AND "), params)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_none()
+        self.tables.is_empty()
             && self.error_class.is_none()
+            && self.rule.is_none()
             && self.since.is_none()
             && self.until.is_none()
-            && self.id.is_none()
+            && self.ids.is_empty()
     }
 }
 
-/// Parked records of one table and error class.
-#[derive(Debug, Clone)]
+/// Parked records of one table, error class and rule.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DlqGroup {
+    #[serde(serialize_with = "display")]
     pub table: TableId,
     pub error_class: String,
+    /// The rule or error code; `None` when the failure had none.
+    pub rule: Option<String>,
     pub records: i64,
     pub superseded: i64,
     pub oldest: String,
     pub newest: String,
+    /// The first few record numbers, for `ferry dlq show`.
+    pub examples: Vec<i64>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// What replay did (or, dry, would do) with one record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayedRecord {
+    pub id: i64,
+    pub table: String,
+    pub key: String,
+    /// `applied`, `superseded` or `failed`.
+    pub outcome: &'static str,
+    /// Why it failed again.
+    pub error: Option<String>,
 }
 
 /// What a replay did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayReport {
     /// Applied and removed from the queue (with `--dry-run`: would be).
     pub applied: u64,
@@ -250,19 +317,22 @@ pub struct ReplayReport {
     pub superseded: u64,
     /// Failed again: kept, with one more attempt and the new error.
     pub failed: u64,
+    /// Each record's outcome, in the order replayed.
+    pub records: Vec<ReplayedRecord>,
 }
 
 /// The administration of the queue (`ferry dlq list|show|purge|replay`).
 impl PostgresSink {
-    /// Records by table and error class.
+    /// Records by table, error class and rule.
     pub async fn dlq_list(&mut self, filter: &Filter) -> Result<Vec<DlqGroup>, PipelineError> {
         let pipeline = self.pipeline.clone();
         let (cond, params) = filter.sql();
         let sql = format!(
-            "SELECT table_schema, table_name, error_class, count(*),
-                    count(superseded_at), min(first_failed_at)::text, max(last_failed_at)::text
+            "SELECT table_schema, table_name, error_class, error_code, count(*),
+                    count(superseded_at), min(first_failed_at)::text, max(last_failed_at)::text,
+                    (array_agg(id ORDER BY id))[1:3]
                FROM public.ferry_dlq WHERE {cond}
-              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
         );
         let client = self.client().await?;
         let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
@@ -276,11 +346,62 @@ impl PostgresSink {
             .map(|r| DlqGroup {
                 table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
                 error_class: r.get(2),
-                records: r.get(3),
-                superseded: r.get(4),
-                oldest: r.get(5),
-                newest: r.get(6),
+                rule: r.get(3),
+                records: r.get(4),
+                superseded: r.get(5),
+                oldest: r.get(6),
+                newest: r.get(7),
+                examples: r.get(8),
             })
+            .collect())
+    }
+
+    /// The tables the queue holds records for, with their counts: what an
+    /// empty selection is told it could have named.
+    pub async fn dlq_tables(&mut self) -> Result<Vec<(TableId, i64)>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT table_schema, table_name, count(*) FROM public.ferry_dlq
+                  WHERE pipeline = $1 GROUP BY 1, 2 ORDER BY 1, 2",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                    r.get(2),
+                )
+            })
+            .collect())
+    }
+
+    /// The record numbers `filter` selects, oldest first, at most `limit`.
+    pub async fn dlq_ids(
+        &mut self,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<i64>, PipelineError> {
+        let pipeline = self.pipeline.clone();
+        let (cond, params) = filter.sql();
+        let client = self.client().await?;
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&pipeline];
+        args.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        args.push(&limit);
+        let sql = format!(
+            "SELECT id FROM public.ferry_dlq WHERE {cond} ORDER BY id LIMIT ${}",
+            args.len()
+        );
+        Ok(client
+            .query(&sql, &args)
+            .await
+            .map_err(|e| pg_err("read ferry_dlq", e))?
+            .iter()
+            .map(|r| r.get(0))
             .collect())
     }
 
@@ -381,7 +502,8 @@ impl PostgresSink {
                 .client()
                 .await?
                 .query_opt(
-                    "SELECT event, superseded_at IS NOT NULL, stage, coalesce(error_code, '')
+                    "SELECT event, superseded_at IS NOT NULL, stage, coalesce(error_code, ''),
+                            table_schema || '.' || table_name, row_key
                        FROM public.ferry_dlq WHERE id = $1",
                     &[&id],
                 )
@@ -390,6 +512,13 @@ impl PostgresSink {
             // Gone meanwhile (another replay or a purge).
             let Some(row) = row else { continue };
             let superseded: bool = row.get(1);
+            let outcome = |outcome: &'static str, error: Option<String>| ReplayedRecord {
+                id,
+                table: row.get(4),
+                key: row.get(5),
+                outcome,
+                error,
+            };
             if superseded {
                 if !dry_run {
                     self.client()
@@ -399,6 +528,7 @@ impl PostgresSink {
                         .map_err(|e| pg_err("remove from ferry_dlq", e))?;
                 }
                 report.superseded += 1;
+                report.records.push(outcome("superseded", None));
                 continue;
             }
             let event: String = row.get(0);
@@ -488,12 +618,19 @@ impl PostgresSink {
             self.statements = statements;
             self.tables = tables;
             match attempt {
-                Ok(true) => report.applied += 1,
+                Ok(true) => {
+                    report.applied += 1;
+                    report.records.push(outcome("applied", None));
+                }
                 // Superseded meanwhile: left to the next replay (which drops
                 // it) rather than applied over the newer change.
-                Ok(false) => report.superseded += 1,
+                Ok(false) => {
+                    report.superseded += 1;
+                    report.records.push(outcome("superseded", None));
+                }
                 Err(e) if e.class == ErrorClass::Permanent => {
                     report.failed += 1;
+                    report.records.push(outcome("failed", Some(e.to_string())));
                     if !dry_run {
                         let err = ferry_pipeline::dlq::RecordError::of(&e);
                         self.client()
@@ -531,17 +668,31 @@ mod tests {
     #[test]
     fn filter_numbers_its_parameters() {
         let f = Filter {
-            table: Some(TableId::new("public", "t")),
+            tables: vec![
+                TableName {
+                    schema: Some("public".into()),
+                    name: "t".into(),
+                },
+                TableName {
+                    schema: None,
+                    name: "u".into(),
+                },
+            ],
             error_class: Some("permanent".into()),
+            rule: Some("decimal_overflow".into()),
             since: Some("2026-01-01".into()),
+            ids: vec![3, 4],
             ..Filter::default()
         };
         let (sql, params) = f.sql();
         assert_eq!(
             sql,
-            "pipeline = $1 AND table_schema = $2 AND table_name = $3 AND error_class = $4 AND last_failed_at >= $5::timestamptz"
+            "pipeline = $1 AND ((table_schema = $2 AND table_name = $3) OR table_name = $4) \
+             AND error_class = $5 AND error_code = $6 AND last_failed_at >= ($7::text)::timestamptz \
+             AND id = ANY(string_to_array($8::text, ',')::bigint[])"
         );
-        assert_eq!(params.len(), 4);
+        assert_eq!(params.len(), 7);
+        assert_eq!(params[6].as_deref(), Some("3,4"));
         assert!(Filter::default().is_empty());
     }
 }

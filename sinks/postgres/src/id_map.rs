@@ -305,8 +305,8 @@ pub async fn lookup(
     Ok(client
         .query(
             "SELECT legacy_id, new_id FROM public.ferry_id_map
-              WHERE namespace = $1 AND (legacy_id = $2 OR new_id = $2)",
-            &[&namespace, &id],
+              WHERE namespace = $1 AND (legacy_id = ANY($2) OR new_id = ANY($2))",
+            &[&namespace, &ferry_pipeline::id_map::lookup_forms(id)],
         )
         .await
         .map_err(|e| pg_err("read ferry_id_map", e))?
@@ -316,4 +316,57 @@ pub async fn lookup(
             new: r.get(1),
         })
         .collect())
+}
+
+/// The namespaces the map holds ids for.
+pub async fn namespaces(client: &impl GenericClient) -> Result<Vec<String>, PipelineError> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT namespace FROM public.ferry_id_map ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("read ferry_id_map", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Writes `namespace`'s map as CSV (`legacy_id,new_id,allocated_at`, a
+/// header line, in legacy-id order) to `out`; returns the bytes written.
+/// PostgreSQL's own CSV writer (`COPY … TO STDOUT`) does the quoting, and
+/// the rows stream through in chunks, whatever the map's size.
+pub async fn export(
+    client: &Client,
+    namespace: &str,
+    out: &mut (impl std::io::Write + ?Sized),
+) -> Result<u64, PipelineError> {
+    use futures_util::TryStreamExt;
+    let sql = format!(
+        "COPY (SELECT legacy_id, new_id, allocated_at FROM public.ferry_id_map
+                WHERE namespace = {} ORDER BY legacy_id)
+         TO STDOUT WITH (FORMAT csv, HEADER)",
+        quote_literal(namespace)
+    );
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| pg_err("export ferry_id_map", e))?;
+    futures_util::pin_mut!(stream);
+    let mut written = 0u64;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| pg_err("export ferry_id_map", e))?
+    {
+        out.write_all(&chunk).map_err(|e| {
+            PipelineError::new(
+                ErrorClass::Fatal,
+                Stage::Sink,
+                format!("write the id-map export: {e}"),
+            )
+        })?;
+        written += chunk.len() as u64;
+    }
+    Ok(written)
 }

@@ -69,7 +69,13 @@ pub struct PostgresSink {
     pub(crate) sequences: std::collections::HashSet<String>,
     /// Legacy ids known to be mapped.
     pub(crate) known_ids: id_map::Known,
+    /// When the dead-letter depth was last read from `ferry_dlq`.
+    pub(crate) dlq_depth_read: Option<std::time::Instant>,
 }
+
+/// How often a running sink re-reads the dead-letter depth: replays and
+/// purges made by another `ferry dlq` process change it behind our back.
+const DLQ_DEPTH_REREAD: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl PostgresSink {
     pub fn new(cfg: PostgresSinkConfig, pipeline: impl Into<String>) -> Self {
@@ -83,6 +89,7 @@ impl PostgresSink {
             dlq_tables: Default::default(),
             sequences: Default::default(),
             known_ids: Default::default(),
+            dlq_depth_read: None,
         }
     }
 
@@ -178,6 +185,12 @@ impl PostgresSink {
     ) -> Result<Vec<ferry_pipeline::dlq::Parked>, PipelineError> {
         let batch = &prepared.batch;
         self.client().await?;
+        // The batch was refused: the target's DDL may have changed since
+        // its tables were described (a column widened, a NOT NULL dropped).
+        // Describe them again, so that what is parked is refused by the
+        // target as it is now, with today's reasons.
+        self.tables.clear();
+        self.statements.clear();
         self.ensure_tables(batch).await?;
         for a in &prepared.actions {
             self.ensure_tables(&a.batch).await?;
@@ -514,7 +527,21 @@ impl Sink for PostgresSink {
     }
 
     async fn write_batch(&mut self, batch: &PreparedBatch) -> Result<(), PipelineError> {
-        self.write(batch).await
+        self.write(batch).await?;
+        if self
+            .dlq_depth_read
+            .is_none_or(|t| t.elapsed() >= DLQ_DEPTH_REREAD)
+        {
+            // Only a gauge: a failed read must not fail a committed batch.
+            let pipeline = self.pipeline.clone();
+            if let Ok(client) = self.client().await {
+                if let Ok(depth) = dlq::depth(client, &pipeline).await {
+                    metrics().set_dlq_depth(&depth);
+                }
+            }
+            self.dlq_depth_read = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     async fn write_isolating(
@@ -554,5 +581,21 @@ impl PostgresSink {
     ) -> Result<Vec<IdPair>, PipelineError> {
         let client = self.client().await?;
         id_map::lookup(client, namespace, id).await
+    }
+
+    /// The id-map namespaces that hold ids.
+    pub async fn id_map_namespaces(&mut self) -> Result<Vec<String>, PipelineError> {
+        let client = self.client().await?;
+        id_map::namespaces(client).await
+    }
+
+    /// `ferry idmap export`: `namespace`'s map as CSV into `out`.
+    pub async fn id_map_export(
+        &mut self,
+        namespace: &str,
+        out: &mut (impl std::io::Write + ?Sized),
+    ) -> Result<u64, PipelineError> {
+        let client = self.client().await?;
+        id_map::export(client, namespace, out).await
     }
 }

@@ -387,8 +387,8 @@ pub async fn run_source<S: crate::source::Source>(
         }
     };
     tracing::info!(
+        resume_from = %checkpoint.resume_point(),
         snapshots_done = checkpoint.snapshots.len(),
-        resume_token = checkpoint.resume_token.is_some(),
         "loaded the source checkpoint from Kafka"
     );
     let (bus_tx, bus_rx) = crate::channel::bounded(opts.bus_capacity);
