@@ -27,3 +27,4 @@ mod sqlite;
 mod transform;
 mod transform_pg;
 mod types;
+mod verify;

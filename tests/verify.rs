@@ -1,0 +1,372 @@
+//! `ferry verify`: planted differences are each found (exit 1), equal
+//! data is green (exit 0), every error path exits 4, and a verify under
+//! live traffic reports no false drift.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::{ferry_cmd, ConfigBuilder, Ferry, Pair};
+
+fn cmd(args: &[&str]) -> (i32, String) {
+    tokio::task::block_in_place(|| ferry_cmd(args))
+}
+
+/// `ferry verify --config <config> --json …`: the exit code and the
+/// parsed report (output that is not JSON fails the test).
+fn verify_json(config: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["verify", "--config", config.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let (code, out) = cmd(&args);
+    let json = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON report:\n{out}"));
+    (
+        code,
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}")),
+    )
+}
+
+/// The one table's report.
+fn table(report: &serde_json::Value) -> &serde_json::Value {
+    &report["tables"][0]
+}
+
+const SCHEMA: &str = "CREATE TABLE items (
+        id int PRIMARY KEY,
+        name text,
+        price numeric(12,2),
+        doc jsonb,
+        total numeric GENERATED ALWAYS AS (price * 2) STORED
+    );";
+const ROWS: &str = "INSERT INTO items (id, name, price, doc)
+    SELECT g, 'item ' || g, g * 1.25, jsonb_build_object('a', g, 'b', 'x')
+      FROM generate_series(1, 1000) g;";
+
+/// Both sides hold the same table (written directly: verify needs no
+/// running pipeline); small chunks so that several are compared.
+async fn planted_pair(prefix: &str) -> (Pair, PathBuf) {
+    let pair = Pair::start(prefix).await;
+    for c in [pair.src().await, pair.dst().await] {
+        c.batch_execute(&format!("{SCHEMA}{ROWS}")).await.unwrap();
+    }
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
+    (pair, config)
+}
+
+const FAST: &[&str] = &["--chunk-rows", "100", "--settle", "0"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_differences_are_each_found() {
+    let (pair, config) = planted_pair("verify_plant").await;
+    let dst = pair.dst().await;
+
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(table(&r)["source_rows"], 1000, "{r}");
+    assert_eq!(table(&r)["target_rows"], 1000, "{r}");
+    assert_eq!(table(&r)["chunks"], 11, "{r}");
+    // The human table says the same.
+    let (code, out) = cmd(&["verify", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("public.items") && out.contains("equal"),
+        "{out}"
+    );
+
+    // (plant, undo, differing rows)
+    let cases: &[(&str, &str, &str, u64)] = &[
+        (
+            "changed value",
+            "UPDATE items SET name = 'renamed' WHERE id = 250",
+            "UPDATE items SET name = 'item 250' WHERE id = 250",
+            1,
+        ),
+        (
+            "missing row",
+            "DELETE FROM items WHERE id = 512",
+            "INSERT INTO items (id, name, price, doc) VALUES (512, 'item 512', 640.00, '{\"a\": 512, \"b\": \"x\"}')",
+            1,
+        ),
+        (
+            "extra rows, inside and past the source's keys",
+            "INSERT INTO items (id, name) VALUES (-5, 'before'), (5000, 'after')",
+            "DELETE FROM items WHERE id IN (-5, 5000)",
+            2,
+        ),
+        (
+            "decimal off by one unit in the last place",
+            "UPDATE items SET price = price + 0.01 WHERE id = 42",
+            "UPDATE items SET price = price - 0.01 WHERE id = 42",
+            1,
+        ),
+        (
+            "jsonb value differs",
+            "UPDATE items SET doc = '{\"a\": 7, \"b\": \"y\"}' WHERE id = 7",
+            "UPDATE items SET doc = '{\"a\": 7, \"b\": \"x\"}' WHERE id = 7",
+            1,
+        ),
+        (
+            "generated column missing on the target",
+            "ALTER TABLE items DROP COLUMN total",
+            "ALTER TABLE items ADD COLUMN total numeric GENERATED ALWAYS AS (price * 2) STORED",
+            1000,
+        ),
+        (
+            "column missing on the target",
+            "ALTER TABLE items DROP COLUMN name",
+            "ALTER TABLE items ADD COLUMN name text; UPDATE items SET name = 'item ' || id",
+            1000,
+        ),
+        (
+            "column only in the target",
+            "ALTER TABLE items ADD COLUMN extra int",
+            "ALTER TABLE items DROP COLUMN extra",
+            1000,
+        ),
+    ];
+    for (what, plant, undo, rows) in cases {
+        dst.batch_execute(plant).await.unwrap();
+        let (code, r) = verify_json(&config, &[FAST, &["--show", "3"]].concat());
+        assert_eq!(code, 1, "{what}: {r}");
+        assert_eq!(r["ok"], false, "{what}: {r}");
+        assert_eq!(table(&r)["differing_rows"], *rows, "{what}: {r}");
+        assert!(table(&r)["error"].is_null(), "{what}: {r}");
+        assert!(
+            !table(&r)["examples"].as_array().unwrap().is_empty(),
+            "{what}: no example rows: {r}"
+        );
+        dst.batch_execute(undo).await.unwrap();
+        let (code, r) = verify_json(&config, FAST);
+        assert_eq!(code, 0, "after undoing {what}: {r}");
+    }
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 0, "{r}");
+
+    // A column the target has as a plain column with the same values as
+    // the source's generated column is equal: values are compared, not DDL.
+    dst.batch_execute(
+        "ALTER TABLE items DROP COLUMN total; ALTER TABLE items ADD COLUMN total numeric;
+         UPDATE items SET total = price * 2",
+    )
+    .await
+    .unwrap();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 0, "{r}");
+
+    // jsonb key order compares equal; key sets do not.
+    let src = pair.src().await;
+    src.batch_execute("UPDATE items SET doc = '{\"a\": 3, \"b\": \"x\"}'::jsonb WHERE id = 3")
+        .await
+        .unwrap();
+    dst.batch_execute("UPDATE items SET doc = '{\"b\": \"x\",  \"a\": 3}'::jsonb WHERE id = 3")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 0, "jsonb key order: {r}");
+
+    // The side-by-side view names the key and both rows.
+    dst.batch_execute("UPDATE items SET name = 'wrong' WHERE id = 99")
+        .await
+        .unwrap();
+    let (code, out) = cmd(&[
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--show",
+        "1",
+        "--settle",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DIFF"), "{out}");
+    assert!(out.contains("\"99\""), "{out}");
+    assert!(out.contains("item 99") && out.contains("wrong"), "{out}");
+    assert!(out.contains("1 of 1 table(s) differ"), "{out}");
+
+    // A differing row with an unresolved dead letter is reported as such,
+    // not as drift — and is still not green.
+    dst.batch_execute(
+        "CREATE TABLE public.ferry_dlq (id bigserial PRIMARY KEY, pipeline text NOT NULL,
+             table_schema text NOT NULL, table_name text NOT NULL, row_key text NOT NULL,
+             superseded_at timestamptz);
+         INSERT INTO public.ferry_dlq (pipeline, table_schema, table_name, row_key)
+             VALUES ('test', 'public', 'items', '[\"99\"]')",
+    )
+    .await
+    .unwrap();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(table(&r)["differing_rows"], 0, "{r}");
+    assert_eq!(table(&r)["dead_lettered"], 1, "{r}");
+    // Resolved (superseded) dead letters no longer explain a difference.
+    dst.batch_execute("UPDATE public.ferry_dlq SET superseded_at = now()")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(table(&r)["differing_rows"], 1, "{r}");
+    assert_eq!(table(&r)["dead_lettered"], 0, "{r}");
+
+    // Every run is recorded per table for `ferry cutover check`.
+    let runs: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM public.ferry_verify_runs
+              WHERE pipeline = 'test' AND table_name = 'items'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(runs >= 10, "{runs} runs recorded");
+}
+
+/// A config of the pair with either URL replaced.
+fn config_with(pair: &Pair, src: Option<&str>, dst: Option<&str>, tables: &str) -> PathBuf {
+    let text = format!(
+        "[pipeline]\nname = \"test\"\n\n[source]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [{tables}]\n\n[sink]\nkind = \"postgres\"\nurl = \"{}\"\n",
+        src.map(str::to_owned)
+            .unwrap_or_else(|| pair.source.url(&pair.db)),
+        dst.map(str::to_owned)
+            .unwrap_or_else(|| pair.target.url(&pair.db)),
+    );
+    let path = pair
+        .dir
+        .path()
+        .join(format!("verify-{}.toml", rand::random::<u32>()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn expect_unverified(config: &Path, what: &str) {
+    let (code, out) = cmd(&["verify", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 4, "{what}: {out}");
+    assert!(out.contains("NOT VERIFIED"), "{what}: {out}");
+    assert!(!out.contains("all 1 table(s) equal"), "{what}: {out}");
+    let (code, r) = verify_json(config, &[]);
+    assert_eq!(code, 4, "{what}: {r}");
+    assert_eq!(r["ok"], false, "{what}: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_path_exits_4() {
+    let (pair, _) = planted_pair("verify_err").await;
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let nowhere = format!("postgres://postgres@127.0.0.1:{closed}/{}", pair.db);
+    let items = "\"public.items\"";
+    expect_unverified(
+        &config_with(&pair, Some(&nowhere), None, items),
+        "unreachable source",
+    );
+    expect_unverified(
+        &config_with(&pair, None, Some(&nowhere), items),
+        "unreachable target",
+    );
+    // A source table the target lacks: that table is skipped, which is an
+    // error even though the other table is equal.
+    pair.src()
+        .await
+        .batch_execute(
+            "CREATE TABLE unmirrored (id int PRIMARY KEY); INSERT INTO unmirrored VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let both = config_with(&pair, None, None, "\"public.items\", \"public.unmirrored\"");
+    let (code, out) = cmd(&["verify", "--config", both.to_str().unwrap()]);
+    assert_eq!(code, 4, "missing target table: {out}");
+    assert!(out.contains("does not exist"), "{out}");
+    assert!(out.contains("NOT VERIFIED"), "{out}");
+    // A query that fails: the target's reader may not read the table.
+    let dst = pair.dst().await;
+    dst.batch_execute("CREATE ROLE verify_reader LOGIN; REVOKE ALL ON items FROM PUBLIC")
+        .await
+        .unwrap();
+    let reader = pair
+        .target
+        .url(&pair.db)
+        .replace("postgres://postgres@", "postgres://verify_reader@");
+    expect_unverified(
+        &config_with(&pair, None, Some(&reader), items),
+        "query failure (permission denied)",
+    );
+    // Sources and mappings verify cannot compare yet are never green.
+    let mapped = ConfigBuilder::new(&pair)
+        .tables(&["public.items"])
+        .mappings("mapping.toml")
+        .build();
+    std::fs::write(pair.dir.path().join("mapping.toml"), "").unwrap();
+    let (code, out) = cmd(&["verify", "--config", mapped.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert_ne!(code, 1, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_under_live_traffic_reports_no_false_drift() {
+    let pair = Pair::start("verify_live").await;
+    let src = pair.src().await;
+    // No generated column: whether the target gets one is `create_tables`'
+    // business, not this test's.
+    src.batch_execute(&format!(
+        "{}{ROWS}",
+        SCHEMA.replace(
+            ",\n        total numeric GENERATED ALWAYS AS (price * 2) STORED",
+            ""
+        )
+    ))
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.items"]).build();
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items"], Duration::from_secs(60))
+        .await;
+
+    // Updates, inserts and deletes all the time verify runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        let src = pair.src().await;
+        tokio::spawn(async move {
+            let mut i: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = (i * 37) % 900 + 1;
+                src.batch_execute(&format!(
+                    "UPDATE items SET price = price + 1, doc = doc || '{{\"n\": {i}}}' WHERE id = {id};
+                     INSERT INTO items (id, name, price) VALUES ({}, 'new', 1);
+                     DELETE FROM items WHERE id = {};",
+                    2000 + i,
+                    1999 + i
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let (code, r) = verify_json(&config, &["--chunk-rows", "200"]);
+        assert_eq!(
+            code,
+            0,
+            "false drift under traffic: {r}\n{}",
+            ferry.log_text()
+        );
+    }
+    // A real difference, on a row the traffic never touches, survives.
+    pair.dst()
+        .await
+        .batch_execute("UPDATE items SET name = 'drift' WHERE id = 950")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &["--chunk-rows", "200"]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(table(&r)["differing_rows"], 1, "{r}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    ferry.kill9();
+}
