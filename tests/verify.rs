@@ -370,3 +370,169 @@ async fn verify_under_live_traffic_reports_no_false_drift() {
     traffic.await.unwrap();
     ferry.kill9();
 }
+
+const PG_MAPPING: &str = r#"
+[id_maps.orders]
+kind = "bigint"
+start = 500
+
+[[tables]]
+source = "public.legacy_orders"
+target = "public.orders"
+snake_case = true
+rest = "extra"
+[tables.columns]
+id = { from = "code", id_map = "orders" }
+amount = { from = "amountText" }
+city = "meta.address.city"
+"#;
+
+/// The report of `target` in a verify report.
+fn target_report<'a>(r: &'a serde_json::Value, target: &str) -> &'a serde_json::Value {
+    r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .unwrap_or_else(|| panic!("no report for {target}: {r}"))
+}
+
+/// Plants `plant` in the target, expects verify to find `rows` differing
+/// rows in `target`, undoes it and expects green again.
+async fn expect_found(
+    dst: &tokio_postgres::Client,
+    config: &Path,
+    (what, plant, undo): (&str, &str, &str),
+    target: &str,
+    rows: u64,
+) {
+    dst.batch_execute(plant).await.unwrap();
+    let (code, r) = verify_json(config, &["--show", "2"]);
+    assert_eq!(code, 1, "{what}: {r}");
+    assert_eq!(
+        target_report(&r, target)["differing_rows"],
+        rows,
+        "{what}: {r}"
+    );
+    dst.batch_execute(undo).await.unwrap();
+    let (code, r) = verify_json(config, &[]);
+    assert_eq!(code, 0, "after undoing {what}: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_postgres_table_compares_through_the_mapping() {
+    let pair = Pair::start("verify_map_pg").await;
+    pair.src()
+        .await
+        .batch_execute(
+            r#"CREATE TABLE legacy_orders (code text PRIMARY KEY, "amountText" text, meta jsonb);
+               INSERT INTO legacy_orders VALUES
+                 ('A-1', '12.5', '{"address": {"city": "Lyon", "zip": "69001"}}'),
+                 ('A-2', '1E+2', '{"address": {"city": "Oslo"}}');"#,
+        )
+        .await
+        .unwrap();
+    let dst = pair.dst().await;
+    dst.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, city text,
+                              extra jsonb, loaded_at timestamptz DEFAULT now());",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.legacy_orders"])
+        .mappings("mappings.toml")
+        .build();
+    std::fs::write(config.parent().unwrap().join("mappings.toml"), PG_MAPPING).unwrap();
+    let mut ferry = Ferry::spawn(&config);
+    crate::support::wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {
+        let n: i64 = dst
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        n == 2
+    })
+    .await;
+    ferry.kill9();
+
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 0, "{r}\n{}", ferry.log_text());
+    assert_eq!(target_report(&r, "public.orders")["source_rows"], 2, "{r}");
+    assert_eq!(target_report(&r, "public.orders")["target_rows"], 2, "{r}");
+    // The shadows are gone.
+    let left: i64 = dst
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry_verify'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a wrong cent",
+            "UPDATE orders SET amount = amount + 0.01 WHERE amount = 12.50",
+            "UPDATE orders SET amount = 12.50 WHERE amount = 12.51",
+        ),
+        "public.orders",
+        1,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a wrong id-map translation",
+            "UPDATE ferry_id_map SET new_id = '9999' WHERE legacy_id = 'A-2'",
+            "UPDATE ferry_id_map SET new_id = (SELECT id::text FROM orders WHERE city = 'Oslo') WHERE legacy_id = 'A-2'",
+        ),
+        // Row 9999 expected, the old id found instead.
+        "public.orders",
+        2,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a jsonb value in rest",
+            "UPDATE orders SET extra = '{\"meta\": {\"address\": {\"zip\": \"69002\"}}}' WHERE city = 'Lyon'",
+            "UPDATE orders SET extra = '{\"meta\": {\"address\": {\"zip\": \"69001\"}}}' WHERE city = 'Lyon'",
+        ),
+        "public.orders",
+        1,
+    )
+    .await;
+    // A column the target fills itself (loaded_at) is not the mapping's:
+    // changing it is no drift.
+    dst.batch_execute("UPDATE orders SET loaded_at = now() - interval '1 day'")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 0, "{r}");
+
+    // A source row the mapping rejects (0.125 needs rounding) is counted
+    // as dead-lettered: not drift, not green.
+    pair.src()
+        .await
+        .batch_execute("INSERT INTO legacy_orders VALUES ('A-3', '0.125', '{}')")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(
+        target_report(&r, "public.orders")["dead_lettered"],
+        1,
+        "{r}"
+    );
+    assert_eq!(
+        target_report(&r, "public.orders")["differing_rows"],
+        0,
+        "{r}"
+    );
+}

@@ -58,7 +58,10 @@ use std::time::{Duration, Instant};
 use ferry_pgconn::PgConnInfo;
 use ferry_pipeline::config::{Config, SinkConfig, SourceConfig};
 use ferry_pipeline::error::{PipelineError, Stage};
-use ferry_pipeline::event::{quote_ident, TableId};
+use ferry_pipeline::event::{quote_ident, ChangeEvent, Datum, TableId};
+use ferry_pipeline::transform::{Output, Transformer};
+use ferry_postgres_sink::id_map;
+use ferry_postgres_sink::literal::to_pg_text;
 use ferry_postgres_source::pg_err;
 use ferry_postgres_source::snapshot::SESSION_SETTINGS;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -292,23 +295,26 @@ struct ChunkResult {
 /// The comparison of every configured table; `Err` when nothing could be
 /// compared (unsupported configuration, a database unreachable).
 async fn verify(args: &VerifyArgs, config: &Config) -> Result<Vec<TableReport>, String> {
-    let SourceConfig::Postgres(src) = &config.source else {
-        return Err("ferry verify compares PostgreSQL sources only so far (MongoDB and SQLite sources: not yet)".into());
-    };
-    if config.mappings.is_some() {
-        return Err(
-            "ferry verify does not compare mapped tables yet (pipeline.mappings is set)".into(),
-        );
-    }
     let SinkConfig::Postgres(dst) = &config.sink else {
         return Err(
             "ferry verify compares PostgreSQL targets only (sink.kind = convex: not yet)".into(),
         );
     };
-    let conns = Arc::new(Conns {
-        source: ferry_postgres_source::conn_info(src)?,
-        target: ferry_postgres_sink::config::conn_info(dst)?,
-    });
+    let transformer = match crate::mapping::transformer(config).await {
+        Ok(t) => t,
+        Err(crate::mapping::Unusable::Unreachable(e)) => {
+            return Err(format!(
+                "pipeline.mappings: cannot read the target schema: {e}"
+            ))
+        }
+        Err(crate::mapping::Unusable::Findings(f)) => {
+            let f: Vec<String> = f.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "pipeline.mappings does not fit the target (ferry mapping check): {}",
+                f.join("; ")
+            ));
+        }
+    };
     let mut tables = config.source.tables();
     if !args.table.is_empty() {
         let wanted: Vec<TableId> = args
@@ -323,41 +329,59 @@ async fn verify(args: &VerifyArgs, config: &Config) -> Result<Vec<TableReport>, 
         }
         tables.retain(|t| wanted.contains(t));
     }
+    let target = ferry_postgres_sink::config::conn_info(dst)?;
+    // PostgreSQL tables mirrored as they are: compared database to
+    // database. Everything else is staged (see `verify_staged`).
+    let (direct, staged): (Vec<TableId>, Vec<TableId>) =
+        tables.into_iter().partition(|t| match &config.source {
+            SourceConfig::Postgres(_) => !transformer.as_ref().is_some_and(|tr| tr.maps(t)),
+            _ => false,
+        });
     let jobs = args.jobs.max(1);
-    // One pool of connection pairs, shared by every table's chunks: the
-    // parallelism is bounded over tables and chunks together.
-    let mut pairs = Vec::with_capacity(jobs);
-    for _ in 0..jobs {
-        pairs.push(connect_pair(&conns).await.map_err(|e| e.to_string())?);
-    }
-    let pool = Arc::new(Mutex::new(pairs));
     let pipeline = config.pipeline.name.clone();
     let mut reports = Vec::new();
-    for source in tables {
-        let target = ferry_postgres_sink::config::target_id(dst, &source);
-        let started = Instant::now();
-        let mut report = TableReport {
-            table: source.to_string(),
-            target: target.to_string(),
-            source_rows: 0,
-            target_rows: 0,
-            chunks: 0,
-            differing_rows: 0,
-            dead_lettered: 0,
-            columns_only_in_source: Vec::new(),
-            columns_only_in_target: Vec::new(),
-            seconds: 0.0,
-            error: None,
-            examples: Vec::new(),
-            started: Some(std::time::SystemTime::now()),
+    if let (SourceConfig::Postgres(src), false) = (&config.source, direct.is_empty()) {
+        let conns = Conns {
+            source: ferry_postgres_source::conn_info(src)?,
+            target: target.clone(),
         };
-        if let Err(e) = verify_table(args, &pool, &pipeline, &source, &target, &mut report).await {
-            report.error = Some(e.to_string());
+        // One pool of connection pairs, shared by every table's chunks: the
+        // parallelism is bounded over tables and chunks together.
+        let pool = pool(&conns, jobs).await.map_err(|e| e.to_string())?;
+        for source in direct {
+            let target = ferry_postgres_sink::config::target_id(dst, &source);
+            let started = Instant::now();
+            let mut report = new_report(&source, &target);
+            if let Err(e) =
+                verify_table(args, &pool, &pipeline, &source, &target, &mut report).await
+            {
+                report.error = Some(e.to_string());
+            }
+            report.seconds = started.elapsed().as_secs_f64();
+            reports.push(report);
         }
-        report.seconds = started.elapsed().as_secs_f64();
-        reports.push(report);
+    }
+    if !staged.is_empty() {
+        // Both sides of a staged comparison are in the target.
+        let conns = Conns {
+            source: target.clone(),
+            target,
+        };
+        let pool = pool(&conns, jobs).await.map_err(|e| e.to_string())?;
+        for source in staged {
+            reports
+                .extend(verify_staged(args, config, transformer.as_deref(), &pool, &source).await);
+        }
     }
     Ok(reports)
+}
+
+async fn pool(conns: &Conns, jobs: usize) -> Result<Pool, PipelineError> {
+    let mut pairs = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        pairs.push(connect_pair(conns).await?);
+    }
+    Ok(Arc::new(Mutex::new(pairs)))
 }
 
 async fn connect_pair(conns: &Conns) -> Result<(Client, Client), PipelineError> {
@@ -383,15 +407,20 @@ where
         &'a Client,
     ) -> futures_util::future::BoxFuture<'a, Result<T, PipelineError>>,
 {
-    let pair = loop {
-        if let Some(p) = pool.lock().await.pop() {
-            break p;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let pair = take(pool).await;
     let out = f(&pair.0, &pair.1).await;
     pool.lock().await.push(pair);
     out
+}
+
+/// A connection pair from the pool (give it back with a push).
+async fn take(pool: &Pool) -> (Client, Client) {
+    loop {
+        if let Some(p) = pool.lock().await.pop() {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn verify_table(
@@ -406,7 +435,7 @@ async fn verify_table(
     let (plan, only_src, only_dst) = {
         let (s, t) = (source.clone(), target.clone());
         with_pair(pool, move |sc, tc| {
-            Box::pin(async move { plan(sc, tc, &s, &t, chunk_rows).await })
+            Box::pin(async move { plan(sc, tc, &s, &t, chunk_rows, None).await })
         })
         .await?
     };
@@ -462,41 +491,50 @@ async fn verify_table(
     report.differing_rows = drift.len() as u64;
     if args.show > 0 && !drift.is_empty() {
         let shown: Vec<Vec<String>> = drift.into_iter().take(args.show).collect();
-        let plan = Arc::clone(&plan);
-        report.examples = with_pair(pool, move |sc, tc| {
-            Box::pin(async move {
-                let s = row_texts(
-                    sc,
-                    &plan,
-                    &plan.source,
-                    &plan.source_cols,
-                    &shown,
-                    Stage::Source,
-                )
-                .await?;
-                let t = row_texts(
-                    tc,
-                    &plan,
-                    &plan.target,
-                    &plan.target_cols,
-                    &shown,
-                    Stage::Sink,
-                )
-                .await?;
-                Ok(shown
-                    .iter()
-                    .map(|k| Example {
-                        source_key: k.clone(),
-                        target_key: k.clone(),
-                        source: s.get(k).cloned(),
-                        target: t.get(k).cloned(),
-                    })
-                    .collect())
-            })
-        })
-        .await?;
+        report.examples = examples(pool, &plan, shown).await?;
     }
     Ok(())
+}
+
+/// Both sides' rows of `keys`, for `--show`.
+async fn examples(
+    pool: &Pool,
+    plan: &Arc<Plan>,
+    keys: Vec<Vec<String>>,
+) -> Result<Vec<Example>, PipelineError> {
+    let plan = Arc::clone(plan);
+    with_pair(pool, move |sc, tc| {
+        Box::pin(async move {
+            let s = row_texts(
+                sc,
+                &plan,
+                &plan.source,
+                &plan.source_cols,
+                &keys,
+                Stage::Source,
+            )
+            .await?;
+            let t = row_texts(
+                tc,
+                &plan,
+                &plan.target,
+                &plan.target_cols,
+                &keys,
+                Stage::Sink,
+            )
+            .await?;
+            Ok(keys
+                .iter()
+                .map(|k| Example {
+                    source_key: k.clone(),
+                    target_key: k.clone(),
+                    source: s.get(k).cloned(),
+                    target: t.get(k).cloned(),
+                })
+                .collect())
+        })
+    })
+    .await
 }
 
 /// A column of a table as verify compares it.
@@ -555,19 +593,24 @@ async fn plan(
     source: &TableId,
     target: &TableId,
     chunk_rows: u64,
+    only: Option<&[String]>,
 ) -> Result<(Plan, Vec<String>, Vec<String>), PipelineError> {
-    let Some((scols, key)) = columns(sc, source, Stage::Source).await? else {
+    let Some((mut scols, key)) = columns(sc, source, Stage::Source).await? else {
         return Err(PipelineError::fatal(
             Stage::Source,
             format!("source table {source} does not exist"),
         ));
     };
-    let Some((tcols, _)) = columns(tc, target, Stage::Sink).await? else {
+    let Some((mut tcols, _)) = columns(tc, target, Stage::Sink).await? else {
         return Err(PipelineError::fatal(
             Stage::Sink,
             format!("target table {target} does not exist: table skipped"),
         ));
     };
+    if let Some(only) = only {
+        scols.retain(|c| only.contains(&c.name));
+        tcols.retain(|c| only.contains(&c.name));
+    }
     if key.is_empty() {
         return Err(PipelineError::fatal(
             Stage::Source,
@@ -1000,6 +1043,440 @@ async fn record(config: &Config, reports: &[TableReport]) -> Result<(), Pipeline
         )
         .await
         .map_err(|e| pg_err(Stage::Sink, "record in ferry_verify_runs", e))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Staged tables: mapped tables and non-PostgreSQL sources.
+//
+// Where the source cannot compute the target's form next to its data (a
+// mapping renames, nests, translates ids, normalizes decimals, splits
+// child tables; MongoDB documents are not rows), the source is read in
+// order, a bounded batch at a time, through the pipeline's own code (the
+// source's decoder, then the `Transformer`), and each batch is written
+// into a *shadow* of each target table: `ferry_verify.<…>`, an UNLOGGED
+// table `LIKE` the target (same types, same keys). Values go in through
+// the sink's own text input (`literal::to_pg_text`) and id-mapped columns
+// through the sink's own translation SQL (`id_map::value_sql`), which only
+// looks up: a legacy id the id map does not know stays NULL, and differs.
+// The shadow is then compared with the target by the same chunk hashes as
+// a mirrored table, inside the target. Ferry's memory holds one batch;
+// the shadows are dropped at the end.
+//
+// Only the target columns the mapping writes are compared for a mapped
+// table (the others are filled by the target's defaults); every column
+// for a mirrored one. A record the mapping rejects is counted as
+// dead-lettered (the pipeline parks it): never green.
+// ---------------------------------------------------------------------
+
+/// Rows per INSERT into a shadow.
+const STAGE_ROWS: usize = 500;
+
+/// One target table being rebuilt from the source.
+struct Shadow {
+    target: TableId,
+    shadow: TableId,
+    /// Target column types, by name.
+    types: HashMap<String, String>,
+    /// Only these columns are compared (`None`: all).
+    only: Option<Vec<String>>,
+    /// `(column list, VALUES tuples)` waiting to be written.
+    pending: Vec<(String, String)>,
+}
+
+struct Stager<'a> {
+    client: &'a Client,
+    transformer: Option<&'a Transformer>,
+    shadows: Vec<Shadow>,
+    rejected: u64,
+    source_rows: u64,
+}
+
+impl Stager<'_> {
+    async fn push(&mut self, ev: ChangeEvent) -> Result<(), PipelineError> {
+        self.source_rows += 1;
+        let changes: Vec<ChangeEvent> = match self.transformer.and_then(|t| t.apply(&ev)) {
+            None => vec![ev],
+            Some(Err(_)) => {
+                self.rejected += 1;
+                return Ok(());
+            }
+            Some(Ok(outs)) => outs
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Change(c) => Some(c),
+                    // A fresh shadow has no stale children to prune.
+                    Output::Prune { .. } => None,
+                })
+                .collect(),
+        };
+        for c in changes {
+            let Some(row) = &c.after else { continue };
+            // A mirrored event names its source table; a mapped one its
+            // target. With one shadow (mirrored), it is that one.
+            let i = if self.shadows.len() == 1 {
+                0
+            } else {
+                self.shadows
+                    .iter()
+                    .position(|s| s.target == c.table.id)
+                    .ok_or_else(|| {
+                        PipelineError::fatal(
+                            Stage::Sink,
+                            format!(
+                                "the mapping wrote to {}, which verify did not expect",
+                                c.table.id
+                            ),
+                        )
+                    })?
+            };
+            let sh = &mut self.shadows[i];
+            let mut cols = Vec::with_capacity(row.len());
+            let mut vals = Vec::with_capacity(row.len());
+            for (col, d) in c.table.columns.iter().zip(row) {
+                let Some(ty) = sh.types.get(&col.name) else {
+                    // A column the target lacks: the shadow cannot hold
+                    // it, the plan reports it (mirrored tables).
+                    continue;
+                };
+                let Datum::Value(v) = d else {
+                    return Err(PipelineError::fatal(
+                        Stage::Source,
+                        format!("{}: an unchanged TOAST value in a full read", c.table.id),
+                    ));
+                };
+                cols.push(quote_ident(&col.name));
+                vals.push(match to_pg_text(v) {
+                    None => "NULL".to_owned(),
+                    Some(t) => id_map::value_sql(col, ty, &quote_literal(&t)),
+                });
+            }
+            sh.pending
+                .push((cols.join(", "), format!("({})", vals.join(", "))));
+            if sh.pending.len() >= STAGE_ROWS {
+                flush(self.client, sh).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), PipelineError> {
+        for sh in &mut self.shadows {
+            flush(self.client, sh).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a shadow's pending rows (grouped by column list: documents of
+/// a collection may have grown its shape).
+async fn flush(client: &Client, sh: &mut Shadow) -> Result<(), PipelineError> {
+    let pending = std::mem::take(&mut sh.pending);
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (cols, tuple) in pending {
+        match groups.iter_mut().find(|(c, _)| *c == cols) {
+            Some((_, v)) => v.push(tuple),
+            None => groups.push((cols, vec![tuple])),
+        }
+    }
+    for (cols, tuples) in groups {
+        let q = format!(
+            "INSERT INTO {} ({cols}) VALUES {}",
+            sh.shadow.quoted(),
+            tuples.join(", ")
+        );
+        client.batch_execute(&q).await.map_err(|e| {
+            pg_err(
+                Stage::Sink,
+                &format!("stage the source's rows of {} for comparison", sh.target),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Compares one staged source table with its target table(s); one report
+/// per target table.
+async fn verify_staged(
+    args: &VerifyArgs,
+    config: &Config,
+    transformer: Option<&Transformer>,
+    pool: &Pool,
+    source: &TableId,
+) -> Vec<TableReport> {
+    let SinkConfig::Postgres(dst) = &config.sink else {
+        return Vec::new();
+    };
+    let targets: Vec<(TableId, Option<Vec<String>>)> =
+        match transformer.and_then(|t| t.target_schemas(source)) {
+            Some(schemas) => schemas
+                .iter()
+                .map(|s| {
+                    let cols = s.columns.iter().map(|c| c.name.clone()).collect();
+                    (s.id.clone(), Some(cols))
+                })
+                .collect(),
+            None => vec![(ferry_postgres_sink::config::target_id(dst, source), None)],
+        };
+    let started = Instant::now();
+    let mut reports: Vec<TableReport> =
+        targets.iter().map(|(t, _)| new_report(source, t)).collect();
+    let staged = {
+        let pair = take(pool).await;
+        let out = stage(config, transformer, &pair.1, source, &targets).await;
+        pool.lock().await.push(pair);
+        out
+    };
+    match staged {
+        Err(e) => {
+            for r in &mut reports {
+                r.error = Some(e.to_string());
+            }
+        }
+        Ok((shadows, rejected, source_rows)) => {
+            for (r, sh) in reports.iter_mut().zip(&shadows) {
+                if let Err(e) = compare_staged(args, pool, sh, r).await {
+                    r.error = Some(e.to_string());
+                }
+            }
+            // Source rows and rejections belong to the source table: on
+            // its first (parent) report.
+            if let Some(first) = reports.first_mut() {
+                first.dead_lettered += rejected;
+                first.source_rows = source_rows;
+            }
+        }
+    }
+    // Always drop the shadows, whatever happened.
+    let drop_sql: Vec<String> = targets
+        .iter()
+        .map(|(t, _)| format!("DROP TABLE IF EXISTS {}", shadow_id(t).quoted()))
+        .collect();
+    let dropped = with_pair(pool, move |_, tc| {
+        Box::pin(async move {
+            tc.batch_execute(&drop_sql.join("; "))
+                .await
+                .map_err(|e| pg_err(Stage::Sink, "drop verify's shadow tables", e))
+        })
+    })
+    .await;
+    if let Err(e) = dropped {
+        for r in &mut reports {
+            r.error.get_or_insert_with(|| e.to_string());
+        }
+    }
+    for r in &mut reports {
+        r.seconds = started.elapsed().as_secs_f64();
+    }
+    reports
+}
+
+fn new_report(source: &TableId, target: &TableId) -> TableReport {
+    TableReport {
+        table: source.to_string(),
+        target: target.to_string(),
+        source_rows: 0,
+        target_rows: 0,
+        chunks: 0,
+        differing_rows: 0,
+        dead_lettered: 0,
+        columns_only_in_source: Vec::new(),
+        columns_only_in_target: Vec::new(),
+        seconds: 0.0,
+        error: None,
+        examples: Vec::new(),
+        started: Some(std::time::SystemTime::now()),
+    }
+}
+
+/// The shadow of `target` for this process.
+fn shadow_id(target: &TableId) -> TableId {
+    let mut name = format!("{}_{}_{}", std::process::id(), target.schema, target.name);
+    // PostgreSQL identifiers: 63 bytes.
+    while name.len() > 63 {
+        name.pop();
+    }
+    TableId::new("ferry_verify", name)
+}
+
+/// Creates the shadows and fills them from the source; returns them, the
+/// rows the mapping rejected and the source rows read.
+async fn stage(
+    config: &Config,
+    transformer: Option<&Transformer>,
+    tc: &Client,
+    source: &TableId,
+    targets: &[(TableId, Option<Vec<String>>)],
+) -> Result<(Vec<Shadow>, u64, u64), PipelineError> {
+    let mut shadows = Vec::new();
+    tc.batch_execute("CREATE SCHEMA IF NOT EXISTS ferry_verify")
+        .await
+        .map_err(|e| pg_err(Stage::Sink, "create schema ferry_verify", e))?;
+    for (target, only) in targets {
+        let Some((cols, _)) = columns(tc, target, Stage::Sink).await? else {
+            return Err(PipelineError::fatal(
+                Stage::Sink,
+                format!("target table {target} does not exist: table skipped"),
+            ));
+        };
+        let shadow = shadow_id(target);
+        tc.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {s}; CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING INDEXES)",
+            s = shadow.quoted(),
+            t = target.quoted()
+        ))
+        .await
+        .map_err(|e| pg_err(Stage::Sink, &format!("create the shadow of {target}"), e))?;
+        shadows.push(Shadow {
+            target: target.clone(),
+            shadow,
+            types: cols.into_iter().map(|c| (c.name, c.ty)).collect(),
+            only: only.clone(),
+            pending: Vec::new(),
+        });
+    }
+    let mut stager = Stager {
+        client: tc,
+        transformer,
+        shadows,
+        rejected: 0,
+        source_rows: 0,
+    };
+    match &config.source {
+        SourceConfig::Postgres(src) => {
+            let info = ferry_postgres_source::conn_info(src)
+                .map_err(|e| PipelineError::fatal(Stage::Source, e))?;
+            let sc = info.connect(Stage::Source, "source").await?;
+            read_postgres(&sc, source, &mut stager).await?;
+        }
+        SourceConfig::Mongodb(src) => read_mongo(src, source, &mut stager).await?,
+        SourceConfig::Sqlite(_) => {
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                "ferry verify does not read SQLite sources yet: table skipped",
+            ))
+        }
+    }
+    stager.finish().await?;
+    Ok((stager.shadows, stager.rejected, stager.source_rows))
+}
+
+/// Every row of a PostgreSQL source table, decoded as the snapshot does.
+async fn read_postgres(
+    sc: &Client,
+    source: &TableId,
+    stager: &mut Stager<'_>,
+) -> Result<(), PipelineError> {
+    let t = ferry_postgres_source::catalog::describe(sc, source)
+        .await?
+        .ok_or_else(|| {
+            PipelineError::fatal(
+                Stage::Source,
+                format!("source table {source} does not exist: table skipped"),
+            )
+        })?;
+    let cols: Vec<String> = t
+        .schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    sc.batch_execute(SESSION_SETTINGS)
+        .await
+        .map_err(|e| pg_err(Stage::Source, "session settings", e))?;
+    let stream = sc
+        .copy_out(&format!(
+            "COPY (SELECT {} FROM {}) TO STDOUT",
+            cols.join(", "),
+            source.quoted()
+        ))
+        .await
+        .map_err(|e| pg_err(Stage::Source, &format!("read {source}"), e))?;
+    futures_util::pin_mut!(stream);
+    let mut lines = crate::parity::Lines::default();
+    while let Some(line) = lines.next(&mut stream).await? {
+        let row = ferry_postgres_source::snapshot::decode_row(&t, line.as_bytes())?;
+        stager
+            .push(ChangeEvent::snapshot_read(Arc::clone(&t.schema), row))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Every document of a MongoDB collection, as the source's snapshot
+/// reads it.
+async fn read_mongo(
+    src: &ferry_pipeline::config::MongoSourceConfig,
+    source: &TableId,
+    stager: &mut Stager<'_>,
+) -> Result<(), PipelineError> {
+    let client = ferry_mongodb_source::config::connect(src.url.expose(), "source").await?;
+    let coll = client
+        .database(&src.database)
+        .collection::<bson::Document>(&source.name);
+    let err = |e: mongodb::error::Error| {
+        PipelineError::fatal(Stage::Source, format!("read collection {source}: {e}"))
+    };
+    let mut cursor = coll
+        .find(bson::doc! {})
+        .batch_size(src.snapshot_batch_size)
+        .await
+        .map_err(err)?;
+    let mut shapes = ferry_mongodb_source::shape::Shapes::new(&src.database, src.scalar_columns);
+    while let Some(doc) = cursor.next().await {
+        let doc = doc.map_err(err)?;
+        let (schema, row) =
+            ferry_mongodb_source::source::document_row(&mut shapes, &source.name, &doc).map_err(
+                |e| PipelineError::fatal(Stage::Decode, format!("document of {source}: {e}")),
+            )?;
+        stager.push(ChangeEvent::snapshot_read(schema, row)).await?;
+    }
+    Ok(())
+}
+
+/// Compares a filled shadow with its target (both in the target).
+async fn compare_staged(
+    args: &VerifyArgs,
+    pool: &Pool,
+    sh: &Shadow,
+    report: &mut TableReport,
+) -> Result<(), PipelineError> {
+    let chunk_rows = args.chunk_rows.max(1);
+    let (s, t, only) = (sh.shadow.clone(), sh.target.clone(), sh.only.clone());
+    let (plan, only_src, only_dst) = with_pair(pool, move |sc, tc| {
+        Box::pin(async move { plan(sc, tc, &s, &t, chunk_rows, only.as_deref()).await })
+    })
+    .await?;
+    report.columns_only_in_source = only_src;
+    report.columns_only_in_target = only_dst;
+    let plan = Arc::new(plan);
+    let n = plan.bounds.len() + 1;
+    report.chunks = n as u64;
+    let results: Vec<ChunkResult> = stream::iter(0..n)
+        .map(|i| {
+            let plan = Arc::clone(&plan);
+            async move {
+                with_pair(pool, move |sc, tc| {
+                    Box::pin(async move { compare_chunk(sc, tc, &plan, i).await })
+                })
+                .await
+            }
+        })
+        .buffered(args.jobs.max(1))
+        .try_collect()
+        .await?;
+    let mut differing = Vec::new();
+    for r in results {
+        report.source_rows += r.source_rows;
+        report.target_rows += r.target_rows;
+        differing.extend(r.differing);
+    }
+    report.differing_rows = differing.len() as u64;
+    if args.show > 0 && !differing.is_empty() {
+        let shown: Vec<Vec<String>> = differing.into_iter().take(args.show).collect();
+        report.examples = examples(pool, &plan, shown).await?;
     }
     Ok(())
 }
