@@ -293,15 +293,18 @@ async fn every_error_path_exits_4() {
         &config_with(&pair, None, Some(&reader), items),
         "query failure (permission denied)",
     );
-    // Sources and mappings verify cannot compare yet are never green.
+    // A mapping that does not fit the target (its table is missing):
+    // nothing compared, never green.
     let mapped = ConfigBuilder::new(&pair)
         .tables(&["public.items"])
         .mappings("mapping.toml")
         .build();
-    std::fs::write(pair.dir.path().join("mapping.toml"), "").unwrap();
-    let (code, out) = cmd(&["verify", "--config", mapped.to_str().unwrap()]);
-    assert_ne!(code, 0, "{out}");
-    assert_ne!(code, 1, "{out}");
+    std::fs::write(
+        pair.dir.path().join("mapping.toml"),
+        "[[tables]]\nsource = \"public.items\"\ntarget = \"public.nowhere\"\n[tables.columns]\nid = \"id\"\n",
+    )
+    .unwrap();
+    expect_unverified(&mapped, "mapping that does not fit the target");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,4 +538,184 @@ async fn mapped_postgres_table_compares_through_the_mapping() {
         0,
         "{r}"
     );
+}
+
+const MONGO_MAPPING: &str = r#"
+[id_maps.payments]
+kind = "bigint"
+start = 1000
+
+[[tables]]
+source = "app.payments"
+target = "public.payments"
+snake_case = true
+unmapped = "drop"
+[tables.columns]
+id = { from = "_id", id_map = "payments" }
+amount = { from = "amount" }
+buyer = "buyer.name"
+meta = "meta"
+
+[[tables.children]]
+from = "items"
+target = "public.payment_items"
+parent_key = ["payment_id"]
+position = "position"
+unmapped = "drop"
+[tables.children.columns]
+sku = "sku"
+price = { from = "price" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_source_mapped_and_mirrored() {
+    use crate::support::mongo::{MongoOptions, MongoToPg};
+    use mongodb::bson::{doc, Decimal128, Document};
+    let dec = |s: &str| s.parse::<Decimal128>().unwrap();
+    let fx = MongoToPg::start("verify_mongo", MongoOptions::default()).await;
+    let db = fx.db().await;
+    let payments: mongodb::Collection<Document> = db.collection("payments");
+    let notes: mongodb::Collection<Document> = db.collection("notes");
+    for i in 0..20 {
+        payments
+            .insert_one(doc! {
+                "_id": mongodb::bson::oid::ObjectId::new(),
+                "amount": dec(&format!("{}.{:02}", 10 + i, i)),
+                "buyer": {"name": format!("buyer {i}")},
+                "meta": {"a": i, "b": "x"},
+                "items": [{"sku": format!("s{i}"), "price": dec("1.50")},
+                          {"sku": format!("t{i}"), "price": dec("2.25")}],
+            })
+            .await
+            .unwrap();
+    }
+    notes
+        .insert_many(vec![
+            doc! {"_id": 1, "text": "one"},
+            doc! {"_id": "two", "text": "two"},
+        ])
+        .await
+        .unwrap();
+    let dst = fx.pg().await;
+    dst.batch_execute(
+        "CREATE TABLE public.payments (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL,
+                                       buyer text, meta jsonb);
+         CREATE TABLE public.payment_items (payment_id bigint NOT NULL, position integer NOT NULL,
+                                            sku text, price numeric(12,2),
+                                            PRIMARY KEY (payment_id, position));",
+    )
+    .await
+    .unwrap();
+    let config = fx.config(&["payments", "notes"], "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[pipeline]\n",
+            "[pipeline]\nmappings = \"verify-mappings.toml\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    std::fs::write(fx.dir.path().join("verify-mappings.toml"), MONGO_MAPPING).unwrap();
+    let mut ferry = Ferry::spawn(&config);
+    crate::support::wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {
+        let n: i64 = dst
+            .query_one(
+                "SELECT (SELECT count(*) FROM public.payment_items)
+                      + coalesce((SELECT count(*) FROM pg_tables WHERE tablename = 'notes'), 0)",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        n == 41
+    })
+    .await;
+    crate::support::wait_for("the notes", &ferry, Duration::from_secs(60), || async {
+        dst.query_one("SELECT count(*) FROM app.notes", &[])
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == 2)
+    })
+    .await;
+    ferry.kill9();
+
+    let (code, r) = verify_json(&config, &["--chunk-rows", "7"]);
+    assert_eq!(code, 0, "{r}\n{}", ferry.log_text());
+    assert_eq!(
+        target_report(&r, "public.payments")["source_rows"],
+        20,
+        "{r}"
+    );
+    assert_eq!(
+        target_report(&r, "public.payment_items")["target_rows"],
+        40,
+        "{r}"
+    );
+    assert_eq!(target_report(&r, "app.notes")["target_rows"], 2, "{r}");
+
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a wrong cent",
+            "UPDATE payments SET amount = amount + 0.01 WHERE buyer = 'buyer 3'",
+            "UPDATE payments SET amount = amount - 0.01 WHERE buyer = 'buyer 3'",
+        ),
+        "public.payments",
+        1,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a child row missing",
+            "DELETE FROM payment_items WHERE sku = 't4'",
+            "INSERT INTO payment_items SELECT id, 1, 't4', 2.25 FROM payments WHERE buyer = 'buyer 4'",
+        ),
+        "public.payment_items",
+        1,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a wrong id-map translation",
+            "UPDATE ferry_id_map SET new_id = '99999'
+              WHERE new_id = (SELECT id::text FROM payments WHERE buyer = 'buyer 5')",
+            "UPDATE ferry_id_map SET new_id = (SELECT id::text FROM payments WHERE buyer = 'buyer 5')
+              WHERE new_id = '99999'",
+        ),
+        // The parent expected under 99999 (missing) and found under its
+        // old id (extra); the same for its two children.
+        "public.payments",
+        2,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a jsonb value",
+            "UPDATE payments SET meta = '{\"a\": 6, \"b\": \"y\"}' WHERE buyer = 'buyer 6'",
+            "UPDATE payments SET meta = '{\"b\": \"x\", \"a\": 6}' WHERE buyer = 'buyer 6'",
+        ),
+        "public.payments",
+        1,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
+            "a mirrored document changed",
+            "UPDATE app.notes SET document = jsonb_set(document, '{text}', '\"uno\"') WHERE document->>'text' = 'one'",
+            "UPDATE app.notes SET document = jsonb_set(document, '{text}', '\"one\"') WHERE document->>'text' = 'uno'",
+        ),
+        "app.notes",
+        1,
+    )
+    .await;
 }
