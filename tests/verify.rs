@@ -719,3 +719,138 @@ async fn mongodb_source_mapped_and_mirrored() {
     )
     .await;
 }
+
+/// `ferry cutover check --config <config> <extra…>`: exit code and output.
+fn cutover(config: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["cutover", "check", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    cmd(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_check_blocks_on_each_condition() {
+    let mut pair = Pair::start("verify_cutover").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 200) g;
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO other VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.items", "public.other"])
+        .extra_sink("\n[cutover]\nmax_lag_bytes = 1048576")
+        .build();
+    let mut ferry = Ferry::spawn(&config);
+    pair.wait_equal(&["public.items", "public.other"], Duration::from_secs(60))
+        .await;
+    let dst = pair.dst().await;
+
+    // Never verified: blocked.
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[BLOCKED] public.items") && out.contains("never"),
+        "{out}"
+    );
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 0, "{r}");
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 0, "{out}\n{}", ferry.log_text());
+    assert!(out.contains("[ready  ] public.items"), "{out}");
+
+    // An unresolved dead letter blocks its table only: `--table` cuts the
+    // other one over.
+    dst.batch_execute(
+        "INSERT INTO public.ferry_dlq (pipeline, table_schema, table_name, row_key, op, event,
+                                      error_class, error_message, stage)
+         VALUES ('test', 'public', 'other', '[\"1\"]', 'insert', '{}', 'permanent', 'planted', 'sink')",
+    )
+    .await
+    .unwrap();
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[BLOCKED] public.other") && out.contains("dead-letter"),
+        "{out}"
+    );
+    let (code, out) = cutover(&config, &["--table", "public.items"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("public.other"), "{out}");
+    dst.batch_execute("UPDATE public.ferry_dlq SET superseded_at = now()")
+        .await
+        .unwrap();
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // Drift: the last verify is not green, and once it is again the
+    // drift still blocks for the soak period.
+    dst.batch_execute("UPDATE items SET name = 'drift' WHERE id = 5")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &["--settle", "1"]);
+    assert_eq!(code, 1, "{r}");
+    let (code, out) = cutover(&config, &["--table", "public.items"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not green") && out.contains("soak"), "{out}");
+    dst.batch_execute("UPDATE items SET name = 'item 5' WHERE id = 5")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 0, "{r}");
+    let (code, out) = cutover(&config, &["--table", "public.items"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("soak") && !out.contains("not green"), "{out}");
+    // Eight days later (the default soak is seven).
+    dst.batch_execute(
+        "UPDATE public.ferry_verify_runs SET finished_at = finished_at - interval '8 days'
+          WHERE drift_rows > 0",
+    )
+    .await
+    .unwrap();
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // The last green verify is too old.
+    dst.batch_execute(
+        "UPDATE public.ferry_verify_runs SET finished_at = finished_at - interval '2 days',
+                                             started_at = started_at - interval '2 days'",
+    )
+    .await
+    .unwrap();
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("older than"), "{out}");
+    let (code, r) = verify_json(&config, &[]);
+    assert_eq!(code, 0, "{r}");
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // Lag: the pipeline stopped while the source wrote ~3 MB.
+    ferry.kill9();
+    src.batch_execute(
+        "INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(1000, 4000) g",
+    )
+    .await
+    .unwrap();
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lag:"), "{out}");
+    // Running again, the lag drains.
+    let ferry = Ferry::spawn(&config);
+    crate::support::wait_for("the lag to drain", &ferry, Duration::from_secs(60), || {
+        let config = config.clone();
+        async move { cutover(&config, &["--table", "public.other"]).0 == 0 }
+    })
+    .await;
+
+    // The target unreachable: not checked, never ready.
+    drop(dst);
+    drop(ferry);
+    pair.target.stop().await.expect("stop target");
+    let (code, out) = cutover(&config, &[]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("NOT CHECKED"), "{out}");
+}

@@ -5,6 +5,7 @@
 #[cfg(feature = "kafka")]
 mod bus;
 mod create_tables;
+mod cutover;
 mod demo;
 mod dlq;
 mod mapping;
@@ -105,6 +106,9 @@ enum Command {
     /// computed in each database, differing chunks down to rows
     /// (docs/verify.md). Exit 0 equal, 1 different, 4 not verified.
     Verify(verify::VerifyArgs),
+    /// Cutover readiness: `check` says per table what still blocks it
+    /// (lag, dead letters, last verify, drift in the soak period).
+    Cutover(cutover::CutoverArgs),
     /// Start two local PostgreSQL clusters, generate traffic, replicate it
     /// and show lag and a row-by-row comparison.
     Demo(demo::DemoArgs),
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
                 // As every command: 2 for an invalid configuration.
                 Err(code) => code,
             },
+            Command::Cutover(args) => cutover::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Mapping(args) => mapping::run_mapping(args).await,

@@ -1017,8 +1017,15 @@ async fn record(config: &Config, reports: &[TableReport]) -> Result<(), Pipeline
     c.batch_execute(CREATE_RUNS)
         .await
         .map_err(|e| pg_err(Stage::Sink, "create ferry_verify_runs", e))?;
+    // One start time for the whole run: `ferry cutover check` reads a
+    // table's last run as the rows with its latest `started_at` (a mapped
+    // table has one row per target table).
+    let started = reports
+        .iter()
+        .filter_map(|r| r.started)
+        .min()
+        .unwrap_or_else(std::time::SystemTime::now);
     for r in reports {
-        let started = r.started.unwrap_or_else(std::time::SystemTime::now);
         let table = TableId::parse(&r.table);
         let (schema, name) = table
             .map(|t| (t.schema, t.name))
