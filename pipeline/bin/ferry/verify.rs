@@ -12,17 +12,17 @@
 //!    boundary); the first and last ranges are open, so a target row outside
 //!    the source's keys still lands in a chunk.
 //! 3. **A hash per chunk, computed in PostgreSQL on each side.** Per row:
-//!    `md5(ROW(cols…)::text)` cut to 64 bits; per chunk: `count(*)` and the
-//!    *sum* of these 64-bit values (as `numeric`, exact). Why this choice:
+//!    a 64-bit hash of `ROW(cols…)::text`; per chunk: `count(*)` and the
+//!    *sum* of these 64-bit values (exact: `sum(int8)` accumulates in 128
+//!    bits). Why this choice:
 //!    - `ROW(…)::text` is the type's own output under fixed session
 //!      settings (the snapshot's `SESSION_SETTINGS`), so equal values have
 //!      equal text for every type; `jsonb` prints its keys in its canonical
 //!      order (key order compares equal, a value that differs does not);
 //!      `numeric` prints its scale (one unit in the last place differs).
-//!    - md5 rather than `hashtextextended`: the latter is PostgreSQL's
-//!      internal hash, whose value depends on the server's byte order and
-//!      is not documented as stable across versions; the two sides may be
-//!      different servers. md5 is the same everywhere.
+//!    - The row hash is PostgreSQL's `hashtextextended` when both servers
+//!      compute the same value for a probe text (same byte order), else
+//!      the first 64 bits of md5, the same everywhere (see [`row_hash`]).
 //!    - A sum rather than `md5(string_agg(… ORDER BY key))`: a sum does not
 //!      depend on row order, so each side reads its range in whatever order
 //!      its plan gives (no sort, no per-chunk string of all rows). Changes
@@ -281,6 +281,9 @@ struct Plan {
     key_types: Vec<String>,
     /// Inclusive upper bounds of each chunk but the last, as key texts.
     bounds: Vec<Vec<String>>,
+    /// The 64-bit hash of a row's text (`{}`: the text), see
+    /// [`row_hash`].
+    row_hash: &'static str,
 }
 
 /// What a chunk's comparison found.
@@ -584,6 +587,24 @@ async fn columns(
     Ok(Some((cols, key.into_iter().map(|(_, n)| n).collect())))
 }
 
+/// PostgreSQL's own 64-bit text hash (`hashtextextended`, PostgreSQL 11+)
+/// is several times cheaper than md5, but its value is only the same on
+/// servers of the same byte order (hash partitioning has the same limit).
+/// So both sides hash a probe text: if they agree, the fast hash is used;
+/// otherwise (or where the function is missing) the first 64 bits of md5,
+/// the same everywhere. `sum(int8)` accumulates exactly (in 128 bits).
+const FAST_HASH: &str = "hashtextextended({}, 0)";
+const PORTABLE_HASH: &str = "('x' || left(md5({}), 16))::bit(64)::int8";
+
+async fn row_hash(sc: &Client, tc: &Client) -> Result<&'static str, PipelineError> {
+    const PROBE: &str = "SELECT hashtextextended('ferry verify: ÿ byte-order probe', 0)";
+    let (s, t) = tokio::join!(sc.query_one(PROBE, &[]), tc.query_one(PROBE, &[]));
+    Ok(match (s, t) {
+        (Ok(s), Ok(t)) if s.get::<_, i64>(0) == t.get::<_, i64>(0) => FAST_HASH,
+        _ => PORTABLE_HASH,
+    })
+}
+
 /// The marker that stands for a column one side lacks.
 const ABSENT: &str = "'<absent>'::text";
 
@@ -665,6 +686,7 @@ async fn plan(
         key,
         key_types,
         bounds: Vec::new(),
+        row_hash: row_hash(sc, tc).await?,
     };
     // Boundaries: every chunk_rows-th key of the source, one index scan
     // each from the previous boundary.
@@ -778,9 +800,8 @@ async fn compare_chunk(
     let range = plan.range(i);
     let agg = |table: &TableId, cols: &[String]| {
         format!(
-            "SELECT count(*)::int8, coalesce(sum(('x' || left(md5({}), 16))::bit(64)::int8::numeric), 0)::text
-               FROM {} WHERE {range}",
-            Plan::row_expr(cols),
+            "SELECT count(*)::int8, coalesce(sum({}), 0)::text FROM {} WHERE {range}",
+            plan.row_hash.replace("{}", &Plan::row_expr(cols)),
             table.quoted()
         )
     };
