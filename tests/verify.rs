@@ -854,3 +854,47 @@ async fn cutover_check_blocks_on_each_condition() {
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("NOT CHECKED"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_mode_exports_drift_and_last_success() {
+    let (pair, _) = planted_pair("verify_watch").await;
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.items"])
+        .extra_sink("\n[metrics]\nlisten = \"127.0.0.1:0\"")
+        .build();
+    let log = config.with_extension("watch.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = crate::support::ferry_command(pair.dir.path())
+        .args(["verify", "--watch", "1", "--settle", "0", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn ferry verify --watch");
+    let ferry = Ferry { child, log };
+    let addr = crate::support::metrics_addr(&ferry).await;
+    let metric = |name: &str| {
+        let body = crate::support::http_get(&addr, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with(&format!("{name}{{table=\"public.items\"}}")))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    crate::support::wait_for("a green run", &ferry, Duration::from_secs(30), || async {
+        metric("ferry_verify_last_success_timestamp").is_some_and(|t| t > 1.7e9)
+            && metric("ferry_verify_drift_rows") == Some(0.0)
+    })
+    .await;
+    let rows = metric("ferry_verify_rows_checked_total").unwrap_or(0.0);
+    assert!(rows >= 1000.0, "{rows}");
+    pair.dst()
+        .await
+        .batch_execute("UPDATE items SET name = 'drift' WHERE id IN (1, 2)")
+        .await
+        .unwrap();
+    crate::support::wait_for("the drift", &ferry, Duration::from_secs(30), || async {
+        metric("ferry_verify_drift_rows") == Some(2.0)
+    })
+    .await;
+}

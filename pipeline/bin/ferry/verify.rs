@@ -72,7 +72,7 @@ use tokio_postgres::Client;
 use crate::exit;
 
 /// `ferry verify`
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub(crate) struct VerifyArgs {
     #[arg(long, short)]
     pub(crate) config: PathBuf,
@@ -100,6 +100,12 @@ pub(crate) struct VerifyArgs {
     /// Do not record the result in the target's `ferry_verify_runs`.
     #[arg(long)]
     pub(crate) no_record: bool,
+    /// Continuous mode: verify again every this many seconds, until
+    /// SIGTERM/SIGINT, exporting `ferry_verify_*` on `[metrics] listen`.
+    /// Each run is recorded; a failed run is logged and retried at the
+    /// next interval.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) watch: Option<u64>,
 }
 
 /// One table's outcome.
@@ -149,8 +155,59 @@ pub(crate) struct Example {
     pub(crate) target: Option<String>,
 }
 
-/// Runs `ferry verify`; returns the exit code.
+/// Runs `ferry verify` (once, or with `--watch` until a signal); returns
+/// the exit code.
 pub(crate) async fn run(args: VerifyArgs, config: Config) -> u8 {
+    let Some(every) = args.watch else {
+        return run_once(&args, &config).await;
+    };
+    if let Some(endpoint) = config.metrics.endpoint() {
+        match ferry_pipeline::metrics::endpoint::serve(endpoint).await {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
+            Err(e) => {
+                eprintln!("[metrics]: {e}");
+                return exit::CONFIG;
+            }
+        }
+    }
+    let mut shutdown = crate::shutdown_signal();
+    loop {
+        let code = run_once(&args, &config).await;
+        tracing::info!(code, "verify run finished");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+            _ = shutdown.changed() => return exit::OK,
+        }
+    }
+}
+
+/// Exports one run's result (`--watch`).
+fn export(reports: &[TableReport]) {
+    let m = ferry_pipeline::metrics::metrics();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for r in reports {
+        if r.error.is_some() {
+            continue;
+        }
+        m.verify_drift
+            .with_label_values(&[&r.target])
+            .set(r.differing_rows as i64);
+        m.verify_rows_checked
+            .with_label_values(&[&r.target])
+            .inc_by(r.source_rows);
+        if r.ok() {
+            m.verify_last_success
+                .with_label_values(&[&r.target])
+                .set(now);
+        }
+    }
+}
+
+async fn run_once(args: &VerifyArgs, config: &Config) -> u8 {
+    let args = args.clone();
+    let config = config.clone();
     let reports = match verify(&args, &config).await {
         Ok(r) => r,
         Err(e) => {
@@ -172,6 +229,9 @@ pub(crate) async fn run(args: VerifyArgs, config: Config) -> u8 {
         }
     }
     print(&args, &reports, record_error.as_deref());
+    if args.watch.is_some() {
+        export(&reports);
+    }
     if record_error.is_some() || reports.iter().any(|r| r.error.is_some()) {
         exit::UNVERIFIED
     } else if reports.iter().all(TableReport::ok) {
