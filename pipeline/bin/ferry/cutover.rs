@@ -7,7 +7,9 @@
 //!
 //! - **lag**: WAL bytes the pipeline's slot has not confirmed (PostgreSQL
 //!   sources), above `max_lag_bytes`; a missing or lost slot blocks too.
-//!   For other sources the lag cannot be measured here yet: it blocks.
+//!   For other sources, and on the Kafka bus (where the slot is confirmed
+//!   once Kafka has a change), the lag to the target is not measured here
+//!   yet: it blocks.
 //! - **dead letters**: unresolved records of the table in `ferry_dlq`.
 //! - **last verify**: the table's last `ferry verify` (`ferry_verify_runs`)
 //!   is missing, not green, or older than `verify_max_age_secs`.
@@ -168,6 +170,13 @@ async fn lag_blocker(config: &Config) -> Result<Option<String>, PipelineError> {
             "lag: not measured for this source kind yet (only PostgreSQL sources)".into(),
         ));
     };
+    if config.pipeline.bus == ferry_pipeline::config::BusKind::Kafka {
+        // The slot is confirmed once Kafka has a change, not the target:
+        // its lag says nothing about what the target still lacks.
+        return Ok(Some(
+            "lag: not measured to the target on the Kafka bus yet (the slot is confirmed once Kafka has the changes)".into(),
+        ));
+    }
     let info = ferry_postgres_source::conn_info(src)
         .map_err(|e| PipelineError::fatal(Stage::Source, e))?;
     let c = info.connect(Stage::Source, "source").await?;
