@@ -474,6 +474,28 @@ async fn mapped_postgres_table_compares_through_the_mapping() {
         .get(0);
     assert_eq!(left, 0);
 
+    // `--show` prints both keys: the legacy one and the new one.
+    dst.batch_execute("UPDATE orders SET city = 'Paris' WHERE city = 'Lyon'")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, &["--show", "1"]);
+    assert_eq!(code, 1, "{r}");
+    let ex = &target_report(&r, "public.orders")["examples"][0];
+    assert_eq!(ex["source_key"], serde_json::json!(["A-1"]), "{r}");
+    assert!(
+        ex["target_key"][0]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= 500,
+        "{r}"
+    );
+    assert!(ex["source"].as_str().unwrap().contains("Lyon"), "{r}");
+    assert!(ex["target"].as_str().unwrap().contains("Paris"), "{r}");
+    dst.batch_execute("UPDATE orders SET city = 'Lyon' WHERE city = 'Paris'")
+        .await
+        .unwrap();
     expect_found(
         &dst,
         &config,

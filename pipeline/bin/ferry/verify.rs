@@ -60,6 +60,7 @@ use ferry_pipeline::config::{Config, SinkConfig, SourceConfig};
 use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{quote_ident, ChangeEvent, Datum, TableId};
 use ferry_pipeline::transform::{Output, Transformer};
+use ferry_pipeline::value::Value;
 use ferry_postgres_sink::id_map;
 use ferry_postgres_sink::literal::to_pg_text;
 use ferry_postgres_source::pg_err;
@@ -1171,7 +1172,14 @@ struct Shadow {
     only: Option<Vec<String>>,
     /// `(column list, VALUES tuples)` waiting to be written.
     pending: Vec<(String, String)>,
+    /// Source columns with a value that the target has no column for.
+    missing: std::collections::BTreeSet<String>,
 }
+
+/// The shadow's extra column: each row's source key, as the dead-letter
+/// queue spells it (`--show` prints it beside the target's key). Never
+/// compared.
+const SOURCE_KEY_COLUMN: &str = "ferry_verify_source_key";
 
 struct Stager<'a> {
     client: &'a Client,
@@ -1184,6 +1192,7 @@ struct Stager<'a> {
 impl Stager<'_> {
     async fn push(&mut self, ev: ChangeEvent) -> Result<(), PipelineError> {
         self.source_rows += 1;
+        let source_key = quote_literal(&ferry_pipeline::transform::source_key(&ev));
         let changes: Vec<ChangeEvent> = match self.transformer.and_then(|t| t.apply(&ev)) {
             None => vec![ev],
             Some(Err(_)) => {
@@ -1225,7 +1234,10 @@ impl Stager<'_> {
             for (col, d) in c.table.columns.iter().zip(row) {
                 let Some(ty) = sh.types.get(&col.name) else {
                     // A column the target lacks: the shadow cannot hold
-                    // it, the plan reports it (mirrored tables).
+                    // it; with a value, it is reported (mirrored tables).
+                    if !matches!(d, Datum::Value(Value::Null)) {
+                        sh.missing.insert(col.name.clone());
+                    }
                     continue;
                 };
                 let Datum::Value(v) = d else {
@@ -1240,6 +1252,8 @@ impl Stager<'_> {
                     Some(t) => id_map::value_sql(col, ty, &quote_literal(&t)),
                 });
             }
+            cols.push(SOURCE_KEY_COLUMN.to_owned());
+            vals.push(source_key.clone());
             sh.pending
                 .push((cols.join(", "), format!("({})", vals.join(", "))));
             if sh.pending.len() >= STAGE_ROWS {
@@ -1411,7 +1425,8 @@ async fn stage(
         };
         let shadow = shadow_id(target);
         tc.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {s}; CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING INDEXES)",
+            "DROP TABLE IF EXISTS {s}; CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING INDEXES);
+             ALTER TABLE {s} ADD COLUMN {SOURCE_KEY_COLUMN} text",
             s = shadow.quoted(),
             t = target.quoted()
         ))
@@ -1423,6 +1438,7 @@ async fn stage(
             types: cols.into_iter().map(|c| (c.name, c.ty)).collect(),
             only: only.clone(),
             pending: Vec::new(),
+            missing: Default::default(),
         });
     }
     let mut stager = Stager {
@@ -1532,12 +1548,20 @@ async fn compare_staged(
     report: &mut TableReport,
 ) -> Result<(), PipelineError> {
     let chunk_rows = args.chunk_rows.max(1);
-    let (s, t, only) = (sh.shadow.clone(), sh.target.clone(), sh.only.clone());
+    // Never the shadow's own source-key column.
+    let only = sh
+        .only
+        .clone()
+        .unwrap_or_else(|| sh.types.keys().cloned().collect());
+    let (s, t, only) = (sh.shadow.clone(), sh.target.clone(), Some(only));
     let (plan, only_src, only_dst) = with_pair(pool, move |sc, tc| {
         Box::pin(async move { plan(sc, tc, &s, &t, chunk_rows, only.as_deref()).await })
     })
     .await?;
     report.columns_only_in_source = only_src;
+    report
+        .columns_only_in_source
+        .extend(sh.missing.iter().cloned());
     report.columns_only_in_target = only_dst;
     let plan = Arc::new(plan);
     let n = plan.bounds.len() + 1;
@@ -1564,7 +1588,34 @@ async fn compare_staged(
     report.differing_rows = differing.len() as u64;
     if args.show > 0 && !differing.is_empty() {
         let shown: Vec<Vec<String>> = differing.into_iter().take(args.show).collect();
-        report.examples = examples(pool, &plan, shown).await?;
+        report.examples = examples(pool, &plan, shown.clone()).await?;
+        // The source's own key (legacy id) beside the target's.
+        let plan = Arc::clone(&plan);
+        let legacy = with_pair(pool, move |sc, _| {
+            Box::pin(async move {
+                let q = format!(
+                    "SELECT {}, {SOURCE_KEY_COLUMN} FROM {} WHERE {}",
+                    plan.key_texts(),
+                    plan.source.quoted(),
+                    plan.key_in(&shown)
+                );
+                let rows = sc
+                    .query(&q, &[])
+                    .await
+                    .map_err(|e| pg_err(Stage::Sink, "read source keys", e))?;
+                Ok(hashes(rows))
+            })
+        })
+        .await?;
+        for ex in &mut report.examples {
+            ex.source_key = match legacy.get(&ex.target_key) {
+                Some(k) => {
+                    serde_json::from_str::<Vec<String>>(k).unwrap_or_else(|_| vec![k.clone()])
+                }
+                // Only in the target: no source row has this key.
+                None => Vec::new(),
+            };
+        }
     }
     Ok(())
 }
