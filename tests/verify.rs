@@ -410,7 +410,8 @@ async fn expect_found(
     rows: u64,
 ) {
     dst.batch_execute(plant).await.unwrap();
-    let (code, r) = verify_json(config, &["--show", "2"]);
+    // The pipeline is stopped: nothing is in flight, no re-check rounds.
+    let (code, r) = verify_json(config, &["--show", "2", "--settle", "0"]);
     assert_eq!(code, 1, "{what}: {r}");
     assert_eq!(
         target_report(&r, target)["differing_rows"],
@@ -418,7 +419,7 @@ async fn expect_found(
         "{what}: {r}"
     );
     dst.batch_execute(undo).await.unwrap();
-    let (code, r) = verify_json(config, &[]);
+    let (code, r) = verify_json(config, &["--settle", "0"]);
     assert_eq!(code, 0, "after undoing {what}: {r}");
 }
 
@@ -919,4 +920,67 @@ async fn watch_mode_exports_drift_and_last_success() {
         metric("ferry_verify_drift_rows") == Some(2.0)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_table_under_live_traffic_reports_no_false_drift() {
+    let pair = Pair::start("verify_map_live").await;
+    let src = pair.src().await;
+    src.batch_execute(
+        r#"CREATE TABLE legacy_orders (code text PRIMARY KEY, "amountText" text, meta jsonb);
+           INSERT INTO legacy_orders SELECT 'A-' || g, g || '.25', '{"address": {"city": "Lyon"}}'
+             FROM generate_series(1, 300) g;"#,
+    )
+    .await
+    .unwrap();
+    let dst = pair.dst().await;
+    dst.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, city text,
+                              extra jsonb, loaded_at timestamptz DEFAULT now());",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair)
+        .tables(&["public.legacy_orders"])
+        .mappings("mappings.toml")
+        .build();
+    std::fs::write(config.parent().unwrap().join("mappings.toml"), PG_MAPPING).unwrap();
+    let mut ferry = Ferry::spawn(&config);
+    crate::support::wait_for("the snapshot", &ferry, Duration::from_secs(60), || async {
+        dst.query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == 300)
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        let src = pair.src().await;
+        tokio::spawn(async move {
+            let mut i: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                src.batch_execute(&format!(
+                    r#"UPDATE legacy_orders SET "amountText" = '{i}.50' WHERE code = 'A-{}';
+                       INSERT INTO legacy_orders VALUES ('B-{i}', '1', '{{}}');"#,
+                    i % 300 + 1
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    for _ in 0..2 {
+        let (code, r) = verify_json(&config, &[]);
+        assert_eq!(
+            code,
+            0,
+            "false drift under traffic: {r}\n{}",
+            ferry.log_text()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    ferry.kill9();
 }

@@ -128,6 +128,9 @@ pub(crate) struct TableReport {
     pub(crate) error: Option<String>,
     /// The first `--show` differing rows.
     pub(crate) examples: Vec<Example>,
+    /// The differing keys (target key texts), for re-checks.
+    #[serde(skip)]
+    pub(crate) differing_keys: Vec<Vec<String>>,
     #[serde(skip)]
     pub(crate) started: Option<std::time::SystemTime>,
 }
@@ -434,7 +437,7 @@ async fn verify(args: &VerifyArgs, config: &Config) -> Result<Vec<TableReport>, 
         let pool = pool(&conns, jobs).await.map_err(|e| e.to_string())?;
         for source in staged {
             reports
-                .extend(verify_staged(args, config, transformer.as_deref(), &pool, &source).await);
+                .extend(settle_staged(args, config, transformer.as_deref(), &pool, &source).await);
         }
     }
     Ok(reports)
@@ -1153,6 +1156,10 @@ async fn record(config: &Config, reports: &[TableReport]) -> Result<(), Pipeline
 // a mirrored table, inside the target. Ferry's memory holds one batch;
 // the shadows are dropped at the end.
 //
+// While replication runs, a staged table with differences is staged and
+// compared again (`settle_staged`); only keys that differ in every round
+// are reported.
+//
 // Only the target columns the mapping writes are compared for a mapped
 // table (the others are filled by the target's defaults); every column
 // for a mirrored one. A record the mapping rejects is counted as
@@ -1375,6 +1382,46 @@ async fn verify_staged(
     reports
 }
 
+/// [`verify_staged`], again while differences remain, with growing delays
+/// up to `--settle`: a staged table is read whole at one moment, so a row
+/// still in flight differs in one round and not the next. Only keys that
+/// differ in every round are reported (the last round's examples among
+/// them).
+async fn settle_staged(
+    args: &VerifyArgs,
+    config: &Config,
+    transformer: Option<&Transformer>,
+    pool: &Pool,
+    source: &TableId,
+) -> Vec<TableReport> {
+    let mut reports = verify_staged(args, config, transformer, pool, source).await;
+    let settle = Duration::from_secs_f64(args.settle.max(0.0));
+    let mut delay = Duration::from_millis(500);
+    let mut waited = Duration::ZERO;
+    let differs = |rs: &[TableReport]| {
+        rs.iter().all(|r| r.error.is_none()) && rs.iter().any(|r| !r.differing_keys.is_empty())
+    };
+    while differs(&reports) && waited < settle {
+        let round = delay.min(settle - waited);
+        tokio::time::sleep(round).await;
+        waited += round;
+        delay *= 2;
+        let mut again = verify_staged(args, config, transformer, pool, source).await;
+        if again.iter().any(|r| r.error.is_some()) || again.len() != reports.len() {
+            return again;
+        }
+        for (new, old) in again.iter_mut().zip(&reports) {
+            let before: HashSet<&Vec<String>> = old.differing_keys.iter().collect();
+            new.differing_keys.retain(|k| before.contains(k));
+            new.differing_rows = new.differing_keys.len() as u64;
+            let kept: HashSet<&Vec<String>> = new.differing_keys.iter().collect();
+            new.examples.retain(|e| kept.contains(&e.target_key));
+        }
+        reports = again;
+    }
+    reports
+}
+
 fn new_report(source: &TableId, target: &TableId) -> TableReport {
     TableReport {
         table: source.to_string(),
@@ -1389,6 +1436,7 @@ fn new_report(source: &TableId, target: &TableId) -> TableReport {
         seconds: 0.0,
         error: None,
         examples: Vec::new(),
+        differing_keys: Vec::new(),
         started: Some(std::time::SystemTime::now()),
     }
 }
@@ -1586,6 +1634,7 @@ async fn compare_staged(
         differing.extend(r.differing);
     }
     report.differing_rows = differing.len() as u64;
+    report.differing_keys = differing.clone();
     if args.show > 0 && !differing.is_empty() {
         let shown: Vec<Vec<String>> = differing.into_iter().take(args.show).collect();
         report.examples = examples(pool, &plan, shown.clone()).await?;
