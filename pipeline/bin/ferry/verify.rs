@@ -1401,10 +1401,35 @@ async fn settle_staged(
     let differs = |rs: &[TableReport]| {
         rs.iter().all(|r| r.error.is_none()) && rs.iter().any(|r| !r.differing_keys.is_empty())
     };
-    while differs(&reports) && waited < settle {
-        let round = delay.min(settle - waited);
-        tokio::time::sleep(round).await;
-        waited += round;
+    let mut rounds = 0;
+    while differs(&reports) && waited < settle && rounds < 4 {
+        rounds += 1;
+        // Wait until what the source had committed when this round began
+        // is in the target (PostgreSQL sources: the checkpoint passes the
+        // source's WAL position; at most what is left of `--settle`), or
+        // without a position to wait for, the round's growing delay.
+        let began = Instant::now();
+        let lsn = source_lsn(config).await;
+        let round = match lsn {
+            Some(_) => settle - waited,
+            None => delay.min(settle - waited),
+        };
+        while began.elapsed() < round {
+            if let Some(lsn) = &lsn {
+                let passed = with_pair(pool, {
+                    let (pipeline, lsn) = (config.pipeline.name.clone(), lsn.clone());
+                    move |_, tc| {
+                        Box::pin(async move { checkpoint_passed(tc, &pipeline, &lsn).await })
+                    }
+                })
+                .await;
+                if passed.unwrap_or(false) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        waited += began.elapsed();
         delay *= 2;
         let mut again = verify_staged(args, config, transformer, pool, source).await;
         if again.iter().any(|r| r.error.is_some()) || again.len() != reports.len() {
@@ -1420,6 +1445,23 @@ async fn settle_staged(
         reports = again;
     }
     reports
+}
+
+/// The source's current WAL position (PostgreSQL sources), `None` when it
+/// cannot be read (then a round waits its whole delay).
+async fn source_lsn(config: &Config) -> Option<String> {
+    let SourceConfig::Postgres(src) = &config.source else {
+        return None;
+    };
+    let c = ferry_postgres_source::conn_info(src)
+        .ok()?
+        .connect(Stage::Source, "source")
+        .await
+        .ok()?;
+    c.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
 }
 
 fn new_report(source: &TableId, target: &TableId) -> TableReport {
