@@ -37,10 +37,11 @@
 //!    the source may not have reached the target yet. Each differing row is
 //!    read again: source first, then the source's WAL position `L`; then the
 //!    target once its checkpoint (`ferry_checkpoint.commit_lsn`) has passed
-//!    `L` (or the round's delay has elapsed: an idle source never moves the
-//!    checkpoint). A row equal in any round was equal at some moment and is
-//!    not drift; rounds back off (0.25 s … `--settle`). Only differences
-//!    that survive every round are reported.
+//!    `L` (waiting at most what is left of `--settle`: a stopped pipeline
+//!    never moves the checkpoint). A row equal in any round was equal at
+//!    some moment and is not drift; each round counts at least a growing
+//!    delay (0.25 s, 0.5 s, …), so rounds are few. Only differences that
+//!    survive every round are reported.
 //! 6. **Dead letters.** A differing row whose key has an unresolved record
 //!    in `ferry_dlq` (not superseded) is counted as dead-lettered: the
 //!    operator already knows about it (`ferry dlq`), it is not drift.
@@ -96,7 +97,7 @@ pub(crate) struct VerifyArgs {
     pub(crate) jobs: usize,
     /// Longest wait, in seconds, for a differing row to settle while
     /// replication runs (see the module doc); 0 reports at once.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 30.0)]
     pub(crate) settle: f64,
     /// Do not record the result in the target's `ferry_verify_runs`.
     #[arg(long)]
@@ -1017,12 +1018,15 @@ async fn settle_rows(
             .await
             .map_err(|e| pg_err(Stage::Source, "read the source WAL position", e))?
             .get(0);
-        let round = delay.min(settle - waited);
-        let deadline = Instant::now() + round;
+        // As long as what is left of `--settle` for the checkpoint to pass
+        // `lsn`; each round counts at least its growing delay, so the
+        // rounds are few.
+        let began = Instant::now();
+        let deadline = began + (settle - waited);
         while Instant::now() < deadline && !checkpoint_passed(tc, pipeline, &lsn).await? {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        waited += round;
+        waited += began.elapsed().max(delay);
         delay *= 2;
         let t = row_hashes(
             tc,
