@@ -37,11 +37,11 @@
 //!    the source may not have reached the target yet. Each differing row is
 //!    read again: source first, then the source's WAL position `L`; then the
 //!    target once its checkpoint (`ferry_checkpoint.commit_lsn`) has passed
-//!    `L` (waiting at most what is left of `--settle`: a stopped pipeline
-//!    never moves the checkpoint). A row equal in any round was equal at
-//!    some moment and is not drift; each round counts at least a growing
-//!    delay (0.25 s, 0.5 s, …), so rounds are few. Only differences that
-//!    survive every round are reported.
+//!    `L` or the round's delay has elapsed (0.25 s, doubling, within
+//!    `--settle`: on the Kafka bus or with the pipeline stopped the
+//!    checkpoint does not tell); then the source again. A target row equal
+//!    to either source read matched the source at some moment and is not
+//!    drift. Only differences that survive every round are reported.
 //! 6. **Dead letters.** A differing row whose key has an unresolved record
 //!    in `ferry_dlq` (not superseded) is counted as dead-lettered: the
 //!    operator already knows about it (`ferry dlq`), it is not drift.
@@ -1018,15 +1018,16 @@ async fn settle_rows(
             .await
             .map_err(|e| pg_err(Stage::Source, "read the source WAL position", e))?
             .get(0);
-        // As long as what is left of `--settle` for the checkpoint to pass
-        // `lsn`; each round counts at least its growing delay, so the
-        // rounds are few.
+        // Until the checkpoint passes `lsn`, at most the round's delay
+        // (0.25 s, doubling, within `--settle`): on the Kafka bus, or with
+        // the pipeline stopped, the checkpoint does not tell, and the
+        // rounds must go on.
+        let round = delay.min(settle - waited);
         let began = Instant::now();
-        let deadline = began + (settle - waited);
-        while Instant::now() < deadline && !checkpoint_passed(tc, pipeline, &lsn).await? {
+        while began.elapsed() < round && !checkpoint_passed(tc, pipeline, &lsn).await? {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        waited += began.elapsed().max(delay);
+        waited += round;
         delay *= 2;
         let t = row_hashes(
             tc,
@@ -1037,7 +1038,19 @@ async fn settle_rows(
             Stage::Sink,
         )
         .await?;
-        keys.retain(|k| s.get(k) != t.get(k));
+        // The source again: a row changed since its first read may have
+        // reached the target in its newer state. Equal to either state the
+        // source had, it is not drift.
+        let s2 = row_hashes(
+            sc,
+            plan,
+            &plan.source,
+            &plan.source_cols,
+            &keys,
+            Stage::Source,
+        )
+        .await?;
+        keys.retain(|k| s.get(k) != t.get(k) && s2.get(k) != t.get(k));
     }
     Ok(keys)
 }
@@ -1406,18 +1419,15 @@ async fn settle_staged(
         rs.iter().all(|r| r.error.is_none()) && rs.iter().any(|r| !r.differing_keys.is_empty())
     };
     let mut rounds = 0;
-    while differs(&reports) && waited < settle && rounds < 4 {
+    while differs(&reports) && waited < settle && rounds < 6 {
         rounds += 1;
         // Wait until what the source had committed when this round began
         // is in the target (PostgreSQL sources: the checkpoint passes the
-        // source's WAL position; at most what is left of `--settle`), or
-        // without a position to wait for, the round's growing delay.
+        // source's WAL position), at most the round's growing delay.
         let began = Instant::now();
         let lsn = source_lsn(config).await;
-        let round = match lsn {
-            Some(_) => settle - waited,
-            None => delay.min(settle - waited),
-        };
+        // (On the Kafka bus the checkpoint does not tell: the delay does.)
+        let round = delay.min(settle - waited);
         while began.elapsed() < round {
             if let Some(lsn) = &lsn {
                 let passed = with_pair(pool, {
@@ -1433,7 +1443,7 @@ async fn settle_staged(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        waited += began.elapsed();
+        waited += round;
         delay *= 2;
         let mut again = verify_staged(args, config, transformer, pool, source).await;
         if again.iter().any(|r| r.error.is_some()) || again.len() != reports.len() {
