@@ -12,7 +12,7 @@
 //!    boundary); the first and last ranges are open, so a target row outside
 //!    the source's keys still lands in a chunk.
 //! 3. **A hash per chunk, computed in PostgreSQL on each side.** Per row:
-//!    a 64-bit hash of `ROW(cols…)::text`; per chunk: `count(*)` and the
+//!    a 64-bit hash of `ROW(cols…)`; per chunk: `count(*)` and the
 //!    *sum* of these 64-bit values (exact: `sum(int8)` accumulates in 128
 //!    bits). Why this choice:
 //!    - `ROW(…)::text` is the type's own output under fixed session
@@ -20,9 +20,10 @@
 //!      equal text for every type; `jsonb` prints its keys in its canonical
 //!      order (key order compares equal, a value that differs does not);
 //!      `numeric` prints its scale (one unit in the last place differs).
-//!    - The row hash is PostgreSQL's `hashtextextended` when both servers
-//!      compute the same value for a probe text (same byte order), else
-//!      the first 64 bits of md5, the same everywhere (see [`row_hash`]).
+//!    - The row hash is the cheapest one both servers compute alike:
+//!      `hash_record_extended` (per-type hashes, no text), else
+//!      `hashtextextended` of the row's text, else md5's first 64 bits
+//!      (see [`row_hash`] for what each compares).
 //!    - A sum rather than `md5(string_agg(… ORDER BY key))`: a sum does not
 //!      depend on row order, so each side reads its range in whatever order
 //!      its plan gives (no sort, no per-chunk string of all rows). Changes
@@ -652,22 +653,65 @@ async fn columns(
     Ok(Some((cols, key.into_iter().map(|(_, n)| n).collect())))
 }
 
-/// PostgreSQL's own 64-bit text hash (`hashtextextended`, PostgreSQL 11+)
-/// is several times cheaper than md5, but its value is only the same on
-/// servers of the same byte order (hash partitioning has the same limit).
-/// So both sides hash a probe text: if they agree, the fast hash is used;
-/// otherwise (or where the function is missing) the first 64 bits of md5,
-/// the same everywhere. `sum(int8)` accumulates exactly (in 128 bits).
-const FAST_HASH: &str = "hashtextextended({}, 0)";
-const PORTABLE_HASH: &str = "('x' || left(md5({}), 16))::bit(64)::int8";
+/// The row hash, the cheapest both sides compute alike (`{rec}`: the
+/// row as `ROW(cols…)`). `sum(int8)` accumulates exactly (in 128 bits).
+///
+/// - `hash_record_extended` (PostgreSQL 14+) hashes each column with its
+///   type's own hash function, without printing it: about 3x cheaper than
+///   hashing the row's text. It compares *values*: `1.5` and `1.50` in an
+///   unconstrained `numeric` column hash alike (a fixed scale,
+///   `numeric(12,2)`, has one spelling), as do `-0` and `0`; every other
+///   difference counts. Used only when every column type of the table has
+///   a hash function and both servers hash a probe row alike.
+/// - `hashtextextended` of the row's text otherwise, when both servers
+///   hash a probe text alike (same byte order: hash partitioning has the
+///   same limit).
+/// - The first 64 bits of md5 of the row's text otherwise: the same
+///   everywhere.
+const RECORD_HASH: &str = "hash_record_extended({rec}, 0)";
+const TEXT_HASH: &str = "hashtextextended({rec}::text, 0)";
+const PORTABLE_HASH: &str = "('x' || left(md5({rec}::text), 16))::bit(64)::int8";
 
-async fn row_hash(sc: &Client, tc: &Client) -> Result<&'static str, PipelineError> {
-    const PROBE: &str = "SELECT hashtextextended('ferry verify: ÿ byte-order probe', 0)";
-    let (s, t) = tokio::join!(sc.query_one(PROBE, &[]), tc.query_one(PROBE, &[]));
-    Ok(match (s, t) {
-        (Ok(s), Ok(t)) if s.get::<_, i64>(0) == t.get::<_, i64>(0) => FAST_HASH,
-        _ => PORTABLE_HASH,
-    })
+async fn row_hash(
+    sc: &Client,
+    tc: &Client,
+    source: (&TableId, &[String]),
+    target: (&TableId, &[String]),
+) -> &'static str {
+    async fn same(sc: &Client, tc: &Client, q: &str) -> bool {
+        let (s, t) = tokio::join!(sc.query_one(q, &[]), tc.query_one(q, &[]));
+        matches!((s, t), (Ok(s), Ok(t)) if s.get::<_, i64>(0) == t.get::<_, i64>(0))
+    }
+    if !same(
+        sc,
+        tc,
+        "SELECT hashtextextended('ferry verify: \u{ff} byte-order probe', 0)",
+    )
+    .await
+    {
+        return PORTABLE_HASH;
+    }
+    let probe = "SELECT hash_record_extended(ROW(1::int8, '\u{ff}'::text, 1.50::numeric, \
+                 '{\"a\": [1, \"b\"]}'::jsonb, timestamptz '2026-01-01 00:00:00+00', 1.5::float8), 0)";
+    if !same(sc, tc, probe).await {
+        return TEXT_HASH;
+    }
+    // Every column type must have a hash function: try one row per side
+    // (an empty table hashes nothing, either way).
+    let try_row = |(t, cols): (&TableId, &[String])| {
+        format!(
+            "SELECT hash_record_extended(ROW({}), 0) FROM {} LIMIT 1",
+            cols.join(", "),
+            t.quoted()
+        )
+    };
+    let (qs, qt) = (try_row(source), try_row(target));
+    let (s, t) = tokio::join!(sc.query_opt(&qs, &[]), tc.query_opt(&qt, &[]));
+    if s.is_ok() && t.is_ok() {
+        RECORD_HASH
+    } else {
+        TEXT_HASH
+    }
 }
 
 /// The marker that stands for a column one side lacks.
@@ -751,8 +795,15 @@ async fn plan(
         key,
         key_types,
         bounds: Vec::new(),
-        row_hash: row_hash(sc, tc).await?,
+        row_hash: PORTABLE_HASH,
     };
+    plan.row_hash = row_hash(
+        sc,
+        tc,
+        (source, &plan.source_cols),
+        (target, &plan.target_cols),
+    )
+    .await;
     // Boundaries: every chunk_rows-th key of the source, one index scan
     // each from the previous boundary.
     let keys = plan.key_list();
@@ -866,7 +917,8 @@ async fn compare_chunk(
     let agg = |table: &TableId, cols: &[String]| {
         format!(
             "SELECT count(*)::int8, coalesce(sum({}), 0)::text FROM {} WHERE {range}",
-            plan.row_hash.replace("{}", &Plan::row_expr(cols)),
+            plan.row_hash
+                .replace("{rec}", &format!("ROW({})", cols.join(", "))),
             table.quoted()
         )
     };
