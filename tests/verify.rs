@@ -221,6 +221,33 @@ async fn planted_differences_are_each_found() {
     assert!(runs >= 10, "{runs} runs recorded");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_type_without_a_hash_function_is_compared_by_its_text() {
+    // `json` (not jsonb) and `point` have no hash function: the row's text
+    // is hashed instead, and a difference is still found.
+    let pair = Pair::start("verify_nohash").await;
+    for c in [pair.src().await, pair.dst().await] {
+        c.batch_execute(
+            "CREATE TABLE shapes (id int PRIMARY KEY, j json, p point);
+             INSERT INTO shapes SELECT g, json_build_object('g', g), point(g, g)
+               FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    }
+    let config = ConfigBuilder::new(&pair).tables(&["public.shapes"]).build();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 0, "{r}");
+    pair.dst()
+        .await
+        .batch_execute("UPDATE shapes SET p = point(0, 0) WHERE id = 150")
+        .await
+        .unwrap();
+    let (code, r) = verify_json(&config, FAST);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(table(&r)["differing_rows"], 1, "{r}");
+}
+
 /// A config of the pair with either URL replaced.
 fn config_with(pair: &Pair, src: Option<&str>, dst: Option<&str>, tables: &str) -> PathBuf {
     let text = format!(
