@@ -553,6 +553,20 @@ async fn mapped_postgres_table_compares_through_the_mapping() {
         &dst,
         &config,
         (
+            "an id-map entry missing",
+            "UPDATE ferry_id_map SET namespace = 'hidden' WHERE legacy_id = 'A-2'",
+            "UPDATE ferry_id_map SET namespace = 'orders' WHERE legacy_id = 'A-2'",
+        ),
+        // A-2 has no new id (its row cannot be built), and the target's
+        // row for it is extra.
+        "public.orders",
+        2,
+    )
+    .await;
+    expect_found(
+        &dst,
+        &config,
+        (
             "a jsonb value in rest",
             "UPDATE orders SET extra = '{\"meta\": {\"address\": {\"zip\": \"69002\"}}}' WHERE city = 'Lyon'",
             "UPDATE orders SET extra = '{\"meta\": {\"address\": {\"zip\": \"69001\"}}}' WHERE city = 'Lyon'",

@@ -731,12 +731,14 @@ async fn plan(
             format!("source table {source} does not exist"),
         ));
     };
-    let Some((mut tcols, _)) = columns(tc, target, Stage::Sink).await? else {
+    let Some((mut tcols, tkey)) = columns(tc, target, Stage::Sink).await? else {
         return Err(PipelineError::fatal(
             Stage::Sink,
             format!("target table {target} does not exist: table skipped"),
         ));
     };
+    // A shadow (staged tables) has no key of its own: the target's.
+    let key = if key.is_empty() { tkey } else { key };
     if let Some(only) = only {
         scols.retain(|c| only.contains(&c.name));
         tcols.retain(|c| only.contains(&c.name));
@@ -875,7 +877,14 @@ impl Plan {
             (Some(l), Some(u)) => format!("{l} AND {u}"),
             (Some(l), None) => l,
             (None, Some(u)) => u,
-            (None, None) => "true".into(),
+            // One chunk: every row with a key (a shadow's row whose id the
+            // id map lacks has none, and is counted apart).
+            (None, None) => self
+                .key
+                .iter()
+                .map(|k| format!("{} IS NOT NULL", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND "),
         }
     }
 
@@ -1250,6 +1259,8 @@ struct Shadow {
     pending: Vec<(String, String)>,
     /// Source columns with a value that the target has no column for.
     missing: std::collections::BTreeSet<String>,
+    /// The target's key columns.
+    key: Vec<String>,
 }
 
 /// The shadow's extra column: each row's source key, as the dead-letter
@@ -1573,18 +1584,41 @@ async fn stage(
         .await
         .map_err(|e| pg_err(Stage::Sink, "create schema ferry_verify", e))?;
     for (target, only) in targets {
-        let Some((cols, _)) = columns(tc, target, Stage::Sink).await? else {
+        let Some((cols, key)) = columns(tc, target, Stage::Sink).await? else {
             return Err(PipelineError::fatal(
                 Stage::Sink,
                 format!("target table {target} does not exist: table skipped"),
             ));
         };
+        if key.is_empty() {
+            return Err(PipelineError::fatal(
+                Stage::Sink,
+                format!("target table {target} has no primary key: table skipped"),
+            ));
+        }
         let shadow = shadow_id(target);
+        // No constraints: a legacy id the id map does not know yet (a row
+        // still in flight, or never mapped) leaves its key NULL, and that
+        // row is counted, not refused (see `compare_staged`).
+        let not_null: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL",
+                    shadow.quoted(),
+                    quote_ident(&c.name)
+                )
+            })
+            .collect();
+        let key_list: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
         tc.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {s}; CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING INDEXES);
-             ALTER TABLE {s} ADD COLUMN {SOURCE_KEY_COLUMN} text",
+            "DROP TABLE IF EXISTS {s}; CREATE UNLOGGED TABLE {s} (LIKE {t});
+             ALTER TABLE {s} ADD COLUMN {SOURCE_KEY_COLUMN} text; {nn};
+             CREATE INDEX ON {s} ({keys})",
             s = shadow.quoted(),
-            t = target.quoted()
+            t = target.quoted(),
+            nn = not_null.join("; "),
+            keys = key_list.join(", ")
         ))
         .await
         .map_err(|e| pg_err(Stage::Sink, &format!("create the shadow of {target}"), e))?;
@@ -1595,6 +1629,7 @@ async fn stage(
             only: only.clone(),
             pending: Vec::new(),
             missing: Default::default(),
+            key,
         });
     }
     let mut stager = Stager {
@@ -1741,8 +1776,39 @@ async fn compare_staged(
         report.target_rows += r.target_rows;
         differing.extend(r.differing);
     }
-    report.differing_rows = differing.len() as u64;
-    report.differing_keys = differing.clone();
+    // Rows whose key the id map could not translate fall in no chunk:
+    // each is a difference (the target cannot hold that row yet).
+    let null_key: Vec<String> = sh
+        .key
+        .iter()
+        .map(|k| format!("{} IS NULL", quote_ident(k)))
+        .collect();
+    let q = format!(
+        "SELECT {SOURCE_KEY_COLUMN} FROM {} WHERE {}",
+        sh.shadow.quoted(),
+        null_key.join(" OR ")
+    );
+    let unmapped = with_pair(pool, move |sc, _| {
+        Box::pin(async move {
+            sc.query(&q, &[])
+                .await
+                .map_err(|e| pg_err(Stage::Sink, "read rows without a new id", e))
+        })
+    })
+    .await?;
+    let unmapped: Vec<Vec<String>> = unmapped
+        .into_iter()
+        .map(|r| {
+            let k: Option<String> = r.get(0);
+            vec![format!(
+                "no new id in ferry_id_map for source key {}",
+                k.unwrap_or_default()
+            )]
+        })
+        .collect();
+    report.source_rows += unmapped.len() as u64;
+    report.differing_rows = (differing.len() + unmapped.len()) as u64;
+    report.differing_keys = differing.iter().chain(&unmapped).cloned().collect();
     if args.show > 0 && !differing.is_empty() {
         let shown: Vec<Vec<String>> = differing.into_iter().take(args.show).collect();
         report.examples = examples(pool, &plan, shown.clone()).await?;
