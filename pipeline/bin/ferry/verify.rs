@@ -97,7 +97,7 @@ pub(crate) struct VerifyArgs {
     #[arg(long, default_value_t = 2)]
     pub(crate) jobs: usize,
     /// Longest wait, in seconds, for a differing row to settle while
-    /// replication runs (see the module doc); 0 reports at once.
+    /// replication runs (docs/verify.md); 0 reports at once.
     #[arg(long, default_value_t = 30.0)]
     pub(crate) settle: f64,
     /// Do not record the result in the target's `ferry_verify_runs`.
