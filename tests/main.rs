@@ -28,3 +28,4 @@ mod status;
 mod transform;
 mod transform_pg;
 mod types;
+mod verify;

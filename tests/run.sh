@@ -137,6 +137,10 @@ cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$e
 # slot lag that rises while a target is down (operator::lag_bytes: on the
 # Kafka bus the slot is confirmed once Kafka has the changes, whatever the
 # target does).
+# `ferry verify` and `cutover check` read the databases, not the bus: only
+# the two verifies under live traffic (mirrored, mapped) run again on the
+# Kafka bus (the cutover check's lag is not measured there: it blocks by
+# design).
 # KNOWN DEFECT, not a pass: the Convex sink's kill -9 and overload test
 # fails on the Kafka bus (the worker stalls after a retried call; issue #16
 # stays open until it passes here too). It runs on the embedded bus above.
@@ -146,6 +150,8 @@ FERRY_TEST_BUS=kafka cargo test --locked --no-fail-fast --test e2e "$@" -- \
   --skip status::status_merges --skip status::alert_rules --skip status::snapshot_progress \
   --skip operator::second_ferry --skip operator::lost_target_table --skip operator::lag_bytes \
   --skip convex::kill9_and_overload_leave_an_exact_mirror \
+  --skip verify::planted --skip verify::every --skip verify::mapped_postgres --skip verify::mongodb \
+  --skip verify::cutover --skip verify::watch --skip verify::a_column_type \
   2>&1 | tee "$kafka_log" || status=$?
 # Only the closing line reads "N passed, M failed".
 count 'embedded bus (every target): passed %d, failed %d\n' "$embedded_log"

@@ -55,6 +55,9 @@ pub struct Config {
     /// Required when `pipeline.bus = "kafka"`.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// What `ferry cutover check` requires before a table is cut over.
+    #[serde(default)]
+    pub cutover: CutoverConfig,
     /// `pipeline.mappings`, loaded and validated by [`Config::load`].
     #[serde(skip)]
     pub mappings: Option<crate::mapping::Mappings>,
@@ -570,6 +573,45 @@ pub struct PostgresSinkConfig {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub sslkey: Option<String>,
+}
+
+/// `[cutover]`: the thresholds `ferry cutover check` applies per table
+/// (docs/verify.md). A table passes only when every one holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// Most WAL bytes the pipeline's slot may not have confirmed yet
+    /// (PostgreSQL sources): 1 MiB by default.
+    #[serde(default = "default_cutover_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// The last `ferry verify` of the table must be green and at most this
+    /// old: one day by default.
+    #[serde(default = "default_cutover_verify_max_age_secs")]
+    pub verify_max_age_secs: u64,
+    /// No `ferry verify` may have found drift in the table within this
+    /// many seconds: seven days by default.
+    #[serde(default = "default_cutover_soak_secs")]
+    pub soak_secs: u64,
+}
+
+fn default_cutover_max_lag_bytes() -> u64 {
+    1 << 20
+}
+fn default_cutover_verify_max_age_secs() -> u64 {
+    24 * 3600
+}
+fn default_cutover_soak_secs() -> u64 {
+    7 * 24 * 3600
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        Self {
+            max_lag_bytes: default_cutover_max_lag_bytes(),
+            verify_max_age_secs: default_cutover_verify_max_age_secs(),
+            soak_secs: default_cutover_soak_secs(),
+        }
+    }
 }
 
 /// `[metrics]`

@@ -28,6 +28,9 @@ pub const KAFKA_ASSIGNED_PARTITIONS: &str = "ferry_kafka_assigned_partitions";
 pub const KAFKA_WAITING_FOR_ASSIGNMENT: &str = "ferry_kafka_waiting_for_assignment";
 pub const KAFKA_GROUP_MEMBERS: &str = "ferry_kafka_group_members";
 pub const KAFKA_HELD_PARTITIONS: &str = "ferry_kafka_held_partitions";
+pub const VERIFY_DRIFT_ROWS: &str = "ferry_verify_drift_rows";
+pub const VERIFY_LAST_SUCCESS_TIMESTAMP: &str = "ferry_verify_last_success_timestamp";
+pub const VERIFY_ROWS_CHECKED_TOTAL: &str = "ferry_verify_rows_checked_total";
 
 pub const TABLE_LAG_SECONDS: &str = "ferry_table_lag_seconds";
 pub const TABLE_APPLY_LAG_SECONDS: &str = "ferry_table_apply_lag_seconds";
@@ -64,6 +67,9 @@ pub const ALL: &[&str] = &[
     ID_MAP_ALLOCATIONS_TOTAL,
     PROCESS_RESIDENT_MEMORY_BYTES,
     PROCESS_CPU_SECONDS_TOTAL,
+    VERIFY_DRIFT_ROWS,
+    VERIFY_LAST_SUCCESS_TIMESTAMP,
+    VERIFY_ROWS_CHECKED_TOTAL,
 ];
 
 pub mod endpoint;
@@ -103,6 +109,14 @@ pub struct Metrics {
     pub kafka_members: IntGauge,
     /// Kafka worker: partitions held at a cross-partition barrier.
     pub kafka_held: IntGauge,
+    /// `ferry verify --watch`: differing rows of the last run. Label: table
+    /// (the target table).
+    pub verify_drift: IntGaugeVec,
+    /// `ferry verify --watch`: Unix time of the last green run. Label:
+    /// table.
+    pub verify_last_success: IntGaugeVec,
+    /// `ferry verify --watch`: source rows compared. Label: table.
+    pub verify_rows_checked: IntCounterVec,
     /// Label: table. Set from [`status::Status`] when scraped: rises while
     /// a table's changes wait.
     pub table_lag: GaugeVec,
@@ -271,8 +285,35 @@ impl Metrics {
             "CPU time (user and system) of the ferry process",
         )
         .expect("valid metric");
+        let verify_drift = IntGaugeVec::new(
+            Opts::new(
+                VERIFY_DRIFT_ROWS,
+                "Rows the last ferry verify found different (after re-checks), by table",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let verify_last_success = IntGaugeVec::new(
+            Opts::new(
+                VERIFY_LAST_SUCCESS_TIMESTAMP,
+                "Unix time of the last ferry verify that found the table equal",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let verify_rows_checked = IntCounterVec::new(
+            Opts::new(
+                VERIFY_ROWS_CHECKED_TOTAL,
+                "Source rows compared by ferry verify, by table",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(verify_drift.clone()),
+            Box::new(verify_last_success.clone()),
+            Box::new(verify_rows_checked.clone()),
             Box::new(table_lag.clone()),
             Box::new(apply_lag.clone()),
             Box::new(snapshot_done.clone()),
@@ -318,6 +359,9 @@ impl Metrics {
             kafka_waiting,
             kafka_members,
             kafka_held,
+            verify_drift,
+            verify_last_success,
+            verify_rows_checked,
             table_lag,
             apply_lag,
             snapshot_done,

@@ -474,8 +474,9 @@ fn id_value(id: &Bson) -> Value {
     Value::Json(id.clone().into_relaxed_extjson().to_string())
 }
 
-/// The row of a document in its collection's shape.
-fn document_row(
+/// The row of a document in its collection's shape (also `ferry verify`'s
+/// reader, so both read documents the same way).
+pub fn document_row(
     shapes: &mut Shapes,
     collection: &str,
     doc: &Document,

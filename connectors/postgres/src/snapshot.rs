@@ -272,7 +272,9 @@ async fn copy_chunk(
     Ok(())
 }
 
-fn decode_row(t: &SourceTable, line: &[u8]) -> Result<Vec<Datum>, PipelineError> {
+/// One `COPY … TO STDOUT` text line of `t` as a row (also `ferry verify`'s
+/// reader of mapped tables, so both read the source the same way).
+pub fn decode_row(t: &SourceTable, line: &[u8]) -> Result<Vec<Datum>, PipelineError> {
     let fields = split_copy_text_row(line).map_err(|e| {
         PipelineError::new(
             ferry_pipeline::error::ErrorClass::Permanent,

@@ -21,6 +21,7 @@ mod mapping;
 mod mongo;
 mod shapes;
 mod sqlite;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -128,6 +129,17 @@ struct Args {
     sqlite_inserts: i64,
     #[arg(long, default_value = "docs/bench/sqlite.json")]
     sqlite_out: PathBuf,
+    /// `ferry verify` against `COPY … ORDER BY key | md5sum` of both sides
+    /// on one `--verify-rows`-row table; writes `--verify-out`.
+    #[arg(long)]
+    verify: bool,
+    /// Rows of the `--verify` table (1,000,000; 10,000,000 for the
+    /// issue's full size on a larger machine).
+    #[arg(long, default_value_t = 1_000_000)]
+    verify_rows: u64,
+    /// Where the JSON report of `--verify` goes.
+    #[arg(long, default_value = "docs/bench/verify.json")]
+    verify_out: PathBuf,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
     #[arg(long, visible_alias = "runs", default_value_t = 3)]
@@ -170,6 +182,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.mapping {
         return mapping::run(&args).await;
+    }
+    if args.verify {
+        return verify::run(
+            args.verify_rows,
+            args.repeat,
+            &args.verify_out,
+            &ferry_exe()?,
+        )
+        .await;
     }
     if args.shapes {
         return shapes::run(args.shape_rows, 2 * args.repeat.max(1) + 1).await;

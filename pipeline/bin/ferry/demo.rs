@@ -92,6 +92,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         }),
         metrics: MetricsConfig::default(),
         kafka: None,
+        cutover: Default::default(),
         mappings: None,
     };
     config.validate()?;

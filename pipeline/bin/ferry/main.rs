@@ -5,6 +5,7 @@
 #[cfg(feature = "kafka")]
 mod bus;
 mod create_tables;
+mod cutover;
 mod demo;
 mod dlq;
 mod mapping;
@@ -13,6 +14,7 @@ mod progress;
 mod recopy;
 mod sqlite;
 mod status;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,11 +103,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Compare every configured table with its mirror, row by row.
+    /// Compare every configured table with its mirror, row by row
+    /// (reads both tables through Ferry: small tables; see `verify`).
     Parity {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Prove every table's mirror equal to its source: chunk hashes
+    /// computed in each database, differing chunks down to rows
+    /// (docs/verify.md). Exit 0 equal, 1 different, 4 not verified.
+    Verify(verify::VerifyArgs),
+    /// Cutover readiness: `check` says per table what still blocks it
+    /// (lag, dead letters, last verify, drift in the soak period).
+    Cutover(cutover::CutoverArgs),
     /// Start two local PostgreSQL clusters, generate traffic, replicate it
     /// and show lag and a row-by-row comparison.
     Demo(demo::DemoArgs),
@@ -174,6 +184,12 @@ fn main() -> ExitCode {
             } => run(&config, role, &recopy).await,
             Command::Check { config } => check(&config).await,
             Command::Parity { config } => parity(&config).await,
+            Command::Verify(args) => match load(&args.config).await {
+                Ok(config) => verify::run(args, config).await,
+                // As every command: 2 for an invalid configuration.
+                Err(code) => code,
+            },
+            Command::Cutover(args) => cutover::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Mapping(args) => mapping::run_mapping(args).await,

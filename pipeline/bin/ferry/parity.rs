@@ -160,9 +160,9 @@ fn key_of(line: &str, fields: &[usize]) -> String {
     key.join("\t")
 }
 
-/// Reassembles COPY chunks into lines.
+/// Reassembles COPY chunks into lines (also `ferry verify`'s reader).
 #[derive(Default)]
-struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     /// Start of the first unread byte of `buf`.
     pos: usize,
@@ -170,7 +170,7 @@ struct Lines {
 }
 
 impl Lines {
-    async fn next<S>(
+    pub(crate) async fn next<S>(
         &mut self,
         stream: &mut std::pin::Pin<&mut S>,
     ) -> Result<Option<String>, PipelineError>
