@@ -140,7 +140,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A running pipeline logs what it does; a one-shot command's output is
     // what it prints, and its connection chatter only with -v.
-    let long_running = matches!(cli.command, Command::Run { .. } | Command::Demo(_));
+    let long_running = match &cli.command {
+        Command::Run { .. } | Command::Demo(_) => true,
+        Command::Verify(args) => args.watch.is_some(),
+        _ => false,
+    };
     let level = match (cli.verbose, long_running) {
         (0, false) => "warn",
         (0, true) | (1, _) => "info",
