@@ -116,14 +116,10 @@ cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$e
 # slot lag that rises while a target is down (operator::lag_bytes: on the
 # Kafka bus the slot is confirmed once Kafka has the changes, whatever the
 # target does).
-# KNOWN DEFECT, not a pass: the Convex sink's kill -9 and overload test
-# fails on the Kafka bus (the worker stalls after a retried call; issue #16
-# stays open until it passes here too). It runs on the embedded bus above.
 FERRY_TEST_BUS=kafka cargo test --locked --no-fail-fast --test e2e "$@" -- \
   --skip kafka:: --skip kafka_bus:: --skip kafka_partitions:: \
   --skip pg_security:: --skip mongo_tls:: --skip mongo_srv:: --skip metrics_endpoint:: \
   --skip operator::second_ferry --skip operator::lost_target_table --skip operator::lag_bytes \
-  --skip convex::kill9_and_overload_leave_an_exact_mirror \
   2>&1 | tee "$kafka_log" || status=$?
 # Only the closing line reads "N passed, M failed".
 count 'embedded bus (every target): passed %d, failed %d\n' "$embedded_log"

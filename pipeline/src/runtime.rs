@@ -112,6 +112,90 @@ pub struct Spawned {
 /// the batch consumed (the Kafka worker commits them to the group).
 pub type AfterCommit = Arc<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
+/// The error code of a batch that a Kafka worker gives back to be read
+/// again (see [`UniqueWait`]).
+pub const UNIQUE_WAIT: &str = "ferry-unique-wait";
+
+/// PostgreSQL's `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// How long a Kafka worker waits, at most, for a unique value to be let go
+/// by a row of another partition before it parks the row that wants it
+/// (as on one partition). Longer than a killed worker's session timeout
+/// and its successor's catch-up.
+pub const UNIQUE_WAIT_BUDGET: Duration = Duration::from_secs(120);
+
+/// A Kafka worker on topics of several partitions: a unique value that
+/// changes hands between two rows whose keys hash to different partitions
+/// (a row lets it go in one transaction, another takes it in a later one)
+/// reaches the target in partition order, not the source's: the row that
+/// takes it may come first and be refused (23505) while the row that
+/// still holds it waits, unapplied, on its partition (this worker's, or
+/// another's).
+///
+/// Instead of parking it, the writer gives the batch back: nothing of it
+/// is committed, the worker reads its partitions again from the target's
+/// progress, each round with a larger first batch (so that this worker's
+/// own lagging partitions come into the same batch, where the sink
+/// applies a unique value's handover row by row in order), after a
+/// backoff (so that another worker's partition catches up). Once a batch
+/// commits the wait is over; a conflict that outlasts
+/// [`UNIQUE_WAIT_BUDGET`] is a real one (the target holds the value for
+/// good) and the row is parked as on one partition. Costs nothing without
+/// a conflict.
+#[derive(Debug, Default)]
+pub struct UniqueWait {
+    /// Whether a consumed topic has several partitions (one partition
+    /// keeps the source's order: a conflict there is a real one).
+    pub several_partitions: std::sync::atomic::AtomicBool,
+    /// Since when the current wait lasts, and its rounds so far.
+    state: std::sync::Mutex<Option<(Instant, u32)>>,
+}
+
+impl UniqueWait {
+    /// On a unique violation: whether to give the batch back (and count a
+    /// round) rather than park the refused row.
+    fn should_wait(&self, budget: Duration) -> bool {
+        if !self
+            .several_partitions
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return false;
+        }
+        let mut state = self.state.lock().expect("unique wait lock");
+        match &mut *state {
+            None => {
+                *state = Some((Instant::now(), 1));
+                true
+            }
+            Some((since, rounds)) if since.elapsed() < budget => {
+                *rounds += 1;
+                true
+            }
+            Some(_) => {
+                *state = None;
+                false
+            }
+        }
+    }
+
+    /// A batch committed: any wait is over.
+    fn resolved(&self) {
+        let mut state = self.state.lock().expect("unique wait lock");
+        if state.is_some() {
+            *state = None;
+        }
+    }
+
+    /// Rounds of the current wait (0 without one).
+    pub fn rounds(&self) -> u32 {
+        self.state
+            .lock()
+            .expect("unique wait lock")
+            .map_or(0, |(_, r)| r)
+    }
+}
+
 /// How the apply side recognizes replays.
 pub enum ApplyMode {
     /// One ordered stream: changes at or below the highest position seen
@@ -123,6 +207,7 @@ pub enum ApplyMode {
     Worker {
         after_commit: AfterCommit,
         on_parked: crate::dlq::OnParked,
+        unique_wait: Arc<UniqueWait>,
     },
 }
 
@@ -135,12 +220,19 @@ pub fn spawn_apply<K: Sink>(
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Spawned {
-    let (seen_up_to, skip_replays, after_commit, on_parked) = match mode {
-        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None, None),
+    let (seen_up_to, skip_replays, after_commit, on_parked, unique_wait) = match mode {
+        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None, None, None),
         ApplyMode::Worker {
             after_commit,
             on_parked,
-        } => (None, false, Some(after_commit), Some(on_parked)),
+            unique_wait,
+        } => (
+            None,
+            false,
+            Some(after_commit),
+            Some(on_parked),
+            Some(unique_wait),
+        ),
     };
     // One job queued at most: the builder waits for the writer rather than
     // piling batches up (memory stays bounded by about two batches).
@@ -154,6 +246,7 @@ pub fn spawn_apply<K: Sink>(
         shutdown: shutdown.clone(),
         after_commit,
         on_parked,
+        unique_wait,
     };
     let apply: ApplyLoop<K> = ApplyLoop {
         rx,
@@ -308,6 +401,7 @@ struct Writer<K: Sink> {
     shutdown: watch::Receiver<bool>,
     after_commit: Option<AfterCommit>,
     on_parked: Option<crate::dlq::OnParked>,
+    unique_wait: Option<Arc<UniqueWait>>,
 }
 
 impl<K: Sink> Writer<K> {
@@ -337,6 +431,9 @@ impl<K: Sink> Writer<K> {
             loop {
                 match self.sink.write_batch(&prepared).await {
                     Ok(()) => {
+                        if let Some(w) = &self.unique_wait {
+                            w.resolved();
+                        }
                         if !summary.parked.is_empty() {
                             if let Some(on_parked) = &self.on_parked {
                                 on_parked(&summary.parked);
@@ -346,6 +443,19 @@ impl<K: Sink> Writer<K> {
                     }
                     Err(e) if e.disposition() == Disposition::Retry => {
                         wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
+                    }
+                    Err(e)
+                        if e.code.as_deref() == Some(UNIQUE_VIOLATION)
+                            && self
+                                .unique_wait
+                                .as_ref()
+                                .is_some_and(|w| w.should_wait(UNIQUE_WAIT_BUDGET)) =>
+                    {
+                        return Err(PipelineError::transient(
+                            Stage::Sink,
+                            format!("{e}: the row that holds the value may have a change pending on another partition; reading the partitions again"),
+                        )
+                        .with_code(UNIQUE_WAIT));
                     }
                     Err(e) if e.disposition() == Disposition::DeadLetter => {
                         metrics()

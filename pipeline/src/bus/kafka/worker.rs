@@ -45,7 +45,8 @@ use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage}
 use crate::event::{Barrier, BarrierKind, BusMessage, SourceAck};
 use crate::metrics::metrics;
 use crate::runtime::{
-    flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, BURST,
+    flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, UniqueWait, BURST,
+    UNIQUE_WAIT,
 };
 use crate::sink::Sink;
 use crate::FastHashMap;
@@ -274,6 +275,46 @@ struct WorkerContext<S: BusOffsets> {
     /// Per partition, the high watermark of the last Fetch response
     /// (librdkafka's statistics, every second): see [`check_topics`].
     fetched_high: Mutex<FastHashMap<(String, i32), i64>>,
+    /// The pipeline's retry cap and stop signal, for reading the sink's
+    /// progress on an assignment.
+    max_retry_delay: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// How long an assignment waits out a sink that answers its progress read
+/// with transient errors (429, 5xx, a dropped connection) before the
+/// worker gives up the assignment and rejoins. Retried here, in place: a
+/// rejoin costs seconds of group protocol per attempt, so against a sink
+/// that is overloaded for a while the worker spent every attempt on one
+/// failed read and applied nothing (the Convex sink's kill -9 and overload
+/// test, issue #16). Kept well below librdkafka's `max.poll.interval.ms`
+/// (300 s by default): the rebalance callback runs inside the poll.
+const ASSIGN_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// The sink's progress for `parts`, transient errors retried with the
+/// pipeline's backoff for up to `budget`; the last error after that, or at
+/// once for an error that is not transient, or when asked to stop.
+async fn load_progress<S: BusOffsets>(
+    store: &mut S,
+    parts: &[(String, i32)],
+    max_retry_delay: Duration,
+    budget: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::collections::HashMap<(String, i32), PartitionProgress>, PipelineError> {
+    let deadline = std::time::Instant::now() + budget;
+    let mut backoff = retry_backoff(max_retry_delay);
+    loop {
+        match store.load_bus_offsets(parts).await {
+            Ok(m) => return Ok(m),
+            Err(e)
+                if e.disposition() == Disposition::Retry
+                    && std::time::Instant::now() < deadline =>
+            {
+                wait_retry(&e, &mut backoff, shutdown.clone()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl<S: BusOffsets> ClientContext for WorkerContext<S> {
@@ -340,8 +381,17 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                 // runtime worker thread: block it (not the runtime) for the
                 // one query that says where each partition starts.
                 let loaded = tokio::task::block_in_place(|| {
-                    self.runtime
-                        .block_on(async { self.store.lock().await.load_bus_offsets(&parts).await })
+                    self.runtime.block_on(async {
+                        let mut store = self.store.lock().await;
+                        load_progress(
+                            &mut *store,
+                            &parts,
+                            self.max_retry_delay,
+                            ASSIGN_RETRY_BUDGET,
+                            self.shutdown.clone(),
+                        )
+                        .await
+                    })
                 });
                 let stored = match loaded {
                     Ok(m) => m,
@@ -453,12 +503,31 @@ where
     F: FnMut() -> (K, S),
 {
     let mut backoff = retry_backoff(opts.max_retry_delay);
+    let unique_wait: Arc<UniqueWait> = Arc::default();
     loop {
         let (sink, store) = make();
-        let res = run_once(k, &subscription, sink, store, &opts, shutdown.clone()).await;
+        // While a unique value waits for another partition, each round
+        // reads a larger first batch (up to 8 times the configured size):
+        // this worker's own lagging partitions then come into the batch.
+        let mut session = opts.clone();
+        session.batch_size = opts.batch_size << unique_wait.rounds().min(3);
+        let res = run_once(
+            k,
+            &subscription,
+            sink,
+            store,
+            &session,
+            shutdown.clone(),
+            Arc::clone(&unique_wait),
+        )
+        .await;
         match res {
             Err(e) if e.code.as_deref() == Some(STALE_OFFSETS) => {
                 info!(error = %e, "another worker applied these offsets first; rejoining from the sink's progress");
+            }
+            Err(e) if e.code.as_deref() == Some(UNIQUE_WAIT) && !*shutdown.borrow() => {
+                info!(error = %e, round = unique_wait.rounds(), "a unique value is still held in the target; reading the partitions again from the sink's progress");
+                wait_retry(&e, &mut backoff, shutdown.clone()).await?;
             }
             Err(e) if e.disposition() == Disposition::Retry && !*shutdown.borrow() => {
                 wait_retry(&e, &mut backoff, shutdown.clone()).await?;
@@ -475,6 +544,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
     store: S,
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
+    unique_wait: Arc<UniqueWait>,
 ) -> Result<(), PipelineError> {
     // Created here too, so that a worker started before its source finds
     // its topics; a topic that disappears later is then an error.
@@ -493,6 +563,8 @@ async fn run_once<K: Sink, S: BusOffsets>(
         holds: Arc::clone(&holds),
         group_state: Mutex::new(None),
         fetched_high: Mutex::new(FastHashMap::default()),
+        max_retry_delay: opts.max_retry_delay,
+        shutdown: shutdown.clone(),
     };
     let mut cfg = client_config(k, &Default::default());
     // Defaults a user may override: a worker that dies is noticed in
@@ -539,6 +611,34 @@ async fn run_once<K: Sink, S: BusOffsets>(
         }
     }
     .map_err(|e| kafka_err(Stage::Decode, "subscribe", e))?;
+    // Whether a unique value may reach the target out of the source's
+    // order (see `UniqueWait`); assumed when the metadata cannot say.
+    let several = {
+        let c = Arc::clone(&consumer);
+        let names = match subscription {
+            Subscription::Topics(n) => Some(n.clone()),
+            Subscription::Prefix => None,
+        };
+        let prefix = format!("{}.", k.topic_prefix);
+        tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| {
+                    m.topics().iter().any(|t| {
+                        let ours = match &names {
+                            Some(n) => n.iter().any(|n| n == t.name()),
+                            None => t.name().starts_with(&prefix),
+                        };
+                        ours && t.partitions().len() > 1
+                    })
+                })
+                .unwrap_or(true)
+        })
+        .await
+        .unwrap_or(true)
+    };
+    unique_wait
+        .several_partitions
+        .store(several, Ordering::Release);
 
     let (bus_tx, bus_rx) = channel::bounded(opts.bus_capacity);
     let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
@@ -569,6 +669,7 @@ async fn run_once<K: Sink, S: BusOffsets>(
         ApplyMode::Worker {
             after_commit,
             on_parked,
+            unique_wait: Arc::clone(&unique_wait),
         },
         opts,
         shutdown.clone(),
@@ -1384,6 +1485,63 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink whose progress reads fail transiently `fail` times first.
+    struct Flaky {
+        fail: usize,
+        calls: usize,
+    }
+
+    impl BusOffsets for Flaky {
+        async fn load_bus_offsets(
+            &mut self,
+            _: &[(String, i32)],
+        ) -> Result<std::collections::HashMap<(String, i32), PartitionProgress>, PipelineError>
+        {
+            self.calls += 1;
+            if self.calls <= self.fail {
+                return Err(PipelineError::transient(Stage::Sink, "HTTP 429"));
+            }
+            Ok(Default::default())
+        }
+    }
+
+    /// The Convex sink's overload test stalled on the Kafka bus: each
+    /// transient failure of the progress read on an assignment cost a
+    /// rejoin of the group (seconds), so an overloaded sink used up every
+    /// attempt. The read is retried in place, within a budget.
+    #[tokio::test]
+    async fn an_assignment_waits_out_a_transiently_failing_progress_read() {
+        let (_stop, shutdown) = watch::channel(false);
+        let parts = vec![("t".to_string(), 0)];
+        let mut flaky = Flaky { fail: 5, calls: 0 };
+        let got = load_progress(
+            &mut flaky,
+            &parts,
+            Duration::from_millis(20),
+            ASSIGN_RETRY_BUDGET,
+            shutdown.clone(),
+        )
+        .await;
+        assert!(got.is_ok(), "{got:?}");
+        assert_eq!(flaky.calls, 6, "retried in place until it answered");
+
+        // Past the budget, the error goes to the rejoin path as before.
+        let mut down = Flaky {
+            fail: usize::MAX,
+            calls: 0,
+        };
+        let got = load_progress(
+            &mut down,
+            &parts,
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            shutdown,
+        )
+        .await;
+        assert!(got.is_err_and(|e| e.disposition() == Disposition::Retry));
+        assert!(down.calls >= 2, "{} calls", down.calls);
+    }
 
     #[test]
     fn barrier_headers_parse() {
