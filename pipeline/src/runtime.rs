@@ -135,10 +135,15 @@ pub const UNIQUE_WAIT_BUDGET: Duration = Duration::from_secs(120);
 ///
 /// Instead of parking it, the writer gives the batch back: nothing of it
 /// is committed, the worker reads its partitions again from the target's
-/// progress, each round with a larger first batch (so that this worker's
-/// own lagging partitions come into the same batch, where the sink
-/// applies a unique value's handover row by row in order), after a
-/// backoff (so that another worker's partition catches up). Once a batch
+/// progress, after a backoff (so that another worker's partition catches
+/// up), rounds alternating between a larger first batch (so that this
+/// worker's own lagging partitions come into the same batch, where the
+/// sink applies a unique value's handover row by row in order) and
+/// batches of one change (so that what precedes the refused change is
+/// committed), the refused change's partition held back for a moment
+/// while the worker's other partitions go on: two workers that each wait
+/// for a value the other one lets go later on another partition both get
+/// through. Once a batch
 /// commits the wait is over; a conflict that outlasts
 /// [`UNIQUE_WAIT_BUDGET`] is a real one (the target holds the value for
 /// good) and the row is parked as on one partition. Costs nothing without
@@ -150,6 +155,11 @@ pub struct UniqueWait {
     pub several_partitions: std::sync::atomic::AtomicBool,
     /// Since when the current wait lasts, and its rounds so far.
     state: std::sync::Mutex<Option<(Instant, u32)>>,
+    /// The partition of a refused batch that held changes of one
+    /// partition only: the worker holds it back for a moment while its
+    /// other partitions go on (they may hold the change that lets the
+    /// value go, or one another worker waits for).
+    blocked: std::sync::Mutex<Option<(Arc<str>, i32)>>,
 }
 
 impl UniqueWait {
@@ -185,6 +195,11 @@ impl UniqueWait {
         if state.is_some() {
             *state = None;
         }
+    }
+
+    /// The partition to hold back after the last refusal, if known.
+    pub fn take_blocked(&self) -> Option<(Arc<str>, i32)> {
+        self.blocked.lock().expect("unique wait lock").take()
     }
 
     /// Rounds of the current wait (0 without one).
@@ -451,6 +466,10 @@ impl<K: Sink> Writer<K> {
                                 .as_ref()
                                 .is_some_and(|w| w.should_wait(UNIQUE_WAIT_BUDGET)) =>
                     {
+                        if let (Some(w), [one]) = (&self.unique_wait, &summary.bus_offsets[..]) {
+                            *w.blocked.lock().expect("unique wait lock") =
+                                Some((Arc::clone(&one.topic), one.partition));
+                        }
                         return Err(PipelineError::transient(
                             Stage::Sink,
                             format!("{e}: the row that holds the value may have a change pending on another partition; reading the partitions again"),
