@@ -155,7 +155,7 @@ pub struct UniqueWait {
     pub several_partitions: std::sync::atomic::AtomicBool,
     /// Since when the current wait lasts, and its rounds so far.
     state: std::sync::Mutex<Option<(Instant, u32)>>,
-    /// The partition of a refused batch that held changes of one
+    /// The partition of a refused batch that applied changes of one
     /// partition only: the worker holds it back for a moment while its
     /// other partitions go on (they may hold the change that lets the
     /// value go, or one another worker waits for).
@@ -391,6 +391,9 @@ struct Summary {
     last_position: Option<Position>,
     /// Records the transform stage parked (mirrored once durable).
     parked: Vec<crate::dlq::Parked>,
+    /// Kafka bus: the partitions the batch applies changes of (replays
+    /// skipped by position are only consumed).
+    changed: Vec<(Arc<str>, i32)>,
 }
 
 /// A batch on its way to the sink, with what to release once it is durable.
@@ -466,9 +469,8 @@ impl<K: Sink> Writer<K> {
                                 .as_ref()
                                 .is_some_and(|w| w.should_wait(UNIQUE_WAIT_BUDGET)) =>
                     {
-                        if let (Some(w), [one]) = (&self.unique_wait, &summary.bus_offsets[..]) {
-                            *w.blocked.lock().expect("unique wait lock") =
-                                Some((Arc::clone(&one.topic), one.partition));
+                        if let (Some(w), [one]) = (&self.unique_wait, &summary.changed[..]) {
+                            *w.blocked.lock().expect("unique wait lock") = Some(one.clone());
                         }
                         return Err(PipelineError::transient(
                             Stage::Sink,
@@ -675,6 +677,12 @@ impl<K: Sink> ApplyLoop<K> {
             counts,
             last_position: batch.last_position,
             parked: batch.parked.clone(),
+            changed: batch
+                .bus
+                .iter()
+                .filter(|(_, r)| r.position.is_some())
+                .map(|((topic, partition), _)| (Arc::clone(topic), *partition))
+                .collect(),
         };
         // Encode before waiting: this overlaps with the writer's work.
         let prepared = (!batch.is_empty()).then(|| K::prepare(batch));
