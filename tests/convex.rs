@@ -63,8 +63,10 @@ async fn compare(src: &tokio_postgres::Client, server: &ConvexServer) -> Result<
             && int64(&doc["id"]) == *id
             && text(&doc["name"]) == *name
             && text(&doc["price"]) == *price
+            // (A document not caught up yet may still have no `big`: a
+            // difference, not a panic, while the target converges.)
             && (doc["big"].is_null() && big.is_none()
-                || big.is_some_and(|b| int64(&doc["big"]) == b))
+                || big.is_some_and(|b| !doc["big"].is_null() && int64(&doc["big"]) == b))
             && (doc["data"].is_null() && data.is_none()
                 || data.as_ref().is_some_and(|d| {
                     doc["data"]["$bytes"].as_str().map(base64).as_ref() == Some(d)
@@ -143,8 +145,24 @@ async fn kill9_and_overload_leave_an_exact_mirror() {
             ferry = Ferry::spawn(&config);
         }
     }
+    // The test's own queries below go through the same routes: the last
+    // burst is ferry's to use up first.
+    wait_for(
+        "the last burst of faults to be used up",
+        &ferry,
+        Duration::from_secs(90),
+        || async { server.audit().await["faultsLeft"].as_f64() == Some(0.0) },
+    )
+    .await;
     let mut last = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // The Kafka pass replays every change from the topic after its kills
+    // (about twice the calls of the embedded pass, which copies the table
+    // again), each restart waits for the killed member's session to end
+    // before its partition is assigned, and the test server's index
+    // lookups scan the table (convex-test): it converges later, never
+    // differently.
+    let settle = if pair.kafka.is_some() { 360 } else { 120 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(settle);
     loop {
         match compare(&src, &server).await {
             Ok(_) => break,

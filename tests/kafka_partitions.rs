@@ -688,3 +688,224 @@ async fn tansu_list_offsets_is_the_last_batch_base_plus_one() {
         "ListOffsets(latest) after one batch of ten: the broker now answers {listed} (the high watermark is 10)"
     );
 }
+
+/// A unique value that changes hands between two different rows whose
+/// keys hash to different partitions, made deterministic: the partition of
+/// the row that lets the value go is held back (test hook) while the row
+/// that takes it is consumed. The take is refused by the target (23505),
+/// and was parked in the dead-letter queue; now the worker gives the batch
+/// back and reads its partitions again until the holder's change is
+/// applied, and nothing is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_value_moving_to_a_row_of_another_partition_is_not_parked() {
+    let pair = pair_with_broker("kpuniq").await;
+    let ddl = "CREATE TABLE items (a int, b text, u text NOT NULL UNIQUE, PRIMARY KEY (a, b))";
+    pair.src().await.batch_execute(ddl).await.unwrap();
+    pair.dst().await.batch_execute(ddl).await.unwrap();
+    let cfg = config(&pair, "public.items", 3);
+    let topic = topic(&pair, "items");
+    let ((k1, p1), (k2, _)) = keys_on_two_partitions();
+    let src = pair.src().await;
+    src.batch_execute(&format!(
+        "INSERT INTO items VALUES ({k1}, 'k', 'x'), ({k2}, 'k', 'y')"
+    ))
+    .await
+    .unwrap();
+    let mut source = spawn(&cfg, "source");
+    let mut worker = spawn(&cfg, "worker");
+    wait_equal(
+        &pair,
+        "public.items",
+        &[&source, &worker],
+        Duration::from_secs(60),
+    )
+    .await;
+    worker.kill9();
+    // Two transactions: the first row lets 'x' go, the second takes it.
+    src.batch_execute(&format!("UPDATE items SET u = 'z' WHERE a = {k1}"))
+        .await
+        .unwrap();
+    src.batch_execute(&format!("UPDATE items SET u = 'x' WHERE a = {k2}"))
+        .await
+        .unwrap();
+    let gate = pair.dir.path().join("gate");
+    let spec = format!("{topic}:{p1}:{}", gate.display());
+    let mut worker = Ferry::spawn_env(
+        &cfg,
+        &["--role", "worker"],
+        &[("FERRY_TEST_GATE_PARTITION", spec.as_str())],
+    );
+    wait_for(
+        "the take refused while the holder's partition is held",
+        &worker,
+        Duration::from_secs(60),
+        || async { worker.log_text().contains("a unique value is still held") },
+    )
+    .await;
+    assert_eq!(dlq_records(&pair).await, 0, "nothing parked while waiting");
+    std::fs::write(&gate, b"open").unwrap();
+    wait_equal(
+        &pair,
+        "public.items",
+        &[&source, &worker],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(dlq_records(&pair).await, 0, "nothing parked");
+    alive(&mut source, "source");
+    alive(&mut worker, "worker");
+}
+
+/// One source transaction of the handover workload: unique values move
+/// between existing rows (within one transaction or across two), or to a
+/// new row after their row's delete. `rows` holds each key's value.
+fn handover(
+    rng: &mut rand::rngs::StdRng,
+    rows: &mut Vec<(i32, String)>,
+    next_u: &mut i64,
+    table: &str,
+) -> Vec<String> {
+    let mut fresh = || {
+        *next_u += 1;
+        format!("u{next_u}")
+    };
+    let pick = |rng: &mut rand::rngs::StdRng, n: usize| rng.random_range(0..n);
+    match rng.random_range(0..10) {
+        // X lets its value go, Y takes it: in one transaction or two.
+        0..=5 if rows.len() >= 2 => {
+            let x = pick(rng, rows.len());
+            let y = (x + 1 + pick(rng, rows.len() - 1)) % rows.len();
+            let (ax, ux) = rows[x].clone();
+            let ay = rows[y].0;
+            let new = fresh();
+            let release = format!("UPDATE {table} SET u = '{new}' WHERE a = {ax};");
+            let take = format!("UPDATE {table} SET u = '{ux}' WHERE a = {ay};");
+            rows[x].1 = new;
+            rows[y].1 = ux;
+            if rng.random_bool(0.5) {
+                vec![format!("BEGIN;{release}{take}COMMIT;")]
+            } else {
+                vec![release, take]
+            }
+        }
+        // X deleted, its value taken by a new row.
+        6 | 7 if !rows.is_empty() => {
+            let x = pick(rng, rows.len());
+            let (ax, ux) = rows.remove(x);
+            let a = (0..10_000)
+                .map(|_| rng.random_range(0..500))
+                .find(|a| !rows.iter().any(|(k, _)| k == a) && *a != ax)
+                .expect("a free key");
+            rows.push((a, ux.clone()));
+            vec![
+                format!("DELETE FROM {table} WHERE a = {ax};"),
+                format!("INSERT INTO {table} VALUES ({a}, 'k', '{ux}');"),
+            ]
+        }
+        _ => {
+            let a = (0..10_000)
+                .map(|_| rng.random_range(0..500))
+                .find(|a| !rows.iter().any(|(k, _)| k == a))
+                .expect("a free key");
+            let u = fresh();
+            rows.push((a, u.clone()));
+            vec![format!("INSERT INTO {table} VALUES ({a}, 'k', '{u}');")]
+        }
+    }
+}
+
+/// Three partitions, a source and two workers, unique values changing
+/// hands between different rows (whose keys hash to any partition), with
+/// the source and the workers killed with -9 at random points: the target
+/// ends equal to the source and nothing is parked (docs/kafka.md; this
+/// was a known limit of several partitions).
+///
+/// Ignored: it does not converge yet (2026-12-03). With batches of 20 and
+/// two workers, a worker's refused change stays refused through every
+/// round of the wait (rounds of re-reading, larger batches, batches of
+/// one change with the refused partition held back) until the 120 s
+/// budget parks it: the wait cannot yet tell which partition's change it
+/// is waiting for (docs/kafka.md, Limits). The deterministic case
+/// (`a_unique_value_moving_to_a_row_of_another_partition_is_not_parked`)
+/// passes. Run it with `--ignored` when working on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue #24: unique values changing hands under two workers and kill -9 do not converge yet (docs/kafka.md)"]
+async fn unique_values_changing_hands_across_partitions_under_kill9() {
+    let pair = pair_with_broker("kphand").await;
+    let ddl = "CREATE TABLE hand (a int, b text, u text NOT NULL UNIQUE, PRIMARY KEY (a, b))";
+    let src = pair.src().await;
+    src.batch_execute(ddl).await.unwrap();
+    pair.dst().await.batch_execute(ddl).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(24);
+    let mut rows = Vec::new();
+    let mut next_u = 0;
+    for _ in 0..30 {
+        for sql in handover(&mut rng, &mut rows, &mut next_u, "hand") {
+            src.batch_execute(&sql).await.unwrap();
+        }
+    }
+    // Small batches: a worker that catches up after a kill applies one
+    // partition's backlog ahead of another's (librdkafka hands over a
+    // fetch partition by partition), so values reach the target out of
+    // the source's order.
+    let cfg = ConfigBuilder::new(&pair)
+        .tables(&["public.hand"])
+        .batch_size(20)
+        .partitions(3)
+        .build();
+    let mut source = spawn(&cfg, "source");
+    let mut workers = [spawn(&cfg, "worker"), spawn(&cfg, "worker")];
+    wait_equal(
+        &pair,
+        "public.hand",
+        &[&source, &workers[0], &workers[1]],
+        Duration::from_secs(90),
+    )
+    .await;
+    let mut chaos = rand::rngs::StdRng::seed_from_u64(7);
+    let rounds = 1500;
+    let kills: Vec<(usize, usize)> = (0..4)
+        .map(|i| (chaos.random_range(10..rounds), i % 3))
+        .collect();
+    for round in 0..rounds {
+        for &(at, who) in &kills {
+            if at != round {
+                continue;
+            }
+            if who == 2 {
+                alive(&mut source, "source");
+                source.kill9();
+                source = spawn(&cfg, "source");
+            } else {
+                alive(&mut workers[who], "worker");
+                workers[who].kill9();
+                workers[who] = spawn(&cfg, "worker");
+            }
+        }
+        for sql in handover(&mut rng, &mut rows, &mut next_u, "hand") {
+            src.batch_execute(&sql).await.unwrap();
+        }
+        if round % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(chaos.random_range(0..40))).await;
+        }
+    }
+    wait_equal(
+        &pair,
+        "public.hand",
+        &[&source, &workers[0], &workers[1]],
+        Duration::from_secs(180),
+    )
+    .await;
+    // How often a value reached the target out of order (a worker that
+    // was killed meanwhile took its count with it): for the record.
+    let waits: usize = workers
+        .iter()
+        .map(|w| w.log_text().matches("a unique value is still held").count())
+        .sum();
+    eprintln!("{rounds} rounds: {waits} unique-value waits in the live workers' logs");
+    assert_eq!(dlq_records(&pair).await, 0, "nothing parked");
+    alive(&mut source, "source");
+    for w in &mut workers {
+        alive(w, "worker");
+    }
+}

@@ -141,15 +141,11 @@ cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$e
 # the two verifies under live traffic (mirrored, mapped) run again on the
 # Kafka bus (the cutover check's lag is not measured there: it blocks by
 # design).
-# KNOWN DEFECT, not a pass: the Convex sink's kill -9 and overload test
-# fails on the Kafka bus (the worker stalls after a retried call; issue #16
-# stays open until it passes here too). It runs on the embedded bus above.
 FERRY_TEST_BUS=kafka cargo test --locked --no-fail-fast --test e2e "$@" -- \
   --skip kafka:: --skip kafka_bus:: --skip kafka_partitions:: \
   --skip pg_security:: --skip mongo_tls:: --skip mongo_srv:: --skip metrics_endpoint:: \
   --skip status::status_merges --skip status::alert_rules --skip status::snapshot_progress \
   --skip operator::second_ferry --skip operator::lost_target_table --skip operator::lag_bytes \
-  --skip convex::kill9_and_overload_leave_an_exact_mirror \
   --skip verify::planted --skip verify::every --skip verify::mapped_postgres --skip verify::mongodb \
   --skip verify::cutover --skip verify::watch --skip verify::a_column_type \
   2>&1 | tee "$kafka_log" || status=$?

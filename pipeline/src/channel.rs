@@ -43,6 +43,11 @@ impl BusSender {
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// Whether the receiving side has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 impl BusReceiver {

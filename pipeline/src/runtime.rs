@@ -149,6 +149,105 @@ pub struct Spawned {
 /// the batch consumed (the Kafka worker commits them to the group).
 pub type AfterCommit = Arc<dyn Fn(&[PartitionOffset]) + Send + Sync>;
 
+/// The error code of a batch that a Kafka worker gives back to be read
+/// again (see [`UniqueWait`]).
+pub const UNIQUE_WAIT: &str = "ferry-unique-wait";
+
+/// PostgreSQL's `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// How long a Kafka worker waits, at most, for a unique value to be let go
+/// by a row of another partition before it parks the row that wants it
+/// (as on one partition). Longer than a killed worker's session timeout
+/// and its successor's catch-up.
+pub const UNIQUE_WAIT_BUDGET: Duration = Duration::from_secs(120);
+
+/// A Kafka worker on topics of several partitions: a unique value that
+/// changes hands between two rows whose keys hash to different partitions
+/// (a row lets it go in one transaction, another takes it in a later one)
+/// reaches the target in partition order, not the source's: the row that
+/// takes it may come first and be refused (23505) while the row that
+/// still holds it waits, unapplied, on its partition (this worker's, or
+/// another's).
+///
+/// Instead of parking it, the writer gives the batch back: nothing of it
+/// is committed, the worker reads its partitions again from the target's
+/// progress, after a backoff (so that another worker's partition catches
+/// up), rounds alternating between a larger first batch (so that this
+/// worker's own lagging partitions come into the same batch, where the
+/// sink applies a unique value's handover row by row in order) and
+/// batches of one change (so that what precedes the refused change is
+/// committed), the refused change's partition held back for a moment
+/// while the worker's other partitions go on: two workers that each wait
+/// for a value the other one lets go later on another partition both get
+/// through. Once a batch
+/// commits the wait is over; a conflict that outlasts
+/// [`UNIQUE_WAIT_BUDGET`] is a real one (the target holds the value for
+/// good) and the row is parked as on one partition. Costs nothing without
+/// a conflict.
+#[derive(Debug, Default)]
+pub struct UniqueWait {
+    /// Whether a consumed topic has several partitions (one partition
+    /// keeps the source's order: a conflict there is a real one).
+    pub several_partitions: std::sync::atomic::AtomicBool,
+    /// Since when the current wait lasts, and its rounds so far.
+    state: std::sync::Mutex<Option<(Instant, u32)>>,
+    /// The partition of a refused batch that applied changes of one
+    /// partition only: the worker holds it back for a moment while its
+    /// other partitions go on (they may hold the change that lets the
+    /// value go, or one another worker waits for).
+    blocked: std::sync::Mutex<Option<(Arc<str>, i32)>>,
+}
+
+impl UniqueWait {
+    /// On a unique violation: whether to give the batch back (and count a
+    /// round) rather than park the refused row.
+    fn should_wait(&self, budget: Duration) -> bool {
+        if !self
+            .several_partitions
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return false;
+        }
+        let mut state = self.state.lock().expect("unique wait lock");
+        match &mut *state {
+            None => {
+                *state = Some((Instant::now(), 1));
+                true
+            }
+            Some((since, rounds)) if since.elapsed() < budget => {
+                *rounds += 1;
+                true
+            }
+            Some(_) => {
+                *state = None;
+                false
+            }
+        }
+    }
+
+    /// A batch committed: any wait is over.
+    fn resolved(&self) {
+        let mut state = self.state.lock().expect("unique wait lock");
+        if state.is_some() {
+            *state = None;
+        }
+    }
+
+    /// The partition to hold back after the last refusal, if known.
+    pub fn take_blocked(&self) -> Option<(Arc<str>, i32)> {
+        self.blocked.lock().expect("unique wait lock").take()
+    }
+
+    /// Rounds of the current wait (0 without one).
+    pub fn rounds(&self) -> u32 {
+        self.state
+            .lock()
+            .expect("unique wait lock")
+            .map_or(0, |(_, r)| r)
+    }
+}
+
 /// How the apply side recognizes replays.
 pub enum ApplyMode {
     /// One ordered stream: changes at or below the highest position seen
@@ -160,6 +259,7 @@ pub enum ApplyMode {
     Worker {
         after_commit: AfterCommit,
         on_parked: crate::dlq::OnParked,
+        unique_wait: Arc<UniqueWait>,
     },
 }
 
@@ -172,12 +272,19 @@ pub fn spawn_apply<K: Sink>(
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Spawned {
-    let (seen_up_to, skip_replays, after_commit, on_parked) = match mode {
-        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None, None),
+    let (seen_up_to, skip_replays, after_commit, on_parked, unique_wait) = match mode {
+        ApplyMode::Embedded { seen_up_to } => (seen_up_to, true, None, None, None),
         ApplyMode::Worker {
             after_commit,
             on_parked,
-        } => (None, false, Some(after_commit), Some(on_parked)),
+            unique_wait,
+        } => (
+            None,
+            false,
+            Some(after_commit),
+            Some(on_parked),
+            Some(unique_wait),
+        ),
     };
     // One job queued at most: the builder waits for the writer rather than
     // piling batches up (memory stays bounded by about two batches).
@@ -191,6 +298,7 @@ pub fn spawn_apply<K: Sink>(
         shutdown: shutdown.clone(),
         after_commit,
         on_parked,
+        unique_wait,
     };
     let apply: ApplyLoop<K> = ApplyLoop {
         rx,
@@ -337,6 +445,9 @@ struct Summary {
     lag_tables: Vec<(TableId, i64)>,
     /// Tables whose snapshot ends with this job.
     snapshots_done: Vec<TableId>,
+    /// Kafka bus: the partitions the batch applies changes of (replays
+    /// skipped by position are only consumed).
+    changed: Vec<(Arc<str>, i32)>,
 }
 
 /// A batch on its way to the sink, with what to release once it is durable.
@@ -362,6 +473,7 @@ struct Writer<K: Sink> {
     shutdown: watch::Receiver<bool>,
     after_commit: Option<AfterCommit>,
     on_parked: Option<crate::dlq::OnParked>,
+    unique_wait: Option<Arc<UniqueWait>>,
 }
 
 impl<K: Sink> Writer<K> {
@@ -391,6 +503,9 @@ impl<K: Sink> Writer<K> {
             loop {
                 match self.sink.write_batch(&prepared).await {
                     Ok(()) => {
+                        if let Some(w) = &self.unique_wait {
+                            w.resolved();
+                        }
                         if !summary.parked.is_empty() {
                             if let Some(on_parked) = &self.on_parked {
                                 on_parked(&summary.parked);
@@ -400,6 +515,22 @@ impl<K: Sink> Writer<K> {
                     }
                     Err(e) if e.disposition() == Disposition::Retry => {
                         wait_retry(&e, &mut backoff, self.shutdown.clone()).await?;
+                    }
+                    Err(e)
+                        if e.code.as_deref() == Some(UNIQUE_VIOLATION)
+                            && self
+                                .unique_wait
+                                .as_ref()
+                                .is_some_and(|w| w.should_wait(UNIQUE_WAIT_BUDGET)) =>
+                    {
+                        if let (Some(w), [one]) = (&self.unique_wait, &summary.changed[..]) {
+                            *w.blocked.lock().expect("unique wait lock") = Some(one.clone());
+                        }
+                        return Err(PipelineError::transient(
+                            Stage::Sink,
+                            format!("{e}: the row that holds the value may have a change pending on another partition; reading the partitions again"),
+                        )
+                        .with_code(UNIQUE_WAIT));
                     }
                     Err(e) if e.disposition() == Disposition::DeadLetter => {
                         metrics()
@@ -630,6 +761,12 @@ impl<K: Sink> ApplyLoop<K> {
             seq: self.sent,
             lag_tables: self.lag_tables.drain().collect(),
             snapshots_done: std::mem::take(&mut self.snapshots_done),
+            changed: batch
+                .bus
+                .iter()
+                .filter(|(_, r)| r.position.is_some())
+                .map(|((topic, partition), _)| (Arc::clone(topic), *partition))
+                .collect(),
         };
         // Encode before waiting: this overlaps with the writer's work.
         let prepared = (!batch.is_empty()).then(|| K::prepare(batch));

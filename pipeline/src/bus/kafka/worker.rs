@@ -45,7 +45,8 @@ use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage}
 use crate::event::{Barrier, BarrierKind, BusMessage, SourceAck};
 use crate::metrics::metrics;
 use crate::runtime::{
-    flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, BURST,
+    flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, UniqueWait, BURST,
+    UNIQUE_WAIT,
 };
 use crate::sink::Sink;
 use crate::FastHashMap;
@@ -274,6 +275,46 @@ struct WorkerContext<S: BusOffsets> {
     /// Per partition, the high watermark of the last Fetch response
     /// (librdkafka's statistics, every second): see [`check_topics`].
     fetched_high: Mutex<FastHashMap<(String, i32), i64>>,
+    /// The pipeline's retry cap and stop signal, for reading the sink's
+    /// progress on an assignment.
+    max_retry_delay: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// How long an assignment waits out a sink that answers its progress read
+/// with transient errors (429, 5xx, a dropped connection) before the
+/// worker gives up the assignment and rejoins. Retried here, in place: a
+/// rejoin costs seconds of group protocol per attempt, so against a sink
+/// that is overloaded for a while the worker spent every attempt on one
+/// failed read and applied nothing (the Convex sink's kill -9 and overload
+/// test, issue #16). Kept well below librdkafka's `max.poll.interval.ms`
+/// (300 s by default): the rebalance callback runs inside the poll.
+const ASSIGN_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// The sink's progress for `parts`, transient errors retried with the
+/// pipeline's backoff for up to `budget`; the last error after that, or at
+/// once for an error that is not transient, or when asked to stop.
+async fn load_progress<S: BusOffsets>(
+    store: &mut S,
+    parts: &[(String, i32)],
+    max_retry_delay: Duration,
+    budget: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::collections::HashMap<(String, i32), PartitionProgress>, PipelineError> {
+    let deadline = std::time::Instant::now() + budget;
+    let mut backoff = retry_backoff(max_retry_delay);
+    loop {
+        match store.load_bus_offsets(parts).await {
+            Ok(m) => return Ok(m),
+            Err(e)
+                if e.disposition() == Disposition::Retry
+                    && std::time::Instant::now() < deadline =>
+            {
+                wait_retry(&e, &mut backoff, shutdown.clone()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl<S: BusOffsets> ClientContext for WorkerContext<S> {
@@ -340,8 +381,17 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                 // runtime worker thread: block it (not the runtime) for the
                 // one query that says where each partition starts.
                 let loaded = tokio::task::block_in_place(|| {
-                    self.runtime
-                        .block_on(async { self.store.lock().await.load_bus_offsets(&parts).await })
+                    self.runtime.block_on(async {
+                        let mut store = self.store.lock().await;
+                        load_progress(
+                            &mut *store,
+                            &parts,
+                            self.max_retry_delay,
+                            ASSIGN_RETRY_BUDGET,
+                            self.shutdown.clone(),
+                        )
+                        .await
+                    })
                 });
                 let stored = match loaded {
                     Ok(m) => m,
@@ -454,8 +504,7 @@ where
 {
     let mut backoff = retry_backoff(opts.max_retry_delay);
     loop {
-        let (sink, store) = make();
-        let res = run_once(k, &subscription, sink, store, &opts, shutdown.clone()).await;
+        let res = run_once(k, &subscription, &mut make, &opts, shutdown.clone()).await;
         match res {
             Err(e) if e.code.as_deref() == Some(STALE_OFFSETS) => {
                 info!(error = %e, "another worker applied these offsets first; rejoining from the sink's progress");
@@ -468,14 +517,20 @@ where
     }
 }
 
-async fn run_once<K: Sink, S: BusOffsets>(
+async fn run_once<K, S, F>(
     k: &KafkaConfig,
     subscription: &Subscription,
-    sink: K,
-    store: S,
+    make: &mut F,
     opts: &RuntimeOptions,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), PipelineError> {
+) -> Result<(), PipelineError>
+where
+    K: Sink,
+    S: BusOffsets,
+    F: FnMut() -> (K, S),
+{
+    let (sink, store) = make();
+    let unique_wait: Arc<UniqueWait> = Arc::default();
     // Created here too, so that a worker started before its source finds
     // its topics; a topic that disappears later is then an error.
     if let Subscription::Topics(names) = subscription {
@@ -493,6 +548,8 @@ async fn run_once<K: Sink, S: BusOffsets>(
         holds: Arc::clone(&holds),
         group_state: Mutex::new(None),
         fetched_high: Mutex::new(FastHashMap::default()),
+        max_retry_delay: opts.max_retry_delay,
+        shutdown: shutdown.clone(),
     };
     let mut cfg = client_config(k, &Default::default());
     // Defaults a user may override: a worker that dies is noticed in
@@ -539,9 +596,35 @@ async fn run_once<K: Sink, S: BusOffsets>(
         }
     }
     .map_err(|e| kafka_err(Stage::Decode, "subscribe", e))?;
+    // Whether a unique value may reach the target out of the source's
+    // order (see `UniqueWait`); assumed when the metadata cannot say.
+    let several = {
+        let c = Arc::clone(&consumer);
+        let names = match subscription {
+            Subscription::Topics(n) => Some(n.clone()),
+            Subscription::Prefix => None,
+        };
+        let prefix = format!("{}.", k.topic_prefix);
+        tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| {
+                    m.topics().iter().any(|t| {
+                        let ours = match &names {
+                            Some(n) => n.iter().any(|n| n == t.name()),
+                            None => t.name().starts_with(&prefix),
+                        };
+                        ours && t.partitions().len() > 1
+                    })
+                })
+                .unwrap_or(true)
+        })
+        .await
+        .unwrap_or(true)
+    };
+    unique_wait
+        .several_partitions
+        .store(several, Ordering::Release);
 
-    let (bus_tx, bus_rx) = channel::bounded(opts.bus_capacity);
-    let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
     let committer = Arc::clone(&consumer);
     // Held partitions look at their barriers again after each commit (it
     // may have carried the arrival that completes one).
@@ -562,44 +645,176 @@ async fn run_once<K: Sink, S: BusOffsets>(
     let dlq_topic = super::Topics::new(&k.topic_prefix).dlq();
     ensure_topics(k, std::slice::from_ref(&dlq_topic), false, Stage::Decode).await?;
     let on_parked = dead_letter_mirror(k, &opts.pipeline, dlq_topic);
-    let apply = spawn_apply(
-        bus_rx,
-        sink,
-        ack_tx,
-        ApplyMode::Worker {
-            after_commit,
-            on_parked,
-        },
-        opts,
-        shutdown.clone(),
-    );
-    let apply_task = apply.task;
-    let _apply = apply.abort;
-    let reader = Reader {
-        k: k.clone(),
-        pipeline: opts.pipeline.clone(),
-        decoder: Decoder::new(),
-        bus: bus_tx,
-        progress,
-        checks,
-        holds,
-        topic_names: FastHashMap::default(),
+    let mut backoff = retry_backoff(opts.max_retry_delay);
+    let mut sink = Some(sink);
+    let mut decoder = Decoder::new();
+    loop {
+        // While a unique value waits for another partition (see
+        // `UniqueWait`), rounds alternate between a larger first batch
+        // (2, 4, then 8 times the configured size: this worker's own
+        // lagging partitions come into the batch, where the sink applies
+        // the handover in order) and batches of one change (each worker
+        // commits what it can up to the refused change, so that two
+        // workers that each wait for a value the other one lets go later
+        // in its batch both get through).
+        let mut session = opts.clone();
+        let rounds = unique_wait.rounds();
+        session.batch_size = match rounds {
+            0 => opts.batch_size,
+            r if r % 2 == 1 => opts.batch_size << r.div_ceil(2).min(3),
+            _ => 1,
+        };
+        let (bus_tx, bus_rx) = channel::bounded(session.bus_capacity);
+        let (ack_tx, _ack_rx) = watch::channel(SourceAck(0));
+        let apply = spawn_apply(
+            bus_rx,
+            sink.take().unwrap_or_else(|| make().0),
+            ack_tx,
+            ApplyMode::Worker {
+                after_commit: Arc::clone(&after_commit),
+                on_parked: Arc::clone(&on_parked),
+                unique_wait: Arc::clone(&unique_wait),
+            },
+            &session,
+            shutdown.clone(),
+        );
+        let apply_task = apply.task;
+        let _apply = apply.abort;
+        let reader = Reader {
+            k: k.clone(),
+            pipeline: opts.pipeline.clone(),
+            decoder,
+            bus: bus_tx,
+            progress: Arc::clone(&progress),
+            checks: Arc::clone(&checks),
+            holds: Arc::clone(&holds),
+            topic_names: FastHashMap::default(),
+        };
+        // The loop runs as a task of the runtime, beside the apply task: a
+        // message handed to the apply side then wakes a task on the same
+        // worker threads instead of crossing from the thread that called
+        // `block_on`.
+        let consume = tokio::spawn(consume(
+            Arc::clone(&consumer),
+            subscription.clone(),
+            reader,
+            apply_task,
+            shutdown.clone(),
+            Arc::clone(&committed),
+            k.group(&opts.pipeline),
+        ));
+        let _consume = crate::runtime::AbortOnDrop(vec![consume.abort_handle()]);
+        match consume.await {
+            Ok(Err(Rewind { error, reader })) if !*shutdown.borrow() => {
+                // Nothing of the batch was committed: read every assigned
+                // partition again from the target's progress, in this
+                // session (a rejoin would rebalance the whole group).
+                info!(error = %error, round = unique_wait.rounds(), "a unique value is still held in the target; reading the partitions again from the sink's progress");
+                decoder = reader.decoder;
+                wait_retry(&error, &mut backoff, shutdown.clone()).await?;
+                rewind(&consumer, opts.max_retry_delay, shutdown.clone()).await?;
+                if let Some((topic, partition)) = unique_wait.take_blocked() {
+                    // Held back while the other partitions go on; a
+                    // rebalance resumes it anyway (assignments start
+                    // afresh).
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    if consumer.pause(&tpl).is_ok() {
+                        let c = Arc::clone(&consumer);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(UNIQUE_HOLD).await;
+                            let _ = c.resume(&tpl);
+                        });
+                    }
+                }
+            }
+            Ok(Err(Rewind { error, .. })) => return Err(error),
+            Ok(Ok(r)) => return r,
+            Err(e) => return flatten(Err(e)),
+        }
+    }
+}
+
+/// How long a partition whose change waits for a unique value is held
+/// back while the worker's other partitions go on.
+const UNIQUE_HOLD: Duration = Duration::from_secs(2);
+
+/// The consume loop gave its reader back: the apply side stopped with
+/// [`UNIQUE_WAIT`].
+struct Rewind {
+    error: PipelineError,
+    reader: Reader,
+}
+
+/// Seeks every assigned partition back to the target's progress, as an
+/// assignment does (holds and checks dropped: a barrier arrival that was
+/// not committed is met again).
+async fn rewind<S: BusOffsets>(
+    consumer: &Arc<StreamConsumer<WorkerContext<S>>>,
+    max_retry_delay: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    let assigned = consumer
+        .assignment()
+        .map_err(|e| kafka_err(Stage::Decode, "read the assignment", e))?;
+    let parts: Vec<(String, i32)> = assigned
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let ctx = consumer.context();
+    let stored = {
+        let mut store = ctx.store.lock().await;
+        load_progress(
+            &mut *store,
+            &parts,
+            max_retry_delay,
+            ASSIGN_RETRY_BUDGET,
+            shutdown,
+        )
+        .await?
     };
-    // The loop runs as a task of the runtime, beside the apply task: a
-    // message handed to the apply side then wakes a task on the same
-    // worker threads instead of crossing from the thread that called
-    // `block_on`.
-    let consume = tokio::spawn(consume(
-        consumer,
-        subscription.clone(),
-        reader,
-        apply_task,
-        shutdown,
-        committed,
-        k.group(&opts.pipeline),
-    ));
-    let _consume = crate::runtime::AbortOnDrop(vec![consume.abort_handle()]);
-    flatten(consume.await)
+    ctx.holds.update(|holds| {
+        for (t, p) in &parts {
+            holds.remove(&(Arc::from(t.as_str()), *p));
+        }
+    });
+    ctx.checks.set(|expected| {
+        for (t, p) in &parts {
+            expected.remove(&(Arc::from(t.as_str()), *p));
+        }
+    });
+    let mut seeks = Vec::new();
+    {
+        let mut progress = ctx.progress.lock().expect("progress lock");
+        for (topic, partition) in &parts {
+            let key = (Arc::from(topic.as_str()), *partition);
+            let offset = match stored.get(&(topic.clone(), *partition)) {
+                Some(p) => {
+                    progress.insert(key, *p);
+                    Offset::Offset(p.next_offset)
+                }
+                None => {
+                    progress.remove(&key);
+                    Offset::Beginning
+                }
+            };
+            seeks.push((topic.clone(), *partition, offset));
+        }
+    }
+    // A partition paused at a barrier starts afresh.
+    let _ = consumer.resume(&assigned);
+    let c = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || {
+        for (topic, partition, offset) in seeks {
+            // librdkafka drops what it fetched before the seek.
+            c.seek(&topic, partition, offset, Duration::from_secs(10))
+                .map_err(|e| kafka_err(Stage::Decode, "seek a partition back", e))?;
+        }
+        Ok::<(), PipelineError>(())
+    })
+    .await
+    .map_err(|e| PipelineError::fatal(Stage::Decode, format!("seek task: {e}")))?
 }
 
 /// Feeds consumed messages to the apply side until shutdown (then lets the
@@ -617,7 +832,52 @@ async fn consume<S: BusOffsets>(
     shutdown: watch::Receiver<bool>,
     committed: Arc<tokio::sync::Notify>,
     group: String,
-) -> Result<(), PipelineError> {
+) -> Result<Result<(), PipelineError>, Rewind> {
+    // Errors of the loop itself; the apply side's UNIQUE_WAIT gives the
+    // reader back instead.
+    let res = consume_loop(
+        consumer,
+        subscription,
+        &mut reader,
+        &mut apply_task,
+        shutdown,
+        committed,
+        group,
+    )
+    .await;
+    let error = match res {
+        Ok(None) => {
+            // Shutdown: let the apply side commit what it has, then stop.
+            drop(reader);
+            return Ok(flatten(apply_task.await));
+        }
+        Ok(Some(Ok(()))) => return Ok(Ok(())),
+        Ok(Some(Err(e))) => e,
+        // A send to an apply side that stopped fails with "stopped": the
+        // apply side's own error says why.
+        Err(e) if apply_task.is_finished() || reader.bus.is_closed() => {
+            match tokio::time::timeout(Duration::from_secs(5), &mut apply_task).await {
+                Ok(r) => flatten(r).err().unwrap_or(e),
+                Err(_) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    if error.code.as_deref() == Some(UNIQUE_WAIT) {
+        return Err(Rewind { error, reader });
+    }
+    Ok(Err(error))
+}
+
+async fn consume_loop<S: BusOffsets>(
+    consumer: Arc<StreamConsumer<WorkerContext<S>>>,
+    subscription: Subscription,
+    reader: &mut Reader,
+    apply_task: &mut tokio::task::JoinHandle<Result<(), PipelineError>>,
+    shutdown: watch::Receiver<bool>,
+    committed: Arc<tokio::sync::Notify>,
+    group: String,
+) -> Result<Option<Result<(), PipelineError>>, PipelineError> {
     let mut shutdown_rx = shutdown;
     // (The `Ref` wait_for returns must not live in the select's output: it
     // is not Send.)
@@ -643,7 +903,7 @@ async fn consume<S: BusOffsets>(
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            res = &mut apply_task => return flatten(res),
+            res = &mut *apply_task => return Ok(Some(flatten(res))),
             _ = hold_tick.tick(), if holds.any.load(Ordering::Acquire) => {
                 release_done(&consumer, &holds).await?;
             }
@@ -687,7 +947,7 @@ async fn consume<S: BusOffsets>(
                 let msg = msg.expect("Kafka message streams never end");
                 if let Some(m) = accept(msg, &subscription)? {
                     if let Some(b) = reader.handle(&m).await? {
-                        arrive(&consumer, &mut reader, b).await?;
+                        arrive(&consumer, reader, b).await?;
                     }
                 }
                 // What librdkafka has already fetched goes through without
@@ -706,7 +966,7 @@ async fn consume<S: BusOffsets>(
                     };
                     if let Some(m) = accept(msg, &subscription)? {
                         if let Some(b) = reader.handle(&m).await? {
-                            arrive(&consumer, &mut reader, b).await?;
+                            arrive(&consumer, reader, b).await?;
                         }
                     }
                 }
@@ -722,10 +982,8 @@ async fn consume<S: BusOffsets>(
             return Err(e);
         }
     }
-    // Shutdown: let the apply side commit what it has, then stop.
     drop(messages);
-    drop(reader);
-    flatten(apply_task.await)
+    Ok(None)
 }
 
 /// A partition reached a barrier copy: passed at once if the barrier is
@@ -1384,6 +1642,63 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink whose progress reads fail transiently `fail` times first.
+    struct Flaky {
+        fail: usize,
+        calls: usize,
+    }
+
+    impl BusOffsets for Flaky {
+        async fn load_bus_offsets(
+            &mut self,
+            _: &[(String, i32)],
+        ) -> Result<std::collections::HashMap<(String, i32), PartitionProgress>, PipelineError>
+        {
+            self.calls += 1;
+            if self.calls <= self.fail {
+                return Err(PipelineError::transient(Stage::Sink, "HTTP 429"));
+            }
+            Ok(Default::default())
+        }
+    }
+
+    /// The Convex sink's overload test stalled on the Kafka bus: each
+    /// transient failure of the progress read on an assignment cost a
+    /// rejoin of the group (seconds), so an overloaded sink used up every
+    /// attempt. The read is retried in place, within a budget.
+    #[tokio::test]
+    async fn an_assignment_waits_out_a_transiently_failing_progress_read() {
+        let (_stop, shutdown) = watch::channel(false);
+        let parts = vec![("t".to_string(), 0)];
+        let mut flaky = Flaky { fail: 5, calls: 0 };
+        let got = load_progress(
+            &mut flaky,
+            &parts,
+            Duration::from_millis(20),
+            ASSIGN_RETRY_BUDGET,
+            shutdown.clone(),
+        )
+        .await;
+        assert!(got.is_ok(), "{got:?}");
+        assert_eq!(flaky.calls, 6, "retried in place until it answered");
+
+        // Past the budget, the error goes to the rejoin path as before.
+        let mut down = Flaky {
+            fail: usize::MAX,
+            calls: 0,
+        };
+        let got = load_progress(
+            &mut down,
+            &parts,
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            shutdown,
+        )
+        .await;
+        assert!(got.is_err_and(|e| e.disposition() == Disposition::Retry));
+        assert!(down.calls >= 2, "{} calls", down.calls);
+    }
 
     #[test]
     fn barrier_headers_parse() {
