@@ -71,7 +71,9 @@ if (!deployKey) {
   process.exit(2);
 }
 
-type Fault = { mode: "429" | "503" | "drop" | "drop-after-commit"; count: number };
+// `scope`: only the function API (`functions`) or only the export routes
+// (`export`); any call when absent.
+type Fault = { mode: "429" | "503" | "drop" | "drop-after-commit"; count: number; scope?: "functions" | "export" };
 const faults: Fault[] = [];
 let calls = 0;
 // `${table}|${key}|${version}` → times written.
@@ -96,11 +98,12 @@ async function readBody(req: IncomingMessage): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
-function takeFault(): Fault["mode"] | null {
-  const f = faults[0];
-  if (!f) return null;
+function takeFault(scope: "functions" | "export"): Fault["mode"] | null {
+  const i = faults.findIndex((f) => !f.scope || f.scope === scope);
+  if (i < 0) return null;
+  const f = faults[i];
   f.count -= 1;
-  if (f.count <= 0) faults.shift();
+  if (f.count <= 0) faults.splice(i, 1);
   return f.mode;
 }
 
@@ -129,7 +132,7 @@ async function callFunction(kind: "mutation" | "query", req: IncomingMessage, re
   } catch (e) {
     return send(res, 400, { code: "BadJsonBody", message: String(e) });
   }
-  const fault = takeFault();
+  const fault = takeFault("functions");
   if (fault === "429") {
     return send(res, 429, { code: "TooManyConcurrentRequests", message: "Too many concurrent requests (injected by the test server)" });
   }
@@ -191,7 +194,7 @@ async function exportRoute(req: IncomingMessage, res: ServerResponse, url: URL) 
   if (!(auth.slice(0, 7).toLowerCase() === "convex " && auth.slice(7) === deployKey)) {
     return send(res, 401, { code: "Unauthenticated", message: "The provided deploy key is invalid" });
   }
-  const fault = takeFault();
+  const fault = takeFault("export");
   if (fault === "429") {
     return send(res, 429, { code: "TooManyConcurrentRequests", message: "Too many concurrent requests (injected by the test server)" });
   }
