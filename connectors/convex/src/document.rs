@@ -29,6 +29,11 @@ pub struct Change {
     pub deleted: bool,
     /// The row (absent for a delete).
     pub row: Option<Row>,
+    /// 1-based place of this value among the page's values of its
+    /// timestamp (0 until the caller sets it). Convex never splits a
+    /// timestamp across pages and orders it by `_id`, so the place is the
+    /// same however the page is cut: with `ts`, a position that only grows.
+    pub ordinal: u64,
 }
 
 fn column(name: &str, type_sql: &str, key: bool) -> Column {
@@ -126,6 +131,7 @@ pub fn parse(v: &Json) -> Result<Change, DecodeError> {
         ts,
         deleted,
         row,
+        ordinal: 0,
     })
 }
 
@@ -191,6 +197,7 @@ mod tests {
             ts,
             deleted: false,
             row: None,
+            ordinal: 0,
         };
         let out = dedupe(vec![c("a", 1), c("b", 1), c("a", 3), c("a", 2), c("b", 2)]);
         let got: Vec<(&str, i64)> = out.iter().map(|c| (c.id.as_str(), c.ts)).collect();

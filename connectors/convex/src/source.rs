@@ -12,7 +12,10 @@
 //! page's cursor travels as a `Resume` message, which the sink stores with
 //! the data before it (target checkpoint, or the Kafka checkpoint topic).
 //! A crash inside a page therefore replays the whole page (the sink's
-//! upserts absorb the overlap) and never skips its other half. A cursor
+//! upserts absorb the overlap) and never skips its other half. Each
+//! change also carries its position (commit timestamp, place in it), so
+//! the runtime skips the part of a replayed page already applied, on both
+//! buses: no document moves back to an older version. A cursor
 //! older than the deployment's retention stops the pipeline with a
 //! message, or copies everything again when
 //! `source.on_expired_cursor = "resnapshot"`.
@@ -230,8 +233,16 @@ impl ConvexSource {
                 .await
                 .map_err(|e| expired_context(e, cursor))?;
             let mut changes = Vec::with_capacity(page.values.len());
+            let (mut group_ts, mut place) = (i64::MIN, 0u64);
             for v in &page.values {
-                let c = parse(v).map_err(|e| decode_err("document_deltas", &e))?;
+                let mut c = parse(v).map_err(|e| decode_err("document_deltas", &e))?;
+                // Counted before filtering and deduplicating: the place of
+                // a value must not depend on what else the page held.
+                if c.ts != group_ts {
+                    (group_ts, place) = (c.ts, 0);
+                }
+                place += 1;
+                c.ordinal = place;
                 if self.mirrors(&c) {
                     changes.push(c);
                 }
@@ -239,6 +250,7 @@ impl ConvexSource {
             let emitted = !changes.is_empty();
             for c in dedupe(changes) {
                 let schema = self.schema(progress, &c.table);
+                let position = position(&c);
                 let (op, before, after) = if c.deleted {
                     (Op::Delete, Some(key_row(&c.id)), None)
                 } else {
@@ -252,7 +264,7 @@ impl ConvexSource {
                         op,
                         before,
                         after,
-                        position: Position::default(),
+                        position,
                         xid: None,
                         commit_ts_micros: c.ts / 1000,
                         resume_token: None,
@@ -344,6 +356,18 @@ impl Source for ConvexSource {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A change's place in the change log: its commit timestamp (ns), then
+/// its place in that timestamp. The runtime skips what is at or below the
+/// last position applied (the sink's checkpoint, a Kafka partition's
+/// progress), so a page sent again after a restart never brings a
+/// document back to an older version.
+fn position(c: &Change) -> Position {
+    Position {
+        commit_lsn: u64::try_from(c.ts).unwrap_or_default(),
+        ordinal: c.ordinal,
     }
 }
 
