@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_convex_source::value::{decode, document_json};
+use ferry_convex_source::value::decode;
+use ferry_postgres_sink::literal::to_pg_text;
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
@@ -69,8 +70,13 @@ impl Fx {
     /// A config mirroring `tables` of the server into the target; on the
     /// Kafka bus with a `[kafka]` section of its own.
     fn config(&self, tables: &[&str], source_extra: &str) -> PathBuf {
+        self.config_with(tables, source_extra, "")
+    }
+
+    /// [`Fx::config`] with more `[pipeline]` keys.
+    fn config_with(&self, tables: &[&str], source_extra: &str, pipeline_extra: &str) -> PathBuf {
         let text = format!(
-            "[pipeline]\nname = \"test\"\nbatch_linger_ms = 10\nmax_retry_delay_secs = 1\n\n{}\n[sink]\nkind = \"postgres\"\nurl = \"{}\"\n",
+            "[pipeline]\nname = \"test\"\nbatch_linger_ms = 10\nmax_retry_delay_secs = 1\n{pipeline_extra}\n\n{}\n[sink]\nkind = \"postgres\"\nurl = \"{}\"\n",
             self.server.source_toml(tables, source_extra),
             self.target.url(&self.pg_db)
         );
@@ -98,11 +104,8 @@ impl Fx {
             }
             let id = d["_id"].as_str().expect("_id");
             let v = decode(d).expect("a document the codec reads");
-            want_json.push_str(&format!(
-                "{{\"id\":{:?},\"doc\":{}}}",
-                id,
-                document_json(&v)
-            ));
+            let doc = to_pg_text(&v).expect("a document is never NULL");
+            want_json.push_str(&format!("{{\"id\":{id:?},\"doc\":{doc}}}"));
         }
         want_json.push(']');
         // Both sides through jsonb: PostgreSQL's own normalization.
@@ -541,4 +544,195 @@ async fn convex_source_export_not_enabled_and_config_errors() {
     let (code, out) = ferry_cmd(&["check", "--config", bad.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("source.tables[0]"), "{out}");
+}
+
+const MAPPING: &str = r#"
+[id_maps.users]
+kind = "uuid_v7"
+
+[id_maps.posts]
+kind = "bigint"
+start = 1000
+
+[[tables]]
+source = "convex.users"
+target = "public.users"
+rest = "extra"
+drop = ["_creationTime"]
+[tables.columns]
+id = { from = "_id", id_map = "users" }
+name = "name"
+n = "n"
+big = "big"
+f = "f"
+bytes = "bytes"
+
+[[tables]]
+source = "convex.posts"
+target = "public.posts"
+rest = "extra"
+drop = ["_creationTime"]
+[tables.columns]
+id = { from = "_id", id_map = "posts" }
+user_id = { from = "user", id_map = "users" }
+title = "name"
+"#;
+
+/// The new id of each Convex id of `namespace`, from `ferry_id_map`
+/// (empty until the sink made the table).
+async fn id_map(pg: &tokio_postgres::Client, namespace: &str) -> BTreeMap<String, String> {
+    let rows = pg
+        .query(
+            "SELECT legacy_id, new_id::text FROM public.ferry_id_map WHERE namespace = $1",
+            &[&namespace],
+        )
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            let legacy: String = r.get(0);
+            (legacy.trim_matches('"').to_string(), r.get(1))
+        })
+        .collect()
+}
+
+/// `Ok` when the mapped tables hold exactly the source's documents: each
+/// user under its id-map uuid with its typed columns, each post under its
+/// bigint with `user_id` the uuid of the user it references.
+async fn compare_mapped(fx: &Fx, pg: &tokio_postgres::Client) -> Result<(), String> {
+    let users = fx.server.table("users").await;
+    let posts = fx.server.table("posts").await;
+    let uid = id_map(pg, "users").await;
+    let pid = id_map(pg, "posts").await;
+    let got_users: BTreeMap<String, (String, Option<i64>, Option<i64>)> = pg
+        .query("SELECT id::text, name, n, big FROM public.users", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    if got_users.len() != users.len() {
+        return Err(format!(
+            "{} users, {} in the target",
+            users.len(),
+            got_users.len()
+        ));
+    }
+    for u in &users {
+        let id = u["_id"].as_str().unwrap();
+        let new = uid.get(id).ok_or(format!("user {id} not in the id map"))?;
+        let want = (
+            u["name"].as_str().unwrap().to_string(),
+            Some(crate::support::convex::int64(&u["n"])),
+            u.get("big").map(crate::support::convex::int64),
+        );
+        match got_users.get(new) {
+            Some(g) if *g == want => {}
+            g => return Err(format!("user {id} ({new}): target {g:?}, source {want:?}")),
+        }
+    }
+    let got_posts: BTreeMap<String, (Option<String>, Option<String>)> = pg
+        .query(
+            "SELECT id::text, user_id::text, title FROM public.posts",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    if got_posts.len() != posts.len() {
+        return Err(format!(
+            "{} posts, {} in the target",
+            posts.len(),
+            got_posts.len()
+        ));
+    }
+    for p in &posts {
+        let id = p["_id"].as_str().unwrap();
+        let new = pid.get(id).ok_or(format!("post {id} not in the id map"))?;
+        let user = uid.get(p["user"].as_str().unwrap()).cloned();
+        let want = (user, p["name"].as_str().map(String::from));
+        match got_posts.get(new) {
+            Some(g) if *g == want => {}
+            g => return Err(format!("post {id} ({new}): target {g:?}, source {want:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Convex → PostgreSQL through a mapping: Convex ids through the id map
+/// (uuid for users, bigints for posts), `v.id("users")` references
+/// translated into the user's new id, allocated ahead when the post is
+/// copied before its user (posts are copied first), Int64 into bigint,
+/// bytes into bytea, the rest into jsonb; then changes followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_source_mapped_through_the_id_map() {
+    let fx = Fx::start("cxs_mapped", &[]).await;
+    let pg = fx.pg().await;
+    pg.batch_execute(
+        "CREATE TABLE public.users (id uuid PRIMARY KEY, name text NOT NULL, n bigint, big bigint,
+             f double precision, bytes bytea, extra jsonb);
+         CREATE TABLE public.posts (id bigint PRIMARY KEY, user_id uuid, title text, extra jsonb);",
+    )
+    .await
+    .expect("create the mapped tables");
+    let mapping = fx.dir.path().join("mapping.toml");
+    std::fs::write(&mapping, MAPPING).expect("write the mapping");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let users = preload(&fx.server, "users", 200, 100, &mut rng).await;
+    let posts: Vec<Json> = (0..150)
+        .map(|i| json!({"op": "insert", "table": "posts", "doc": random_doc(&mut rng, i, Some(&users[i as usize]))}))
+        .collect();
+    fx.server.write(Json::Array(posts)).await;
+    let config = fx.config_with(
+        &["posts", "users"],
+        "",
+        &format!("mappings = {:?}", mapping.to_str().unwrap()),
+    );
+    let mut ferry = Ferry::spawn(&config);
+    let wait = |ferry: &mut Ferry| {
+        if let Some(status) = ferry.exited() {
+            panic!("ferry exited ({status}); log:\n{}", ferry.log_text());
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        wait(&mut ferry);
+        match compare_mapped(&fx, &pg).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => panic!("not mapped: {e}\n{}", ferry.log_text()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Followed: a renamed user, a new post of an existing user, a deleted post.
+    let first = fx.server.table("posts").await[0]["_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fx.server
+        .write(json!([
+            {"op": "patch", "id": users[0], "doc": {"name": "renamed"}},
+            {"op": "insert", "table": "posts", "doc": {"name": "new post", "user": users[5]}},
+            {"op": "delete", "id": first},
+        ]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        wait(&mut ferry);
+        match compare_mapped(&fx, &pg).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => panic!("not mapped: {e}\n{}", ferry.log_text()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let bytes: Option<Vec<u8>> = pg
+        .query_one(
+            "SELECT bytes FROM public.users WHERE name <> 'renamed' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bytes.map(|b| b.len()), Some(7), "bytes into bytea");
 }

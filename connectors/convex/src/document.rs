@@ -4,8 +4,9 @@
 //! A table mirrors as `_id` (text, the key), `_creation_time`
 //! (timestamptz), `_ts` (bigint: the commit timestamp in nanoseconds of
 //! the version, for mappings and for proving order) and `document` (jsonb:
-//! the whole document, `_id` and `_creationTime` included, see
-//! [`crate::value`]). Export metadata (`_table`, `_component`, `_ts`,
+//! the whole document, `_id` and `_creationTime` included, as a
+//! `Document` of typed values: the shape mappings read fields from, as
+//! the MongoDB source's). Export metadata (`_table`, `_component`, `_ts`,
 //! `_deleted`, and any `_` key Convex adds later) is never part of the
 //! document.
 
@@ -16,7 +17,7 @@ use ferry_pipeline::event::{Column, Datum, Row, TableId, TableSchema};
 use ferry_pipeline::value::Value;
 use serde_json::Value as Json;
 
-use crate::value::{creation_time, decode, document_json, DecodeError};
+use crate::value::{creation_time, decode, DecodeError};
 
 /// One exported document version (or delete).
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +122,7 @@ pub fn parse(v: &Json) -> Result<Change, DecodeError> {
             Datum::Value(Value::Text(id.clone())),
             Datum::Value(created),
             Datum::Value(Value::Int(ts)),
-            Datum::Value(Value::Json(document_json(&Value::Document(fields)))),
+            Datum::Value(Value::Document(fields)),
         ])
     };
     Ok(Change {
@@ -173,11 +174,9 @@ mod tests {
         );
         let row = c.row.unwrap();
         assert_eq!(row[2], Datum::Value(Value::Int(1_755_800_002_000_000_001)));
-        let Datum::Value(Value::Json(doc)) = &row[3] else {
-            panic!()
-        };
+        let Datum::Value(doc) = &row[3] else { panic!() };
         assert_eq!(
-            doc,
+            ferry_pipeline::json::json_text(doc),
             r#"{"_creationTime":1755800000123.45,"_id":"jd7","n":42,"name":"a"}"#
         );
         let Datum::Value(Value::Temporal(_, t)) = &row[1] else {

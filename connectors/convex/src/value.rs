@@ -1,6 +1,5 @@
 //! Convex values, read from Convex's encoded JSON (the export routes'
-//! `format=convex_encoded_json`), as Ferry values, and a document as the
-//! JSON text of its `document` column. Pure: no I/O.
+//! `format=convex_encoded_json`), as Ferry values. Pure: no I/O.
 //!
 //! Decoding (encoded JSON → [`Value`]):
 //!
@@ -15,16 +14,16 @@
 //! | Array | array | `Array` |
 //! | Object | object | `Document` (fields by name) |
 //!
-//! The `document` column (jsonb) is Convex's own `export_json` spelling,
-//! which keeps every type apart: Int64 as a JSON integer (jsonb keeps its
-//! digits), Float64 always with a decimal point or exponent (`5.0`),
-//! NaN/±Inf/-0 as `{"$float": …}`, bytes as `{"$bytes": …}`.
-//! `_creationTime` (fractional milliseconds) becomes a `timestamptz` at
-//! microseconds, the most PostgreSQL holds.
+//! A document stays a `Document` of typed values, so that mappings see
+//! each field with its type (an Int64 into a bigint column, bytes into a
+//! bytea); in a jsonb column it is written as every document is (see
+//! `ferry_pipeline::json::write_json`: numbers exact, NaN/±Infinity as
+//! strings, bytes as `{"$binary": …}`). `_creationTime` (fractional
+//! milliseconds) becomes a `timestamptz` at microseconds, the most
+//! PostgreSQL holds.
 
 use base64::Engine as _;
 use ferry_pipeline::calendar::civil_from_days;
-use ferry_pipeline::json::{base64_into, float_text, write_json_string};
 use ferry_pipeline::value::{TemporalKind, Value};
 use serde_json::Value as Json;
 
@@ -88,65 +87,6 @@ pub fn decode(v: &Json) -> Result<Value, DecodeError> {
     })
 }
 
-/// The JSON text of a decoded document (see the module table).
-pub fn document_json(v: &Value) -> String {
-    let mut out = String::new();
-    write(&mut out, v);
-    out
-}
-
-fn tagged(out: &mut String, tag: &str, bytes: &[u8]) {
-    out.push_str("{\"");
-    out.push_str(tag);
-    out.push_str("\":\"");
-    base64_into(out, bytes);
-    out.push_str("\"}");
-}
-
-fn write(out: &mut String, v: &Value) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) if !f.is_finite() || (*f == 0.0 && f.is_sign_negative()) => {
-            tagged(out, "$float", &f.to_le_bytes());
-        }
-        Value::Float(f) => {
-            let t = float_text(*f);
-            out.push_str(&t);
-            // A float64 never reads back as an int64.
-            if !t.contains(['.', 'e', 'E']) {
-                out.push_str(".0");
-            }
-        }
-        Value::Bytes(b) => tagged(out, "$bytes", b),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write(out, item);
-            }
-            out.push(']');
-        }
-        Value::Document(fields) => {
-            out.push('{');
-            for (i, (name, item)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json_string(out, name);
-                out.push(':');
-                write(out, item);
-            }
-            out.push('}');
-        }
-        // Never produced by `decode`; written as JSON text all the same.
-        other => out.push_str(&ferry_pipeline::json::json_text(other)),
-    }
-}
-
 /// `_creationTime` (milliseconds since the epoch, fractional) as a
 /// `timestamptz`, rounded to the microsecond.
 pub fn creation_time(ms: f64) -> Result<Value, DecodeError> {
@@ -180,7 +120,7 @@ mod tests {
 
     fn enc_int(i: i64) -> Json {
         let mut s = String::new();
-        base64_into(&mut s, &i.to_le_bytes());
+        ferry_pipeline::json::base64_into(&mut s, &i.to_le_bytes());
         json!({ "$integer": s })
     }
 
@@ -221,18 +161,19 @@ mod tests {
             r#"{"a":[1.5,{"$integer":"KgAAAAAAAAA="}],"b":{"c":"x"},"d":0.1}"#,
         )
         .unwrap();
-        let v = decode(&doc).unwrap();
-        assert_eq!(document_json(&v), r#"{"a":[1.5,42],"b":{"c":"x"},"d":0.1}"#);
-        // Float64 5 and Int64 5 stay apart; specials stay exact.
-        assert_eq!(document_json(&Value::Float(5.0)), "5.0");
-        assert_eq!(document_json(&Value::Int(5)), "5");
         assert_eq!(
-            document_json(&Value::Float(f64::NAN)),
-            r#"{"$float":"AAAAAAAA+H8="}"#
-        );
-        assert_eq!(
-            document_json(&Value::Bytes(b"hello".to_vec())),
-            r#"{"$bytes":"aGVsbG8="}"#
+            decode(&doc).unwrap(),
+            Value::Document(vec![
+                (
+                    "a".into(),
+                    Value::Array(vec![Value::Float(1.5), Value::Int(42)])
+                ),
+                (
+                    "b".into(),
+                    Value::Document(vec![("c".into(), Value::Text("x".into()))])
+                ),
+                ("d".into(), Value::Float(0.1)),
+            ])
         );
         assert!(decode(&json!({"$integer": "AQ=="})).is_err());
     }
@@ -261,14 +202,14 @@ mod tests {
             prop_assert_eq!(decode(&enc_int(i)).unwrap(), Value::Int(i));
             let f = f64::from_bits(bits);
             let mut s = String::new();
-            base64_into(&mut s, &f.to_le_bytes());
+            ferry_pipeline::json::base64_into(&mut s, &f.to_le_bytes());
             let Value::Float(g) = decode(&json!({"$float": s})).unwrap() else { panic!() };
             prop_assert_eq!(g.to_bits(), bits);
-            if f.is_finite() && !(f == 0.0 && f.is_sign_negative()) {
-                let text = document_json(&Value::Float(f));
-                let n: Json = serde_json::from_str(&text).unwrap();
+            if f.is_finite() {
+                // A plain JSON number (Convex's shortest text) reads back exact.
+                let n: Json = serde_json::from_str(&format!("{f:?}")).unwrap();
                 let Value::Float(h) = decode(&n).unwrap() else { panic!() };
-                prop_assert_eq!(h.to_bits(), bits);
+                prop_assert_eq!(h.to_bits(), f.to_bits());
             }
         }
     }
