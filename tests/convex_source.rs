@@ -736,3 +736,83 @@ async fn convex_source_mapped_through_the_id_map() {
         .get(0);
     assert_eq!(bytes.map(|b| b.len()), Some(7), "bytes into bytea");
 }
+
+/// Against a real deployment, only when `CONVEX_URL` and
+/// `CONVEX_DEPLOY_KEY` are set (no Convex backend can run here): `ferry
+/// check` passes, and every table is copied (row counts equal to a bare
+/// paging of `list_snapshot`). Reads only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_source_live() {
+    let (Ok(url), Ok(key)) = (
+        std::env::var("CONVEX_URL"),
+        std::env::var("CONVEX_DEPLOY_KEY"),
+    ) else {
+        eprintln!("convex_source_live skipped: CONVEX_URL and CONVEX_DEPLOY_KEY are not set");
+        return;
+    };
+    let target = LocalCluster::start(ClusterOptions::default())
+        .await
+        .expect("start target PostgreSQL");
+    let db = unique_db("cxs_live");
+    target.create_database(&db).await.expect("create target db");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"live\"\n\n[source]\nkind = \"convex\"\nurl = \"{url}\"\ndeploy_key = \"${{CONVEX_DEPLOY_KEY}}\"\n\n[sink]\nkind = \"postgres\"\nurl = \"{}\"\n",
+            target.url(&db)
+        ),
+    )
+    .expect("write config");
+    let (code, out) = ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!out.contains(&key), "the deploy key was printed");
+    assert_eq!(code, 0, "{out}");
+    let client =
+        ferry_convex_source::client::Client::new(&url, ferry_pipeline::config::Secret::new(key))
+            .expect("client");
+    let tables = client.tables("").await.expect("json_schemas");
+    let mut ferry = Ferry::spawn(&config);
+    let pg = target.connect(&db).await.expect("connect target");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !ferry.log_text().contains("following the change log") {
+        assert!(ferry.exited().is_none(), "{}", ferry.log_text());
+        assert!(Instant::now() < deadline, "no copy in 10 min");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for t in &tables {
+        let (mut n, mut snapshot, mut cursor) = (0i64, None, None::<String>);
+        loop {
+            let page = client
+                .list_snapshot("", Some(t), snapshot, cursor.as_deref())
+                .await
+                .expect("list_snapshot");
+            n += page.values.len() as i64;
+            snapshot = Some(page.snapshot);
+            if !page.has_more {
+                break;
+            }
+            cursor = page.cursor;
+        }
+        // The copy's rows are committed shortly after the source moves on;
+        // a deployment written to meanwhile may differ: it must settle.
+        let settle = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: i64 = pg
+                .query_one(&format!("SELECT count(*) FROM {SCHEMA}.\"{t}\""), &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(-1);
+            if got == n {
+                eprintln!("{t}: {n} documents copied");
+                break;
+            }
+            assert!(
+                Instant::now() < settle,
+                "{t}: {n} documents, {got} rows\n{}",
+                ferry.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
