@@ -690,6 +690,13 @@ async fn convex_source_mapped_through_the_id_map() {
         "",
         &format!("mappings = {:?}", mapping.to_str().unwrap()),
     );
+    // `ferry check` compares the mapping with json_schemas' shapes.
+    let (code, out) = ferry_cmd(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("mapping of convex.users: every field json_schemas lists"),
+        "{out}"
+    );
     let mut ferry = Ferry::spawn(&config);
     let wait = |ferry: &mut Ferry| {
         if let Some(status) = ferry.exited() {

@@ -500,6 +500,11 @@ async fn check(path: &Path) -> u8 {
         SourceConfig::Sqlite(src) => ferry_sqlite_source::check::source_findings(src).await,
         SourceConfig::Convex(src) => ferry_convex_source::check::source_findings(src).await,
     };
+    // Before data arrives: what a mapping leaves out of the shapes Convex
+    // reports.
+    if let (SourceConfig::Convex(src), Some(m)) = (&config.source, &config.mappings) {
+        findings.extend(ferry_convex_source::check::mapping_findings(src, m).await);
+    }
     // Mapped tables are checked against the mapping's targets below.
     let mapped: Vec<TableId> = config
         .mappings
