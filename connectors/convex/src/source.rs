@@ -323,7 +323,14 @@ impl Source for ConvexSource {
             if *ctx.shutdown.borrow() {
                 return Ok(());
             }
-            match self.session(&mut ctx, &mut progress).await {
+            let before = progress.cursor;
+            let outcome = self.session(&mut ctx, &mut progress).await;
+            if progress.cursor != before {
+                // It got somewhere: the next failure starts the backoff
+                // over rather than waiting the longest delay.
+                backoff = retry_backoff(self.max_retry_delay);
+            }
+            match outcome {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code.as_deref() == Some(EXPIRED) => match self.cfg.on_expired_cursor {
                     HistoryLost::Fail => {
