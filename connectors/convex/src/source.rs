@@ -34,7 +34,7 @@ use ferry_pipeline::source::{Source, SourceContext};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::client::{Client, EXPIRED};
+use crate::client::{Client, DeltasPage, EXPIRED};
 use crate::document::{dedupe, key_row, parse, table_schema, Change};
 use crate::value::DecodeError;
 
@@ -163,18 +163,25 @@ impl ConvexSource {
             table: Arc::clone(&schema),
         })
         .await?;
-        let mut cursor: Option<String> = None;
         let mut rows = 0u64;
         let mut last_report = Instant::now();
+        let component = self.cfg.component.clone();
+        let fetch = |snapshot: Option<i64>, cursor: Option<String>| {
+            let (client, component, table) = (client.clone(), component.clone(), table.to_string());
+            tokio::spawn(async move {
+                client
+                    .list_snapshot(&component, Some(&table), snapshot, cursor.as_deref())
+                    .await
+            })
+        };
+        let mut next = fetch(progress.snapshot, None);
         loop {
-            let page = client
-                .list_snapshot(
-                    &self.cfg.component,
-                    Some(table),
-                    progress.snapshot,
-                    cursor.as_deref(),
-                )
-                .await?;
+            let page = next.await.map_err(join_err)??;
+            // The next page is read while this one is decoded and sent.
+            next = fetch(Some(page.snapshot), page.cursor.clone());
+            if !page.has_more {
+                next.abort();
+            }
             let snapshot = *progress.snapshot.get_or_insert(page.snapshot);
             for v in &page.values {
                 let c = parse(v).map_err(|e| decode_err(table, &e))?;
@@ -195,7 +202,6 @@ impl ConvexSource {
             if !page.has_more {
                 break;
             }
-            cursor = page.cursor;
         }
         info!(table = %table, rows, "snapshot of table copied");
         bus.send(BusMessage::SnapshotDone {
@@ -224,14 +230,29 @@ impl ConvexSource {
         let max_delay = Duration::from_millis(self.cfg.poll_max_ms).max(POLL_MIN);
         let mut stored = cursor;
         let mut stored_at = Instant::now();
+        let fetch = |cursor: i64| {
+            let (client, component) = (client.clone(), self.cfg.component.clone());
+            tokio::spawn(async move {
+                client
+                    .document_deltas(&component, cursor)
+                    .await
+                    .map_err(|e| expired_context(e, cursor))
+            })
+        };
+        let mut prefetched: Option<tokio::task::JoinHandle<Result<DeltasPage, PipelineError>>> =
+            None;
         loop {
             if *ctx.shutdown.borrow() {
                 return Ok(());
             }
-            let page = client
-                .document_deltas(&self.cfg.component, cursor)
-                .await
-                .map_err(|e| expired_context(e, cursor))?;
+            let page = match prefetched.take() {
+                Some(h) => h.await.map_err(join_err)??,
+                None => fetch(cursor).await.map_err(join_err)??,
+            };
+            if page.has_more {
+                // The next page is read while this one is sent.
+                prefetched = Some(fetch(page.cursor.max(cursor)));
+            }
             let mut changes = Vec::with_capacity(page.values.len());
             let (mut group_ts, mut place) = (i64::MIN, 0u64);
             for v in &page.values {
@@ -392,6 +413,11 @@ fn expired_context(e: PipelineError, cursor: i64) -> PipelineError {
     } else {
         e
     }
+}
+
+/// A request task that did not finish (panicked or cancelled): retried.
+fn join_err(e: tokio::task::JoinError) -> PipelineError {
+    PipelineError::transient(Stage::Source, format!("export request task: {e}"))
 }
 
 fn decode_err(what: &str, e: &DecodeError) -> PipelineError {
