@@ -10,6 +10,7 @@ mod support;
 mod basic;
 mod cli;
 mod convex;
+mod convex_source;
 mod crash;
 mod dlq;
 mod kafka;

@@ -252,6 +252,7 @@ pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
     Mongodb(MongoSourceConfig),
     Sqlite(SqliteSourceConfig),
+    Convex(ConvexSourceConfig),
 }
 
 impl SourceConfig {
@@ -272,7 +273,96 @@ impl SourceConfig {
                 .iter()
                 .map(|t| TableId::new(SQLITE_SCHEMA, t.clone()))
                 .collect(),
+            SourceConfig::Convex(c) => c
+                .tables
+                .iter()
+                .map(|t| TableId::new(c.schema_name(), t.clone()))
+                .collect(),
         }
+    }
+}
+
+/// `[source] kind = "convex"`: a Convex deployment read through its
+/// streaming export (`list_snapshot`, then `document_deltas`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvexSourceConfig {
+    /// The deployment's URL, e.g. `https://happy-otter-123.convex.cloud`.
+    pub url: String,
+    /// A deploy key with `deployment:data:view` (`${CONVEX_DEPLOY_KEY}`);
+    /// sent only in the `Authorization` header, never logged.
+    pub deploy_key: Secret,
+    /// Tables to mirror; empty or absent mirrors every user table of the
+    /// component (a table created later streams from its first write).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// The component whose tables are read; `""` (the default) is the
+    /// app's root component.
+    #[serde(default)]
+    pub component: String,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// What to do when the stored cursor is older than the deployment's
+    /// change-log retention (`InvalidWindowToReadDocuments`): stop with a
+    /// message (`"fail"`, the default), or copy every table again
+    /// (`"resnapshot"`).
+    #[serde(default)]
+    pub on_expired_cursor: HistoryLost,
+    /// Longest wait between two polls of an idle change log; polling
+    /// starts again at once after a page with changes.
+    #[serde(default = "default_convex_poll_max_ms")]
+    pub poll_max_ms: u64,
+}
+
+fn default_convex_poll_max_ms() -> u64 {
+    1000
+}
+
+impl ConvexSourceConfig {
+    /// The source schema of its tables: `convex` for the root component,
+    /// the component's path otherwise.
+    pub fn schema_name(&self) -> String {
+        if self.component.is_empty() {
+            "convex".into()
+        } else {
+            self.component.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://")) {
+            return Err(cfg_err(
+                "source.url",
+                "must be the deployment's http(s):// URL",
+            ));
+        }
+        if self.deploy_key.expose().is_empty() {
+            return Err(cfg_err("source.deploy_key", "must not be empty"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let ok = !t.is_empty()
+                && t.len() <= 64
+                && !t.starts_with('_')
+                && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !t.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(cfg_err(
+                    format!("source.tables[{i}]"),
+                    format!("{t:?} is not a Convex table name (letters, digits and _, not starting with _ or a digit)"),
+                ));
+            }
+            if !seen.insert(t) {
+                return Err(cfg_err(
+                    format!("source.tables[{i}]"),
+                    format!("{t:?} is listed twice"),
+                ));
+            }
+        }
+        if self.poll_max_ms == 0 {
+            return Err(cfg_err("source.poll_max_ms", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -925,6 +1015,7 @@ impl Config {
                 }
             }
             SourceConfig::Sqlite(s) => s.validate()?,
+            SourceConfig::Convex(c) => c.validate()?,
         }
         match (&p.bus, &self.kafka) {
             (BusKind::Kafka, None) => {

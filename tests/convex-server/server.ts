@@ -13,11 +13,22 @@
 //   execution as `{"code","message"}` with their HTTP status;
 // - one function call at a time (the backend's transactions are
 //   serializable; convex-test's interleave if run concurrently).
-// Test routes: `POST /test/faults` injects failures, `GET /test/audit`
-// reports rows the module wrote twice at the same version.
+// - the streaming export routes (`GET /api/list_snapshot`,
+//   `/api/document_deltas`, `/api/json_schemas`; see export.ts) over the
+//   same store, fed by a log of every commit.
+// Test routes: `POST /test/faults` injects failures (function and export
+// routes alike), `GET /test/audit` reports rows the module wrote twice at
+// the same version, `POST /test/retention {"ms"}` sets the change log's
+// retention window, `POST /test/prune` drops the log up to now,
+// `POST /test/export {"enabled"}` switches the export on or off. The
+// test-only mutation `testing:write` writes documents as an application
+// would (one call, one transaction).
 //
-// Environment: FERRY_TEST_DEPLOY_KEY (required), PORT (default 0 = any).
+// Environment: FERRY_TEST_DEPLOY_KEY (required), PORT (default 0 = any),
+// FERRY_TEST_RETENTION_MS, FERRY_TEST_EXPORT=disabled,
+// FERRY_TEST_SNAPSHOT_PAGE, FERRY_TEST_DELTAS_PAGE (export.ts).
 // Prints `listening <port>` on stdout once ready.
+import { AsyncLocalStorage } from "node:async_hooks";
 import { copyFileSync } from "node:fs";
 import { createServer, IncomingMessage, ServerResponse } from "node:http";
 import { dirname, join } from "node:path";
@@ -28,6 +39,18 @@ const moduleDir = join(here, "..", "..", "sinks", "convex", "convex");
 for (const f of ["ferry.ts", "ferrySchema.ts"]) {
   copyFileSync(join(moduleDir, f), join(here, "convex", f));
 }
+
+// convex-test keeps its store in an AsyncLocalStorage context and exports
+// no handle on it: the first context it enters (any call) is caught here,
+// and its root database's commits are logged (export.ts).
+const exportMod = await import("./export.ts");
+const alsRun = AsyncLocalStorage.prototype.run;
+AsyncLocalStorage.prototype.run = function (this: AsyncLocalStorage<unknown>, store: any, cb: any, ...rest: any[]) {
+  if (store && typeof store === "object" && store.components && store.transactionManager) {
+    exportMod.hookCommits(store.components[""].db);
+  }
+  return alsRun.call(this, store, cb, ...rest);
+} as typeof alsRun;
 
 const { convexTest } = await import("convex-test");
 const { makeFunctionReference } = await import("convex/server");
@@ -48,7 +71,9 @@ if (!deployKey) {
   process.exit(2);
 }
 
-type Fault = { mode: "429" | "503" | "drop" | "drop-after-commit"; count: number };
+// `scope`: only the function API (`functions`) or only the export routes
+// (`export`); any call when absent.
+type Fault = { mode: "429" | "503" | "drop" | "drop-after-commit"; count: number; scope?: "functions" | "export" };
 const faults: Fault[] = [];
 let calls = 0;
 // `${table}|${key}|${version}` → times written.
@@ -73,11 +98,12 @@ async function readBody(req: IncomingMessage): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
-function takeFault(): Fault["mode"] | null {
-  const f = faults[0];
-  if (!f) return null;
+function takeFault(scope: "functions" | "export"): Fault["mode"] | null {
+  const i = faults.findIndex((f) => !f.scope || f.scope === scope);
+  if (i < 0) return null;
+  const f = faults[i];
   f.count -= 1;
-  if (f.count <= 0) faults.shift();
+  if (f.count <= 0) faults.splice(i, 1);
   return f.mode;
 }
 
@@ -106,7 +132,7 @@ async function callFunction(kind: "mutation" | "query", req: IncomingMessage, re
   } catch (e) {
     return send(res, 400, { code: "BadJsonBody", message: String(e) });
   }
-  const fault = takeFault();
+  const fault = takeFault("functions");
   if (fault === "429") {
     return send(res, 429, { code: "TooManyConcurrentRequests", message: "Too many concurrent requests (injected by the test server)" });
   }
@@ -163,9 +189,61 @@ function clean(value: any): any {
   return value;
 }
 
+async function exportRoute(req: IncomingMessage, res: ServerResponse, url: URL) {
+  const auth = req.headers["authorization"] ?? "";
+  if (!(auth.slice(0, 7).toLowerCase() === "convex " && auth.slice(7) === deployKey)) {
+    return send(res, 401, { code: "Unauthenticated", message: "The provided deploy key is invalid" });
+  }
+  const fault = takeFault("export");
+  if (fault === "429") {
+    return send(res, 429, { code: "TooManyConcurrentRequests", message: "Too many concurrent requests (injected by the test server)" });
+  }
+  if (fault === "503") {
+    return send(res, 503, { code: "WorkerOverloaded", message: "Spread out your requests (injected by the test server)" });
+  }
+  if (fault === "drop" || fault === "drop-after-commit") {
+    req.socket.destroy();
+    return;
+  }
+  const q = url.searchParams;
+  const format = q.get("format") ?? "json";
+  const encode = format === "convex_encoded_json" || format === "convex_json" ? (d: any) => convexToJson(d) : clean;
+  try {
+    // Reads see committed state only: wait for the call in progress.
+    const text = await serialized(async () => {
+      if (url.pathname === "/api/list_snapshot") return exportMod.listSnapshot(q, encode);
+      if (url.pathname === "/api/document_deltas") return exportMod.documentDeltas(q, encode);
+      return exportMod.jsonSchemas(Object.keys((schema as any).tables ?? {}));
+    });
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(text);
+  } catch (e: any) {
+    if (e instanceof exportMod.HttpError) return send(res, e.status, { code: e.code, message: e.message });
+    throw e;
+  }
+}
+
 const server = createServer(async (req, res) => {
   try {
     const url = new URL(req.url ?? "/", "http://x");
+    if (
+      (req.method === "GET" || req.method === "POST") &&
+      ["/api/list_snapshot", "/api/document_deltas", "/api/json_schemas"].includes(url.pathname)
+    ) {
+      return await exportRoute(req, res, url);
+    }
+    if (req.method === "POST" && url.pathname === "/test/retention") {
+      exportMod.setRetention(JSON.parse(await readBody(req)));
+      return send(res, 200, { ok: true });
+    }
+    if (req.method === "POST" && url.pathname === "/test/prune") {
+      await serialized(async () => exportMod.prune());
+      return send(res, 200, { ok: true });
+    }
+    if (req.method === "POST" && url.pathname === "/test/export") {
+      exportMod.setExport(Boolean(JSON.parse(await readBody(req)).enabled));
+      return send(res, 200, { ok: true });
+    }
     if (req.method === "POST" && url.pathname === "/api/mutation") return await callFunction("mutation", req, res);
     if (req.method === "POST" && url.pathname === "/api/query") return await callFunction("query", req, res);
     if (req.method === "GET" && url.pathname === "/version") return send(res, 200, "ferry-convex-test-server");

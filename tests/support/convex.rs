@@ -27,6 +27,12 @@ fn server_dir() -> PathBuf {
 impl ConvexServer {
     /// Starts the server on a free port and waits for its `listening` line.
     pub fn start() -> ConvexServer {
+        Self::start_env(&[])
+    }
+
+    /// [`ConvexServer::start`] with more environment (the export's
+    /// `FERRY_TEST_SNAPSHOT_PAGE`, `FERRY_TEST_RETENTION_MS`, …).
+    pub fn start_env(env: &[(&str, &str)]) -> ConvexServer {
         let dir = server_dir();
         let tsx = dir.join("node_modules/tsx");
         assert!(
@@ -41,6 +47,7 @@ impl ConvexServer {
             .args(["--import", "tsx", "server.ts"])
             .env("FERRY_TEST_DEPLOY_KEY", DEPLOY_KEY)
             .env("PORT", "0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -106,12 +113,97 @@ impl ConvexServer {
         (rows, v["documents"].as_f64().unwrap_or(0.0) as usize)
     }
 
+    /// The `[source]` section reading this server's export.
+    pub fn source_toml(&self, tables: &[&str], extra: &str) -> String {
+        let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+        format!(
+            "[source]\nkind = \"convex\"\nurl = \"{}\"\ndeploy_key = \"{DEPLOY_KEY}\"\ntables = [{}]\n{extra}\n",
+            self.url,
+            tables.join(", ")
+        )
+    }
+
+    /// Writes as an application would: the ops (`{"op": "insert", "table",
+    /// "doc"}`, `{"op": "patch"|"replace", "id", "doc"}`, `{"op":
+    /// "delete", "id"}`, docs in Convex-encoded JSON) in one mutation;
+    /// each op's document id.
+    pub async fn write(&self, ops: Json) -> Vec<String> {
+        let reply: Json = self
+            .http
+            .post(format!("{}/api/mutation", self.url))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Convex {DEPLOY_KEY}"))
+            .body(json!({"path": "testing:write", "args": {"ops": ops}, "format": "convex_encoded_json"}).to_string())
+            .send()
+            .await
+            .expect("write to the Convex test server")
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).expect("json"))
+            .expect("read the reply");
+        assert_eq!(reply["status"], "success", "testing:write: {reply}");
+        reply["value"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_str().expect("id").to_string())
+            .collect()
+    }
+
+    /// Every document of `table` (Convex-encoded JSON), through the query
+    /// route.
+    pub async fn table(&self, table: &str) -> Vec<Json> {
+        self.query("testing:table", json!({ "table": table }))
+            .await
+            .as_array()
+            .expect("documents")
+            .clone()
+    }
+
+    /// `POST /test/<route>` with `body` (retention, prune, export).
+    pub async fn test_route(&self, route: &str, body: Json) {
+        let status = self
+            .http
+            .post(format!("{}/test/{route}", self.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("test route")
+            .status();
+        assert!(status.is_success(), "/test/{route}: {status}");
+    }
+
+    /// `GET /api/<route>?<query>` with the deploy key: status and body.
+    pub async fn export_get(&self, route: &str, query: &[(&str, String)]) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("{}/api/{route}", self.url))
+            .query(query)
+            .header("authorization", format!("Convex {DEPLOY_KEY}"))
+            .send()
+            .await
+            .expect("export route");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
     /// Makes the next `count` API calls fail with `mode` (`429`, `503`,
     /// `drop`, `drop-after-commit`).
     pub async fn fault(&self, mode: &str, count: u32) {
         self.http
             .post(format!("{}/test/faults", self.url))
             .body(json!({"mode": mode, "count": count}).to_string())
+            .send()
+            .await
+            .expect("inject a fault");
+    }
+
+    /// Makes the next `count` calls of the export routes only fail with
+    /// `mode` (`429`, `503`, `drop`).
+    pub async fn fault_export(&self, mode: &str, count: u32) {
+        self.http
+            .post(format!("{}/test/faults", self.url))
+            .body(json!({"mode": mode, "count": count, "scope": "export"}).to_string())
             .send()
             .await
             .expect("inject a fault");

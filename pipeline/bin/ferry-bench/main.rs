@@ -16,6 +16,7 @@
 //! prints a Markdown table and writes JSON to `--out`.
 
 mod completion;
+mod convex_source;
 mod kafka;
 mod mapping;
 mod mongo;
@@ -65,6 +66,16 @@ struct Args {
     /// (snapshot and change stream), with this many documents.
     #[arg(long)]
     mongo: Option<i64>,
+    /// Instead of the peers: the Convex source against a bare HTTP client
+    /// paging the same export routes of the Convex test server (snapshot,
+    /// delta catch-up, lag), with `--convex-docs` documents; writes
+    /// `--convex-out`.
+    #[arg(long)]
+    convex_source: bool,
+    #[arg(long, default_value_t = 20_000)]
+    convex_docs: u64,
+    #[arg(long, default_value = "docs/bench/convex_source.json")]
+    convex_out: PathBuf,
     /// Instead of the peers: Ferry on the embedded bus against Ferry on the
     /// Kafka bus (source + 1 worker, source + 2 workers; topics with 2
     /// partitions) on a local tansu broker, same workload; writes
@@ -166,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(docs) = args.mongo {
         return mongo::run(docs, &ferry_exe()?).await;
+    }
+    if args.convex_source {
+        return convex_source::run(args.convex_docs, &args.convex_out, &ferry_exe()?).await;
     }
     if args.kafka {
         return kafka::run(&args).await;

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_convex_sink::ConvexSink;
+use ferry_convex_source::ConvexSource;
 use ferry_mongodb_source::MongoSource;
 use ferry_pipeline::bus::embedded;
 #[cfg(feature = "kafka")]
@@ -245,6 +246,8 @@ async fn load(path: &Path) -> Result<Config, u8> {
         SourceConfig::Sqlite(s) => {
             ferry_sqlite_source::config::check_path(s).map_err(|why| format!("source.path: {why}"))
         }
+        // Checked by `Config::validate`.
+        SourceConfig::Convex(_) => Ok(()),
     };
     let sink = match &config.sink {
         SinkConfig::Postgres(dst) => ferry_postgres_sink::config::conn_info(dst).map(|_| ()),
@@ -445,6 +448,10 @@ async fn run_embedded<K: Sink>(
             let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
             embedded::run(source, sink, opts, shutdown).await
         }
+        SourceConfig::Convex(src) => {
+            let source = ConvexSource::new(src.clone(), opts.max_retry_delay);
+            embedded::run(source, sink, opts, shutdown).await
+        }
     }
 }
 
@@ -509,12 +516,17 @@ where
                 let source = SqliteSource::new(src.clone(), opts.max_retry_delay);
                 kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
             }
+            SourceConfig::Convex(src) => {
+                let source = ConvexSource::new(src.clone(), opts.max_retry_delay);
+                kafka::run_source(source, k, opts.clone(), shutdown.clone()).await
+            }
         }
     };
     let subscription = match &config.source {
         SourceConfig::Mongodb(m) if m.collections.is_empty() => Subscription::Prefix,
         // Every table of the file: their names are known only at start.
         SourceConfig::Sqlite(s) if s.tables.is_empty() => Subscription::Prefix,
+        SourceConfig::Convex(c) if c.tables.is_empty() => Subscription::Prefix,
         other => {
             let topics = kafka::Topics::new(&k.topic_prefix);
             Subscription::Topics(other.tables().iter().map(|t| topics.data(t)).collect())
@@ -565,7 +577,13 @@ async fn check(path: &Path) -> u8 {
         SourceConfig::Postgres(src) => ferry_postgres_source::check::source_findings(src).await,
         SourceConfig::Mongodb(src) => ferry_mongodb_source::check::source_findings(src).await,
         SourceConfig::Sqlite(src) => ferry_sqlite_source::check::source_findings(src).await,
+        SourceConfig::Convex(src) => ferry_convex_source::check::source_findings(src).await,
     };
+    // Before data arrives: what a mapping leaves out of the shapes Convex
+    // reports.
+    if let (SourceConfig::Convex(src), Some(m)) = (&config.source, &config.mappings) {
+        findings.extend(ferry_convex_source::check::mapping_findings(src, m).await);
+    }
     // Mapped tables are checked against the mapping's targets below.
     let mapped: Vec<TableId> = config
         .mappings

@@ -1653,6 +1653,12 @@ async fn stage(
                 "ferry verify does not read SQLite sources yet: table skipped",
             ))
         }
+        SourceConfig::Convex(_) => {
+            return Err(PipelineError::fatal(
+                Stage::Source,
+                "ferry verify does not read Convex sources yet: table skipped",
+            ))
+        }
     }
     stager.finish().await?;
     Ok((stager.shadows, stager.rejected, stager.source_rows))

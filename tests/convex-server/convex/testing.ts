@@ -1,7 +1,7 @@
 // TEST-ONLY queries of the Convex test server (never part of Ferry's
 // module): read a table back with each document's source key, so that the
 // end-to-end tests compare the target with the source.
-import { queryGeneric as query } from "convex/server";
+import { mutationGeneric, queryGeneric as query } from "convex/server";
 import { v } from "convex/values";
 
 export const dump = query({
@@ -32,4 +32,24 @@ export const table = query({
   args: { table: v.string() },
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   handler: async (ctx, a) => await (ctx.db as any).query(a.table).collect(),
+});
+
+// Writes documents as an application would: one call, one transaction.
+// `ops`: `{op: "insert", table, doc}`, `{op: "patch"|"replace", id, doc}`,
+// `{op: "delete", id}`; returns each op's document id.
+export const write = mutationGeneric({
+  args: { ops: v.array(v.any()) },
+  handler: async (ctx, a) => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const db = ctx.db as any;
+    const ids: string[] = [];
+    for (const o of a.ops) {
+      if (o.op === "insert") ids.push(await db.insert(o.table, o.doc));
+      else if (o.op === "patch") (await db.patch(o.id, o.doc), ids.push(o.id));
+      else if (o.op === "replace") (await db.replace(o.id, o.doc), ids.push(o.id));
+      else if (o.op === "delete") (await db.delete(o.id), ids.push(o.id));
+      else throw new Error(`unknown op ${o.op}`);
+    }
+    return ids;
+  },
 });
