@@ -275,5 +275,11 @@ async fn value_edges_land_exactly_or_are_dead_lettered() {
     let (code, out) =
         crate::support::ferry_cmd(&["dlq", "list", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("| edges | permanent | 2 | 0 |"), "{out}");
+    // By table, class and rule.
+    assert!(
+        out.contains("| edges | permanent | convex-too-deep | 1 | 0 |")
+            && out.contains("| edges | permanent | convex-document-too-large | 1 | 0 |")
+            && out.contains("2 record(s)"),
+        "{out}"
+    );
 }
