@@ -46,13 +46,28 @@ pub(super) fn base_type(type_sql: &str) -> String {
 /// Whether a column of `type_sql` can hold the new ids of `kind`.
 pub(super) fn id_fits(kind: IdKind, type_sql: &str) -> bool {
     let base = base_type(type_sql);
+    // A text column must also be long enough for the id's text: 36
+    // characters for a hyphenated UUID, 20 for a bigint (with its sign).
+    let longest = if kind.is_uuid() { 36 } else { 20 };
+    let long_enough = || varchar_length(type_sql).is_none_or(|n| n >= longest);
     match kind.is_uuid() {
-        true => matches!(base.as_str(), "uuid" | "text" | "character varying"),
-        false => matches!(
-            base.as_str(),
-            "bigint" | "numeric" | "text" | "character varying"
-        ),
+        true => match base.as_str() {
+            "uuid" | "text" => true,
+            "character varying" => long_enough(),
+            _ => false,
+        },
+        false => match base.as_str() {
+            "bigint" | "numeric" | "text" => true,
+            "character varying" => long_enough(),
+            _ => false,
+        },
     }
+}
+
+/// `n` of `character varying(n)`; `None` without a length.
+fn varchar_length(type_sql: &str) -> Option<u32> {
+    let rest = type_sql.trim().strip_prefix("character varying(")?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 /// How values become `col`'s type; `round` applies to numeric columns.

@@ -2072,11 +2072,34 @@ id = {{ from = "_id", id_map = "n" }}
         has_finding(&fs, "mappings.tables[0].columns.id.id_map", "integer"),
         "{fs:#?}"
     );
+    // A text column too short for the id's text (36 characters for a
+    // UUID, 20 for a bigint).
+    let fs = findings(&toml("uuid_v7"), &cat("character varying(24)"));
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns.id.id_map",
+            "character varying(24)"
+        ),
+        "{fs:#?}"
+    );
+    let fs = findings(&toml("bigint"), &cat("character varying(12)"));
+    assert!(
+        has_finding(
+            &fs,
+            "mappings.tables[0].columns.id.id_map",
+            "makes bigint ids"
+        ),
+        "{fs:#?}"
+    );
     // What fits.
     compile(&toml("uuid_v7"), &cat("uuid"));
     compile(&toml("uuid_v5"), &cat("text"));
+    compile(&toml("uuid_v5"), &cat("character varying(36)"));
+    compile(&toml("uuid_v5"), &cat("character varying"));
     compile(&toml("bigint"), &cat("bigint"));
     compile(&toml("bigint"), &cat("numeric"));
+    compile(&toml("bigint"), &cat("character varying(20)"));
 }
 
 #[test]
