@@ -2346,14 +2346,7 @@ async fn arrays_of_scalars_and_references_into_child_tables() {
         "the snapshot's child rows",
         &mut ferry,
         Duration::from_secs(60),
-        || async {
-            let got = array_state(&pg).await?;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
+        || arrays_are(&pg, &want),
     )
     .await;
     // Bob arrives after being referenced: he gets the id allocated ahead.
@@ -2396,14 +2389,7 @@ async fn arrays_of_scalars_and_references_into_child_tables() {
         "the shrunk arrays",
         &mut ferry,
         Duration::from_secs(30),
-        || async {
-            let got = array_state(&pg).await?;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
+        || arrays_are(&pg, &want),
     )
     .await;
     requests.delete_one(doc! {"_id": "r1"}).await.unwrap();
@@ -2412,14 +2398,7 @@ async fn arrays_of_scalars_and_references_into_child_tables() {
         "no child rows after the delete",
         &mut ferry,
         Duration::from_secs(30),
-        || async {
-            let got = array_state(&pg).await?;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
+        || arrays_are(&pg, &want),
     )
     .await;
     let parked: i64 = pg
@@ -2431,9 +2410,12 @@ async fn arrays_of_scalars_and_references_into_child_tables() {
     assert_running(&mut ferry, "after the array changes");
 }
 
-/// Request r1's tags and sellers by position (`"0:x"`; sellers as the
-/// legacy ids their new ids map back to).
-async fn array_state(pg: &tokio_postgres::Client) -> Result<(Vec<String>, Vec<String>), String> {
+/// `Ok` when request r1's tags and sellers by position (`"0:x"`; sellers
+/// as the legacy ids their new ids map back to) are `want`.
+async fn arrays_are(
+    pg: &tokio_postgres::Client,
+    want: &(Vec<String>, Vec<String>),
+) -> Result<(), String> {
     let tags: Vec<String> = pg
         .query(
             "SELECT position || ':' || tag FROM request_tags WHERE request_id = 'r1' ORDER BY position",
@@ -2456,5 +2438,9 @@ async fn array_state(pg: &tokio_postgres::Client) -> Result<(Vec<String>, Vec<St
         .iter()
         .map(|r| r.get(0))
         .collect();
-    Ok((tags, sellers))
+    if (&tags, &sellers) == (&want.0, &want.1) {
+        Ok(())
+    } else {
+        Err(format!("{:?}", (tags, sellers)))
+    }
 }

@@ -104,6 +104,12 @@ fn split_qualified(s: &str) -> Option<Vec<String>> {
 }
 
 /// Quotes an SQL identifier (`"a""b"`).
+/// A SQL string literal: `'it''s'`. For statements that take no
+/// parameters (`COPY … TO STDOUT`, DDL).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }

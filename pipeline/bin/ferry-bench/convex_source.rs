@@ -19,7 +19,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
@@ -157,24 +157,6 @@ fn doc(i: u64, version: f64) -> Json {
     })
 }
 
-async fn count(pg: &tokio_postgres::Client, filter: &str) -> i64 {
-    pg.query_one(&format!("SELECT count(*) FROM public.docs {filter}"), &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0)
-}
-
-async fn wait_count(pg: &tokio_postgres::Client, filter: &str, n: i64) -> anyhow::Result<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(1200);
-    while count(pg, filter).await < n {
-        if Instant::now() > deadline {
-            bail!("the target never reached {n} rows ({filter})");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(Instant::now())
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -231,7 +213,7 @@ pub(crate) async fn run(docs: u64, out: &Path, ferry: &Path) -> anyhow::Result<(
     };
     let started = Instant::now();
     let mut child = spawn()?;
-    let copied = wait_count(&pg, "", docs as i64)
+    let copied = super::mongo::wait_target(&pg, "", docs as i64)
         .await?
         .duration_since(started)
         .as_secs_f64();
@@ -260,10 +242,11 @@ pub(crate) async fn run(docs: u64, out: &Path, ferry: &Path) -> anyhow::Result<(
     let bare_deltas = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut child = spawn()?;
-    let applied = wait_count(&pg, "WHERE (document->>'version')::float8 = 1", docs as i64)
-        .await?
-        .duration_since(started)
-        .as_secs_f64();
+    let applied =
+        super::mongo::wait_target(&pg, "WHERE (document->>'version')::float8 = 1", docs as i64)
+            .await?
+            .duration_since(started)
+            .as_secs_f64();
 
     // Lag: one patch at a time while Ferry follows.
     let mut lags = Vec::new();
@@ -274,7 +257,7 @@ pub(crate) async fn run(docs: u64, out: &Path, ferry: &Path) -> anyhow::Result<(
         blocking(move || h.write(vec![op])).await?;
         let written = Instant::now();
         let filter = format!("WHERE _id = '{id}' AND (document->>'version')::float8 = {version}");
-        let seen = wait_count(&pg, &filter, 1).await?;
+        let seen = super::mongo::wait_target(&pg, &filter, 1).await?;
         lags.push(seen.duration_since(written).as_secs_f64() * 1000.0);
     }
     let _ = child.kill();

@@ -74,20 +74,28 @@ async fn start_server() -> anyhow::Result<(Server, String)> {
     ))
 }
 
-async fn target_count(c: &tokio_postgres::Client, filter: &str) -> i64 {
+/// Rows of `public.docs` (the table the document-source benchmarks mirror
+/// into) matching `filter` (`""` or a `WHERE …`).
+pub(super) async fn target_count(c: &tokio_postgres::Client, filter: &str) -> i64 {
     c.query_one(&format!("SELECT count(*) FROM public.docs {filter}"), &[])
         .await
         .map(|r| r.get(0))
         .unwrap_or(0)
 }
 
-async fn wait_target(c: &tokio_postgres::Client, filter: &str, n: i64) -> anyhow::Result<Instant> {
+/// When `public.docs` first holds `n` rows matching `filter`, polled every
+/// 5 ms (fine enough for the one-change lag figures).
+pub(super) async fn wait_target(
+    c: &tokio_postgres::Client,
+    filter: &str,
+    n: i64,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(1200);
     while target_count(c, filter).await < n {
         if Instant::now() > deadline {
             bail!("the target never reached {n} rows ({filter})");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(Instant::now())
 }

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use ferry_pgconn::PgConnInfo;
 use ferry_pipeline::config::{Config, SinkConfig, SourceConfig};
 use ferry_pipeline::error::{PipelineError, Stage};
-use ferry_pipeline::event::{quote_ident, ChangeEvent, Datum, TableId};
+use ferry_pipeline::event::{quote_ident, quote_literal, ChangeEvent, Datum, TableId};
 use ferry_pipeline::transform::{Output, Transformer};
 use ferry_pipeline::value::Value;
 use ferry_postgres_sink::id_map;
@@ -511,27 +511,7 @@ async fn verify_table(
     report.columns_only_in_source = only_src;
     report.columns_only_in_target = only_dst;
     let plan = Arc::new(plan);
-    let n = plan.bounds.len() + 1;
-    report.chunks = n as u64;
-    let results: Vec<ChunkResult> = stream::iter(0..n)
-        .map(|i| {
-            let plan = Arc::clone(&plan);
-            async move {
-                with_pair(pool, move |sc, tc| {
-                    Box::pin(async move { compare_chunk(sc, tc, &plan, i).await })
-                })
-                .await
-            }
-        })
-        .buffered(args.jobs.max(1))
-        .try_collect()
-        .await?;
-    let mut differing = Vec::new();
-    for r in results {
-        report.source_rows += r.source_rows;
-        report.target_rows += r.target_rows;
-        differing.extend(r.differing);
-    }
+    let differing = compare_chunks(pool, &plan, args.jobs, report).await?;
     if differing.is_empty() {
         return Ok(());
     }
@@ -902,18 +882,46 @@ impl Plan {
     }
 }
 
-fn quote_literal(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+/// The key as the dead-letter queue spells it (`["42"]`): the pipeline's
+/// own spelling of a key of text parts.
+fn key_json(key: &[String]) -> String {
+    let parts: Vec<ferry_pipeline::value::Value> = key
+        .iter()
+        .map(|k| ferry_pipeline::value::Value::Text(k.clone()))
+        .collect();
+    ferry_pipeline::batch::key_json(&parts)
 }
 
-/// The key as the dead-letter queue spells it (`["42"]`).
-fn key_json(key: &[String]) -> String {
-    serde_json::Value::Array(
-        key.iter()
-            .map(|k| serde_json::Value::String(k.clone()))
-            .collect(),
-    )
-    .to_string()
+/// Every chunk of `plan`, `jobs` at a time: adds the row counts and the
+/// number of chunks to `report`, returns the keys that differ.
+async fn compare_chunks(
+    pool: &Pool,
+    plan: &Arc<Plan>,
+    jobs: usize,
+    report: &mut TableReport,
+) -> Result<Vec<Vec<String>>, PipelineError> {
+    let n = plan.bounds.len() + 1;
+    report.chunks = n as u64;
+    let results: Vec<ChunkResult> = stream::iter(0..n)
+        .map(|i| {
+            let plan = Arc::clone(plan);
+            async move {
+                with_pair(pool, move |sc, tc| {
+                    Box::pin(async move { compare_chunk(sc, tc, &plan, i).await })
+                })
+                .await
+            }
+        })
+        .buffered(jobs.max(1))
+        .try_collect()
+        .await?;
+    let mut differing = Vec::new();
+    for r in results {
+        report.source_rows += r.source_rows;
+        report.target_rows += r.target_rows;
+        differing.extend(r.differing);
+    }
+    Ok(differing)
 }
 
 async fn compare_chunk(
@@ -1761,27 +1769,7 @@ async fn compare_staged(
         .extend(sh.missing.iter().cloned());
     report.columns_only_in_target = only_dst;
     let plan = Arc::new(plan);
-    let n = plan.bounds.len() + 1;
-    report.chunks = n as u64;
-    let results: Vec<ChunkResult> = stream::iter(0..n)
-        .map(|i| {
-            let plan = Arc::clone(&plan);
-            async move {
-                with_pair(pool, move |sc, tc| {
-                    Box::pin(async move { compare_chunk(sc, tc, &plan, i).await })
-                })
-                .await
-            }
-        })
-        .buffered(args.jobs.max(1))
-        .try_collect()
-        .await?;
-    let mut differing = Vec::new();
-    for r in results {
-        report.source_rows += r.source_rows;
-        report.target_rows += r.target_rows;
-        differing.extend(r.differing);
-    }
+    let differing = compare_chunks(pool, &plan, args.jobs, report).await?;
     // Rows whose key the id map could not translate fall in no chunk:
     // each is a difference (the target cannot hold that row yet).
     let null_key: Vec<String> = sh

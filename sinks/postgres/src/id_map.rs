@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_pipeline::batch::{Batch, RowChange};
 use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
-use ferry_pipeline::event::{quote_ident, Column, Datum, TableSchema};
+use ferry_pipeline::event::{quote_ident, quote_literal, Column, Datum, TableSchema};
 use ferry_pipeline::id_map::{IdKind, IdRef, OnMissing};
 use ferry_pipeline::value::Value;
 use tokio_postgres::{Client, GenericClient, Transaction};
@@ -70,10 +70,6 @@ pub fn value_sql(col: &Column, cast: &str, input: &str) -> String {
             quote_literal(&r.namespace)
         ),
     }
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The legacy ids a batch writes, per namespace.
