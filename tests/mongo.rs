@@ -1416,6 +1416,9 @@ async fn mongo_resume_point_advances_past_unlisted_traffic() {
     let audit: Collection<Document> = db.collection("audit");
     seed_docs(&payments, 10).await;
     let config = fx.config(&["payments"], "", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text).unwrap();
     let mut ferry = Ferry::spawn(&config);
     wait_all(&fx, &["payments"], &mut ferry, Duration::from_secs(30)).await;
     payments
@@ -1423,6 +1426,19 @@ async fn mongo_resume_point_advances_past_unlisted_traffic() {
         .await
         .unwrap();
     wait_all(&fx, &["payments"], &mut ferry, Duration::from_secs(30)).await;
+    // The age of the point a restart would resume from is exported: the
+    // stored token's source time is recent (an applied change, or the
+    // idle stream's newer resume point).
+    let addr = crate::support::metrics_addr(&ferry).await;
+    let resume_time = wait_for_resume_time(&addr).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - resume_time).abs() < 120.0,
+        "ferry_source_resume_token_timestamp_seconds {resume_time} is not near now ({now})"
+    );
     // 1200 changes to an unlisted collection while ferry streams: SecantusDB
     // prunes the oplog to its newest 50 entries on the way.
     for start in (0..1200i64).step_by(100) {
@@ -1448,6 +1464,28 @@ async fn mongo_resume_point_advances_past_unlisted_traffic() {
         "mongo_resume_point_advances_past_unlisted_traffic: {:?}",
         started.elapsed()
     );
+}
+
+/// `ferry_source_resume_token_timestamp_seconds` from `/metrics` once a
+/// batch carrying a resume token has committed (within 30 s).
+async fn wait_for_resume_time(addr: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = crate::support::http_get(addr, "/metrics");
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_source_resume_token_timestamp_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v > 0.0);
+        if let Some(v) = value {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ferry_source_resume_token_timestamp_seconds in:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `snapshot = "never"`: nothing is copied; only what changes once ferry

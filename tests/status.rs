@@ -584,5 +584,39 @@ async fn status_merges_the_processes_of_a_kafka_deployment() {
     for a in &addrs {
         assert!(last.contains(a.as_str()), "{a} not named: {last}");
     }
+    // Caught up: between them, the workers report every partition of the
+    // data topics with no message waiting (the lag is against the offsets
+    // committed after each sink commit, refreshed every second).
+    let mut lags = String::new();
+    let caught_up = async {
+        loop {
+            lags = addrs[1..]
+                .iter()
+                .flat_map(|a| {
+                    http_get(a, "/metrics")
+                        .lines()
+                        .filter(|l| l.starts_with("ferry_kafka_consumer_lag_messages{"))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let data: Vec<&str> = lags
+                .lines()
+                .filter(|l| l.contains("orders") || l.contains("customers"))
+                .collect();
+            // Two tables × two partitions, each reported by its owner.
+            if data.len() == 4 && data.iter().all(|l| l.ends_with(" 0")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), caught_up)
+        .await
+        .is_err()
+    {
+        panic!("the workers never reported every data partition caught up:\n{lags}");
+    }
     drop((source, w1, w2));
 }

@@ -245,6 +245,11 @@ pub struct Batch {
     pub last_position: Option<Position>,
     /// The resume token of the batch's last change that carried one.
     pub last_resume_token: Option<Arc<str>>,
+    /// When the source wrote what `last_resume_token` points at
+    /// (microseconds since the Unix epoch): the change's source commit
+    /// time, or, for a resume point reached while idle, when the apply loop
+    /// received it. Feeds `ferry_source_resume_token_timestamp_seconds`.
+    pub last_resume_token_micros: Option<i64>,
     /// Number of source events folded into the batch.
     pub events: usize,
     /// Kafka bus only: the messages this batch consumed, per partition. The
@@ -315,6 +320,7 @@ impl Batch {
         }
         if ev.resume_token.is_some() {
             self.last_resume_token = ev.resume_token.clone();
+            self.last_resume_token_micros = Some(ev.commit_ts_micros);
         }
         self.last_table = None;
         self.last_parked = Some(self.parked.len());
@@ -408,6 +414,7 @@ impl Batch {
     /// Records a resume point reached without a change to mirror.
     pub fn resume_at(&mut self, token: Arc<str>) {
         self.last_resume_token = Some(token);
+        self.last_resume_token_micros = Some(crate::clock::now_micros());
     }
 
     /// Source events folded in, per table and op.
@@ -457,6 +464,7 @@ impl Batch {
         }
         if ev.resume_token.is_some() {
             self.last_resume_token = ev.resume_token.clone();
+            self.last_resume_token_micros = Some(ev.commit_ts_micros);
         }
         self.last_parked = None;
         let ti = self.table_slot(&ev.table);

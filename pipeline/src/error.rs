@@ -105,6 +105,38 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
     }
 }
 
+/// Why a transient failure was retried, in a few words with a bounded set
+/// of values (the `reason` label of `ferry_retries_total`): operators alert
+/// on "serialization failures grow" differently from "the target keeps
+/// dropping connections". Read from the error's code (SQLSTATE, HTTP status,
+/// Kafka error name); an error without a code is a lost or refused
+/// connection as far as Ferry can tell.
+pub fn retry_reason(code: Option<&str>) -> &'static str {
+    let Some(code) = code else {
+        return "connection";
+    };
+    match code {
+        "40001" => return "serialization",
+        "40P01" => return "deadlock",
+        "429" => return "rate_limited",
+        _ => {}
+    }
+    if code.len() == 3 && code.starts_with('5') && code.bytes().all(|b| b.is_ascii_digit()) {
+        return "server_error";
+    }
+    if code.len() == 5 {
+        return match code.get(..2).unwrap_or("") {
+            "08" => "connection",
+            "53" => "resources",
+            "55" => "lock",
+            "57" => "shutdown",
+            "58" | "XX" => "server_error",
+            _ => "other",
+        };
+    }
+    "other"
+}
+
 /// An error with its class, stage and an operator hint.
 /// The code of [`PipelineError::stopped`].
 pub const STOPPED: &str = "ferry-stopped";
@@ -280,6 +312,23 @@ pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    use super::retry_reason;
+
+    #[test]
+    fn retry_reasons_are_few_and_named() {
+        assert_eq!(retry_reason(None), "connection");
+        assert_eq!(retry_reason(Some("08006")), "connection");
+        assert_eq!(retry_reason(Some("40001")), "serialization");
+        assert_eq!(retry_reason(Some("40P01")), "deadlock");
+        assert_eq!(retry_reason(Some("53300")), "resources");
+        assert_eq!(retry_reason(Some("55P03")), "lock");
+        assert_eq!(retry_reason(Some("57P01")), "shutdown");
+        assert_eq!(retry_reason(Some("XX000")), "server_error");
+        assert_eq!(retry_reason(Some("429")), "rate_limited");
+        assert_eq!(retry_reason(Some("503")), "server_error");
+        assert_eq!(retry_reason(Some("OffsetOutOfRange")), "other");
+    }
+
     use super::*;
 
     #[test]

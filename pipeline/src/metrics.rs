@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub const EVENTS_TOTAL: &str = "ferry_events_total";
@@ -39,6 +39,8 @@ pub const DLQ_TABLE_RECORDS: &str = "ferry_dlq_table_records";
 pub const ID_MAP_ALLOCATIONS_TOTAL: &str = "ferry_id_map_allocations_total";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "ferry_process_resident_memory_bytes";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "ferry_process_cpu_seconds_total";
+pub const RESUME_TOKEN_TIMESTAMP: &str = "ferry_source_resume_token_timestamp_seconds";
+pub const KAFKA_CONSUMER_LAG: &str = "ferry_kafka_consumer_lag_messages";
 
 /// Every metric name this process exports (the dashboard and alert rules
 /// in deploy/ are checked against it by pipeline/tests/deploy_metrics.rs).
@@ -70,6 +72,8 @@ pub const ALL: &[&str] = &[
     VERIFY_DRIFT_ROWS,
     VERIFY_LAST_SUCCESS_TIMESTAMP,
     VERIFY_ROWS_CHECKED_TOTAL,
+    RESUME_TOKEN_TIMESTAMP,
+    KAFKA_CONSUMER_LAG,
 ];
 
 pub mod endpoint;
@@ -92,7 +96,7 @@ pub struct Metrics {
     pub snapshot_rows: IntCounterVec,
     /// Label: table.
     pub snapshot_estimate: IntGaugeVec,
-    /// Label: stage.
+    /// Labels: stage, reason ([`crate::error::retry_reason`]).
     pub retries: IntCounterVec,
     /// Labels: stage, error_class.
     pub errors: IntCounterVec,
@@ -109,6 +113,15 @@ pub struct Metrics {
     pub kafka_members: IntGauge,
     /// Kafka worker: partitions held at a cross-partition barrier.
     pub kafka_held: IntGauge,
+    /// Kafka worker: messages between a partition's high watermark and the
+    /// offset committed after the sink's last commit. Labels: topic,
+    /// partition (bounded by the topics' partitions, never keys).
+    pub kafka_consumer_lag: IntGaugeVec,
+    /// Token-resumed sources (MongoDB, Convex): Unix time at the source of
+    /// what the stored resume token points at. `time() - this` is how old
+    /// the point a restart resumes from is (against the oplog window or
+    /// the deployment's change-log retention).
+    pub resume_token_time: Gauge,
     /// `ferry verify --watch`: differing rows of the last run. Label: table
     /// (the target table).
     pub verify_drift: IntGaugeVec,
@@ -187,8 +200,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let retries = IntCounterVec::new(
-            Opts::new(RETRIES_TOTAL, "Transient failures retried, by stage"),
-            &["stage"],
+            Opts::new(
+                RETRIES_TOTAL,
+                "Transient failures retried, by stage and reason (connection, serialization, deadlock, resources, lock, shutdown, server_error, rate_limited, other)",
+            ),
+            &["stage", "reason"],
         )
         .expect("valid metric");
         let errors = IntCounterVec::new(
@@ -233,6 +249,19 @@ impl Metrics {
             KAFKA_HELD_PARTITIONS,
             "Kafka partitions held at a cross-partition barrier (TRUNCATE, snapshot start, key change)",
         );
+        let kafka_consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                KAFKA_CONSUMER_LAG,
+                "Kafka worker: messages of an assigned partition not yet committed by the sink (high watermark - committed offset)",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let resume_token_time = Gauge::new(
+            RESUME_TOKEN_TIMESTAMP,
+            "Unix time at the source of the change the stored resume token points at (MongoDB, Convex); time() minus it is the resume point's age",
+        )
+        .expect("valid metric");
         let table_lag = GaugeVec::new(
             Opts::new(
                 TABLE_LAG_SECONDS,
@@ -325,6 +354,8 @@ impl Metrics {
             Box::new(kafka_waiting.clone()),
             Box::new(kafka_members.clone()),
             Box::new(kafka_held.clone()),
+            Box::new(kafka_consumer_lag.clone()),
+            Box::new(resume_token_time.clone()),
             Box::new(dlq_events.clone()),
             Box::new(dlq_depth.clone()),
             Box::new(lag_seconds.clone()),
@@ -359,6 +390,8 @@ impl Metrics {
             kafka_waiting,
             kafka_members,
             kafka_held,
+            kafka_consumer_lag,
+            resume_token_time,
             verify_drift,
             verify_last_success,
             verify_rows_checked,

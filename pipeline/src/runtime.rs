@@ -410,7 +410,10 @@ pub async fn wait_retry(
     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
     metrics()
         .retries
-        .with_label_values(&[e.stage.as_str()])
+        .with_label_values(&[
+            e.stage.as_str(),
+            crate::error::retry_reason(e.code.as_deref()),
+        ])
         .inc();
     metrics()
         .errors
@@ -445,6 +448,8 @@ struct Summary {
     lag_tables: Vec<(TableId, i64)>,
     /// Tables whose snapshot ends with this job.
     snapshots_done: Vec<TableId>,
+    /// See [`crate::batch::Batch::last_resume_token_micros`].
+    resume_token_micros: Option<i64>,
     /// Kafka bus: the partitions the batch applies changes of (replays
     /// skipped by position are only consumed).
     changed: Vec<(Arc<str>, i32)>,
@@ -565,6 +570,9 @@ impl<K: Sink> Writer<K> {
                 }
             }
             let m = metrics();
+            if let Some(us) = summary.resume_token_micros {
+                m.resume_token_time.set(us as f64 / 1e6);
+            }
             m.batch_duration
                 .with_label_values(&["postgres"])
                 .observe(started.elapsed().as_secs_f64());
@@ -761,6 +769,7 @@ impl<K: Sink> ApplyLoop<K> {
             seq: self.sent,
             lag_tables: self.lag_tables.drain().collect(),
             snapshots_done: std::mem::take(&mut self.snapshots_done),
+            resume_token_micros: batch.last_resume_token_micros,
             changed: batch
                 .bus
                 .iter()

@@ -275,6 +275,8 @@ struct WorkerContext<S: BusOffsets> {
     /// Per partition, the high watermark of the last Fetch response
     /// (librdkafka's statistics, every second): see [`check_topics`].
     fetched_high: Mutex<FastHashMap<(String, i32), i64>>,
+    /// The partitions `ferry_kafka_consumer_lag_messages` reports.
+    lag_labels: Mutex<FastHashMap<(String, i32), ()>>,
     /// The pipeline's retry cap and stop signal, for reading the sink's
     /// progress on an assignment.
     max_retry_delay: Duration,
@@ -329,14 +331,36 @@ impl<S: BusOffsets> ClientContext for WorkerContext<S> {
 
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut fetched = self.fetched_high.lock().expect("fetched high lock");
+        let mut lagging = self.lag_labels.lock().expect("lag labels lock");
+        let lag = &metrics().kafka_consumer_lag;
+        let mut seen = FastHashMap::default();
         for (name, t) in &statistics.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.hi_offset >= 0 {
                     fetched.insert((name.clone(), *p), part.hi_offset);
                 }
+                // librdkafka's lag is against the committed offset, which
+                // this worker commits to Kafka after each sink commit: the
+                // sink's progress as Kafka tooling sees it. -1 for
+                // partitions not assigned here.
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    let partition = p.to_string();
+                    lag.with_label_values(&[name, &partition])
+                        .set(part.consumer_lag);
+                    seen.insert((name.clone(), *p), ());
+                }
             }
         }
         drop(fetched);
+        // A partition revoked from this worker stops being reported here
+        // (its new owner reports it).
+        for (name, p) in lagging.keys() {
+            if !seen.contains_key(&(name.clone(), *p)) {
+                let _ = lag.remove_label_values(&[name, &p.to_string()]);
+            }
+        }
+        *lagging = seen;
+        drop(lagging);
         if let Some(g) = statistics.cgrp {
             *self.group_state.lock().expect("group state lock") =
                 Some((g.join_state, g.rebalance_cnt));
@@ -548,6 +572,7 @@ where
         holds: Arc::clone(&holds),
         group_state: Mutex::new(None),
         fetched_high: Mutex::new(FastHashMap::default()),
+        lag_labels: Mutex::new(FastHashMap::default()),
         max_retry_delay: opts.max_retry_delay,
         shutdown: shutdown.clone(),
     };
