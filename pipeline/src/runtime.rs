@@ -574,10 +574,10 @@ impl<K: Sink> Writer<K> {
                 m.resume_token_time.set(us as f64 / 1e6);
             }
             m.batch_duration
-                .with_label_values(&["postgres"])
+                .with_label_values(&[K::KIND])
                 .observe(started.elapsed().as_secs_f64());
             m.batch_events
-                .with_label_values(&["postgres"])
+                .with_label_values(&[K::KIND])
                 .observe(summary.events as f64);
             for (table, op, n) in &summary.counts {
                 m.events
@@ -1370,6 +1370,8 @@ mod tests {
     }
 
     impl Sink for MemorySink {
+        const KIND: &'static str = "memory";
+
         type Prepared = Batch;
         fn prepare(batch: Batch) -> Batch {
             batch

@@ -19,6 +19,10 @@ use crate::error::PipelineError;
 /// - An `Err` leaves nothing applied; the runtime retries the same batch when
 ///   the error is transient.
 pub trait Sink: CheckpointStore + Send + 'static {
+    /// What kind of database this sink writes (`postgres`, `convex`, …):
+    /// the `sink` label of the batch metrics.
+    const KIND: &'static str;
+
     /// A batch made ready for writing.
     type Prepared: Send + Sync + 'static;
 

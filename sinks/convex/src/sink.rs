@@ -320,6 +320,8 @@ impl BusOffsets for ConvexSink {
 }
 
 impl Sink for ConvexSink {
+    const KIND: &'static str = "convex";
+
     type Prepared = Prepared;
 
     fn prepare(batch: Batch) -> Prepared {

@@ -520,6 +520,8 @@ impl BusOffsets for PostgresSink {
 }
 
 impl Sink for PostgresSink {
+    const KIND: &'static str = "postgres";
+
     type Prepared = PreparedBatch;
 
     fn prepare(batch: Batch) -> PreparedBatch {
