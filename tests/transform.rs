@@ -2078,6 +2078,77 @@ async fn mapping_check_cli() {
         configs.insert(*case, (pg_db, config));
     }
 
+    // `--sample`: records of the source run through the same mapping.
+    // A user with fields no rule maps (they go to `rest`), a payment the
+    // run would dead-letter (an amount numeric(12,2) cannot hold without
+    // rounding), no purchase request with `quantity`, and a collection no
+    // mapping names: warnings and notes, still exit 0 (a sample is
+    // evidence, not proof).
+    let db = fx.db().await;
+    db.collection::<Document>("users")
+        .insert_one(doc! {
+            "_id": ObjectId::new(), "email": "b@example.com", "nickname": "bee",
+            "profile": {"address": {"city": "Oslo"}, "zip": "0150"},
+        })
+        .await
+        .unwrap();
+    db.collection::<Document>("payments")
+        .insert_one(doc! {
+            "_id": 7i64, "amount": "12.345".parse::<Decimal128>().unwrap(),
+            "userId": ObjectId::new(), "fee": "0.10".parse::<Decimal128>().unwrap(),
+            "rawAmount": "12.345".parse::<Decimal128>().unwrap(), "status": "paid",
+            "items": [{"sku": "a", "qty": 1, "price": "1.00".parse::<Decimal128>().unwrap()}],
+        })
+        .await
+        .unwrap();
+    db.collection::<Document>("purchase_requests")
+        .insert_one(
+            doc! {"_id": ObjectId::new(), "buyerId": ObjectId::new(), "offerId": ObjectId::new()},
+        )
+        .await
+        .unwrap();
+    db.collection::<Document>("audit")
+        .insert_one(doc! {"_id": 1, "what": "login"})
+        .await
+        .unwrap();
+    let (pg_db, _) = &configs["good"];
+    let mut collections = COLLECTIONS.to_vec();
+    collections.push("audit");
+    let sampled = fx.config_into(pg_db, &collections, "", "");
+    let with_quantity = replace_once(
+        FIXTURE,
+        "offer_id = { from = \"offerId\", id_map = \"offers\" }",
+        "offer_id = { from = \"offerId\", id_map = \"offers\" }\nquantity = \"quantity\"",
+    );
+    let mappings = write_file(dir, "mappings-sampled.toml", &with_quantity);
+    add_mappings(&sampled, mappings.to_str().unwrap());
+    let (code, out) = cmd(&["mapping", "check", "--config", sampled.to_str().unwrap()]);
+    assert_eq!(code, 0, "sampled: exit {code}, output:\n{out}");
+    for want in [
+        "[warn] mappings.tables[2] (app.payments): 1 of 1 sampled documents would be dead-lettered:",
+        "needs_rounding × 1, e.g. app.payments key",
+        "[warn] mappings.tables[3].columns.quantity: none of 1 sampled documents of app.purchase_requests has a field \"quantity\"",
+        "[info] mappings.tables[0] (app.users): fields of sampled documents that no rule maps go to the rest column \"extra\": nickname (1 of 2), profile.zip (1 of 2)",
+        "[info] app.audit: no mapping names it; it is mirrored as _id + document (jsonb) into app.audit (created if missing)",
+        "ok, 2 warning(s), ",
+    ] {
+        assert!(out.contains(want), "sampled: the output lacks {want:?}:\n{out}");
+    }
+    // `--sample 0`: the schema check alone.
+    let (code, out) = cmd(&[
+        "mapping",
+        "check",
+        "--config",
+        sampled.to_str().unwrap(),
+        "--sample",
+        "0",
+    ]);
+    assert_eq!(code, 0, "--sample 0: exit {code}, output:\n{out}");
+    assert!(
+        !out.contains("[warn]") && !out.contains("[info]"),
+        "--sample 0 sampled:\n{out}"
+    );
+
     // The target cannot be read: exit 4, never 0.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -82,6 +82,10 @@ pub struct Rejected {
     pub rule: String,
     /// Names the table, the key, the field path and the raw value.
     pub message: String,
+    /// The source field paths the refusal is about (for `unmapped_field`,
+    /// every leaf path no rule took: `meta.flag`), for tools that count
+    /// them over many records (`ferry mapping check --sample`).
+    pub fields: Vec<String>,
 }
 
 /// What a mapped change becomes.
@@ -191,6 +195,18 @@ impl Transformer {
         let plan = self.tables.get(&ev.table.id)?;
         Some(apply::apply_plan(plan, ev))
     }
+}
+
+/// Whether the source record of `ev` (a MongoDB document, a row's
+/// columns, into jsonb values) has a field at the dotted `path`, present
+/// even if null: what a mapping rule's `from` would find.
+pub fn has_field(ev: &ChangeEvent, path: &str) -> bool {
+    let Some(row) = ev.after.as_ref() else {
+        return false;
+    };
+    let rec = record::record_of(&ev.table, row);
+    let path: Vec<String> = path.split('.').map(str::to_string).collect();
+    record::lookup(&rec.fields, &path).is_some()
 }
 
 /// The key of a source change's row, as JSON text (for messages and the

@@ -12,6 +12,8 @@ mod mapping;
 mod parity;
 mod progress;
 mod recopy;
+mod sample;
+mod source_rows;
 mod sqlite;
 mod status;
 mod verify;

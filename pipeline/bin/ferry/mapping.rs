@@ -28,6 +28,13 @@ enum MappingCommand {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also read up to this many records of each mapped source table
+        /// (MongoDB `$sample`; PostgreSQL: the first rows) and run them
+        /// through the mapping: records the run would dead-letter, rules
+        /// whose field no record has, fields no rule maps, and source
+        /// tables no mapping names. Warnings, not failures. 0: skip.
+        #[arg(long, default_value_t = 1000)]
+        sample: u32,
     },
 }
 
@@ -104,7 +111,7 @@ fn load(path: &Path, command: &str) -> Result<Config, u8> {
 }
 
 pub(crate) async fn run_mapping(args: MappingArgs) -> u8 {
-    let MappingCommand::Check { config } = args.command;
+    let MappingCommand::Check { config, sample } = args.command;
     let config = match load(&config, "mapping check") {
         Ok(c) => c,
         Err(code) => return code,
@@ -114,13 +121,40 @@ pub(crate) async fn run_mapping(args: MappingArgs) -> u8 {
         return exit::CONFIG;
     };
     match transformer(&config).await {
-        Ok(_) => {
+        Ok(t) => {
+            let mut ok = 0;
             for t in &m.tables {
                 println!("[ ok ] {} → {}", t.source, t.target);
+                ok += 1;
                 for c in &t.children {
                     println!("[ ok ]   {}[] → {}", c.from, c.target);
+                    ok += 1;
                 }
             }
+            let (mut warnings, mut notes) = (0, 0);
+            if let (Some(t), true) = (t, sample > 0) {
+                match crate::sample::sample(&config, m, &t, sample).await {
+                    Ok(found) => {
+                        for n in found {
+                            match n {
+                                crate::sample::Note::Warn(w) => {
+                                    warnings += 1;
+                                    println!("[warn] {w}");
+                                }
+                                crate::sample::Note::Info(i) => {
+                                    notes += 1;
+                                    println!("[info] {i}");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("ferry mapping check: cannot sample the source: {e}");
+                        return exit::UNVERIFIED;
+                    }
+                }
+            }
+            println!("{ok} ok, {warnings} warning(s), {notes} note(s), 0 problem(s)");
             exit::OK
         }
         Err(Unusable::Findings(findings)) => {

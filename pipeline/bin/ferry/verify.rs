@@ -1284,6 +1284,12 @@ struct Stager<'a> {
     source_rows: u64,
 }
 
+impl crate::source_rows::RowSink for Stager<'_> {
+    async fn push(&mut self, ev: ChangeEvent) -> Result<(), PipelineError> {
+        Stager::push(self, ev).await
+    }
+}
+
 impl Stager<'_> {
     async fn push(&mut self, ev: ChangeEvent) -> Result<(), PipelineError> {
         self.source_rows += 1;
@@ -1652,9 +1658,11 @@ async fn stage(
             let info = ferry_postgres_source::conn_info(src)
                 .map_err(|e| PipelineError::fatal(Stage::Source, e))?;
             let sc = info.connect(Stage::Source, "source").await?;
-            read_postgres(&sc, source, &mut stager).await?;
+            crate::source_rows::read_postgres(&sc, source, None, &mut stager).await?;
         }
-        SourceConfig::Mongodb(src) => read_mongo(src, source, &mut stager).await?,
+        SourceConfig::Mongodb(src) => {
+            crate::source_rows::read_mongo(src, source, None, &mut stager).await?
+        }
         SourceConfig::Sqlite(_) => {
             return Err(PipelineError::fatal(
                 Stage::Source,
@@ -1670,79 +1678,6 @@ async fn stage(
     }
     stager.finish().await?;
     Ok((stager.shadows, stager.rejected, stager.source_rows))
-}
-
-/// Every row of a PostgreSQL source table, decoded as the snapshot does.
-async fn read_postgres(
-    sc: &Client,
-    source: &TableId,
-    stager: &mut Stager<'_>,
-) -> Result<(), PipelineError> {
-    let t = ferry_postgres_source::catalog::describe(sc, source)
-        .await?
-        .ok_or_else(|| {
-            PipelineError::fatal(
-                Stage::Source,
-                format!("source table {source} does not exist: table skipped"),
-            )
-        })?;
-    let cols: Vec<String> = t
-        .schema
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    sc.batch_execute(SESSION_SETTINGS)
-        .await
-        .map_err(|e| pg_err(Stage::Source, "session settings", e))?;
-    let stream = sc
-        .copy_out(&format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT",
-            cols.join(", "),
-            source.quoted()
-        ))
-        .await
-        .map_err(|e| pg_err(Stage::Source, &format!("read {source}"), e))?;
-    futures_util::pin_mut!(stream);
-    let mut lines = crate::parity::Lines::default();
-    while let Some(line) = lines.next(&mut stream).await? {
-        let row = ferry_postgres_source::snapshot::decode_row(&t, line.as_bytes())?;
-        stager
-            .push(ChangeEvent::snapshot_read(Arc::clone(&t.schema), row))
-            .await?;
-    }
-    Ok(())
-}
-
-/// Every document of a MongoDB collection, as the source's snapshot
-/// reads it.
-async fn read_mongo(
-    src: &ferry_pipeline::config::MongoSourceConfig,
-    source: &TableId,
-    stager: &mut Stager<'_>,
-) -> Result<(), PipelineError> {
-    let client = ferry_mongodb_source::config::connect(src.url.expose(), "source").await?;
-    let coll = client
-        .database(&src.database)
-        .collection::<bson::Document>(&source.name);
-    let err = |e: mongodb::error::Error| {
-        PipelineError::fatal(Stage::Source, format!("read collection {source}: {e}"))
-    };
-    let mut cursor = coll
-        .find(bson::doc! {})
-        .batch_size(src.snapshot_batch_size)
-        .await
-        .map_err(err)?;
-    let mut shapes = ferry_mongodb_source::shape::Shapes::new(&src.database, src.scalar_columns);
-    while let Some(doc) = cursor.next().await {
-        let doc = doc.map_err(err)?;
-        let (schema, row) =
-            ferry_mongodb_source::source::document_row(&mut shapes, &source.name, &doc).map_err(
-                |e| PipelineError::fatal(Stage::Decode, format!("document of {source}: {e}")),
-            )?;
-        stager.push(ChangeEvent::snapshot_read(schema, row)).await?;
-    }
-    Ok(())
 }
 
 /// Compares a filled shadow with its target (both in the target).

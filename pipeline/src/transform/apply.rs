@@ -21,6 +21,23 @@ pub(super) fn reject(ev: &ChangeEvent, path: &str, rule: String, detail: String)
             source_key(ev)
         ),
         rule,
+        fields: vec![path.to_string()],
+    }
+}
+
+/// The leaf paths of fields no rule took (`meta.flag` for what is left of
+/// a subdocument).
+fn leaf_paths(prefix: &str, fields: &[(String, Value)], out: &mut Vec<String>) {
+    for (name, v) in fields {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match v {
+            Value::Document(inner) if !inner.is_empty() => leaf_paths(&path, inner, out),
+            _ => out.push(path),
+        }
     }
 }
 
@@ -196,7 +213,7 @@ pub(super) fn build_row(
                     .iter()
                     .map(|(n, v)| format!("{n} = {}", raw(v)))
                     .collect();
-                return Err(reject(
+                let mut rejected = reject(
                     ev,
                     &left[0].0,
                     "unmapped_field".into(),
@@ -204,7 +221,10 @@ pub(super) fn build_row(
                         "no column for {}; map it, add it to `drop`, set `rest`, or set unmapped = \"drop\"",
                         fields.join(", ")
                     ),
-                ));
+                );
+                rejected.fields.clear();
+                leaf_paths("", &left, &mut rejected.fields);
+                return Err(rejected);
             }
             None => {}
         }
