@@ -2346,6 +2346,9 @@ target = "public.requests"
 unmapped = "drop"
 [tables.columns]
 id = "_id"
+tag_list = "tags"
+seller_ids = { from = "preferredSellers", id_map = "users" }
+seller_json = { from = "preferredSellers", id_map = "users" }
 
 [[tables.children]]
 from = "tags"
@@ -2366,14 +2369,17 @@ seller_id = { from = "seller_id", id_map = "users", on_missing = "allocate" }
 
 const ARRAYS_TABLES: &str = "
 CREATE TABLE public.users (id uuid PRIMARY KEY, email text);
-CREATE TABLE public.requests (id text PRIMARY KEY);
+CREATE TABLE public.requests (id text PRIMARY KEY, tag_list text[], seller_ids uuid[],
+                              seller_json jsonb);
 CREATE TABLE public.request_tags (request_id text, position integer, tag text,
                                   PRIMARY KEY (request_id, position));
 CREATE TABLE public.request_sellers (request_id text, position integer, seller_id uuid,
                                      PRIMARY KEY (request_id, position));";
 
 /// Arrays of scalars and of references (`value`): `tags: ["x", "y"]` and
-/// `preferredSellers: [ObjectId, …]` become child rows, the references
+/// `preferredSellers: [ObjectId, …]` become child rows and, at the same
+/// time, array columns of the parent (`text[]`; `uuid[]` and jsonb with
+/// each element translated through the id map), the references
 /// translated through the users' id map, allocated ahead for a seller who
 /// has not arrived yet and the same id once they do; a shrink deletes the
 /// rows past the end, a delete of the parent deletes them all.
@@ -2509,9 +2515,39 @@ async fn arrays_are(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    if (&tags, &sellers) == (&want.0, &want.1) {
+    // The same arrays as columns of the request: `text[]`, and the
+    // references translated element by element into `uuid[]` and jsonb.
+    let columns: Option<(String, String, String)> = pg
+        .query_opt(
+            "SELECT array_to_string(r.tag_list, ','),
+                    (SELECT string_agg(m.legacy_id, ',' ORDER BY s.o)
+                       FROM unnest(r.seller_ids) WITH ORDINALITY AS s(id, o)
+                       JOIN ferry_id_map m ON m.namespace = 'users' AND m.new_id = s.id::text),
+                    (SELECT string_agg(m.legacy_id, ',' ORDER BY s.o)
+                       FROM jsonb_array_elements_text(r.seller_json) WITH ORDINALITY AS s(id, o)
+                       JOIN ferry_id_map m ON m.namespace = 'users' AND m.new_id = s.id)
+               FROM requests r WHERE r.id = 'r1'",
+            &[],
+        )
+        .await
+        .map_err(pg_msg)?
+        .map(|r| {
+            let text = |i: usize| r.get::<_, Option<String>>(i).unwrap_or_default();
+            (text(0), text(1), text(2))
+        });
+    let unpositioned = |v: &[String]| {
+        v.iter()
+            .map(|s| s.split_once(':').map_or(s.as_str(), |(_, v)| v))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let want_columns = (!want.0.is_empty()).then(|| {
+        let sellers = unpositioned(&want.1);
+        (unpositioned(&want.0), sellers.clone(), sellers)
+    });
+    if (&tags, &sellers) == (&want.0, &want.1) && columns == want_columns {
         Ok(())
     } else {
-        Err(format!("{:?}", (tags, sellers)))
+        Err(format!("{:?}", (tags, sellers, columns)))
     }
 }

@@ -24,6 +24,9 @@ pub(super) enum Coercion {
     Json,
     /// The legacy id's text; the sink translates it.
     Id,
+    /// An array of legacy ids (into an array column, or jsonb), each
+    /// element's text; the sink translates them element by element.
+    IdArray,
     /// Any other type: the value as is, read by the target.
     AsIs,
 }
@@ -45,6 +48,14 @@ pub(super) fn base_type(type_sql: &str) -> String {
 
 /// Whether a column of `type_sql` can hold the new ids of `kind`.
 pub(super) fn id_fits(kind: IdKind, type_sql: &str) -> bool {
+    // An array column holds ids when its element type does; jsonb holds
+    // any (UUIDs as strings, bigints as numbers).
+    if let Some(element) = type_sql.trim().strip_suffix("[]") {
+        return id_fits(kind, element);
+    }
+    if takes_id_array(type_sql) {
+        return true;
+    }
     let base = base_type(type_sql);
     // A text column must also be long enough for the id's text: 36
     // characters for a hyphenated UUID, 20 for a bigint (with its sign).
@@ -62,6 +73,12 @@ pub(super) fn id_fits(kind: IdKind, type_sql: &str) -> bool {
             _ => false,
         },
     }
+}
+
+/// Whether an id-mapped column of `type_sql` takes a whole array of ids
+/// (`uuid[]`, `bigint[]`, `text[]`, json/jsonb) rather than one.
+pub(super) fn takes_id_array(type_sql: &str) -> bool {
+    type_sql.trim().ends_with("[]") || matches!(base_type(type_sql).as_str(), "json" | "jsonb")
 }
 
 /// `n` of `character varying(n)`; `None` without a length.
@@ -259,6 +276,37 @@ pub(super) fn coerce(v: Value, c: &Coercion) -> Result<Value, Refusal> {
                 e.0
             ))),
         },
+        Coercion::IdArray => {
+            let items = match v {
+                Value::Null => return Ok(Value::Null),
+                Value::Array(items) => items,
+                // A PostgreSQL source's json/jsonb array.
+                Value::Json(ref text) => match serde_json::from_str(text) {
+                    Ok(serde_json::Value::Array(items)) => {
+                        items.iter().map(super::record::json_to_value).collect()
+                    }
+                    _ => return Err(Refusal::BadId(format!("{text} is not an array of ids"))),
+                },
+                other => {
+                    return Err(Refusal::BadId(format!(
+                        "{} is not an array of ids",
+                        raw(&other)
+                    )))
+                }
+            };
+            items
+                .into_iter()
+                .map(|item| match id_map::legacy_text(&item) {
+                    Ok(Some(t)) => Ok(Value::Text(t)),
+                    Ok(None) => Ok(Value::Null),
+                    Err(e) => Err(Refusal::BadId(format!(
+                        "element {} is not an id (a string, a number, an ObjectId or a UUID)",
+                        e.0
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
         Coercion::AsIs => Ok(v),
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::child::{self, ChildPlan};
-use super::coerce::{base_type, coerce, coercion_for, id_fits, Coercion};
+use super::coerce::{base_type, coerce, coercion_for, id_fits, takes_id_array, Coercion};
 use super::{Finding, TargetColumn, TargetTable};
 use crate::event::{ChildLink, Column, TableId, TableSchema};
 use crate::id_map::{IdRef, OnMissing};
@@ -300,7 +300,11 @@ fn compile_rules<'r>(
             )?),
         };
         let coercion = if id_map.is_some() {
-            Coercion::Id
+            if takes_id_array(&tc.type_sql) {
+                Coercion::IdArray
+            } else {
+                Coercion::Id
+            }
         } else {
             match coercion_for(tc, rule.round) {
                 Ok(c) => c,

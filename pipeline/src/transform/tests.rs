@@ -2711,3 +2711,69 @@ fn a_value_column_the_child_lacks_is_a_finding() {
         "{fs:#?}"
     );
 }
+
+/// An id map into an array column or jsonb takes the whole array: each
+/// element's legacy id text (NULL elements kept), translated by the sink;
+/// a scalar where an array belongs is refused as `bad_id`; the element
+/// type must hold the ids.
+#[test]
+fn id_map_into_array_and_jsonb_columns() {
+    let cat = catalog(vec![table(
+        "public.requests",
+        vec![
+            col("id", "text"),
+            col("seller_ids", "uuid[]"),
+            col("seller_json", "jsonb"),
+        ],
+        &["id"],
+    )]);
+    let toml = r#"
+[id_maps.users]
+kind = "uuid_v7"
+[[tables]]
+source = "app.requests"
+target = "public.requests"
+[tables.columns]
+id = "_id"
+seller_ids = { from = "sellers", id_map = "users" }
+seller_json = { from = "sellers", id_map = "users" }
+"#;
+    let t = compile(toml, &cat);
+    let ev = mongo_insert(
+        "app.requests",
+        vec![
+            ("_id", text("r1")),
+            (
+                "sellers",
+                Value::Array(vec![Value::ObjectId(oid(1)), Value::Null, text("legacy-7")]),
+            ),
+        ],
+    );
+    let out = apply_ok(&t, &ev);
+    let row = only_change(&out, "public.requests");
+    let want = Value::Array(vec![text(&hex(1)), Value::Null, text("legacy-7")]);
+    assert_eq!(val(row, "seller_ids"), &want);
+    assert_eq!(val(row, "seller_json"), &want);
+    assert_eq!(id_ref(row, "seller_ids").unwrap().namespace, "users");
+
+    let scalar = mongo_insert(
+        "app.requests",
+        vec![("_id", text("r2")), ("sellers", Value::ObjectId(oid(2)))],
+    );
+    assert_eq!(apply_err(&t, &scalar).rule, "bad_id");
+
+    let bigints = catalog(vec![table(
+        "public.requests",
+        vec![
+            col("id", "text"),
+            col("seller_ids", "bigint[]"),
+            col("seller_json", "jsonb"),
+        ],
+        &["id"],
+    )]);
+    assert!(has_finding(
+        &findings(toml, &bigints),
+        "mappings.tables[0].columns.seller_ids.id_map",
+        "bigint[]"
+    ));
+}

@@ -62,13 +62,39 @@ pub async fn ensure_sequence(
 /// The SQL that reads a column's value from `input` (text): the new id of
 /// a legacy id for id-mapped columns, the value itself otherwise, cast to
 /// `cast`.
+///
+/// An id-mapped array column (`uuid[]`, `bigint[]`, `text[]`) or jsonb
+/// column receives an array of legacy ids (an array literal): each element
+/// is translated in place, order and NULL elements kept, an empty array
+/// stays empty. Into jsonb the new ids are strings (UUIDs) or numbers
+/// (bigints).
 pub fn value_sql(col: &Column, cast: &str, input: &str) -> String {
-    match &col.id_map {
-        None => format!("{input}::{cast}"),
-        Some(r) => format!(
-            "(SELECT m.new_id FROM public.ferry_id_map m WHERE m.namespace = {} AND m.legacy_id = {input})::{cast}",
-            quote_literal(&r.namespace)
-        ),
+    let Some(r) = &col.id_map else {
+        return format!("{input}::{cast}");
+    };
+    let ns = quote_literal(&r.namespace);
+    let is_array = cast.trim().ends_with("[]");
+    let is_json = matches!(cast.trim(), "json" | "jsonb");
+    if !is_array && !is_json {
+        return format!(
+            "(SELECT m.new_id FROM public.ferry_id_map m WHERE m.namespace = {ns} AND m.legacy_id = {input})::{cast}"
+        );
+    }
+    let element = match (is_json, r.kind) {
+        (true, IdKind::Bigint { .. }) => "bigint",
+        (true, _) => "text",
+        (false, _) => cast.trim().trim_end_matches("[]"),
+    };
+    let translated = format!(
+        "coalesce((SELECT array_agg(m.new_id::{element} ORDER BY u.o)
+                     FROM unnest({input}::text[]) WITH ORDINALITY AS u(l, o)
+                     LEFT JOIN public.ferry_id_map m ON m.namespace = {ns} AND m.legacy_id = u.l),
+                  '{{}}'::{element}[])"
+    );
+    if is_json {
+        format!("CASE WHEN {input} IS NULL THEN NULL ELSE to_jsonb({translated}) END::{cast}")
+    } else {
+        format!("CASE WHEN {input} IS NULL THEN NULL ELSE {translated} END::{cast}")
     }
 }
 
@@ -171,34 +197,45 @@ pub fn requests(batch: &Batch, known: &Known) -> Requests {
                 RowChange::Delete(_) | RowChange::Vanished => continue,
             };
             for &(i, r) in &cols {
-                let Some(Datum::Value(Value::Text(legacy))) = row.get(i) else {
-                    continue;
+                // One id, or an array of them (an array or jsonb column).
+                let legacy_ids: Vec<&String> = match row.get(i) {
+                    Some(Datum::Value(Value::Text(legacy))) => vec![legacy],
+                    Some(Datum::Value(Value::Array(items))) => items
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::Text(t) => Some(t),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => continue,
                 };
-                if known.contains(&r.namespace, legacy) {
-                    continue;
-                }
-                match r.on_missing {
-                    OnMissing::Allocate => {
-                        out.allocate
-                            .entry(r.namespace.clone())
-                            .or_insert_with(|| (r.kind, BTreeSet::new()))
-                            .1
-                            .insert(legacy.clone());
+                for legacy in legacy_ids {
+                    if known.contains(&r.namespace, legacy) {
+                        continue;
                     }
-                    OnMissing::DeadLetter => {
-                        out.require
-                            .entry(r.namespace.clone())
-                            .or_default()
-                            .entry(legacy.clone())
-                            .or_insert_with(|| {
-                                let key = ferry_pipeline::batch::key_json(
-                                    &ferry_pipeline::batch::key_values(&tb.schema, row),
-                                );
-                                format!(
-                                    "{} key {key}: field {:?} (column {})",
-                                    tb.schema.id, r.field, tb.schema.columns[i].name
-                                )
-                            });
+                    match r.on_missing {
+                        OnMissing::Allocate => {
+                            out.allocate
+                                .entry(r.namespace.clone())
+                                .or_insert_with(|| (r.kind, BTreeSet::new()))
+                                .1
+                                .insert(legacy.clone());
+                        }
+                        OnMissing::DeadLetter => {
+                            out.require
+                                .entry(r.namespace.clone())
+                                .or_default()
+                                .entry(legacy.clone())
+                                .or_insert_with(|| {
+                                    let key = ferry_pipeline::batch::key_json(
+                                        &ferry_pipeline::batch::key_values(&tb.schema, row),
+                                    );
+                                    format!(
+                                        "{} key {key}: field {:?} (column {})",
+                                        tb.schema.id, r.field, tb.schema.columns[i].name
+                                    )
+                                });
+                        }
                     }
                 }
             }
