@@ -283,3 +283,123 @@ async fn value_edges_land_exactly_or_are_dead_lettered() {
         "{out}"
     );
 }
+
+/// `ferry dlq replay` on a Convex target, the operator's loop: amounts
+/// refused under `numeric = "float64"` (0.10 has no exact float64) are
+/// parked; a dry run says they would fail again; with the configuration
+/// fixed (`numeric = "string"`) a dry run says they would apply, and the
+/// replay applies them exactly without touching the pipeline's checkpoint
+/// and empties the queue; a record whose row changed since is superseded,
+/// not applied over the newer row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_after_a_fix() {
+    let pair = Pair::start("convex_replay").await;
+    let server = ConvexServer::start();
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE money (id bigint PRIMARY KEY, amount numeric(12,2));
+         INSERT INTO money VALUES (1, 1.50), (2, 0.10), (3, 0.20);",
+    )
+    .await
+    .unwrap();
+    let config = ConfigBuilder::new(&pair).tables(&["public.money"]).build();
+    with_sink(&config, &server.sink_toml("numeric = \"float64\""));
+    let mut ferry = Ferry::spawn(&config);
+    let parked = || async {
+        server
+            .query("testing:table", serde_json::json!({"table": "ferry_dlq"}))
+            .await
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for(
+        "one row landed and two parked",
+        &ferry,
+        Duration::from_secs(90),
+        || async { server.dump("money").await.0.len() == 1 && parked().await == 2 },
+    )
+    .await;
+    let checkpoint = || async {
+        server
+            .query(
+                "testing:table",
+                serde_json::json!({"table": "ferry_checkpoints"}),
+            )
+            .await
+    };
+    // Row 3 changes (and is refused again: 0.30 has no exact float64
+    // either); its first record is superseded by the second.
+    src.batch_execute("UPDATE money SET amount = 0.30 WHERE id = 3")
+        .await
+        .unwrap();
+    wait_for(
+        "the update parked too",
+        &ferry,
+        Duration::from_secs(60),
+        || async { parked().await == 3 },
+    )
+    .await;
+    ferry.terminate();
+    assert!(
+        tokio::task::block_in_place(|| ferry.wait_exit(Duration::from_secs(30))).is_some(),
+        "ferry did not stop on SIGTERM"
+    );
+    let before = checkpoint().await;
+    let cfg = config.to_str().unwrap();
+
+    let (code, out) = crate::support::ferry_cmd(&["dlq", "replay", "--config", cfg, "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("would fail again")
+            && out.contains("no exact float64")
+            && out.contains("superseded 1"),
+        "{out}"
+    );
+    assert_eq!(parked().await, 3, "a dry run changes nothing");
+
+    // The fix: numerics as exact strings.
+    let fixed = config.with_file_name("fixed.toml");
+    std::fs::copy(&config, &fixed).unwrap();
+    with_sink(&fixed, &server.sink_toml("numeric = \"string\""));
+    let fixed = fixed.to_str().unwrap();
+    let (code, out) =
+        crate::support::ferry_cmd(&["dlq", "replay", "--config", fixed, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (
+            report["report"]["applied"].as_u64(),
+            report["report"]["superseded"].as_u64(),
+            report["report"]["failed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0)),
+        "{out}"
+    );
+    let (code, out) = crate::support::ferry_cmd(&["dlq", "replay", "--config", fixed]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("applied 2, superseded 1, failed again 0"),
+        "{out}"
+    );
+    assert_eq!(parked().await, 0, "the queue is empty after the replay");
+    let (mut rows, _) = server.dump("money").await;
+    rows.sort_by_key(|(_, d)| int64(&d["id"]));
+    let amounts: Vec<(i64, serde_json::Value)> = rows
+        .iter()
+        .map(|(_, d)| (int64(&d["id"]), d["amount"].clone()))
+        .collect();
+    assert_eq!(
+        amounts,
+        vec![
+            (1, serde_json::json!(1.5)),
+            (2, serde_json::json!("0.10")),
+            (3, serde_json::json!("0.30")),
+        ]
+    );
+    assert_eq!(
+        checkpoint().await,
+        before,
+        "a replay never moves the checkpoint"
+    );
+}

@@ -518,11 +518,82 @@ async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
                 }
             }
         }
-        DlqCommand::Replay { .. } => {
-            // Not yet: a replay must apply the record without moving the
-            // pipeline's checkpoint, which `ferry:apply` needs a mode for.
-            eprintln!("ferry dlq replay: not implemented for a Convex target yet (list, show and purge are)");
-            exit::PIPELINE
+        DlqCommand::Replay {
+            selection,
+            dry_run,
+            rate,
+            json,
+        } => {
+            let chosen: Vec<serde_json::Value> = records
+                .into_iter()
+                .filter(|r| selected(&selection, r))
+                .collect();
+            let mut replayed = Vec::with_capacity(chosen.len());
+            let pause = rate
+                .filter(|r| *r > 0.0)
+                .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+            for r in &chosen {
+                match sink.dlq_replay(std::slice::from_ref(r), dry_run).await {
+                    Ok(one) => replayed.extend(one),
+                    Err(e) => {
+                        eprintln!("ferry dlq replay: {e}");
+                        return exit::PIPELINE;
+                    }
+                }
+                if let Some(p) = pause {
+                    tokio::time::sleep(p).await;
+                }
+            }
+            let count = |o: &str| replayed.iter().filter(|r| r.outcome == o).count();
+            let (applied, superseded, failed) =
+                (count("applied"), count("superseded"), count("failed"));
+            if json {
+                let records: Vec<_> = replayed
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"id": r.id, "table": r.table, "key": r.key, "outcome": r.outcome, "error": r.error})
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "dry_run": dry_run,
+                    "report": {"applied": applied, "superseded": superseded, "failed": failed, "records": records},
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                if dry_run {
+                    for r in &replayed {
+                        let outcome = match r.outcome {
+                            "applied" => "would apply",
+                            "failed" => "would fail again",
+                            other => other,
+                        };
+                        match &r.error {
+                            Some(e) => println!(
+                                "record {} {} {}: {outcome}: {e}",
+                                r.id,
+                                r.table,
+                                key_words(&r.key)
+                            ),
+                            None => println!(
+                                "record {} {} {}: {outcome}",
+                                r.id,
+                                r.table,
+                                key_words(&r.key)
+                            ),
+                        }
+                    }
+                }
+                if chosen.is_empty() {
+                    println!("no record matches");
+                }
+                let verb = if dry_run { "would apply" } else { "applied" };
+                println!("{verb} {applied}, superseded {superseded}, failed again {failed}");
+            }
+            if failed > 0 {
+                exit::MISMATCH
+            } else {
+                exit::OK
+            }
         }
     }
 }

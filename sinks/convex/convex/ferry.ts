@@ -352,6 +352,23 @@ export const dlqRecords = internalQuery({
   },
 });
 
+/** A parked record's whole change: its event text joined from its parts. */
+export const dlqEvent = internalQuery({
+  args: { pipeline: v.string(), id: v.string() },
+  handler: async (ctx, a) => {
+    const db = ctx.db as AnyDb;
+    const d = await db.get(a.id);
+    if (!d || d.pipeline !== a.pipeline) return null;
+    let text: string = d.event;
+    for await (const part of db
+      .query("ferry_dlq_parts")
+      .withIndex("by_record", (q: AnyDb) => q.eq("record", a.id))) {
+      text += part.text;
+    }
+    return text;
+  },
+});
+
 /** Removes dead-letter records (purged, or replayed and landed). */
 export const dlqRemove = internalMutation({
   args: { pipeline: v.string(), ids: v.array(v.string()) },

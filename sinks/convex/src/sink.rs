@@ -14,7 +14,7 @@ use ferry_pipeline::batch::Batch;
 use ferry_pipeline::checkpoint::{BusOffsets, Checkpoint, CheckpointStore, PartitionProgress};
 use ferry_pipeline::config::ConvexSinkConfig;
 use ferry_pipeline::dlq::Parked;
-use ferry_pipeline::error::{ErrorClass, PipelineError};
+use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::sink::Sink;
 use serde_json::{json, Value as Json};
 use tracing::warn;
@@ -253,6 +253,47 @@ impl ConvexSink {
         Ok(plan.parked)
     }
 
+    /// `ferry dlq replay`: applies one parked change as it is now encoded,
+    /// without touching the pipeline's checkpoint (a replay must never
+    /// move it back) and without a version (the record's position is not
+    /// comparable with the versions a Kafka-bus pipeline writes; a record
+    /// a later change of its row superseded is not replayed, see
+    /// [`ConvexSink::dlq_replay`]). `Ok(Some(e))`: refused again, for the
+    /// reason `e`; `Ok(None)`: applied.
+    pub(crate) async fn replay_change(
+        &mut self,
+        ev: ferry_pipeline::event::ChangeEvent,
+        call: String,
+    ) -> Result<Option<PipelineError>, PipelineError> {
+        let mut batch = Batch::default();
+        batch.push(ev);
+        let mut plan = self.plan(&batch)?;
+        if let Some(p) = plan.parked.first() {
+            return Ok(Some(refusal(p)));
+        }
+        for r in &mut plan.rows {
+            r.json["version"] = Json::Null;
+        }
+        let rows: Vec<&Json> = plan.rows.iter().map(|r| &r.json).collect();
+        match self.apply_call(call, &[], rows, &[], &[], None).await {
+            Ok(()) => Ok(None),
+            Err(e) if e.class == ErrorClass::Permanent => Ok(Some(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ferry dlq replay --dry-run`: whether the codec would refuse the
+    /// change again (`Some(reason)`); nothing is written.
+    pub(crate) fn replay_check(
+        &self,
+        ev: ferry_pipeline::event::ChangeEvent,
+    ) -> Result<Option<PipelineError>, PipelineError> {
+        let mut batch = Batch::default();
+        batch.push(ev);
+        let plan = self.plan(&batch)?;
+        Ok(plan.parked.first().map(refusal))
+    }
+
     /// `ferry idmap lookup`: the pairs of `namespace` where either side is
     /// `id`.
     pub async fn id_map_lookup(
@@ -342,4 +383,15 @@ impl Sink for ConvexSink {
     ) -> Result<Vec<Parked>, PipelineError> {
         self.write_isolating_rows(batch).await
     }
+}
+
+/// The error a record parked by the codec was refused with.
+fn refusal(p: &Parked) -> PipelineError {
+    let mut e = PipelineError::new(
+        ErrorClass::Permanent,
+        Stage::Sink,
+        p.record.error.message.clone(),
+    );
+    e.code = p.record.error.code.clone();
+    e
 }
