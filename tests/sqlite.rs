@@ -1,4 +1,4 @@
-//! SQLite → PostgreSQL end to end: the real `ferry` binary reading a SQLite
+//! SQLite → PostgreSQL (and → Convex) end to end: the real `ferry` binary reading a SQLite
 //! file that the application (a thread of the test) keeps writing, into a
 //! PostgreSQL cluster the test starts. Every test ends with an exact
 //! comparison of every table with its mirror (tests/support/sqlite.rs).
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::support::kafka::{self, Bus};
-use crate::support::sqlite::{compare, App, SqliteToPg, Writer, SCHEMA, TABLES};
+use crate::support::sqlite::{compare, compare_convex, App, SqliteToPg, Writer, SCHEMA, TABLES};
 use crate::support::{ferry_cmd, wait_for, Ferry};
 
 /// Waits for `ferry` to exit within `timeout`; its code and log.
@@ -311,5 +311,77 @@ async fn refuses_follow_without_prepare_and_names_bad_keys() {
     assert!(
         log.contains("source.tables[0]: no table \"no_such_table\""),
         "{log}"
+    );
+}
+
+/// SQLite → Convex: the same application store snapshotted while it
+/// writes and followed into the Convex test server (running Ferry's real
+/// module), ferry killed with -9 during the snapshot and while following;
+/// every table's documents end equal to the file, each value of the kind
+/// SQLite stored (wrongly typed values included: Convex tables without a
+/// schema take them as they are).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_live_application_into_convex_through_kill9() {
+    let fx = SqliteToPg::start("lite_convex").await;
+    let server = crate::support::convex::ConvexServer::start();
+    let mut conn = fx.app();
+    // A small store: the Convex test server (convex-test in memory) looks
+    // rows up by scanning, so its writes slow down as tables grow.
+    let app = App::create(&mut conn, 29, 40);
+    let config = fx.config(&format!("tables = {:?}", TABLES.to_vec()));
+    crate::support::convex::with_sink(&config, &server.sink_toml(""));
+    let cfg = config.to_str().expect("utf-8 path");
+    let (code, out) = ferry_cmd(&["sqlite", "prepare", "--config", cfg]);
+    assert_eq!(code, 0, "prepare: {out}");
+
+    // About 50 transactions a second: the Convex test server applies a few
+    // hundred rows a second, slower as its tables grow.
+    let writer = Writer::start_paced(conn, app, Duration::from_millis(20));
+    let mut ferry = Ferry::spawn(&config);
+    wait_for(
+        "tasks in Convex",
+        &ferry,
+        Duration::from_secs(120),
+        || async { !server.dump("tasks").await.0.is_empty() },
+    )
+    .await;
+    ferry.kill9();
+    for _ in 0..2 {
+        ferry = Ferry::spawn(&config);
+        let front = log_front(&fx.path);
+        wait_for(
+            "the change log trimmed",
+            &ferry,
+            Duration::from_secs(120),
+            || async { log_front(&fx.path) > front },
+        )
+        .await;
+        ferry.kill9();
+    }
+    ferry = Ferry::spawn(&config);
+    // The application writes on a while under a running ferry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, writes) = tokio::task::block_in_place(|| writer.stop());
+    assert!(writes > 50, "the application kept writing: {writes}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let differences = compare_convex(&fx.path, &server).await;
+        if differences.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Convex never matched the SQLite file: {differences:#?}\nferry's log:\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let parked = server
+        .query("testing:table", serde_json::json!({"table": "ferry_dlq"}))
+        .await;
+    assert_eq!(
+        parked.as_array().map_or(0, Vec::len),
+        0,
+        "nothing parked: {parked}"
     );
 }

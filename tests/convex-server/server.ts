@@ -261,6 +261,12 @@ const server = createServer(async (req, res) => {
     send(res, 500, { code: "InternalServerError", message: String(e) });
   }
 });
+// Node closes a keep-alive connection idle for `keepAliveTimeout` (5 s by
+// default). Its timer runs while a long mutation blocks the event loop, so
+// a client's next request, already sent on that connection, was reset when
+// the loop got free. Clients here close idle connections themselves.
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 130_000;
 server.listen(Number(process.env.PORT ?? 0), "127.0.0.1", () => {
   const addr = server.address();
   console.log(`listening ${typeof addr === "object" && addr ? addr.port : "?"}`);

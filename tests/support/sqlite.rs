@@ -372,7 +372,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(mut conn: Connection, mut app: App) -> Writer {
+    pub fn start(conn: Connection, app: App) -> Writer {
+        Self::start_paced(conn, app, Duration::ZERO)
+    }
+
+    /// [`Writer::start`] with `pause` between transactions (a target that
+    /// applies slowly, such as the Convex test server, would otherwise
+    /// never catch up with a writer at full speed).
+    pub fn start_paced(mut conn: Connection, mut app: App, pause: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -387,6 +394,9 @@ impl Writer {
                 tx.commit().expect("commit");
                 max = max.max(t.elapsed());
                 n += 1;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             (max, n)
         });
@@ -553,5 +563,102 @@ pub async fn compare(path: &std::path::Path, pg: &tokio_postgres::Client) -> Com
     Comparison {
         differences,
         refused,
+    }
+}
+
+/// Compares every table of the file with its Convex mirror (the test
+/// server's documents, `_id` and `_creationTime` aside): the same rows
+/// with the same values of the same kinds — an integer stays an int64
+/// (`{"$integer"}`), a real a float64, text a string, a blob bytes, even
+/// where the column's declared type says otherwise (Convex tables here are
+/// schemaless, so nothing is refused). Returns the differences.
+pub async fn compare_convex(
+    path: &std::path::Path,
+    server: &super::convex::ConvexServer,
+) -> Vec<String> {
+    let path = path.to_path_buf();
+    let source: Vec<(String, Vec<String>)> = tokio::task::spawn_blocking(move || {
+        let conn = Connection::open(&path).expect("open");
+        TABLES
+            .iter()
+            .map(|name| {
+                let t = ferry_sqlite_source::catalog::describe(&conn, name)
+                    .expect("describe")
+                    .expect("table exists");
+                let names: Vec<String> = t.schema.columns.iter().map(|c| c.name.clone()).collect();
+                let mut stmt = conn
+                    .prepare(&format!("SELECT {} FROM \"{name}\"", t.select_list))
+                    .expect("select");
+                let mut rows = stmt.query([]).expect("query");
+                let mut docs = Vec::new();
+                while let Some(r) = rows.next().expect("row") {
+                    let doc: BTreeMap<String, String> = names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n.clone(), stored_kind(&r.get::<_, Sql>(i).expect("value"))))
+                        .collect();
+                    docs.push(format!("{doc:?}"));
+                }
+                docs.sort();
+                (name.to_string(), docs)
+            })
+            .collect()
+    })
+    .await
+    .expect("read source");
+    let mut differences = Vec::new();
+    for (name, want) in source {
+        let (rows, _) = server.dump(&name).await;
+        let mut got: Vec<String> = rows
+            .iter()
+            .map(|(_, d)| {
+                let doc: BTreeMap<String, String> = d
+                    .as_object()
+                    .expect("a document")
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with('_'))
+                    .map(|(k, v)| (k.clone(), convex_kind(v)))
+                    .collect();
+                format!("{doc:?}")
+            })
+            .collect();
+        got.sort();
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(2).collect();
+            let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(2).collect();
+            differences.push(format!(
+                "{name}: source {} rows, Convex {}; missing {missing:?}; extra {extra:?}",
+                want.len(),
+                got.len()
+            ));
+        }
+    }
+    differences
+}
+
+/// A SQLite value as its storage class and exact value.
+fn stored_kind(v: &Sql) -> String {
+    match v {
+        Sql::Null => "null".into(),
+        Sql::Integer(i) => format!("int {i}"),
+        Sql::Real(f) => format!("real {f:?}"),
+        Sql::Text(s) => format!("text {s:?}"),
+        Sql::Blob(b) => format!("bytes {b:?}"),
+    }
+}
+
+/// A Convex-encoded JSON value in the form of [`stored_kind`].
+fn convex_kind(v: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "null".into(),
+        J::Object(o) if o.contains_key("$integer") => format!("int {}", super::convex::int64(v)),
+        J::Object(o) if o.contains_key("$bytes") => format!(
+            "bytes {:?}",
+            super::convex::base64(o["$bytes"].as_str().expect("base64"))
+        ),
+        J::Number(n) => format!("real {:?}", n.as_f64().expect("a float64")),
+        J::String(s) => format!("text {s:?}"),
+        other => format!("unexpected {other}"),
     }
 }
