@@ -65,6 +65,13 @@ pub async fn ensure_sequence(
 pub fn value_sql(col: &Column, cast: &str, input: &str) -> String {
     match &col.id_map {
         None => format!("{input}::{cast}"),
+        // A reverse pipeline's new id → its legacy id, resolved before the
+        // transaction (see `crate::inverse`).
+        Some(r) if r.kind.is_inverse() => format!(
+            "(SELECT i.legacy_id FROM {} i WHERE i.namespace = {} AND i.new_id = {input})::{cast}",
+            crate::inverse::STAGE_TABLE,
+            quote_literal(&r.namespace)
+        ),
         Some(r) => format!(
             "(SELECT m.new_id FROM public.ferry_id_map m WHERE m.namespace = {} AND m.legacy_id = {input})::{cast}",
             quote_literal(&r.namespace)
@@ -171,6 +178,10 @@ pub fn requests(batch: &Batch, known: &Known) -> Requests {
                 RowChange::Delete(_) | RowChange::Vanished => continue,
             };
             for &(i, r) in &cols {
+                // Resolved against the forward map instead (crate::inverse).
+                if r.kind.is_inverse() {
+                    continue;
+                }
                 let Some(Datum::Value(Value::Text(legacy))) = row.get(i) else {
                     continue;
                 };
