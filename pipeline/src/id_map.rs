@@ -44,7 +44,7 @@ pub enum LegacyId {
     Bigint,
     /// A new MongoDB ObjectId (time, random, counter), as the driver makes.
     ObjectId,
-    /// A new random UUID (v4).
+    /// A new UUID (v7: time-ordered, random).
     Uuid,
 }
 
@@ -54,7 +54,7 @@ impl LegacyId {
     pub fn fresh(self) -> Option<String> {
         match self {
             LegacyId::Bigint => None,
-            LegacyId::Uuid => Some(Uuid::new_v4().to_string()),
+            LegacyId::Uuid => Some(Uuid::now_v7().to_string()),
             LegacyId::ObjectId => Some(object_id_hex(&new_object_id())),
         }
     }
@@ -69,11 +69,12 @@ pub fn new_object_id() -> [u8; 12] {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0);
-    // The process's random part, drawn once (a UUIDv4 is 122 random bits).
+    // The process's random part, drawn once (a UUIDv7's last bytes are
+    // random).
     static RANDOM: std::sync::OnceLock<[u8; 5]> = std::sync::OnceLock::new();
     let random = RANDOM.get_or_init(|| {
-        let b = Uuid::new_v4().into_bytes();
-        [b[0], b[1], b[2], b[3], b[4]]
+        let b = Uuid::now_v7().into_bytes();
+        [b[11], b[12], b[13], b[14], b[15]]
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut out = [0u8; 12];
