@@ -406,3 +406,95 @@ async fn rollback_init_refuses_a_lossy_mapping() {
     assert_eq!(code, 0, "{out}");
     assert!(reverse_config(pair.dir.path()).exists(), "{out}");
 }
+
+/// A MongoDB → PostgreSQL pipeline's way back: the reverse config writes
+/// to the MongoDB sink (its section exactly as that sink reads it), the
+/// inverse mapping gives `_id` and field paths, legacy ids as ObjectIds.
+/// (Running it needs the MongoDB sink; `rollback init` needs only the new
+/// database.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_init_for_a_mongodb_source() {
+    let pair = Pair::start("rollback_mongo").await;
+    let new = pair.dst().await;
+    new.batch_execute(
+        "CREATE TABLE escrows (id uuid PRIMARY KEY, buyer_id uuid, amount numeric(12,2),
+                               city text, status text);",
+    )
+    .await
+    .unwrap();
+    std::fs::write(
+        pair.dir.path().join("mappings.toml"),
+        r#"
+[id_maps.escrows]
+kind = "uuid_v7"
+[id_maps.users]
+kind = "uuid_v7"
+
+[[tables]]
+source = "shop.escrows"
+target = "public.escrows"
+[tables.columns]
+id = { from = "_id", id_map = "escrows" }
+buyer_id = { from = "buyerId", id_map = "users" }
+amount = "amount"
+city = "delivery.address.city"
+"#,
+    )
+    .unwrap();
+    let config = pair.dir.path().join("escrow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+name = "escrow"
+mappings = "mappings.toml"
+
+[source]
+kind = "mongodb"
+url = "mongodb://127.0.0.1:1/?replicaSet=rs0"
+database = "shop"
+collections = ["escrows"]
+
+[sink]
+kind = "postgres"
+url = "{}"
+"#,
+            pair.target.url(&pair.db)
+        ),
+    )
+    .unwrap();
+    let (code, out) = ferry_cmd(&["rollback", "init", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let reverse = std::fs::read_to_string(pair.dir.path().join("escrow_rollback.toml")).unwrap();
+    assert!(
+        reverse.contains(
+            "[sink]\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:1/?replicaSet=rs0\"\ndatabase = \"shop\"\n"
+        ),
+        "{reverse}"
+    );
+    let inverse =
+        std::fs::read_to_string(pair.dir.path().join("escrow_rollback.mappings.toml")).unwrap();
+    for needle in [
+        "target = \"shop.escrows\"",
+        "[tables.columns._id]",
+        "[tables.columns.\"delivery.address.city\"]",
+        "[tables.columns.buyerId]",
+        "legacy = \"object_id\"",
+    ] {
+        assert!(inverse.contains(needle), "{needle}: {inverse}");
+    }
+    // The reverse slot exists in the new database from now on.
+    let slots: i64 = new
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'escrow_rollback'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1);
+    new.execute("SELECT pg_drop_replication_slot('escrow_rollback')", &[])
+        .await
+        .unwrap();
+}
