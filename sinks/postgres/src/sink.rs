@@ -99,7 +99,7 @@ impl PostgresSink {
 
     /// The legacy ids of the new ids the batch writes through inverse id
     /// maps, allocated where missing (see [`crate::inverse`]).
-    async fn inverse_pairs(
+    pub(crate) async fn inverse_pairs(
         &mut self,
         prepared: &PreparedBatch,
     ) -> Result<Vec<crate::inverse::Pair>, PipelineError> {
