@@ -22,6 +22,7 @@ mod mongo_srv;
 mod mongo_tls;
 mod operator;
 mod pg_security;
+mod rollback;
 mod schema;
 mod snapshot;
 mod sqlite;

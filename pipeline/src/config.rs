@@ -556,6 +556,37 @@ pub struct PostgresSourceConfig {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub sslkey: Option<String>,
+    /// Replication origins whose transactions are not streamed: a name, or
+    /// a prefix ending in `*`. Default `["ferry_*"]`: what Ferry's own
+    /// PostgreSQL sinks wrote (they tag their sessions `ferry_<pipeline>`)
+    /// never comes back through a reverse pipeline (docs/rollback.md).
+    /// `[]` streams every transaction.
+    #[serde(default = "default_skip_origins")]
+    pub skip_origins: Vec<String>,
+}
+
+/// The origin prefix of Ferry's PostgreSQL sink sessions.
+pub const FERRY_ORIGIN_PREFIX: &str = "ferry_";
+
+fn default_skip_origins() -> Vec<String> {
+    vec![format!("{FERRY_ORIGIN_PREFIX}*")]
+}
+
+impl PostgresSourceConfig {
+    /// Whether a transaction replayed from replication origin `origin` is
+    /// left out of the stream (see [`PostgresSourceConfig::skip_origins`]).
+    pub fn skips_origin(&self, origin: &str) -> bool {
+        origin_matches(&self.skip_origins, origin)
+    }
+}
+
+/// Whether `origin` matches one of `patterns` (a name, or a prefix ending
+/// in `*`).
+pub fn origin_matches(patterns: &[String], origin: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => origin.starts_with(prefix),
+        None => origin == p,
+    })
 }
 
 fn default_publication() -> String {
@@ -663,6 +694,12 @@ pub struct PostgresSinkConfig {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub sslkey: Option<String>,
+    /// Where `ferry_id_map` lives when it is not in the target: a reverse
+    /// pipeline (`ferry rollback init`) translates new ids back through the
+    /// forward pipeline's map, which is in the new database, its source.
+    /// Needed only by mappings with `kind = "inverse"` id maps.
+    #[serde(default)]
+    pub id_map_url: Option<Secret>,
 }
 
 /// `[cutover]`: the thresholds `ferry cutover check` applies per table

@@ -25,12 +25,79 @@ pub enum IdKind {
     UuidV5 { namespace_uuid: Uuid },
     /// The next value of the namespace's sequence, starting at `start`.
     Bigint { start: i64 },
+    /// A reverse pipeline's map (`ferry rollback init`): the column holds
+    /// a *new* id, written as the legacy id the forward pipeline's map
+    /// gives it; a row created after cutover gets a fresh legacy id of
+    /// kind `legacy`, recorded in that map (docs/rollback.md).
+    Inverse { legacy: LegacyId },
+}
+
+/// How a reverse pipeline makes the legacy id of a row created after
+/// cutover: the way the old system would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegacyId {
+    /// The next value of the old table's own sequence (its `serial` /
+    /// identity key's, named by the id map's `sequence`), so that the old
+    /// application, back in charge, keeps counting past it.
+    #[default]
+    Bigint,
+    /// A new MongoDB ObjectId (time, random, counter), as the driver makes.
+    ObjectId,
+    /// A new UUID (v7: time-ordered, random).
+    Uuid,
+}
+
+impl LegacyId {
+    /// A fresh legacy id made without the database; `None` for `Bigint`
+    /// (drawn from the old table's sequence).
+    pub fn fresh(self) -> Option<String> {
+        match self {
+            LegacyId::Bigint => None,
+            LegacyId::Uuid => Some(Uuid::now_v7().to_string()),
+            LegacyId::ObjectId => Some(object_id_hex(&new_object_id())),
+        }
+    }
+}
+
+/// A new ObjectId: 4 bytes of seconds since the epoch, 5 random bytes, a
+/// 3-byte counter (the layout of MongoDB's drivers).
+pub fn new_object_id() -> [u8; 12] {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    // The process's random part, drawn once (a UUIDv7's last bytes are
+    // random).
+    static RANDOM: std::sync::OnceLock<[u8; 5]> = std::sync::OnceLock::new();
+    let random = RANDOM.get_or_init(|| {
+        let b = Uuid::now_v7().into_bytes();
+        [b[11], b[12], b[13], b[14], b[15]]
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&secs.to_be_bytes());
+    out[4..9].copy_from_slice(random);
+    out[9..].copy_from_slice(&n.to_be_bytes()[1..]);
+    out
 }
 
 impl IdKind {
     /// Whether the new ids are UUIDs (else bigints).
     pub fn is_uuid(self) -> bool {
-        !matches!(self, IdKind::Bigint { .. })
+        match self {
+            IdKind::Bigint { .. } => false,
+            IdKind::Inverse { legacy } => legacy == LegacyId::Uuid,
+            _ => true,
+        }
+    }
+
+    /// Whether the column holds new ids to write as legacy ones (a
+    /// reverse pipeline).
+    pub fn is_inverse(self) -> bool {
+        matches!(self, IdKind::Inverse { .. })
     }
 
     /// The new id for `legacy`, when it can be made without the database:
@@ -41,7 +108,7 @@ impl IdKind {
             IdKind::UuidV5 { namespace_uuid } => {
                 Some(Uuid::new_v5(&namespace_uuid, legacy.as_bytes()).to_string())
             }
-            IdKind::Bigint { .. } => None,
+            IdKind::Bigint { .. } | IdKind::Inverse { .. } => None,
         }
     }
 }
@@ -70,6 +137,10 @@ pub struct IdRef {
     /// The source field path, for messages.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub field: String,
+    /// `Inverse { legacy: Bigint }` only: the old table's sequence that new
+    /// legacy ids are drawn from (`legacy.accounts_id_seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
 }
 
 /// Why a value cannot be a legacy id.
@@ -237,6 +308,33 @@ mod tests {
         assert_eq!(legacy_text(&Value::Int(42)).unwrap().unwrap(), "42");
         assert_eq!(legacy_text(&Value::Null).unwrap(), None);
         assert!(legacy_text(&Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn fresh_legacy_ids_have_their_kind() {
+        let a = LegacyId::ObjectId.fresh().unwrap();
+        let b = LegacyId::ObjectId.fresh().unwrap();
+        assert_eq!(a.len(), 24);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b, "the counter moves");
+        // Time first: ids made later sort after (within a second, the counter).
+        assert!(a < b || a[..8] != b[..8]);
+        assert_eq!(LegacyId::Uuid.fresh().unwrap().len(), 36);
+        assert_eq!(LegacyId::Bigint.fresh(), None);
+        assert!(IdKind::Inverse {
+            legacy: LegacyId::Uuid
+        }
+        .is_uuid());
+        assert!(!IdKind::Inverse {
+            legacy: LegacyId::Bigint
+        }
+        .is_uuid());
+        assert!(IdKind::Inverse {
+            legacy: LegacyId::Bigint
+        }
+        .is_inverse());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::decimal::RoundingMode;
 use crate::error::ConfigError;
 use crate::event::TableId;
-use crate::id_map::{IdKind, OnMissing};
+use crate::id_map::{IdKind, LegacyId, OnMissing};
 
 /// The whole mapping file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +40,12 @@ pub struct IdMapSpec {
     pub namespace_uuid: Option<Uuid>,
     /// `bigint` only: the sequence's first value (default 1).
     pub start: Option<i64>,
+    /// `inverse` only: the kind of legacy id a row created after cutover
+    /// gets (`bigint`, `object_id`, `uuid`).
+    pub legacy: Option<LegacyId>,
+    /// `inverse` with `legacy = "bigint"`: the old table's sequence new
+    /// legacy ids are drawn from.
+    pub sequence: Option<String>,
 }
 
 /// `kind` of an id map.
@@ -50,6 +56,9 @@ pub enum IdKindName {
     UuidV7,
     UuidV5,
     Bigint,
+    /// A reverse pipeline's: new ids back to legacy ids through the forward
+    /// pipeline's map (written by `ferry rollback init`).
+    Inverse,
 }
 
 /// What happens to a field that no rule takes, when there is no `rest`.
@@ -224,6 +233,9 @@ impl Mappings {
             IdKindName::Bigint => IdKind::Bigint {
                 start: spec.start.unwrap_or(1),
             },
+            IdKindName::Inverse => IdKind::Inverse {
+                legacy: spec.legacy.unwrap_or_default(),
+            },
         })
     }
 
@@ -242,6 +254,18 @@ impl Mappings {
             }
             if spec.start.is_some() && spec.kind != IdKindName::Bigint {
                 return Err(err(format!("{key}.start"), "only for kind = \"bigint\""));
+            }
+            let inverse = spec.kind == IdKindName::Inverse;
+            if spec.legacy.is_some() && !inverse {
+                return Err(err(format!("{key}.legacy"), "only for kind = \"inverse\""));
+            }
+            if spec.sequence.is_some()
+                && !(inverse && spec.legacy.unwrap_or_default() == LegacyId::Bigint)
+            {
+                return Err(err(
+                    format!("{key}.sequence"),
+                    "only for kind = \"inverse\" with legacy = \"bigint\"",
+                ));
             }
         }
         let mut sources = BTreeSet::new();

@@ -28,6 +28,7 @@ use crate::value::Value;
 mod apply;
 mod child;
 mod coerce;
+pub mod inverse;
 mod plan;
 mod record;
 

@@ -225,6 +225,7 @@ impl Source for PostgresSource {
                     bus: &ctx.bus,
                     acks: &mut ctx.acks,
                     shutdown: &mut ctx.shutdown,
+                    skip_origins: &self.cfg.skip_origins,
                 }
                 .run()
                 .await

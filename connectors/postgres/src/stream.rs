@@ -79,6 +79,10 @@ struct OpenTx {
     xid: u32,
     commit_ts_micros: i64,
     ordinal: u64,
+    /// The transaction came from a replication origin the source skips
+    /// (a Ferry sink's write): its changes are left out, its commit still
+    /// advances the position.
+    skipped: bool,
 }
 
 /// Everything one streaming session needs.
@@ -92,6 +96,9 @@ pub struct StreamSession<'a> {
     pub bus: &'a BusSender,
     pub acks: &'a mut watch::Receiver<SourceAck>,
     pub shutdown: &'a mut watch::Receiver<bool>,
+    /// Replication origins whose transactions are skipped (`[source]
+    /// skip_origins`).
+    pub skip_origins: &'a [String],
 }
 
 /// Opens a replication session exactly as the stream does (same server,
@@ -124,6 +131,7 @@ impl StreamSession<'_> {
             bus,
             acks,
             shutdown,
+            skip_origins,
         } = self;
         let context = format!("connect for replication to {}:{}", repl.host, repl.port);
         let mut client = ReplicationClient::connect(repl)
@@ -179,6 +187,7 @@ impl StreamSession<'_> {
                         xid,
                         commit_ts_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
                         ordinal: 0,
+                        skipped: false,
                     });
                 }
                 ReplicationEvent::Commit {
@@ -224,6 +233,17 @@ impl StreamSession<'_> {
                     let msg = pgoutput::decode(&data).map_err(|e| {
                         PipelineError::fatal(Stage::Decode, format!("pgoutput message: {e}"))
                     })?;
+                    if let LogicalMessage::Origin { name, .. } = &msg {
+                        // Sent after Begin, before the transaction's first
+                        // change (pgoutput, PostgreSQL 10+).
+                        if let Some(open) = tx.as_mut() {
+                            open.skipped =
+                                ferry_pipeline::config::origin_matches(skip_origins, name);
+                            if open.skipped {
+                                debug!(origin = %name, xid = open.xid, "transaction from a skipped replication origin");
+                            }
+                        }
+                    }
                     handle_message(msg, catalog, tables, horizons, &mut relations, &mut tx, bus)
                         .await?;
                 }
@@ -317,6 +337,16 @@ fn lookup<'a>(
     // inside its transaction does not depend on the configured tables (a
     // checkpoint taken mid-transaction must match after a restart).
     open.ordinal += 1;
+    if open.skipped {
+        // Checked after counting: ordinals stay those of the transaction.
+        return match relations.contains_key(&relation_id) {
+            true => Ok(None),
+            false => Err(PipelineError::fatal(
+                Stage::Decode,
+                format!("row change for relation {relation_id} before its Relation message"),
+            )),
+        };
+    }
     match relations.get(&relation_id) {
         // Not a configured table (a publication shared with others).
         Some(r) if r.schema.primary_key.is_empty() => Ok(None),

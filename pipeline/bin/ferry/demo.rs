@@ -80,6 +80,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
+            skip_origins: vec!["ferry_*".into()],
         }),
         sink: SinkConfig::Postgres(PostgresSinkConfig {
             url: Secret::new(target.url("app")),
@@ -89,6 +90,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
+            id_map_url: None,
         }),
         metrics: MetricsConfig::default(),
         kafka: None,

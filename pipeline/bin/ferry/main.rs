@@ -12,6 +12,7 @@ mod mapping;
 mod parity;
 mod progress;
 mod recopy;
+mod rollback;
 mod sample;
 mod source_rows;
 mod sqlite;
@@ -130,6 +131,9 @@ enum Command {
     Idmap(mapping::IdmapArgs),
     /// SQLite sources: install or remove the change log, compare counts.
     Sqlite(sqlite::SqliteArgs),
+    /// A way back after cutover: `init` writes the reverse pipeline
+    /// (docs/rollback.md).
+    Rollback(rollback::RollbackArgs),
     /// Every table's state, lag, rate and parked records: live like `top`,
     /// `--once` for one frame, `--json` for machines.
     Status(status::StatusArgs),
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             Command::Mapping(args) => mapping::run_mapping(args).await,
             Command::Idmap(args) => mapping::run_idmap(args).await,
             Command::Sqlite(args) => sqlite::run(args).await,
+            Command::Rollback(args) => rollback::run(args).await,
             Command::Status(args) => status::run(args).await,
             #[cfg(feature = "kafka")]
             Command::Kafka(args) => bus::run(args).await,

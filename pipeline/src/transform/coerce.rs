@@ -5,7 +5,7 @@
 use super::TargetColumn;
 use crate::calendar;
 use crate::decimal::{self, DecimalTarget};
-use crate::id_map::{self, IdKind};
+use crate::id_map::{self, IdKind, LegacyId};
 use crate::json::{float_text, json_text};
 use crate::value::{object_id_hex, Decimal, Numeric, TemporalKind, Value};
 
@@ -57,6 +57,21 @@ pub(super) fn id_fits(kind: IdKind, type_sql: &str) -> bool {
         return true;
     }
     let base = base_type(type_sql);
+    match kind {
+        // Legacy ids written back by a reverse pipeline: an old `serial`
+        // key is often an integer; an ObjectId's text has 24 characters.
+        IdKind::Inverse {
+            legacy: LegacyId::Bigint,
+        } if base == "integer" => return true,
+        IdKind::Inverse {
+            legacy: LegacyId::ObjectId,
+        } => {
+            return base == "text"
+                || (base == "character varying"
+                    && varchar_length(type_sql).is_none_or(|n| n >= 24))
+        }
+        _ => {}
+    }
     // A text column must also be long enough for the id's text: 36
     // characters for a hyphenated UUID, 20 for a bigint (with its sign).
     let longest = if kind.is_uuid() { 36 } else { 20 };

@@ -394,6 +394,7 @@ fn id_ref(
             rule.on_missing.unwrap_or_default()
         },
         field: rule.from.clone().unwrap_or_default(),
+        sequence: mappings.id_maps.get(ns).and_then(|s| s.sequence.clone()),
     })
 }
 

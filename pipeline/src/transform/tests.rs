@@ -1113,6 +1113,7 @@ fn id_map_columns_carry_their_namespace() {
             kind: IdKind::Bigint { start: 1000 },
             on_missing: OnMissing::Allocate,
             field: "_id".into(),
+            sequence: None,
         })
     );
     assert_eq!(
@@ -1122,6 +1123,7 @@ fn id_map_columns_carry_their_namespace() {
             kind: IdKind::UuidV7,
             on_missing: OnMissing::DeadLetter,
             field: "userId".into(),
+            sequence: None,
         })
     );
     for plain in ["amount", "status", "buyer_id", "extra"] {
@@ -1141,6 +1143,7 @@ fn id_map_columns_carry_their_namespace() {
             kind: IdKind::Bigint { start: 1000 },
             on_missing: OnMissing::Allocate,
             field: "_id".into(),
+            sequence: None,
         })
     );
     assert_eq!(val(c, "offer_id"), &text(&hex(5)));
@@ -1152,6 +1155,7 @@ fn id_map_columns_carry_their_namespace() {
             kind: IdKind::UuidV5 { namespace_uuid: ns },
             on_missing: OnMissing::Allocate,
             field: "offerId".into(),
+            sequence: None,
         })
     );
 }

@@ -24,6 +24,20 @@ pub async fn target_findings(
         Err(e) => return vec![Finding::fail("target reachable", e.to_string())],
     };
     let mut out = vec![Finding::pass("target reachable", "connected")];
+    out.push(match crate::origin::may_use_origins(&client).await {
+        Ok(true) => Finding::pass(
+            "replication origin",
+            "the target user may mark Ferry's writes (a reverse pipeline skips them)",
+        ),
+        Ok(false) => Finding::fail(
+            "replication origin",
+            "the target user may not use replication origins, so Ferry's writes cannot be told from the \
+             application's by a pipeline reading this database back (docs/rollback.md); connect as a \
+             superuser or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), \
+             pg_replication_origin_session_setup(text) TO <user>",
+        ),
+        Err(e) => Finding::fail("replication origin", e.to_string()),
+    });
     for id in tables {
         let target = config::target_id(cfg, id);
         let subject = format!("target table {target}");

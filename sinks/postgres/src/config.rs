@@ -29,6 +29,18 @@ pub(crate) fn target_conn(cfg: &PostgresSinkConfig) -> Result<PgConnInfo, Pipeli
     conn_info(cfg).map_err(|e| PipelineError::fatal(Stage::Sink, e))
 }
 
+/// Where `ferry_id_map` is read for inverse id maps: `sink.id_map_url`
+/// (its TLS settings in the URL), else the target itself.
+pub(crate) fn id_map_conn(cfg: &PostgresSinkConfig) -> Result<Option<PgConnInfo>, PipelineError> {
+    cfg.id_map_url
+        .as_ref()
+        .map(|u| {
+            PgConnInfo::parse(u.expose())
+                .map_err(|e| PipelineError::fatal(Stage::Sink, format!("sink.id_map_url: {e}")))
+        })
+        .transpose()
+}
+
 /// The target table a source table is written to: the same name, in
 /// `sink.schema` when one is set, else in the source's own schema.
 pub fn target_id(cfg: &PostgresSinkConfig, source: &TableId) -> TableId {
@@ -52,6 +64,7 @@ mod tests {
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
+            id_map_url: None,
         };
         let src = TableId::new("app", "orders");
         assert_eq!(target_id(&cfg, &src), src);

@@ -570,6 +570,16 @@ impl PostgresSink {
             if refused.is_none() {
                 self.ensure_tables(&prepared.batch).await?;
             }
+            // A reverse pipeline's record: its new ids' legacy ids, as the
+            // running sink resolves them (crate::inverse).
+            let mut pairs = Vec::new();
+            if refused.is_none() {
+                match self.inverse_pairs(&prepared).await {
+                    Ok(p) => pairs = p,
+                    Err(e) if e.class == ErrorClass::Permanent => refused = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
             let target_ids = self.target_ids(&prepared.batch);
             let mut statements = std::mem::take(&mut self.statements);
             let tables = std::mem::take(&mut self.tables);
@@ -591,6 +601,9 @@ impl PostgresSink {
                     .map_err(|e| pg_err("read ferry_dlq", e))?;
                 if current.map(|r| r.get::<_, bool>(0)) != Some(true) {
                     return Ok(false);
+                }
+                if !pairs.is_empty() {
+                    crate::inverse::stage(&tx, &pairs).await?;
                 }
                 apply_tables(
                     &tx,

@@ -72,6 +72,15 @@ pub fn value_sql(col: &Column, cast: &str, input: &str) -> String {
     let Some(r) = &col.id_map else {
         return format!("{input}::{cast}");
     };
+    if r.kind.is_inverse() {
+        // A reverse pipeline's new id → its legacy id, resolved before the
+        // transaction (see `crate::inverse`).
+        return format!(
+            "(SELECT i.legacy_id FROM {} i WHERE i.namespace = {} AND i.new_id = {input})::{cast}",
+            crate::inverse::STAGE_TABLE,
+            quote_literal(&r.namespace)
+        );
+    }
     let ns = quote_literal(&r.namespace);
     let is_array = cast.trim().ends_with("[]");
     let is_json = matches!(cast.trim(), "json" | "jsonb");
@@ -197,6 +206,10 @@ pub fn requests(batch: &Batch, known: &Known) -> Requests {
                 RowChange::Delete(_) | RowChange::Vanished => continue,
             };
             for &(i, r) in &cols {
+                // Resolved against the forward map instead (crate::inverse).
+                if r.kind.is_inverse() {
+                    continue;
+                }
                 // One id, or an array of them (an array or jsonb column).
                 let legacy_ids: Vec<&String> = match row.get(i) {
                     Some(Datum::Value(Value::Text(legacy))) => vec![legacy],

@@ -71,6 +71,9 @@ pub struct PostgresSink {
     pub(crate) known_ids: id_map::Known,
     /// When the dead-letter depth was last read from `ferry_dlq`.
     pub(crate) dlq_depth_read: Option<std::time::Instant>,
+    /// The database holding the forward pipeline's `ferry_id_map`
+    /// (`sink.id_map_url`), for inverse id maps.
+    pub(crate) map_client: Option<Client>,
 }
 
 /// How often a running sink re-reads the dead-letter depth: replays and
@@ -90,7 +93,34 @@ impl PostgresSink {
             sequences: Default::default(),
             known_ids: Default::default(),
             dlq_depth_read: None,
+            map_client: None,
         }
+    }
+
+    /// The legacy ids of the new ids the batch writes through inverse id
+    /// maps, allocated where missing (see [`crate::inverse`]).
+    pub(crate) async fn inverse_pairs(
+        &mut self,
+        prepared: &PreparedBatch,
+    ) -> Result<Vec<crate::inverse::Pair>, PipelineError> {
+        let wanted = crate::inverse::wanted(
+            std::iter::once(&prepared.batch).chain(prepared.actions.iter().map(|a| &a.batch)),
+        );
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.map_client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.map_client = None;
+        }
+        if self.map_client.is_none() {
+            if let Some(info) = config::id_map_conn(&self.cfg)? {
+                self.map_client = Some(info.connect(Stage::Sink, "id map").await?);
+            }
+        }
+        self.client().await?;
+        let target = self.client.as_ref().expect("connected above");
+        let map = self.map_client.as_ref().unwrap_or(target);
+        crate::inverse::resolve(map, target, &wanted).await
     }
 
     /// The target table a source table is written to.
@@ -127,6 +157,8 @@ impl PostgresSink {
             .await;
             ddl_unlock(&client).await?;
             installed?;
+            // Before any write of the session: every commit carries it.
+            crate::origin::attach(&client, &self.pipeline).await?;
             self.dlq_tables = dlq::tables_with_records(&client, &self.pipeline).await?;
             metrics().set_dlq_depth(&dlq::depth(&client, &self.pipeline).await?);
             self.statements.clear();
@@ -185,6 +217,15 @@ impl PostgresSink {
     ) -> Result<Vec<ferry_pipeline::dlq::Parked>, PipelineError> {
         let batch = &prepared.batch;
         self.client().await?;
+        // A legacy id that cannot be made (no sequence named) leaves its
+        // rows without one: they are parked below, the others land.
+        let pairs = match self.inverse_pairs(prepared).await {
+            Err(e) if e.class == ErrorClass::Permanent => {
+                warn!(error = %e, "legacy ids could not be allocated");
+                Vec::new()
+            }
+            other => other?,
+        };
         // The batch was refused: the target's DDL may have changed since
         // its tables were described (a column widened, a NOT NULL dropped).
         // Describe them again, so that what is parked is refused by the
@@ -209,6 +250,9 @@ impl PostgresSink {
             let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
             if already_committed(&tx, &mut statements, &pipeline, batch, recheck).await? {
                 return Ok(Vec::new());
+            }
+            if !pairs.is_empty() {
+                crate::inverse::stage(&tx, &pairs).await?;
             }
             let mut parked = Vec::new();
             let req = id_map::requests(batch, &known);
@@ -339,6 +383,7 @@ impl PostgresSink {
         // connection do not exist on the new one: after a target restart
         // every retry failed with 26000).
         self.client().await?;
+        let pairs = self.inverse_pairs(prepared).await?;
         self.ensure_tables(batch).await?;
         for a in &prepared.actions {
             self.ensure_tables(&a.batch).await?;
@@ -358,6 +403,9 @@ impl PostgresSink {
                 let tx = client.transaction().await.map_err(|e| pg_err("begin", e))?;
                 if already_committed(&tx, &mut statements, &pipeline, batch, recheck).await? {
                     return Ok(());
+                }
+                if !pairs.is_empty() {
+                    crate::inverse::stage(&tx, &pairs).await?;
                 }
                 apply_tables(
                     &tx,

@@ -213,6 +213,7 @@ fn id_mapped_columns_read_the_new_id_from_the_map() {
         kind: IdKind::UuidV7,
         on_missing: OnMissing::Allocate,
         field: "customer".into(),
+        sequence: None,
     });
     target.columns[1].cast_sql = "uuid".into();
     assert_eq!(
