@@ -2089,6 +2089,61 @@ mod tests {
     }
 
     #[test]
+    fn a_resuming_partition_drops_stale_records_until_the_one_sought() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        holds.update(|m| m.insert((Arc::clone(&t), 2), Hold::Resuming { offset: 40 }));
+        assert!(holds.stale(&t, 2, 41), "fetched before the seek");
+        assert!(!holds.stale(&t, 1, 41), "other partitions flow");
+        assert_eq!(holds.screen(&t, 2, 39), Some(false), "stale, screened too");
+        assert!(!holds.stale(&t, 2, 40), "the record sought: read");
+        assert_eq!(holds.screen(&t, 2, 41), None, "released");
+        assert!(!holds.any.load(Ordering::Acquire));
+        assert!(!holds.held_in_target(&t, 2));
+        holds.update(|m| {
+            m.insert(
+                (Arc::clone(&t), 2),
+                Hold::Waiting {
+                    id: "k:0/1#1".into(),
+                    offset: 50,
+                },
+            )
+        });
+        assert!(holds.held_in_target(&t, 2));
+    }
+
+    #[test]
+    fn a_rebalance_drops_the_local_holds_of_its_partitions() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        let schema = Arc::new(crate::event::TableSchema {
+            id: crate::event::TableId::new("public", "t"),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            child: None,
+        });
+        let ev = crate::event::ChangeEvent::snapshot_read(schema, Vec::new());
+        for p in [0, 1] {
+            let b = parse_barrier("k:0/1#1".into(), Some("0,1,2".into()), &t, p, 3, ev.clone())
+                .unwrap();
+            holds.local(|l| {
+                l.push(LocalHold {
+                    barrier: b,
+                    buffer: Default::default(),
+                    bytes: 0,
+                    paused: false,
+                })
+            });
+        }
+        assert!(holds.is_local(&t, 0) && holds.is_local(&t, 1));
+        assert!(!holds.is_local(&t, 2));
+        holds.rebalance(&[(t.to_string(), 0)]);
+        assert!(!holds.is_local(&t, 0), "revoked: dropped");
+        assert!(holds.is_local(&t, 1), "kept, for a hold through the target");
+        assert!(holds.rebalanced.load(Ordering::Acquire));
+    }
+
+    #[test]
     fn prefix_pattern_escapes() {
         assert_eq!(regex_escape("ferry"), "ferry");
         assert_eq!(regex_escape("a.b-c"), "a\\.b-c");
