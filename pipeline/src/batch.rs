@@ -217,6 +217,11 @@ pub struct Arrival {
     /// Applied by the arrival that completes the barrier, and only by it.
     /// A sink may take it (leaving an empty batch) to prepare it.
     pub action: Batch,
+    /// Every partition arrived in this batch, through one worker, and the
+    /// event is folded into the batch itself (`action` is empty): the sink
+    /// records the barrier done, and refuses the batch as stale if it was
+    /// done already (see [`crate::event::Barrier::copies`]).
+    pub local: bool,
 }
 
 /// The offsets of one partition a batch consumed.
@@ -308,7 +313,17 @@ impl Batch {
             seq: barrier.seq,
             partitions: barrier.partitions.clone(),
             action,
+            local: false,
         });
+    }
+
+    /// Records a barrier whose every copy this batch consumes, its event
+    /// folded into the batch (see [`Arrival::local`]).
+    pub fn arrive_local(&mut self, barrier: &crate::event::Barrier) {
+        self.arrive(barrier, Batch::default());
+        if let Some(a) = self.arrivals.last_mut() {
+            a.local = true;
+        }
     }
 
     /// Parks a record refused before the sink; it counts as an event of

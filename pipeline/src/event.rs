@@ -426,6 +426,22 @@ pub struct Barrier {
     pub partitions: Vec<i32>,
     /// The source event the barrier applies once complete.
     pub event: ChangeEvent,
+    /// Empty, or every copy of the barrier when one worker read them all
+    /// (it owns every partition and held each at its copy, nothing past it
+    /// sent on): the event is then folded into the batch in the source's
+    /// order like any change, as on one partition, and these copies are
+    /// consumed with it, in the same batch (no hand-off, no hold, no
+    /// second read).
+    pub copies: Vec<BarrierCopy>,
+}
+
+/// One copy of a barrier, read by the worker that completes it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarrierCopy {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (ms), as [`BusMessage::Consumed`] carries.
+    pub timestamp: Option<i64>,
 }
 
 #[cfg(test)]

@@ -1141,6 +1141,43 @@ impl<K: Sink> ApplyLoop<K> {
                             }
                         }
                     }
+                    BusMessage::Barrier(barrier) if !barrier.copies.is_empty() => {
+                        // One worker read every copy, nothing past any of
+                        // them: the source's order holds in this batch, so
+                        // the event folds in like a change on one
+                        // partition (no hand-off), and all copies are
+                        // consumed with it (the sink fences each one's
+                        // partition, and records the barrier done).
+                        let barrier = *barrier;
+                        let ev = barrier.event.clone();
+                        let position = (ev.position.commit_lsn != 0).then_some(ev.position);
+                        self.last_commit_ts = Some(ev.commit_ts_micros);
+                        received = true;
+                        self.track_lag(&ev);
+                        match self.opts.transformer.clone() {
+                            Some(t) if t.maps(&ev.table.id) => self.transform(&t, ev).await?,
+                            _ => {
+                                if self.batch.needs_own_batch(&ev) {
+                                    self.hand_off().await?;
+                                    deadline = None;
+                                    overdue = false;
+                                }
+                                self.batch.push(ev);
+                            }
+                        }
+                        self.batch.arrive_local(&barrier);
+                        for c in &barrier.copies {
+                            self.batch.consumed(
+                                &barrier.topic,
+                                c.partition,
+                                c.offset,
+                                position,
+                                c.timestamp,
+                            );
+                        }
+                        self.awaiting_offset = false;
+                        at_boundary = true;
+                    }
                     BusMessage::Barrier(barrier) => {
                         // The action is folded on its own, through the
                         // mapping like any change, and applied by the sink

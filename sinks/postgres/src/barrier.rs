@@ -52,6 +52,9 @@ pub(crate) async fn arrive(
 ) -> Result<bool, PipelineError> {
     let mut apply = false;
     let topic: &str = &a.topic;
+    if a.local {
+        return complete_local(tx, pipeline, a).await.map(|()| false);
+    }
     if a.kind == BarrierKind::SnapshotStart {
         let done = tx
             .query(
@@ -118,6 +121,43 @@ pub(crate) async fn arrive(
         apply = true;
     }
     Ok(apply)
+}
+
+/// A barrier whose every copy this batch consumes, its event folded into
+/// the batch by the one worker that read them all: recorded done (a copy
+/// read again later passes). Done already means another worker applied it:
+/// this batch is stale (the worker rejoins and nothing of it is written).
+async fn complete_local(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    a: &Arrival,
+) -> Result<(), PipelineError> {
+    let topic: &str = &a.topic;
+    let kind = a.kind.tag().to_string();
+    let fresh = tx
+        .query_opt(
+            "INSERT INTO public.ferry_barriers AS b
+                    (pipeline, topic, barrier, kind, seq, expected, arrived, done_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, now())
+             ON CONFLICT (pipeline, topic, barrier) DO UPDATE
+                SET arrived = b.expected, done_at = now()
+              WHERE b.done_at IS NULL
+             RETURNING 1",
+            &[&pipeline, &topic, &a.id, &kind, &a.seq, &a.partitions],
+        )
+        .await
+        .map_err(|e| pg_err("write ferry_barriers", e))?;
+    if fresh.is_none() {
+        return Err(PipelineError::fatal(
+            ferry_pipeline::error::Stage::Sink,
+            format!(
+                "barrier {} of {topic} was applied by another worker meanwhile",
+                a.id
+            ),
+        )
+        .with_code(ferry_pipeline::checkpoint::STALE_OFFSETS));
+    }
+    Ok(())
 }
 
 /// Which of `barriers` (`(topic, id)`) are done.

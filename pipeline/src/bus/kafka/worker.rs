@@ -42,7 +42,7 @@ use crate::checkpoint::{BusOffsets, PartitionProgress, STALE_OFFSETS};
 use crate::config::KafkaConfig;
 use crate::envelope::{Decoder, EnvelopeError, SchemaRef};
 use crate::error::{retry_backoff, Disposition, ErrorClass, PipelineError, Stage};
-use crate::event::{Barrier, BarrierKind, BusMessage, SourceAck};
+use crate::event::{Barrier, BarrierCopy, BarrierKind, BusMessage, SourceAck};
 use crate::metrics::metrics;
 use crate::runtime::{
     flatten, spawn_apply, wait_retry, AfterCommit, ApplyMode, RuntimeOptions, UniqueWait, BURST,
@@ -157,7 +157,37 @@ struct Holds {
     /// Whether any hold exists: read per message, without a lock.
     any: AtomicBool,
     map: Mutex<FastHashMap<(Arc<str>, i32), Hold>>,
+    /// Whether any local hold exists: read per message, without a lock.
+    local_any: AtomicBool,
+    local: Mutex<Vec<LocalHold>>,
+    /// Set by the rebalance callback: local holds whose partners may no
+    /// longer be this worker's go through the target instead.
+    rebalanced: AtomicBool,
 }
+
+/// A partition held at a barrier copy whose every partition this worker
+/// owns: its records after the copy are kept here, in order, instead of
+/// being sent on, until the worker reads the copies of the other
+/// partitions; then the barrier's event is folded into the batch in the
+/// source's order (as on one partition) and the records kept are read
+/// again from memory. Nothing is written to the target for the wait, no
+/// commit is forced and nothing is fetched twice: a key change across
+/// partitions costs about what it costs on one. A buffer that reaches
+/// [`LOCAL_HOLD_BYTES`] pauses its partition (what follows is fetched
+/// again after the barrier). A rebalance turns the remaining local holds
+/// into holds through the target (see [`hold_at`]).
+struct LocalHold {
+    /// The copy on this partition (`copies` holds it).
+    barrier: Barrier,
+    buffer: std::collections::VecDeque<rdkafka::message::OwnedMessage>,
+    bytes: usize,
+    /// Paused when the buffer filled up: fetched again from the record
+    /// after the buffer once the barrier is done.
+    paused: bool,
+}
+
+/// Memory a local hold keeps per partition before it pauses it.
+const LOCAL_HOLD_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Hold {
@@ -166,9 +196,112 @@ enum Hold {
     /// The barrier is done and the partition sought back to its copy at
     /// `offset`: records fetched before the seek are stale until it comes.
     Passing { offset: i64 },
+    /// A local hold that paused its partition (its buffer was full) is
+    /// done, and the partition sought to `offset`, the record after its
+    /// buffer: records fetched before the seek are stale until it comes,
+    /// and that one is read as usual.
+    Resuming { offset: i64 },
 }
 
 impl Holds {
+    fn local<R>(&self, f: impl FnOnce(&mut Vec<LocalHold>) -> R) -> R {
+        let mut local = self.local.lock().expect("local holds lock");
+        let r = f(&mut local);
+        self.local_any.store(!local.is_empty(), Ordering::Release);
+        r
+    }
+
+    /// Drops the local holds of `parts` (revoked, or starting afresh at
+    /// the target's progress) and marks the others for [`hold_at`].
+    fn rebalance(&self, parts: &[(String, i32)]) {
+        self.local(|l| {
+            l.retain(|h| {
+                !parts
+                    .iter()
+                    .any(|(t, p)| **t == *h.barrier.topic && *p == h.barrier.partition)
+            })
+        });
+        self.rebalanced.store(true, Ordering::Release);
+    }
+
+    fn is_local(&self, topic: &str, partition: i32) -> bool {
+        self.local_any.load(Ordering::Acquire)
+            && self.local(|l| {
+                l.iter()
+                    .any(|h| &*h.barrier.topic == topic && h.barrier.partition == partition)
+            })
+    }
+
+    /// Whether a partition waits at a barrier through the target (its
+    /// records are fetched again once released).
+    fn held_in_target(&self, topic: &str, partition: i32) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self.update(|map| {
+                map.iter().any(|((t, p), h)| {
+                    &**t == topic
+                        && *p == partition
+                        && matches!(h, Hold::Waiting { .. } | Hold::Passing { .. })
+                })
+            })
+    }
+
+    /// A record fetched before the seek of a [`Hold::Resuming`] partition:
+    /// stale. The record sought to ends the hold.
+    fn stale(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self.update(|map| {
+                let found = map.iter().find_map(|((t, p), h)| match h {
+                    Hold::Resuming { offset: at } if &**t == topic && *p == partition => {
+                        Some((Arc::clone(t), *at))
+                    }
+                    _ => None,
+                });
+                match found {
+                    Some((_, at)) if at != offset => true,
+                    Some((t, _)) => {
+                        map.remove(&(t, partition));
+                        false
+                    }
+                    None => false,
+                }
+            })
+    }
+
+    /// Keeps a record of a locally held partition (see [`LocalHold`]).
+    fn keep<S: BusOffsets>(
+        &self,
+        consumer: &StreamConsumer<WorkerContext<S>>,
+        topic: &str,
+        partition: i32,
+        message: impl FnOnce() -> rdkafka::message::OwnedMessage,
+    ) -> Result<(), PipelineError> {
+        let pause = self.local(|l| {
+            let Some(h) = l
+                .iter_mut()
+                .find(|h| &*h.barrier.topic == topic && h.barrier.partition == partition)
+            else {
+                return false;
+            };
+            if h.paused {
+                // Fetched again after the barrier.
+                return false;
+            }
+            let m = message();
+            h.bytes += m.payload().map_or(0, <[u8]>::len) + 64;
+            h.buffer.push_back(m);
+            h.paused = h.bytes >= LOCAL_HOLD_BYTES;
+            h.paused
+        });
+        if pause {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            consumer
+                .pause(&tpl)
+                .map_err(|e| kafka_err(Stage::Decode, "pause a partition at a barrier", e))?;
+        }
+        Ok(())
+    }
+
     fn update<R>(&self, f: impl FnOnce(&mut FastHashMap<(Arc<str>, i32), Hold>) -> R) -> R {
         let mut map = self.map.lock().expect("holds lock");
         let r = f(&mut map);
@@ -198,6 +331,11 @@ impl Holds {
                     Some(true)
                 }
                 Some(Hold::Passing { .. }) => Some(false),
+                Some(Hold::Resuming { offset: at }) if *at == offset => {
+                    map.remove(&key);
+                    None
+                }
+                Some(Hold::Resuming { .. }) => Some(false),
             }
         })
     }
@@ -207,10 +345,7 @@ impl Holds {
 /// (snapshot starts included) and updates that carry their old row (key
 /// changes, REPLICA IDENTITY FULL) can be: other records' headers are not
 /// read.
-fn barrier_id(
-    m: &rdkafka::message::BorrowedMessage<'_>,
-    ev: &crate::event::ChangeEvent,
-) -> Option<String> {
+fn barrier_id<M: Message>(m: &M, ev: &crate::event::ChangeEvent) -> Option<String> {
     let candidate = ev.op == crate::event::Op::Truncate
         || (ev.op == crate::event::Op::Update && ev.before.is_some());
     if candidate {
@@ -255,6 +390,7 @@ fn parse_barrier(
         seq,
         partitions,
         event,
+        copies: Vec::new(),
     })
 }
 
@@ -457,6 +593,7 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                         holds.remove(&(Arc::from(t.as_str()), *p));
                     }
                 });
+                self.holds.rebalance(&parts);
                 self.checks.set(|expected| {
                     for (key, check) in checks {
                         match check {
@@ -493,6 +630,7 @@ impl<S: BusOffsets> ConsumerContext for WorkerContext<S> {
                         holds.remove(&(Arc::from(t.as_str()), *p));
                     }
                 });
+                self.holds.rebalance(&parts);
                 self.checks.set(|expected| {
                     for (t, p) in &parts {
                         expected.remove(&(Arc::from(t.as_str()), *p));
@@ -714,6 +852,7 @@ where
             checks: Arc::clone(&checks),
             holds: Arc::clone(&holds),
             topic_names: FastHashMap::default(),
+            replay: Default::default(),
         };
         // The loop runs as a task of the runtime, beside the apply task: a
         // message handed to the apply side then wakes a task on the same
@@ -804,6 +943,7 @@ async fn rewind<S: BusOffsets>(
             holds.remove(&(Arc::from(t.as_str()), *p));
         }
     });
+    ctx.holds.rebalance(&parts);
     ctx.checks.set(|expected| {
         for (t, p) in &parts {
             expected.remove(&(Arc::from(t.as_str()), *p));
@@ -917,9 +1057,12 @@ async fn consume_loop<S: BusOffsets>(
     let holds = Arc::clone(&reader.holds);
     // Held partitions ask the target whether their barriers are done:
     // after each commit, and on this tick while any is held (never without
-    // holds). A barrier whose partitions one worker owns is usually done
-    // by the commit after the last arrival.
-    let mut hold_tick = tokio::time::interval(Duration::from_millis(50));
+    // holds). Barriers whose partitions one worker owns never come here
+    // (held in memory); the others are done by another worker's commit,
+    // which only this poll sees: every 10 ms (one primary-key lookup
+    // while holding; at 50 ms the wait was about half of each barrier's
+    // cost).
+    let mut hold_tick = tokio::time::interval(Duration::from_millis(10));
     hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting = Waiting::default();
     // One stream for the whole loop: `recv` registers and drops a waker
@@ -936,6 +1079,9 @@ async fn consume_loop<S: BusOffsets>(
                 release_done(&consumer, &holds).await?;
             }
             _ = tick.tick() => {
+                if holds.rebalanced.load(Ordering::Acquire) {
+                    unhold_locals(&consumer, reader).await?;
+                }
                 waiting.tick(&consumer, &group);
                 #[cfg(feature = "test-hooks")]
                 gate::on_tick(&*consumer);
@@ -971,9 +1117,7 @@ async fn consume_loop<S: BusOffsets>(
             msg = messages.next() => {
                 let msg = msg.expect("Kafka message streams never end");
                 if let Some(m) = accept(msg, &subscription)? {
-                    if let Some(b) = reader.handle(&m).await? {
-                        arrive(&consumer, reader, b).await?;
-                    }
+                    take(&consumer, reader, &m).await?;
                 }
                 // What librdkafka has already fetched goes through without
                 // a turn of the select: its other branches (the shutdown
@@ -990,9 +1134,7 @@ async fn consume_loop<S: BusOffsets>(
                         break;
                     };
                     if let Some(m) = accept(msg, &subscription)? {
-                        if let Some(b) = reader.handle(&m).await? {
-                            arrive(&consumer, reader, b).await?;
-                        }
+                        take(&consumer, reader, &m).await?;
                     }
                 }
             }
@@ -1011,35 +1153,197 @@ async fn consume_loop<S: BusOffsets>(
     Ok(None)
 }
 
+/// One record from the consumer: kept by its partition's local hold, or
+/// handled (a barrier copy arrives), then what a completed local hold
+/// gives back is read again.
+async fn take<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    reader: &mut Reader,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Result<(), PipelineError> {
+    if reader.holds.rebalanced.load(Ordering::Acquire) {
+        unhold_locals(consumer, reader).await?;
+    }
+    let (topic, partition) = (m.topic(), m.partition());
+    if reader.holds.is_local(topic, partition) {
+        if !reader.holds.stale(topic, partition, m.offset()) {
+            reader
+                .holds
+                .keep(consumer, topic, partition, || m.detach())?;
+        }
+        return Ok(());
+    }
+    if let Some(b) = reader.handle(m, false).await? {
+        arrive(consumer, reader, b).await?;
+    }
+    drain(consumer, reader).await
+}
+
+/// Reads again, in order, the records that completed local holds kept;
+/// a copy among them may hold its partition again (the rest is kept).
+async fn drain<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    reader: &mut Reader,
+) -> Result<(), PipelineError> {
+    while let Some(m) = reader.replay.pop_front() {
+        let (topic, partition) = (m.topic(), m.partition());
+        if reader.holds.held_in_target(topic, partition) {
+            // Fetched again once that barrier is released.
+            continue;
+        }
+        if reader.holds.is_local(topic, partition) {
+            let topic = topic.to_string();
+            reader.holds.keep(consumer, &topic, partition, || m)?;
+            continue;
+        }
+        if let Some(b) = reader.handle(&m, true).await? {
+            arrive(consumer, reader, b).await?;
+        }
+    }
+    Ok(())
+}
+
+/// After a rebalance: the remaining local holds wait through the target
+/// (their partners may be another worker's now); what they kept is
+/// dropped and fetched again once the barrier is done.
+async fn unhold_locals<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    reader: &mut Reader,
+) -> Result<(), PipelineError> {
+    reader.holds.rebalanced.store(false, Ordering::Release);
+    let held = reader.holds.local(std::mem::take);
+    for h in held {
+        debug!(topic = %h.barrier.topic, partition = h.barrier.partition, barrier = %h.barrier.id, "rebalance: a local hold waits through the target");
+        hold_at(consumer, reader, h.barrier).await?;
+    }
+    Ok(())
+}
+
 /// A partition reached a barrier copy: passed at once if the barrier is
-/// done already (read again by a new owner after a rebalance), else the
-/// partition is paused and its arrival sent to the apply side, which
-/// records it in the target with the rows before it.
+/// done already (read again by a new owner after a rebalance); held in
+/// memory if this worker owns every partition of the barrier (see
+/// [`LocalHold`]); else held through the target (see [`hold_at`]).
 async fn arrive<S: BusOffsets>(
     consumer: &StreamConsumer<WorkerContext<S>>,
     reader: &mut Reader,
-    b: Barrier,
+    mut b: Barrier,
 ) -> Result<(), PipelineError> {
-    let key = [(b.topic.to_string(), b.id.clone())];
-    let done = consumer
-        .context()
-        .store
+    // Only a copy at or before the partition's progress when it was
+    // assigned can belong to a barrier that is done (this partition's
+    // arrival was committed, and the copy not consumed): the others do
+    // not ask the target.
+    let read_before = reader
+        .progress
         .lock()
-        .await
-        .barriers_done(&key)
-        .await?;
-    if !done.is_empty() {
-        debug!(topic = %b.topic, partition = b.partition, barrier = %b.id, "barrier already done; passing its copy");
-        return reader
-            .send(BusMessage::Consumed {
-                topic: b.topic,
-                partition: b.partition,
-                offset: b.offset,
-                position: None,
-                timestamp: None,
-            })
-            .await;
+        .expect("progress lock")
+        .get(&(Arc::clone(&b.topic), b.partition))
+        .is_none_or(|p| b.offset <= p.next_offset);
+    if read_before {
+        let key = [(b.topic.to_string(), b.id.clone())];
+        let done = consumer
+            .context()
+            .store
+            .lock()
+            .await
+            .barriers_done(&key)
+            .await?;
+        if !done.is_empty() {
+            debug!(topic = %b.topic, partition = b.partition, barrier = %b.id, "barrier already done; passing its copy");
+            return reader
+                .send(BusMessage::Consumed {
+                    topic: b.topic,
+                    partition: b.partition,
+                    offset: b.offset,
+                    position: None,
+                    timestamp: None,
+                })
+                .await;
+        }
     }
+    // Snapshot starts (rare) keep the target's bookkeeping of attempts.
+    let owns_all = b.kind != BarrierKind::SnapshotStart
+        && consumer.assignment().is_ok_and(|a| {
+            b.partitions
+                .iter()
+                .all(|p| a.find_partition(&b.topic, *p).is_some())
+        });
+    if !owns_all {
+        return hold_at(consumer, reader, b).await;
+    }
+    let partners = |h: &LocalHold, b: &Barrier| {
+        h.barrier.topic == b.topic && h.barrier.id == b.id && h.barrier.partition != b.partition
+    };
+    let waiting = b.partitions.len() - 1;
+    let complete = reader.holds.local(|l| {
+        if l.iter().filter(|h| partners(h, &b)).count() < waiting {
+            return None;
+        }
+        let (done, rest): (Vec<LocalHold>, Vec<LocalHold>) =
+            std::mem::take(l).into_iter().partition(|h| partners(h, &b));
+        *l = rest;
+        Some(done)
+    });
+    let Some(held) = complete else {
+        debug!(topic = %b.topic, partition = b.partition, barrier = %b.id, partitions = ?b.partitions, "partition arrived at a barrier; holding it in memory");
+        reader.holds.local(|l| {
+            l.push(LocalHold {
+                barrier: b,
+                buffer: Default::default(),
+                bytes: 0,
+                paused: false,
+            })
+        });
+        return Ok(());
+    };
+    b.copies
+        .extend(held.iter().flat_map(|h| h.barrier.copies.iter().copied()));
+    b.copies.sort_by_key(|c| c.partition);
+    debug!(topic = %b.topic, barrier = %b.id, "every partition of the barrier reached on this worker; applied in order");
+    let topic = Arc::clone(&b.topic);
+    reader.send(BusMessage::Barrier(Box::new(b))).await?;
+    for h in held {
+        if h.paused {
+            let partition = h.barrier.partition;
+            let next = h
+                .buffer
+                .back()
+                .map_or(h.barrier.offset + 1, |m| m.offset() + 1);
+            reader.holds.update(|map| {
+                map.insert(
+                    (Arc::clone(&topic), partition),
+                    Hold::Resuming { offset: next },
+                )
+            });
+            tokio::task::block_in_place(|| {
+                consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(next),
+                    Duration::from_secs(10),
+                )
+            })
+            .map_err(|e| kafka_err(Stage::Decode, "seek a partition after a barrier", e))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer
+                .resume(&tpl)
+                .map_err(|e| kafka_err(Stage::Decode, "resume a partition after a barrier", e))?;
+        }
+        reader.replay.extend(h.buffer);
+    }
+    Ok(())
+}
+
+/// Holds a partition at its barrier copy through the target: paused, its
+/// arrival sent to the apply side, which records it in the target with
+/// the rows before it; released once the target says the barrier is done
+/// (see [`release_done`]).
+async fn hold_at<S: BusOffsets>(
+    consumer: &StreamConsumer<WorkerContext<S>>,
+    reader: &mut Reader,
+    mut b: Barrier,
+) -> Result<(), PipelineError> {
+    b.copies.clear();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&b.topic, b.partition);
     consumer
@@ -1069,7 +1373,7 @@ async fn release_done<S: BusOffsets>(
         map.iter()
             .filter_map(|(k, h)| match h {
                 Hold::Waiting { id, offset } => Some((k.clone(), id.clone(), *offset)),
-                Hold::Passing { .. } => None,
+                Hold::Passing { .. } | Hold::Resuming { .. } => None,
             })
             .collect()
     });
@@ -1472,7 +1776,7 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// A header's value as text.
-fn header(m: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<String> {
+fn header<M: Message>(m: &M, name: &str) -> Option<String> {
     m.headers().and_then(|h| {
         h.iter()
             .find(|h| h.key == name)
@@ -1491,15 +1795,18 @@ struct Reader {
     checks: Arc<ResumeChecks>,
     holds: Arc<Holds>,
     topic_names: FastHashMap<String, Arc<str>>,
+    /// Records a completed local hold kept, to be read again in order.
+    replay: std::collections::VecDeque<rdkafka::message::OwnedMessage>,
 }
 
 impl Reader {
     /// Decodes the message in place (the payload is not copied) and sends
     /// its change, then its offset, to the apply side. A barrier copy is
     /// returned instead (see [`arrive`]).
-    async fn handle(
+    async fn handle<M: Message>(
         &mut self,
-        m: &rdkafka::message::BorrowedMessage<'_>,
+        m: &M,
+        replayed: bool,
     ) -> Result<Option<Barrier>, PipelineError> {
         let topic = match self.topic_names.get(m.topic()) {
             Some(t) => Arc::clone(t),
@@ -1512,7 +1819,14 @@ impl Reader {
         };
         let (partition, offset) = (m.partition(), m.offset());
         let timestamp = m.timestamp().to_millis();
-        match self.holds.screen(&topic, partition, offset) {
+        // A message read again from a local hold's buffer comes before
+        // anything the partition's hold screens (see `LocalHold`).
+        let screened = if replayed {
+            None
+        } else {
+            self.holds.screen(&topic, partition, offset)
+        };
+        match screened {
             None => {}
             Some(false) => return Ok(None),
             Some(true) => {
@@ -1565,7 +1879,14 @@ impl Reader {
             if !replay {
                 if let Some(id) = barrier_id(m, &ev) {
                     let parts = header(m, HEADER_BARRIER_PARTITIONS);
-                    return parse_barrier(id, parts, &topic, partition, offset, ev).map(Some);
+                    return parse_barrier(id, parts, &topic, partition, offset, ev).map(|mut b| {
+                        b.copies = vec![BarrierCopy {
+                            partition,
+                            offset,
+                            timestamp,
+                        }];
+                        Some(b)
+                    });
                 }
                 // Markers are rare: look at headers only for truncates.
                 let msg = if ev.op == crate::event::Op::Truncate {
@@ -1793,6 +2114,61 @@ mod tests {
         assert_eq!(holds.screen(&t, 0, 7), Some(true), "the copy again: passed");
         assert_eq!(holds.screen(&t, 0, 8), None, "released");
         assert!(!holds.any.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_resuming_partition_drops_stale_records_until_the_one_sought() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        holds.update(|m| m.insert((Arc::clone(&t), 2), Hold::Resuming { offset: 40 }));
+        assert!(holds.stale(&t, 2, 41), "fetched before the seek");
+        assert!(!holds.stale(&t, 1, 41), "other partitions flow");
+        assert_eq!(holds.screen(&t, 2, 39), Some(false), "stale, screened too");
+        assert!(!holds.stale(&t, 2, 40), "the record sought: read");
+        assert_eq!(holds.screen(&t, 2, 41), None, "released");
+        assert!(!holds.any.load(Ordering::Acquire));
+        assert!(!holds.held_in_target(&t, 2));
+        holds.update(|m| {
+            m.insert(
+                (Arc::clone(&t), 2),
+                Hold::Waiting {
+                    id: "k:0/1#1".into(),
+                    offset: 50,
+                },
+            )
+        });
+        assert!(holds.held_in_target(&t, 2));
+    }
+
+    #[test]
+    fn a_rebalance_drops_the_local_holds_of_its_partitions() {
+        let holds = Holds::default();
+        let t: Arc<str> = Arc::from("ferry.public.t");
+        let schema = Arc::new(crate::event::TableSchema {
+            id: crate::event::TableId::new("public", "t"),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            child: None,
+        });
+        let ev = crate::event::ChangeEvent::snapshot_read(schema, Vec::new());
+        for p in [0, 1] {
+            let b = parse_barrier("k:0/1#1".into(), Some("0,1,2".into()), &t, p, 3, ev.clone())
+                .unwrap();
+            holds.local(|l| {
+                l.push(LocalHold {
+                    barrier: b,
+                    buffer: Default::default(),
+                    bytes: 0,
+                    paused: false,
+                })
+            });
+        }
+        assert!(holds.is_local(&t, 0) && holds.is_local(&t, 1));
+        assert!(!holds.is_local(&t, 2));
+        holds.rebalance(&[(t.to_string(), 0)]);
+        assert!(!holds.is_local(&t, 0), "revoked: dropped");
+        assert!(holds.is_local(&t, 1), "kept, for a hold through the target");
+        assert!(holds.rebalanced.load(Ordering::Acquire));
     }
 
     #[test]
