@@ -21,6 +21,7 @@ mod kafka;
 mod mapping;
 mod mongo;
 mod shapes;
+mod snapshot;
 mod sqlite;
 mod verify;
 
@@ -151,6 +152,19 @@ struct Args {
     /// Where the JSON report of `--verify` goes.
     #[arg(long, default_value = "docs/bench/verify.json")]
     verify_out: PathBuf,
+    /// Instead of the peers: Ferry's initial snapshot of a
+    /// `--snapshot-rows`-row, 6-column table against `pg_dump -t | psql`,
+    /// with CPU seconds per process; writes `--snapshot-out`.
+    #[arg(long)]
+    snapshot: bool,
+    #[arg(long, default_value_t = 1_000_000)]
+    snapshot_rows: u64,
+    #[arg(long, default_value = "docs/bench/pg_snapshot.json")]
+    snapshot_out: PathBuf,
+    /// With `--snapshot`: `perf record` ferry during the first run's
+    /// snapshot into this file (`perf report -i FILE`).
+    #[arg(long)]
+    snapshot_perf: Option<PathBuf>,
     /// Runs per peer (fresh clusters each time, peers alternating); the
     /// table shows medians.
     #[arg(long, visible_alias = "runs", default_value_t = 3)]
@@ -203,6 +217,16 @@ async fn main() -> anyhow::Result<()> {
             args.repeat,
             &args.verify_out,
             &ferry_exe()?,
+        )
+        .await;
+    }
+    if args.snapshot {
+        ferry_exe()?;
+        return snapshot::run(
+            args.snapshot_rows,
+            args.repeat,
+            &args.snapshot_out,
+            args.snapshot_perf.as_deref(),
         )
         .await;
     }
@@ -564,6 +588,17 @@ fn ferry_exe() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 struct FerryProcess(Child);
 
 impl FerryProcess {
@@ -581,13 +616,7 @@ impl FerryProcess {
 
     /// CPU seconds (user + system) the process has used.
     fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the whole line.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
+        cpu_seconds_of(self.0.id())
     }
 
     /// Peak resident set size (VmHWM), in MB.
