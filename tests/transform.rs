@@ -2551,3 +2551,223 @@ async fn arrays_are(
         Err(format!("{:?}", (tags, sellers, columns)))
     }
 }
+
+/// One mapping shape of docs/mappings.md for the check ⇔ run agreement
+/// test: the collection, its `[[tables]]` entry (after `source`/`target`),
+/// the target table's columns, and documents the run keeps or refuses.
+struct MappingShape {
+    name: &'static str,
+    mapping: &'static str,
+    ddl: &'static str,
+    docs: Vec<Document>,
+}
+
+/// `ferry mapping check --sample` and `ferry run` agree, for every mapping
+/// shape the docs describe (renames and nested paths, id-map keys and
+/// array columns, defaults, rounding, `rest`, `unmapped` reject and drop,
+/// child tables of documents and of scalars, type coercion): the records
+/// check says the run would dead-letter are exactly, by table and rule,
+/// the ones the run parks, and every other record lands. (References with
+/// `on_missing = "dead_letter"` are decided by the id map in the target,
+/// which a sample cannot see: they are left out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapping_check_and_run_agree_on_every_shape() {
+    let fx = MongoToPg::start("tagree", MongoOptions::default()).await;
+    let pg = fx.pg().await;
+    let oid = ObjectId::new;
+    let dec = |s: &str| s.parse::<Decimal128>().unwrap();
+    let shapes = vec![
+        MappingShape {
+            name: "renamed",
+            mapping: "[tables.columns]\nid = \"_id\"\nname = \"profile.name\"\n",
+            ddl: "id text PRIMARY KEY, name text",
+            docs: vec![doc! {"_id": "a", "profile": {"name": "Ann"}}],
+        },
+        MappingShape {
+            name: "keyed",
+            mapping: "[tables.columns]\nid = { from = \"_id\", id_map = \"k\" }\nv = \"v\"\n",
+            ddl: "id uuid PRIMARY KEY, v integer",
+            docs: vec![doc! {"_id": oid(), "v": 1}, doc! {"_id": oid(), "v": "two"}],
+        },
+        MappingShape {
+            name: "defaults",
+            mapping: "[tables.columns]\nid = \"_id\"\nstatus = { from = \"status\", default = \"new\" }\ncurrency = { default = \"EUR\" }\n",
+            ddl: "id text PRIMARY KEY, status text NOT NULL, currency text NOT NULL",
+            docs: vec![doc! {"_id": "a"}, doc! {"_id": "b", "status": "paid"}],
+        },
+        MappingShape {
+            name: "money",
+            mapping: "[tables.columns]\nid = \"_id\"\namount = \"amount\"\nfee = { from = \"fee\", round = \"half_even\" }\n",
+            ddl: "id text PRIMARY KEY, amount numeric(12,2), fee numeric(12,2)",
+            docs: vec![
+                doc! {"_id": "a", "amount": dec("1.10"), "fee": dec("0.125")},
+                doc! {"_id": "b", "amount": dec("1.005")},
+            ],
+        },
+        MappingShape {
+            name: "rested",
+            mapping: "rest = \"extra\"\n[tables.columns]\nid = \"_id\"\n",
+            ddl: "id text PRIMARY KEY, extra jsonb",
+            docs: vec![doc! {"_id": "a", "x": 1, "y": {"z": true}}],
+        },
+        MappingShape {
+            name: "strict",
+            mapping: "[tables.columns]\nid = \"_id\"\n",
+            ddl: "id text PRIMARY KEY",
+            docs: vec![doc! {"_id": "a"}, doc! {"_id": "b", "stray": 1}],
+        },
+        MappingShape {
+            name: "lenient",
+            mapping: "unmapped = \"drop\"\n[tables.columns]\nid = \"_id\"\n",
+            ddl: "id text PRIMARY KEY",
+            docs: vec![doc! {"_id": "a", "stray": 1}],
+        },
+        MappingShape {
+            name: "orders",
+            mapping: "unmapped = \"drop\"\n[tables.columns]\nid = \"_id\"\n\n[[tables.children]]\nfrom = \"items\"\ntarget = \"public.orders_items\"\nparent_key = [\"order_id\"]\nposition = \"position\"\nunmapped = \"drop\"\n[tables.children.columns]\nsku = \"sku\"\n",
+            ddl: "id text PRIMARY KEY",
+            docs: vec![
+                doc! {"_id": "a", "items": [{"sku": "x"}, {"sku": "y"}]},
+                doc! {"_id": "b", "items": "not an array"},
+                doc! {"_id": "c", "items": [1, 2]},
+            ],
+        },
+        MappingShape {
+            name: "tagged",
+            mapping: "unmapped = \"drop\"\n[tables.columns]\nid = \"_id\"\n\n[[tables.children]]\nfrom = \"tags\"\ntarget = \"public.tagged_tags\"\nparent_key = [\"tagged_id\"]\nposition = \"position\"\nvalue = \"tag\"\n",
+            ddl: "id text PRIMARY KEY",
+            docs: vec![
+                doc! {"_id": "a", "tags": ["x", "y"]},
+                doc! {"_id": "b", "tags": [{"no": "scalar"}]},
+            ],
+        },
+        MappingShape {
+            name: "picks",
+            mapping: "[tables.columns]\nid = \"_id\"\nsellers = { from = \"sellers\", id_map = \"k\" }\nsellers_json = { from = \"sellers\", id_map = \"k\" }\n",
+            ddl: "id text PRIMARY KEY, sellers uuid[], sellers_json jsonb",
+            docs: vec![
+                doc! {"_id": "a", "sellers": [oid(), oid()]},
+                doc! {"_id": "b", "sellers": oid()},
+            ],
+        },
+    ];
+    let db = fx.db().await;
+    let mut mapping = String::from("[id_maps.k]\nkind = \"uuid_v7\"\n");
+    for s in &shapes {
+        pg.batch_execute(&format!("CREATE TABLE public.{} ({})", s.name, s.ddl))
+            .await
+            .unwrap();
+        db.collection::<Document>(s.name)
+            .insert_many(s.docs.clone())
+            .await
+            .unwrap();
+        mapping.push_str(&format!(
+            "\n[[tables]]\nsource = \"{}.{}\"\ntarget = \"public.{}\"\n{}",
+            fx.mongo_db, s.name, s.name, s.mapping
+        ));
+    }
+    pg.batch_execute(
+        "CREATE TABLE public.orders_items (order_id text, position integer, sku text,
+                                           PRIMARY KEY (order_id, position));
+         CREATE TABLE public.tagged_tags (tagged_id text, position integer, tag text,
+                                          PRIMARY KEY (tagged_id, position));",
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = shapes.iter().map(|s| s.name).collect();
+    let config = fx.config_into(&fx.pg_db, &names, "", "");
+    let mappings = write_file(fx.dir.path(), "agree.toml", &mapping);
+    add_mappings(&config, mappings.to_str().unwrap());
+
+    // What check predicts: (collection, rule) → records.
+    let (code, out) = cmd(&["mapping", "check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let mut predicted: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut current = None;
+    for line in out.lines() {
+        if line.contains("would be dead-lettered") {
+            let source = line.split('(').nth(1).and_then(|r| r.split(')').next());
+            current = source.map(|s| s.rsplit('.').next().unwrap_or(s).to_string());
+        } else if let (Some(table), Some((rule, rest))) = (&current, line.trim().split_once(" × "))
+        {
+            let n: i64 = rest.split(',').next().unwrap().trim().parse().unwrap();
+            predicted.insert((table.clone(), rule.to_string()), n);
+        } else {
+            current = None;
+        }
+    }
+    let want: BTreeMap<(String, String), i64> = [
+        ("keyed", "not_coercible"),
+        ("money", "needs_rounding"),
+        ("strict", "unmapped_field"),
+        ("orders", "not_an_array"),
+        ("orders", "not_a_document"),
+        ("tagged", "not_a_scalar"),
+        ("picks", "bad_id"),
+    ]
+    .iter()
+    .map(|(t, r)| ((t.to_string(), r.to_string()), 1))
+    .collect();
+    assert_eq!(predicted, want, "check's predictions:\n{out}");
+
+    // What the run does.
+    let mut ferry = Ferry::spawn(&config);
+    let parked = || async {
+        let rows = pg
+            .query(
+                "SELECT table_name, error_code, count(*) FROM ferry_dlq GROUP BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(pg_msg)?;
+        Ok::<_, String>(
+            rows.iter()
+                .map(|r| {
+                    (
+                        (r.get::<_, String>(0), r.get::<_, String>(1)),
+                        r.get::<_, i64>(2),
+                    )
+                })
+                .collect::<BTreeMap<(String, String), i64>>(),
+        )
+    };
+    wait_until(
+        "the run parks what check predicted",
+        &mut ferry,
+        Duration::from_secs(90),
+        || async {
+            let got = parked().await?;
+            if got == predicted {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    wait_until(
+        "every other record landed",
+        &mut ferry,
+        Duration::from_secs(60),
+        || async {
+            for s in &shapes {
+                let refused: i64 = predicted
+                    .iter()
+                    .filter(|((t, _), _)| t == s.name)
+                    .map(|(_, n)| n)
+                    .sum();
+                let n: i64 = pg
+                    .query_one(&format!("SELECT count(*) FROM public.{}", s.name), &[])
+                    .await
+                    .map_err(pg_msg)?
+                    .get(0);
+                if n != s.docs.len() as i64 - refused {
+                    return Err(format!("{}: {n} rows", s.name));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert_running(&mut ferry, "after the agreement check");
+}
