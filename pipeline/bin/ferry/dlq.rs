@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ferry_convex_sink::ConvexSink;
+use ferry_mongodb_sink::MongoSink;
 use ferry_pipeline::config::{Config, SinkConfig};
 use ferry_pipeline::error::PipelineError;
 use ferry_pipeline::event::TableId;
@@ -190,7 +191,11 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
         SinkConfig::Postgres(dst) => dst,
         SinkConfig::Convex(dst) => {
             let sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
-            return convex(sink, args.command).await;
+            return records_dlq(sink, args.command).await;
+        }
+        SinkConfig::Mongodb(dst) => {
+            let sink = MongoSink::new(dst.clone(), config.pipeline.name.clone());
+            return records_dlq(sink, args.command).await;
         }
     };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
@@ -405,9 +410,69 @@ fn print_replay(r: &ReplayReport, dry_run: bool, json: bool) {
     );
 }
 
-/// `ferry dlq` on a Convex target: the records live in the deployment's
-/// `ferry_dlq` table (written by Ferry's module with the batch).
-async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
+/// A sink whose dead letters `ferry dlq` reads as JSON records (`_id`,
+/// `table` (the bare name), `errorClass`, `errorCode`, `superseded`).
+trait RecordsDlq {
+    fn pipeline(&self) -> &str;
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError>;
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError>;
+    /// `None` when the sink cannot replay yet.
+    async fn replay(
+        &mut self,
+        records: &[serde_json::Value],
+        dry_run: bool,
+    ) -> Option<Result<(u64, u64, u64), PipelineError>>;
+}
+
+impl RecordsDlq for ConvexSink {
+    fn pipeline(&self) -> &str {
+        ConvexSink::pipeline(self)
+    }
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError> {
+        ConvexSink::dlq_records(self).await
+    }
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError> {
+        ConvexSink::dlq_remove(self, ids).await
+    }
+    async fn replay(
+        &mut self,
+        _records: &[serde_json::Value],
+        _dry_run: bool,
+    ) -> Option<Result<(u64, u64, u64), PipelineError>> {
+        // Not yet: a replay must apply the record without moving the
+        // pipeline's checkpoint, which `ferry:apply` needs a mode for.
+        None
+    }
+}
+
+impl RecordsDlq for MongoSink {
+    fn pipeline(&self) -> &str {
+        MongoSink::pipeline(self)
+    }
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError> {
+        MongoSink::dlq_records(self).await
+    }
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError> {
+        MongoSink::dlq_remove(self, ids).await
+    }
+    async fn replay(
+        &mut self,
+        records: &[serde_json::Value],
+        dry_run: bool,
+    ) -> Option<Result<(u64, u64, u64), PipelineError>> {
+        Some(self.dlq_replay(records, dry_run).await.map(|r| {
+            for (id, why) in &r.failures {
+                println!("record {id}: failed again: {why}");
+            }
+            (r.applied, r.superseded, r.failed)
+        }))
+    }
+}
+
+/// `ferry dlq` on a Convex or MongoDB target: the records live in the
+/// target (Convex: the deployment's `ferry_dlq` table; MongoDB:
+/// `ferry_dead_letters`), written with the batch.
+async fn records_dlq(mut sink: impl RecordsDlq, command: DlqCommand) -> u8 {
     let records = match sink.dlq_records().await {
         Ok(r) => r,
         Err(e) => {
@@ -518,11 +583,33 @@ async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
                 }
             }
         }
-        DlqCommand::Replay { .. } => {
-            // Not yet: a replay must apply the record without moving the
-            // pipeline's checkpoint, which `ferry:apply` needs a mode for.
-            eprintln!("ferry dlq replay: not implemented for a Convex target yet (list, show and purge are)");
-            exit::PIPELINE
+        DlqCommand::Replay {
+            selection, dry_run, ..
+        } => {
+            let chosen: Vec<serde_json::Value> = records
+                .iter()
+                .filter(|r| selected(&selection, r))
+                .cloned()
+                .collect();
+            match sink.replay(&chosen, dry_run).await {
+                None => {
+                    eprintln!("ferry dlq replay: not implemented for a Convex target yet (list, show and purge are)");
+                    exit::PIPELINE
+                }
+                Some(Ok((applied, superseded, failed))) => {
+                    let verb = if dry_run { "would apply" } else { "applied" };
+                    println!("{verb} {applied}, superseded {superseded}, failed again {failed}");
+                    if failed > 0 {
+                        exit::MISMATCH
+                    } else {
+                        exit::OK
+                    }
+                }
+                Some(Err(e)) => {
+                    eprintln!("ferry dlq replay: {e}");
+                    exit::PIPELINE
+                }
+            }
         }
     }
 }
