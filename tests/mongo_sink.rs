@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Bson, Document};
 use rand::{Rng, SeedableRng};
 
 use crate::support::convex::with_sink;
-use crate::support::mongo::{MongoOptions, MongoServer};
+use crate::support::mongo::{MongoOptions, MongoServer, MongoToPg};
 use crate::support::{ferry_cmd, wait_for, ConfigBuilder, Ferry, Pair};
 
 /// The `[sink]` section for `server`'s database `db`.
@@ -363,4 +363,120 @@ async fn kill9_under_a_workload_leaves_an_equal_collection() {
     assert_eq!(got.len(), want.len());
     assert_eq!(count(&db, "ferry_dead_letters").await, 0);
     ferry.terminate();
+}
+
+/// A reverse pipeline (PostgreSQL → MongoDB, this sink) and a forward one
+/// (MongoDB → PostgreSQL) on the same MongoDB database at once: what the
+/// reverse pipeline writes is not replicated forward (the loop marker),
+/// while the application's own writes to the same collection are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_writes_are_not_echoed_forward() {
+    let fx = MongoToPg::start("mongo_sink_loop", MongoOptions::default()).await;
+    // The reverse pipeline's source: another database of the same cluster.
+    let reverse_db = crate::support::unique_db("mongo_sink_rev");
+    fx.target.create_database(&reverse_db).await.unwrap();
+    let rsrc = fx.target.connect(&reverse_db).await.unwrap();
+    rsrc.batch_execute("CREATE TABLE orders (_id text PRIMARY KEY, total numeric(12,2));")
+        .await
+        .unwrap();
+    let mongo = fx.db().await;
+    mongo
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "app-1", "total": dec("1.00")})
+        .await
+        .unwrap();
+    let forward = fx.config(&[], "", "");
+    let text = format!(
+        r#"
+[pipeline]
+name = "reverse"
+batch_linger_ms = 10
+max_retry_delay_secs = 2
+
+[source]
+kind = "postgres"
+url = "{}"
+tables = ["public.orders"]
+slot = "ferry_reverse"
+# A reverse pipeline starts at cutover: no copy (a snapshot start would
+# empty the collection, as it empties a PostgreSQL target table).
+snapshot = "never"
+status_interval_ms = 200
+heartbeat_secs = 1
+
+{}"#,
+        fx.target.url(&reverse_db),
+        sink_toml(&fx.mongo, "app")
+    );
+    let text = match &fx.kafka {
+        Some(k) => {
+            let prefix = format!("{reverse_db}_r");
+            crate::support::kafka::with_kafka_bus(&text, k.port, &prefix, 1)
+        }
+        None => text,
+    };
+    let reverse = fx.dir.path().join("reverse.toml");
+    std::fs::write(&reverse, text).unwrap();
+    let fwd = Ferry::spawn(&forward);
+    let rev = Ferry::spawn(&reverse);
+    let pg = fx.pg().await;
+    let forward_ids = || async {
+        let mut ids: Vec<String> = pg
+            .query("SELECT _id #>> '{}' FROM app.orders", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    wait_for("app-1 forward", &fwd, Duration::from_secs(60), || async {
+        forward_ids().await == ["app-1"]
+    })
+    .await;
+    wait_for(
+        "the reverse pipeline streaming",
+        &rev,
+        Duration::from_secs(60),
+        || async { rev.log_text().contains("streaming from slot") },
+    )
+    .await;
+    // The reverse pipeline writes rows into the same collection.
+    rsrc.batch_execute(
+        "INSERT INTO orders SELECT 'ferry-' || g, g * 0.10 FROM generate_series(1, 50) g;
+         UPDATE orders SET total = total + 1 WHERE _id = 'ferry-7';",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the reverse rows in MongoDB",
+        &rev,
+        Duration::from_secs(60),
+        || async { count(&mongo, "orders").await == 51 },
+    )
+    .await;
+    // Then the application writes again: once that arrived forward, the
+    // forward stream is past the reverse pipeline's writes.
+    mongo
+        .collection::<Document>("orders")
+        .insert_one(doc! {"_id": "app-2", "total": dec("2.00")})
+        .await
+        .unwrap();
+    wait_for("app-2 forward", &fwd, Duration::from_secs(60), || async {
+        forward_ids().await.contains(&"app-2".to_string())
+    })
+    .await;
+    assert_eq!(
+        forward_ids().await,
+        ["app-1", "app-2"],
+        "rows the reverse pipeline wrote were echoed forward"
+    );
+    let seven = mongo
+        .collection::<Document>("orders")
+        .find_one(doc! {"_id": "ferry-7"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seven.get("total"), Some(&dec("1.70")));
+    fwd.terminate();
+    rev.terminate();
 }

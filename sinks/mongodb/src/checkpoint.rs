@@ -6,7 +6,7 @@
 //! | `<pipeline>` | `position` (32 hex digits, LSN then ordinal), `resume_token` |
 //! | `<pipeline>/snapshot/<schema.table>` | `table`, `rows`, `state` (JSON text) |
 //! | `<pipeline>/bus/<topic>:<partition>` | `topic`, `partition`, `next`, `position`, `last_timestamp` |
-//! | `ferry-session/<lsid>` | the loop marker: a session Ferry's sink writes with (see [`marker_id`]) |
+//! | `ferry-session/<lsid>` | the loop marker: a session Ferry's sink writes with (see `ferry_pipeline::checkpoint::mongo_loop_marker_id`) |
 //!
 //! Every document but the markers carries `pipeline`, which [`load`]
 //! reads by.
@@ -15,6 +15,10 @@ use std::collections::HashMap;
 
 use bson::{doc, Bson, Document};
 use ferry_pipeline::batch::Batch;
+// The loop marker's `_id` for a session (`lsid.id`): Ferry's MongoDB
+// source skips change events of transactions whose session has one
+// (connectors/mongodb, `loop_marker`).
+use ferry_pipeline::checkpoint::mongo_loop_marker_id as marker_id;
 use ferry_pipeline::checkpoint::{Checkpoint, PartitionProgress, SnapshotRecord};
 use ferry_pipeline::error::{PipelineError, Stage};
 use ferry_pipeline::event::{Position, TableId};
@@ -41,17 +45,6 @@ pub fn parse_position(s: &str) -> Option<Position> {
 /// The `_id` of a bus partition's progress.
 pub(crate) fn bus_id(pipeline: &str, topic: &str, partition: i32) -> String {
     format!("{pipeline}/bus/{topic}:{partition}")
-}
-
-/// The loop marker's `_id` for a session (`lsid.id`, a UUID): Ferry's
-/// MongoDB source skips change events of transactions whose session has
-/// this document (connectors/mongodb, `loop_marker`).
-pub fn marker_id(lsid: &[u8]) -> String {
-    let mut s = String::from("ferry-session/");
-    for b in lsid {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 /// The `update` statements that record `batch`'s checkpoint (and the loop
