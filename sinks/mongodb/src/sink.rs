@@ -21,6 +21,7 @@ use ferry_pipeline::config::MongoSinkConfig;
 use ferry_pipeline::dlq::Parked;
 use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
 use ferry_pipeline::sink::Sink;
+use mongodb::options::WriteConcern;
 use mongodb::{Client, ClientSession, Database};
 use tracing::warn;
 
@@ -129,6 +130,9 @@ impl MongoSink {
             .map_err(|e| mongo_err("start a MongoDB session", e))?;
         session
             .start_transaction()
+            // `Ok` means durable: acknowledged by a majority, so that a
+            // failover cannot roll the batch (and its checkpoint) back.
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| mongo_err("start a MongoDB transaction", e))?;
         let result = self.body(&db, &mut session, batch, plan).await;
@@ -316,6 +320,9 @@ impl MongoSink {
             .map_err(|e| mongo_err("start a MongoDB session", e))?;
         session
             .start_transaction()
+            // `Ok` means durable: acknowledged by a majority, so that a
+            // failover cannot roll the batch (and its checkpoint) back.
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| mongo_err("start a MongoDB transaction", e))?;
         let result: Result<(), Failure> = async {
