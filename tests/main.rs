@@ -18,6 +18,7 @@ mod kafka_bus;
 mod kafka_partitions;
 mod metrics_endpoint;
 mod mongo;
+mod mongo_sink;
 mod mongo_srv;
 mod mongo_tls;
 mod operator;

@@ -104,6 +104,20 @@ pub trait BusOffsets: Send + 'static {
     }
 }
 
+/// The `_id` of the loop marker Ferry's MongoDB sink writes into
+/// `ferry_checkpoints` in every transaction, for the session (`lsid.id`)
+/// it writes with; Ferry's MongoDB source skips change events of sessions
+/// that have one, so that a reverse pipeline's writes are not replicated
+/// back (sinks/mongodb, connectors/mongodb `loop_marker`).
+pub fn mongo_loop_marker_id(lsid: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("ferry-session/");
+    for b in lsid {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// The error code of a batch refused because its offsets were already
 /// applied; the worker reloads its progress and consumes again from there.
 pub const STALE_OFFSETS: &str = "ferry-stale-offsets";

@@ -628,6 +628,22 @@ pub enum SnapshotMode {
 pub enum SinkConfig {
     Postgres(PostgresSinkConfig),
     Convex(ConvexSinkConfig),
+    Mongodb(MongoSinkConfig),
+}
+
+/// `[sink] kind = "mongodb"`: a MongoDB replica set (sinks/mongodb). Each
+/// source table `schema.table` is written to the collection `table` of
+/// `database`; the checkpoint lives in `database.ferry_checkpoints`,
+/// written in each batch's transaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSinkConfig {
+    /// `mongodb://user:${MONGO_PASSWORD}@host:27017/?replicaSet=rs0`; TLS
+    /// options ride on the URL as the driver reads them.
+    pub url: Secret,
+    /// Where collections (and Ferry's own `ferry_*` collections) are
+    /// written.
+    pub database: String,
 }
 
 /// `[sink] kind = "convex"`: Ferry's Convex module (sinks/convex/convex/)
@@ -1100,6 +1116,25 @@ impl Config {
                     return Err(cfg_err("sink.rows_per_call", "must be between 1 and 4000 (Convex reads at most 4096 index ranges per transaction)"));
                 }
             }
+            SinkConfig::Mongodb(m) => {
+                let u = m.url.expose();
+                if !(u.starts_with("mongodb://") || u.starts_with("mongodb+srv://")) {
+                    return Err(cfg_err(
+                        "sink.url",
+                        "must be a mongodb:// or mongodb+srv:// connection string",
+                    ));
+                }
+                // MongoDB's own rules for database names.
+                if m.database.is_empty()
+                    || m.database.len() > 63
+                    || m.database.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+                {
+                    return Err(cfg_err(
+                        "sink.database",
+                        format!("{:?} is not a MongoDB database name", m.database),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1282,6 +1317,35 @@ url = "postgres://postgres@127.0.0.1:5433/app"
         assert!(!format!("{c:?}").contains("s3cr"));
         assert_eq!(s.slot, "ferry");
         assert_eq!(c.pipeline.batch_size, 5000);
+    }
+
+    #[test]
+    fn mongodb_sink_keys_are_checked_by_name() {
+        let text = |sink: &str| {
+            format!("[source]\nkind = \"postgres\"\nurl = \"postgres://u@h/db\"\ntables = [\"public.t\"]\n\n[sink]\nkind = \"mongodb\"\n{sink}")
+        };
+        let c = Config::from_toml(
+            &text("url = \"mongodb://u:pw@127.0.0.1:27017\"\ndatabase = \"app\"\n"),
+            &env,
+        )
+        .unwrap();
+        let SinkConfig::Mongodb(m) = &c.sink else {
+            panic!("mongodb sink")
+        };
+        assert_eq!(m.database, "app");
+        assert!(!format!("{c:?}").contains("pw@"));
+        let e =
+            Config::from_toml(&text("url = \"http://x\"\ndatabase = \"app\"\n"), &env).unwrap_err();
+        assert_eq!(e.key, "sink.url");
+        let e = Config::from_toml(&text("url = \"mongodb://h\"\ndatabase = \"a.b\"\n"), &env)
+            .unwrap_err();
+        assert_eq!(e.key, "sink.database");
+        let e = Config::from_toml(
+            &text("url = \"mongodb://h\"\ndatabase = \"a\"\ncollection = \"x\"\n"),
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("collection"), "{e}");
     }
 
     #[test]

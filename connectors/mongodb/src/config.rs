@@ -70,12 +70,20 @@ pub async fn connect(url: &str, what: &str) -> Result<mongodb::Client, PipelineE
 
 /// Whether changes of `collection` are mirrored: one of `wanted` (the
 /// configured collections, or those found at the start), or, when none are
-/// configured (`configured` is empty), any but MongoDB's own `system.*` (a
+/// configured (`configured` is empty), any but MongoDB's own `system.*` and
+/// Ferry's sink's [`FERRY_SINK_COLLECTIONS`] (a
 /// collection created after the start streams from its creation, so it
 /// needs no copy).
 pub fn mirrors(configured: &[String], wanted: &HashSet<String>, collection: &str) -> bool {
-    wanted.contains(collection) || (configured.is_empty() && !collection.starts_with("system."))
+    wanted.contains(collection)
+        || (configured.is_empty()
+            && !collection.starts_with("system.")
+            && !FERRY_SINK_COLLECTIONS.contains(&collection))
 }
+
+/// What Ferry's MongoDB sink keeps in its database (sinks/mongodb): not
+/// application data, never mirrored unless listed.
+pub const FERRY_SINK_COLLECTIONS: &[&str] = &["ferry_checkpoints", "ferry_dead_letters"];
 
 #[cfg(test)]
 mod tests {

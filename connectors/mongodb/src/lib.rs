@@ -4,6 +4,7 @@
 pub mod bson_value;
 pub mod check;
 pub mod config;
+pub mod loop_marker;
 pub mod shape;
 pub mod source;
 

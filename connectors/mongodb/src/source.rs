@@ -104,7 +104,10 @@ impl MongoSource {
             .await
             .map_err(|e| mongo_err("list collections", e))?
             .into_iter()
-            .filter(|n| !n.starts_with("system."))
+            .filter(|n| {
+                !n.starts_with("system.")
+                    && !crate::config::FERRY_SINK_COLLECTIONS.contains(&n.as_str())
+            })
             .collect();
         names.sort();
         Ok(names)
@@ -210,6 +213,7 @@ impl MongoSource {
         let mut checked = std::time::Instant::now();
         // The last resume token the bus carries (with a change or alone).
         let mut bus_token: Option<String> = None;
+        let mut markers = crate::loop_marker::LoopMarkers::default();
         loop {
             let next = tokio::select! {
                 _ = ctx.shutdown.wait_for(|s| *s) => return Ok(()),
@@ -217,7 +221,16 @@ impl MongoSource {
             };
             if let Some(ev) = next {
                 let token = token_text(&ev.id)?;
-                let handled = self.handle(ev, &wanted, shapes, &token, ctx).await?;
+                // Written by Ferry's MongoDB sink (a reverse pipeline):
+                // not sent back (see `loop_marker`).
+                let handled = if markers
+                    .written_by_ferry(&db, ev.lsid.as_ref(), ev.txn_number)
+                    .await?
+                {
+                    Handled::Skipped
+                } else {
+                    self.handle(ev, &wanted, shapes, &token, ctx).await?
+                };
                 if handled == Handled::Emitted {
                     bus_token = Some(token.clone());
                 }

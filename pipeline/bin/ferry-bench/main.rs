@@ -20,6 +20,7 @@ mod convex_source;
 mod kafka;
 mod mapping;
 mod mongo;
+mod mongo_sink;
 mod shapes;
 mod snapshot;
 mod sqlite;
@@ -67,6 +68,13 @@ struct Args {
     /// (snapshot and change stream), with this many documents.
     #[arg(long)]
     mongo: Option<i64>,
+    /// Instead of the peers: the MongoDB sink (PostgreSQL → MongoDB)
+    /// against the bare driver's bulk upserts of the same documents,
+    /// `--mongo-sink-docs` of them, medians of `--repeat` runs.
+    #[arg(long)]
+    mongo_sink: bool,
+    #[arg(long, default_value_t = 20_000)]
+    mongo_sink_docs: i64,
     /// Instead of the peers: the Convex source against a bare HTTP client
     /// paging the same export routes of the Convex test server (snapshot,
     /// delta catch-up, lag), with `--convex-docs` documents; writes
@@ -191,6 +199,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(docs) = args.mongo {
         return mongo::run(docs, &ferry_exe()?).await;
+    }
+    if args.mongo_sink {
+        return mongo_sink::run(args.mongo_sink_docs, args.repeat, &ferry_exe()?).await;
     }
     if args.convex_source {
         return convex_source::run(args.convex_docs, &args.convex_out, &ferry_exe()?).await;

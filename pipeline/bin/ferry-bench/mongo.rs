@@ -20,7 +20,7 @@ use ferry_testkit::cluster::{ClusterOptions, LocalCluster};
 use futures_util::StreamExt;
 use mongodb::options::FullDocumentType;
 
-struct Server(Child);
+pub(super) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -35,7 +35,7 @@ fn secantusd() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/secantus-venv/bin/secantusd-py"))
 }
 
-async fn start_server() -> anyhow::Result<(Server, String)> {
+pub(super) async fn start_server() -> anyhow::Result<(Server, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ferry_convex_sink::ConvexSink;
+use ferry_mongodb_sink::MongoSink;
 use ferry_pipeline::config::{Config, SinkConfig};
 use ferry_pipeline::error::PipelineError;
 use ferry_pipeline::event::TableId;
@@ -190,7 +191,11 @@ pub(crate) async fn run(args: DlqArgs) -> u8 {
         SinkConfig::Postgres(dst) => dst,
         SinkConfig::Convex(dst) => {
             let sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
-            return convex(sink, args.command).await;
+            return records_dlq(sink, args.command).await;
+        }
+        SinkConfig::Mongodb(dst) => {
+            let sink = MongoSink::new(dst.clone(), config.pipeline.name.clone());
+            return records_dlq(sink, args.command).await;
         }
     };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
@@ -405,9 +410,114 @@ fn print_replay(r: &ReplayReport, dry_run: bool, json: bool) {
     );
 }
 
-/// `ferry dlq` on a Convex target: the records live in the deployment's
-/// `ferry_dlq` table (written by Ferry's module with the batch).
-async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
+/// A sink whose dead letters `ferry dlq` reads as JSON records (`_id`,
+/// `table` (the bare name), `errorClass`, `errorCode`, `superseded`).
+trait RecordsDlq {
+    fn pipeline(&self) -> &str;
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError>;
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError>;
+    /// Replays one record (see each sink's `dlq_replay`): what became of it.
+    async fn replay_one(
+        &mut self,
+        record: &serde_json::Value,
+        dry_run: bool,
+    ) -> Result<Replayed, PipelineError>;
+}
+
+/// One record of a `ferry dlq replay` on a Convex or MongoDB target.
+struct Replayed {
+    id: String,
+    table: String,
+    key: String,
+    /// `applied`, `superseded` or `failed` (with `--dry-run`: would be).
+    outcome: &'static str,
+    error: Option<String>,
+}
+
+impl RecordsDlq for ConvexSink {
+    fn pipeline(&self) -> &str {
+        ConvexSink::pipeline(self)
+    }
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError> {
+        ConvexSink::dlq_records(self).await
+    }
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError> {
+        ConvexSink::dlq_remove(self, ids).await
+    }
+    async fn replay_one(
+        &mut self,
+        record: &serde_json::Value,
+        dry_run: bool,
+    ) -> Result<Replayed, PipelineError> {
+        let mut done = self
+            .dlq_replay(std::slice::from_ref(record), dry_run)
+            .await?
+            .into_iter()
+            .map(|r| Replayed {
+                id: r.id,
+                table: r.table,
+                key: r.key,
+                outcome: r.outcome,
+                error: r.error,
+            });
+        // A record purged or replayed by another process meanwhile is
+        // gone: nothing left to apply.
+        Ok(done.next().unwrap_or_else(|| gone(record)))
+    }
+}
+
+impl RecordsDlq for MongoSink {
+    fn pipeline(&self) -> &str {
+        MongoSink::pipeline(self)
+    }
+    async fn dlq_records(&mut self) -> Result<Vec<serde_json::Value>, PipelineError> {
+        MongoSink::dlq_records(self).await
+    }
+    async fn dlq_remove(&mut self, ids: &[String]) -> Result<u64, PipelineError> {
+        MongoSink::dlq_remove(self, ids).await
+    }
+    async fn replay_one(
+        &mut self,
+        record: &serde_json::Value,
+        dry_run: bool,
+    ) -> Result<Replayed, PipelineError> {
+        let r = self
+            .dlq_replay(std::slice::from_ref(record), dry_run)
+            .await?;
+        let mut done = gone(record);
+        (done.outcome, done.error) = if r.applied > 0 {
+            ("applied", None)
+        } else if r.superseded > 0 {
+            ("superseded", None)
+        } else if r.failed > 0 {
+            ("failed", r.failures.first().map(|(_, why)| why.clone()))
+        } else {
+            ("gone", None)
+        };
+        Ok(done)
+    }
+}
+
+/// A record's identity, before its outcome is known.
+fn gone(record: &serde_json::Value) -> Replayed {
+    let text = |k: &str| match &record[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Replayed {
+        id: text("_id"),
+        table: text("table"),
+        key: text("key"),
+        outcome: "gone",
+        error: None,
+    }
+}
+
+/// `ferry dlq` on a Convex or MongoDB target: the records live in the
+/// target (Convex: the deployment's `ferry_dlq` table; MongoDB:
+/// `ferry_dead_letters`), written with the batch.
+async fn records_dlq(mut sink: impl RecordsDlq, command: DlqCommand) -> u8 {
     let records = match sink.dlq_records().await {
         Ok(r) => r,
         Err(e) => {
@@ -524,17 +634,15 @@ async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
             rate,
             json,
         } => {
-            let chosen: Vec<serde_json::Value> = records
-                .into_iter()
-                .filter(|r| selected(&selection, r))
-                .collect();
-            let mut replayed = Vec::with_capacity(chosen.len());
+            let chosen: Vec<&serde_json::Value> =
+                records.iter().filter(|r| selected(&selection, r)).collect();
             let pause = rate
                 .filter(|r| *r > 0.0)
                 .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+            let mut replayed = Vec::with_capacity(chosen.len());
             for r in &chosen {
-                match sink.dlq_replay(std::slice::from_ref(r), dry_run).await {
-                    Ok(one) => replayed.extend(one),
+                match sink.replay_one(r, dry_run).await {
+                    Ok(one) => replayed.push(one),
                     Err(e) => {
                         eprintln!("ferry dlq replay: {e}");
                         return exit::PIPELINE;
@@ -560,27 +668,30 @@ async fn convex(mut sink: ConvexSink, command: DlqCommand) -> u8 {
                 });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             } else {
-                if dry_run {
-                    for r in &replayed {
-                        let outcome = match r.outcome {
-                            "applied" => "would apply",
-                            "failed" => "would fail again",
-                            other => other,
-                        };
-                        match &r.error {
-                            Some(e) => println!(
-                                "record {} {} {}: {outcome}: {e}",
-                                r.id,
-                                r.table,
-                                key_words(&r.key)
-                            ),
-                            None => println!(
-                                "record {} {} {}: {outcome}",
-                                r.id,
-                                r.table,
-                                key_words(&r.key)
-                            ),
-                        }
+                for r in &replayed {
+                    let outcome = match (dry_run, r.outcome) {
+                        (true, "applied") => "would apply",
+                        (true, "failed") => "would fail again",
+                        (false, "failed") => "failed again",
+                        (_, other) => other,
+                    };
+                    // Dry runs list every record; real runs the failures.
+                    if !dry_run && r.error.is_none() {
+                        continue;
+                    }
+                    match &r.error {
+                        Some(e) => println!(
+                            "record {} {} {}: {outcome}: {e}",
+                            r.id,
+                            r.table,
+                            key_words(&r.key)
+                        ),
+                        None => println!(
+                            "record {} {} {}: {outcome}",
+                            r.id,
+                            r.table,
+                            key_words(&r.key)
+                        ),
                     }
                 }
                 if chosen.is_empty() {

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_convex_sink::ConvexSink;
 use ferry_convex_source::ConvexSource;
+use ferry_mongodb_sink::MongoSink;
 use ferry_mongodb_source::MongoSource;
 use ferry_pipeline::bus::embedded;
 #[cfg(feature = "kafka")]
@@ -260,6 +261,9 @@ async fn load(path: &Path) -> Result<Config, u8> {
         SinkConfig::Postgres(dst) => ferry_postgres_sink::config::conn_info(dst).map(|_| ()),
         // Checked by `Config::validate`.
         SinkConfig::Convex(_) => Ok(()),
+        SinkConfig::Mongodb(s) => ferry_mongodb_source::config::check_url(s.url.expose())
+            .await
+            .map_err(|why| format!("sink.url: {why}")),
     };
     for result in [source, sink] {
         if let Err(why) = result {
@@ -432,6 +436,9 @@ pub(crate) async fn run_pipeline(
         SinkConfig::Convex(dst) => {
             run_embedded(config, ConvexSink::new(dst.clone(), name), opts, shutdown).await
         }
+        SinkConfig::Mongodb(dst) => {
+            run_embedded(config, MongoSink::new(dst.clone(), name), opts, shutdown).await
+        }
     }
 }
 
@@ -490,6 +497,10 @@ async fn run_on_kafka(
         }
         SinkConfig::Convex(dst) => {
             let make = || ConvexSink::new(dst.clone(), name.clone());
+            run_kafka_with(config, k, role, opts, shutdown, make).await
+        }
+        SinkConfig::Mongodb(dst) => {
+            let make = || MongoSink::new(dst.clone(), name.clone());
             run_kafka_with(config, k, role, opts, shutdown, make).await
         }
     }
@@ -566,6 +577,18 @@ async fn check(path: &Path) -> u8 {
     println!("[ ok ] configuration: {}", path.display());
     let dst = match &config.sink {
         SinkConfig::Postgres(dst) => dst,
+        SinkConfig::Mongodb(dst) => {
+            let findings =
+                ferry_mongodb_sink::check::sink_findings(dst, &config.pipeline.name).await;
+            for f in &findings {
+                println!("{f}");
+            }
+            return if findings.iter().all(|f| f.ok) {
+                exit::OK
+            } else {
+                exit::MISMATCH
+            };
+        }
         SinkConfig::Convex(dst) => {
             let mut sink = ConvexSink::new(dst.clone(), config.pipeline.name.clone());
             return match ferry_pipeline::checkpoint::CheckpointStore::load(&mut sink).await {

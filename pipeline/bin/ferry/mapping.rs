@@ -239,6 +239,10 @@ async fn lookup(config: &Path, namespace: &str, id: &str) -> u8 {
             }
             result.map(|()| pairs)
         }
+        SinkConfig::Mongodb(_) => Err(ferry_pipeline::error::PipelineError::fatal(
+            ferry_pipeline::error::Stage::Sink,
+            "the MongoDB sink keeps no id map",
+        )),
     };
     match found {
         Ok(pairs) if pairs.is_empty() => {

@@ -242,6 +242,16 @@ async fn stopped(config: &Config) -> Result<StatusReport, String> {
                 .collect();
             (checkpoint, dlq)
         }
+        SinkConfig::Mongodb(dst) => {
+            let mut sink = ferry_mongodb_sink::MongoSink::new(dst.clone(), pipeline.clone());
+            let checkpoint = sink.load().await.map_err(|e| e.to_string())?;
+            let records = sink.dlq_records().await.map_err(|e| e.to_string())?;
+            let dlq = records
+                .iter()
+                .map(|r| (r["schemaTable"].as_str().unwrap_or("").to_string(), 1))
+                .collect();
+            (checkpoint, dlq)
+        }
         SinkConfig::Convex(dst) => {
             let mut sink = ferry_convex_sink::ConvexSink::new(dst.clone(), pipeline.clone());
             let checkpoint = sink.load().await.map_err(|e| e.to_string())?;
