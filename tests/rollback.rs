@@ -468,9 +468,10 @@ url = "{}"
     assert_eq!(code, 0, "{out}");
     let reverse = std::fs::read_to_string(pair.dir.path().join("escrow_rollback.toml")).unwrap();
     assert!(
-        reverse.contains(
-            "[sink]\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:1/?replicaSet=rs0\"\ndatabase = \"shop\"\n"
-        ),
+        reverse.contains(&format!(
+            "[sink]\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:1/?replicaSet=rs0\"\ndatabase = \"shop\"\nid_map_url = \"{}\"\n",
+            pair.target.url(&pair.db)
+        )),
         "{reverse}"
     );
     let inverse =
@@ -497,4 +498,240 @@ url = "{}"
     new.execute("SELECT pg_drop_replication_slot('escrow_rollback')", &[])
         .await
         .unwrap();
+}
+
+/// The MongoDB way back, end to end: MongoDB → PostgreSQL through a
+/// mapping (ObjectIds → UUIDs through the id map, a Decimal128 amount →
+/// numeric(12,2), a nested path → a column), cutover, then the application
+/// writes on PostgreSQL (an update, a delete, a new row with money) while
+/// the reverse pipeline `ferry rollback init` wrote runs into the MongoDB
+/// sink: the collection ends as the application would have left it,
+/// amounts exact as Decimal128, the new row under a fresh ObjectId
+/// recorded in the id map, and again after a kill -9 of the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_reverse_pipeline_after_cutover() {
+    use crate::support::mongo::{MongoOptions, MongoToPg};
+    use mongodb::bson::{doc, oid::ObjectId, Bson, Decimal128, Document};
+
+    let fx = MongoToPg::start("rb_mongo", MongoOptions::default()).await;
+    let escrows = fx.db().await.collection::<Document>("escrows");
+    let dec = |s: &str| s.parse::<Decimal128>().unwrap();
+    let ids: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        escrows
+            .insert_one(doc! {
+                "_id": *id, "amount": dec(&format!("{}.50", 10 + n)),
+                "delivery": {"address": {"city": "Lyon"}}, "status": "open",
+            })
+            .await
+            .unwrap();
+    }
+    let pg = fx.pg().await;
+    pg.batch_execute(
+        "CREATE TABLE public.escrows (id uuid PRIMARY KEY, amount numeric(12,2), city text, status text)",
+    )
+    .await
+    .unwrap();
+    let mappings = fx.dir.path().join("escrow-mappings.toml");
+    std::fs::write(
+        &mappings,
+        format!(
+            r#"
+[id_maps.escrows]
+kind = "uuid_v7"
+
+[[tables]]
+source = "{}.escrows"
+target = "public.escrows"
+[tables.columns]
+id = {{ from = "_id", id_map = "escrows" }}
+amount = "amount"
+city = "delivery.address.city"
+status = "status"
+"#,
+            fx.mongo_db
+        ),
+    )
+    .unwrap();
+    let config = fx.config_into(&fx.pg_db, &["escrows"], "", "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[pipeline]\n",
+        &format!("[pipeline]\nmappings = {:?}\n", mappings.to_str().unwrap()),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut forward = Ferry::spawn(&config);
+    wait_for(
+        "the forward copy",
+        &forward,
+        Duration::from_secs(60),
+        || async {
+            pg.query_one("SELECT count(*) FROM public.escrows", &[])
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) == 4)
+        },
+    )
+    .await;
+
+    let (code, out) = ferry_cmd(&["rollback", "init", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let reverse_config = reverse_config(config.parent().unwrap());
+    // Cutover: the forward pipeline stops, the application moves.
+    forward.kill9();
+    let mut reverse = Ferry::spawn(&reverse_config);
+
+    let new_id = |legacy: ObjectId| {
+        let pg = &pg;
+        async move {
+            pg.query_one(
+                "SELECT new_id FROM ferry_id_map WHERE namespace = 'escrows' AND legacy_id = $1",
+                &[&legacy.to_hex()],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+        }
+    };
+    let (first, second) = (new_id(ids[0]).await, new_id(ids[1]).await);
+    let created = "0190f1a8-7c1e-7abc-8def-0123456789ab";
+    pg.batch_execute(&format!(
+        "UPDATE public.escrows SET amount = 11.25, status = 'paid' WHERE id = '{first}';
+         DELETE FROM public.escrows WHERE id = '{second}';
+         INSERT INTO public.escrows VALUES ('{created}', 99.99, 'Paris', 'open');"
+    ))
+    .await
+    .unwrap();
+
+    // What the application would have left in MongoDB.
+    let expected = |created_amount: &str, created_legacy: Option<ObjectId>| {
+        let mut want: Vec<(String, String, String, String)> = vec![
+            (
+                ids[0].to_hex(),
+                "11.25".into(),
+                "Lyon".into(),
+                "paid".into(),
+            ),
+            (
+                ids[2].to_hex(),
+                "12.50".into(),
+                "Lyon".into(),
+                "open".into(),
+            ),
+            (
+                ids[3].to_hex(),
+                "13.50".into(),
+                "Lyon".into(),
+                "open".into(),
+            ),
+        ];
+        if let Some(l) = created_legacy {
+            want.push((
+                l.to_hex(),
+                created_amount.into(),
+                "Paris".into(),
+                "open".into(),
+            ));
+        }
+        want.sort();
+        want
+    };
+    let mongo_state = || {
+        let escrows = escrows.clone();
+        async move {
+            use futures_util::TryStreamExt;
+            let docs: Vec<Document> = escrows
+                .find(doc! {})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let mut got: Vec<(String, String, String, String)> = docs
+                .iter()
+                .map(|d| {
+                    let id = match d.get("_id") {
+                        Some(Bson::ObjectId(o)) => o.to_hex(),
+                        other => format!("not an ObjectId: {other:?}"),
+                    };
+                    let amount = match d.get("amount") {
+                        Some(Bson::Decimal128(x)) => x.to_string(),
+                        other => format!("not a Decimal128: {other:?}"),
+                    };
+                    let city = d
+                        .get_document("delivery")
+                        .and_then(|x| x.get_document("address"))
+                        .and_then(|x| x.get_str("city"))
+                        .unwrap_or("-")
+                        .to_string();
+                    (
+                        id,
+                        amount,
+                        city,
+                        d.get_str("status").unwrap_or("-").to_string(),
+                    )
+                })
+                .collect();
+            got.sort();
+            got
+        }
+    };
+    let legacy_of_created = || {
+        let pg = &pg;
+        async move {
+            pg.query_opt(
+                "SELECT legacy_id FROM ferry_id_map WHERE namespace = 'escrows' AND new_id = $1",
+                &[&created],
+            )
+            .await
+            .unwrap()
+            .map(|r| ObjectId::parse_str(r.get::<_, String>(0)).expect("an ObjectId legacy id"))
+        }
+    };
+    let mut last = Vec::new();
+    let converged = async {
+        loop {
+            let legacy = legacy_of_created().await;
+            last = mongo_state().await;
+            if let Some(l) = legacy.filter(|_| last == expected("99.99", legacy)) {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let created_legacy = match tokio::time::timeout(Duration::from_secs(60), converged).await {
+        Ok(l) => l,
+        Err(_) => panic!(
+            "MongoDB never matched the application's writes: {last:?}\nreverse log:\n{}",
+            reverse.log_text()
+        ),
+    };
+
+    // kill -9 of the reverse, a write meanwhile, a restart: the same
+    // legacy id, the new amount.
+    reverse.kill9();
+    pg.batch_execute(&format!(
+        "UPDATE public.escrows SET amount = 100.01 WHERE id = '{created}'"
+    ))
+    .await
+    .unwrap();
+    let reverse = Ferry::spawn(&reverse_config);
+    let mut last = Vec::new();
+    let converged = async {
+        loop {
+            last = mongo_state().await;
+            if last == expected("100.01", Some(created_legacy)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), converged)
+        .await
+        .is_err()
+    {
+        panic!(
+            "MongoDB never matched after the restart: {last:?}\nreverse log:\n{}",
+            reverse.log_text()
+        );
+    }
 }

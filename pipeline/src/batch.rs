@@ -7,11 +7,12 @@
 //! apply what came after". This is what makes multi-row statements possible
 //! without reordering any row's history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::dlq::Parked;
 use crate::event::{ChangeEvent, Datum, Op, Origin, Position, Row, TableId, TableSchema};
+use crate::id_map::{IdKind, LegacyId};
 use crate::value::Value;
 use crate::FastHashMap as HashMap;
 
@@ -704,6 +705,75 @@ fn key_string(schema: &TableSchema, row: &Row) -> String {
         }
     }
     s
+}
+
+// Inverse id maps (a reverse pipeline): the new ids a batch writes through
+// them, which a sink translates back to legacy ids before writing.
+
+/// The new ids a batch writes through one inverse namespace.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub legacy: LegacyId,
+    pub sequence: Option<String>,
+    /// New ids written by upserts: given a legacy id when they have none.
+    pub allocate: BTreeSet<String>,
+    /// New ids only looked up (deletes, old keys): a row never written
+    /// back has nothing to delete.
+    pub lookup: BTreeSet<String>,
+}
+
+/// Whether a table has inverse id columns.
+pub fn has_inverse(schema: &TableSchema) -> bool {
+    schema
+        .columns
+        .iter()
+        .any(|c| c.id_map.as_ref().is_some_and(|r| r.kind.is_inverse()))
+}
+
+/// The new ids of every inverse column of `batches`, per namespace.
+pub fn wanted<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> BTreeMap<String, Wanted> {
+    let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
+    for batch in batches {
+        for tb in batch.tables.iter().filter(|tb| has_inverse(&tb.schema)) {
+            let schema = &tb.schema;
+            for (i, c) in schema.columns.iter().enumerate() {
+                let Some(r) = c.id_map.as_ref() else { continue };
+                let IdKind::Inverse { legacy } = r.kind else {
+                    continue;
+                };
+                let w = out.entry(r.namespace.clone()).or_insert_with(|| Wanted {
+                    legacy,
+                    sequence: r.sequence.clone(),
+                    ..Wanted::default()
+                });
+                if w.sequence.is_none() {
+                    w.sequence = r.sequence.clone();
+                }
+                let key_pos = schema.primary_key.iter().position(|&k| k == i);
+                for change in &tb.rows {
+                    let (row, old_key) = match change {
+                        RowChange::Upsert(r) | RowChange::Patch(r) => (Some(r), None),
+                        RowChange::Rekey { old_key, row } => (Some(row), Some(old_key)),
+                        RowChange::Delete(k) => (None, Some(k)),
+                        RowChange::Vanished => (None, None),
+                    };
+                    if let Some(Datum::Value(Value::Text(id))) = row.and_then(|r| r.get(i)) {
+                        w.allocate.insert(id.clone());
+                    }
+                    if let (Some(k), Some(p)) = (old_key, key_pos) {
+                        if let Some(Value::Text(id)) = k.get(p) {
+                            w.lookup.insert(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for w in out.values_mut() {
+        let allocate = w.allocate.clone();
+        w.lookup.retain(|id| !allocate.contains(id));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -644,6 +644,12 @@ pub struct MongoSinkConfig {
     /// Where collections (and Ferry's own `ferry_*` collections) are
     /// written.
     pub database: String,
+    /// A reverse pipeline (`ferry rollback init`): the PostgreSQL database
+    /// holding `ferry_id_map` (the forward pipeline's target), where new
+    /// ids are translated back to the legacy ids (ObjectIds) and new rows
+    /// get fresh ones recorded.
+    #[serde(default)]
+    pub id_map_url: Option<Secret>,
 }
 
 /// `[sink] kind = "convex"`: Ferry's Convex module (sinks/convex/convex/)

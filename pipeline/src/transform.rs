@@ -148,6 +148,48 @@ impl Transformer {
         out
     }
 
+    /// The catalog of a target without a schema (the MongoDB sink: a
+    /// document takes any field): each mapped table has the columns its
+    /// rules name, the key `_id` when a rule names it; id-mapped columns
+    /// hold id text, every other column takes values as they come (the
+    /// sink's codec types them: a decimal becomes a Decimal128).
+    pub fn schemaless_catalog(mappings: &Mappings) -> HashMap<TableId, TargetTable> {
+        let mut out = HashMap::new();
+        for t in &mappings.tables {
+            let Some(id) = TableId::parse(&t.target) else {
+                continue;
+            };
+            let columns: Vec<TargetColumn> = t
+                .columns
+                .iter()
+                .map(|(name, spec)| TargetColumn {
+                    name: name.clone(),
+                    type_sql: if spec.rule().id_map.is_some() {
+                        "text".into()
+                    } else {
+                        "any".into()
+                    },
+                    nullable: name != "_id",
+                    has_default: false,
+                })
+                .collect();
+            let primary_key = if t.columns.contains_key("_id") {
+                vec!["_id".to_string()]
+            } else {
+                Vec::new()
+            };
+            out.insert(
+                id.clone(),
+                TargetTable {
+                    id,
+                    columns,
+                    primary_key,
+                },
+            );
+        }
+        out
+    }
+
     /// Compiles `mappings` (already validated) against the target's
     /// catalog (`None` for a table that does not exist). Every problem is
     /// reported, not only the first.

@@ -85,10 +85,19 @@ pub(crate) async fn transformer(config: &Config) -> Result<Option<Arc<Transforme
     let Some(mappings) = &config.mappings else {
         return Ok(None);
     };
-    let SinkConfig::Postgres(dst) = &config.sink else {
-        return Err(Unusable::Unreachable(
-            "pipeline.mappings is not supported with the Convex sink yet".into(),
-        ));
+    let dst = match &config.sink {
+        SinkConfig::Postgres(dst) => dst,
+        // No schema to read: the mapping's own columns.
+        SinkConfig::Mongodb(_) => {
+            return Transformer::compile(mappings, &Transformer::schemaless_catalog(mappings))
+                .map(|t| Some(Arc::new(t)))
+                .map_err(Unusable::Findings)
+        }
+        SinkConfig::Convex(_) => {
+            return Err(Unusable::Unreachable(
+                "pipeline.mappings is not supported with the Convex sink yet".into(),
+            ))
+        }
     };
     let mut sink = PostgresSink::new(dst.clone(), config.pipeline.name.clone());
     let catalog = sink

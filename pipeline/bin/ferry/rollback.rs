@@ -372,13 +372,17 @@ fn reverse_config(
     let mut sink: Section = Vec::new();
     match &config.source {
         SourceConfig::Mongodb(_) => {
-            // The MongoDB sink's section, exactly: the forward source's
-            // deployment and database.
+            // The MongoDB sink's section: the forward source's deployment
+            // and database, and the forward target, whose ferry_id_map
+            // translates new ids back to ObjectIds.
             put(&mut sink, "kind", "mongodb");
             for k in ["url", "database"] {
                 if let Some(v) = fwd_source.get(k) {
                     put(&mut sink, k, v.clone());
                 }
+            }
+            if let Some(u) = fwd_sink.get("url") {
+                put(&mut sink, "id_map_url", u.clone());
             }
         }
         _ => {
@@ -449,7 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mongodb_forward_source_gets_exactly_the_mongodb_sink_section() {
+    fn a_mongodb_forward_source_gets_the_mongodb_sink_section() {
         let text = r#"
 [pipeline]
 name = "escrow"
@@ -475,7 +479,7 @@ url = "postgres://postgres:${PGPASSWORD}@127.0.0.1:5432/app"
         .unwrap();
         let parsed: Table = out.parse().unwrap();
         let sink = parsed["sink"].as_table().unwrap();
-        assert_eq!(sink.len(), 3, "{out}");
+        assert_eq!(sink.len(), 4, "{out}");
         assert_eq!(sink["kind"].as_str(), Some("mongodb"));
         assert_eq!(
             sink["url"].as_str(),
@@ -483,7 +487,7 @@ url = "postgres://postgres:${PGPASSWORD}@127.0.0.1:5432/app"
         );
         assert_eq!(sink["database"].as_str(), Some("shop"));
         assert!(out.contains(
-            "[sink]\nkind = \"mongodb\"\nurl = \"mongodb://${MONGO_USER}@127.0.0.1:27017/?replicaSet=rs0\"\ndatabase = \"shop\"\n"
+            "[sink]\nkind = \"mongodb\"\nurl = \"mongodb://${MONGO_USER}@127.0.0.1:27017/?replicaSet=rs0\"\ndatabase = \"shop\"\nid_map_url = \"postgres://postgres:${PGPASSWORD}@127.0.0.1:5432/app\"\n"
         ), "{out}");
         let source = parsed["source"].as_table().unwrap();
         // The new database, secrets as references.

@@ -96,6 +96,7 @@ pub(crate) fn plan(
     batch: &Batch,
     pipeline: &str,
     excluded: &HashSet<(usize, usize)>,
+    pairs: Option<&std::sync::Arc<crate::inverse::Pairs>>,
 ) -> Result<Plan, PipelineError> {
     let mut plan = Plan {
         parked: batch.parked.clone(),
@@ -112,7 +113,7 @@ pub(crate) fn plan(
         if tb.truncate || tb.snapshot_start {
             plan.truncate.push(collection.clone());
         }
-        let shape = Shape::of(&tb.schema);
+        let shape = Shape::of(&tb.schema, pairs);
         let order = tb.rows_by_last_touch();
         // Rekeys first: a key-changing update frees its old `_id` before
         // anything else of the table's batch can take it.
@@ -202,10 +203,15 @@ pub(crate) struct Shape {
     id_column: Option<usize>,
     /// Ferry's MongoDB mirror shape: `_id` and `document` only.
     mirror: Option<usize>,
+    /// A reverse pipeline's legacy ids, for the inverse id columns.
+    pairs: Option<std::sync::Arc<crate::inverse::Pairs>>,
 }
 
 impl Shape {
-    pub(crate) fn of(schema: &TableSchema) -> Shape {
+    pub(crate) fn of(
+        schema: &TableSchema,
+        pairs: Option<&std::sync::Arc<crate::inverse::Pairs>>,
+    ) -> Shape {
         let id_column = schema.columns.iter().position(|c| c.name == "_id");
         let document = schema.columns.iter().position(|c| c.name == "document");
         let mirror = match (id_column, document) {
@@ -217,7 +223,11 @@ impl Shape {
             }
             _ => None,
         };
-        Shape { id_column, mirror }
+        Shape {
+            id_column,
+            mirror,
+            pairs: pairs.cloned(),
+        }
     }
 }
 
@@ -227,6 +237,17 @@ fn column_bson(
     i: usize,
     v: &Value,
 ) -> Result<Bson, Rejection> {
+    if let (Some(r), Some(pairs), Value::Text(new)) =
+        (schema.columns[i].id_map.as_ref(), &shape.pairs, v)
+    {
+        if let ferry_pipeline::id_map::IdKind::Inverse { legacy } = r.kind {
+            // A new id never written back (a delete of it) has no legacy
+            // id: null matches no document.
+            return Ok(pairs
+                .get(&(r.namespace.clone(), new.clone()))
+                .map_or(Bson::Null, |l| crate::inverse::legacy_bson(legacy, l)));
+        }
+    }
     match v {
         // The mirror shape's `_id` is jsonb holding the forward path's JSON
         // of the id (`{"$oid": …}`, a string, a number).
@@ -440,7 +461,7 @@ mod tests {
             primary_key: vec![0],
             child: None,
         };
-        let shape = Shape::of(&schema);
+        let shape = Shape::of(&schema, None);
         let row = vec![
             v(Value::Int(7)),
             v(Value::Numeric("1.50".parse().unwrap())),
@@ -470,7 +491,7 @@ mod tests {
             primary_key: vec![0, 1],
             child: None,
         };
-        let shape = Shape::of(&schema);
+        let shape = Shape::of(&schema, None);
         let del = row_ops(
             &schema,
             &shape,
@@ -492,7 +513,7 @@ mod tests {
             primary_key: vec![0],
             child: None,
         };
-        let shape = Shape::of(&schema);
+        let shape = Shape::of(&schema, None);
         let row = vec![
             v(Value::Json(r#"{"$oid":"650aff00010203040506abcd"}"#.into())),
             v(Value::Json(

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dlq;
 mod error;
+mod inverse;
 pub mod sink;
 pub mod value;
 

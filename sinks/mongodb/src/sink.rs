@@ -58,6 +58,8 @@ pub struct MongoSink {
     /// change of the same row supersedes.
     dlq_tables: HashSet<String>,
     dlq_loaded: bool,
+    /// `sink.id_map_url`'s connection (a reverse pipeline's id map).
+    map: Option<tokio_postgres::Client>,
 }
 
 impl MongoSink {
@@ -68,7 +70,43 @@ impl MongoSink {
             client: None,
             dlq_tables: HashSet::new(),
             dlq_loaded: false,
+            map: None,
         }
+    }
+
+    /// A reverse pipeline's batch: the legacy id of every new id its
+    /// inverse id columns carry (see [`crate::inverse`]); `None` for a
+    /// batch without such columns.
+    async fn inverse_pairs(
+        &mut self,
+        batch: &Batch,
+    ) -> Result<Option<std::sync::Arc<crate::inverse::Pairs>>, PipelineError> {
+        if !batch
+            .tables
+            .iter()
+            .any(|t| ferry_pipeline::batch::has_inverse(&t.schema))
+        {
+            return Ok(None);
+        }
+        let Some(url) = &self.cfg.id_map_url else {
+            return Err(PipelineError::fatal(
+                Stage::Sink,
+                "sink.id_map_url: the mapping translates ids back through ferry_id_map; name the PostgreSQL database that holds it (ferry rollback init writes it)",
+            ));
+        };
+        if self.map.as_ref().is_some_and(|c| c.is_closed()) {
+            self.map = None;
+        }
+        if self.map.is_none() {
+            let info = ferry_pgconn::PgConnInfo::parse(url.expose())
+                .map_err(|e| PipelineError::fatal(Stage::Sink, format!("sink.id_map_url: {e}")))?;
+            self.map = Some(info.connect(Stage::Sink, "id map").await?);
+        }
+        let map = self.map.as_ref().expect("connected above");
+        let wanted = ferry_pipeline::batch::wanted([batch]);
+        Ok(Some(std::sync::Arc::new(
+            crate::inverse::resolve(map, &wanted).await?,
+        )))
     }
 
     pub fn pipeline(&self) -> &str {
@@ -277,10 +315,11 @@ impl MongoSink {
     }
 
     async fn isolate(&mut self, batch: &Batch) -> Result<Vec<Parked>, PipelineError> {
+        let pairs = self.inverse_pairs(batch).await?;
         let mut excluded = HashSet::new();
         let mut extra: Vec<Parked> = Vec::new();
         loop {
-            let mut plan = apply::plan(batch, &self.pipeline, &excluded)?;
+            let mut plan = apply::plan(batch, &self.pipeline, &excluded, pairs.as_ref())?;
             plan.parked.extend(extra.iter().cloned());
             match self.attempt(batch, &plan).await {
                 Ok(()) => {
@@ -304,7 +343,8 @@ impl MongoSink {
         batch: &Batch,
         done: &[String],
     ) -> Result<(), PipelineError> {
-        let plan = apply::plan(batch, &self.pipeline, &HashSet::new())?;
+        let pairs = self.inverse_pairs(batch).await?;
+        let plan = apply::plan(batch, &self.pipeline, &HashSet::new(), pairs.as_ref())?;
         if let Some(p) = plan.parked.first() {
             return Err(PipelineError::new(
                 ErrorClass::Permanent,
@@ -429,17 +469,28 @@ impl Sink for MongoSink {
     fn prepare(batch: Batch) -> Prepared {
         // The pipeline name only labels parked records' envelopes; the
         // write re-plans with the real one when a record is parked.
-        let plan = apply::plan(&batch, "", &HashSet::new());
+        let plan = apply::plan(&batch, "", &HashSet::new(), None);
         Prepared { batch, plan }
     }
 
     async fn write_batch(&mut self, prepared: &Prepared) -> Result<(), PipelineError> {
         let replanned;
+        let pairs = self.inverse_pairs(&prepared.batch).await?;
         let plan = match &prepared.plan {
+            // Ids translated back: planned again with the legacy ids.
+            _ if pairs.is_some() => {
+                replanned = apply::plan(
+                    &prepared.batch,
+                    &self.pipeline,
+                    &HashSet::new(),
+                    pairs.as_ref(),
+                )?;
+                &replanned
+            }
             Ok(p) if p.parked.len() == prepared.batch.parked.len() => p,
             // Records to park: plan again, naming the pipeline in them.
             Ok(_) => {
-                replanned = apply::plan(&prepared.batch, &self.pipeline, &HashSet::new())?;
+                replanned = apply::plan(&prepared.batch, &self.pipeline, &HashSet::new(), None)?;
                 &replanned
             }
             Err(e) => {

@@ -14,13 +14,10 @@
 //! a sequence value is skipped, as the old application skips one on a
 //! rollback.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use ferry_pipeline::batch::{Batch, RowChange};
 use ferry_pipeline::error::{ErrorClass, PipelineError, Stage};
-use ferry_pipeline::event::{Datum, TableSchema};
-use ferry_pipeline::id_map::{IdKind, LegacyId};
-use ferry_pipeline::value::Value;
+use ferry_pipeline::id_map::LegacyId;
 use tokio_postgres::{Client, Transaction};
 
 use crate::error::pg_err;
@@ -28,71 +25,7 @@ use crate::error::pg_err;
 /// The session's table of the batch's pairs (emptied at each commit).
 pub const STAGE_TABLE: &str = "pg_temp.ferry_inverse_ids";
 
-/// The new ids a batch writes through one inverse namespace.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub legacy: LegacyId,
-    pub sequence: Option<String>,
-    /// New ids written by upserts: given a legacy id when they have none.
-    pub allocate: BTreeSet<String>,
-    /// New ids only looked up (deletes, old keys): a row never written
-    /// back has nothing to delete.
-    pub lookup: BTreeSet<String>,
-}
-
-/// Whether a table has inverse id columns.
-pub fn has_inverse(schema: &TableSchema) -> bool {
-    schema
-        .columns
-        .iter()
-        .any(|c| c.id_map.as_ref().is_some_and(|r| r.kind.is_inverse()))
-}
-
-/// The new ids of every inverse column of `batches`, per namespace.
-pub fn wanted<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> BTreeMap<String, Wanted> {
-    let mut out: BTreeMap<String, Wanted> = BTreeMap::new();
-    for batch in batches {
-        for tb in batch.tables.iter().filter(|tb| has_inverse(&tb.schema)) {
-            let schema = &tb.schema;
-            for (i, c) in schema.columns.iter().enumerate() {
-                let Some(r) = c.id_map.as_ref() else { continue };
-                let IdKind::Inverse { legacy } = r.kind else {
-                    continue;
-                };
-                let w = out.entry(r.namespace.clone()).or_insert_with(|| Wanted {
-                    legacy,
-                    sequence: r.sequence.clone(),
-                    ..Wanted::default()
-                });
-                if w.sequence.is_none() {
-                    w.sequence = r.sequence.clone();
-                }
-                let key_pos = schema.primary_key.iter().position(|&k| k == i);
-                for change in &tb.rows {
-                    let (row, old_key) = match change {
-                        RowChange::Upsert(r) | RowChange::Patch(r) => (Some(r), None),
-                        RowChange::Rekey { old_key, row } => (Some(row), Some(old_key)),
-                        RowChange::Delete(k) => (None, Some(k)),
-                        RowChange::Vanished => (None, None),
-                    };
-                    if let Some(Datum::Value(Value::Text(id))) = row.and_then(|r| r.get(i)) {
-                        w.allocate.insert(id.clone());
-                    }
-                    if let (Some(k), Some(p)) = (old_key, key_pos) {
-                        if let Some(Value::Text(id)) = k.get(p) {
-                            w.lookup.insert(id.clone());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for w in out.values_mut() {
-        let allocate = w.allocate.clone();
-        w.lookup.retain(|id| !allocate.contains(id));
-    }
-    out
-}
+pub use ferry_pipeline::batch::{has_inverse, wanted, Wanted};
 
 /// One resolved id: (namespace, new id, legacy id).
 pub type Pair = (String, String, String);
@@ -227,10 +160,13 @@ pub async fn stage(tx: &Transaction<'_>, pairs: &[Pair]) -> Result<(), PipelineE
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
-    use ferry_pipeline::event::{ChangeEvent, Column, Op, TableId};
-    use ferry_pipeline::id_map::{IdRef, OnMissing};
+    use ferry_pipeline::batch::Batch;
+    use ferry_pipeline::event::{ChangeEvent, Column, Datum, Op, TableId, TableSchema};
+    use ferry_pipeline::id_map::{IdKind, IdRef, OnMissing};
+    use ferry_pipeline::value::Value;
 
     use super::*;
 
